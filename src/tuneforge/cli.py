@@ -1,0 +1,424 @@
+"""The `tuneforge` command line. It sits outside the layers: it parses options, calls the library,
+and is the only place (with the server) that prints. User mistakes become one clear message and
+an exit status — 1 when the data has errors, 2 when the command could not run — never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from tuneforge.errors import TuneforgeError, UsageError
+
+app = typer.Typer(
+    help="tuneforge: fine-tune open models on your own examples, measure whether it was worth "
+    "it, and serve them.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Inspect, validate, convert and generate training data.",
+                       no_args_is_help=True)
+models_app = typer.Typer(help="The models tuneforge can use.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(models_app, name="models")
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False)
+
+ModelOpt = Annotated[
+    str,
+    typer.Option("--model", "-m", help="Registry name, local model folder or hub id."),
+]
+FormatOpt = Annotated[
+    str | None,
+    typer.Option("--format", "-f", help="Force the input format instead of detecting it: "
+                 "openai-chat, prompt-completion, alpaca, sharegpt, openai-dpo."),
+]
+MapOpt = Annotated[
+    str | None,
+    typer.Option("--map", help="Column mapping for CSV/JSONL with custom columns, e.g. "
+                 "'prompt=title+ingredients,completion=NER[,system=COL]'. Several columns "
+                 "joined with + become one labelled turn."),
+]
+SystemOpt = Annotated[
+    str | None,
+    typer.Option("--system", help="System message to add to examples that have none."),
+]
+
+
+def _default_model() -> str:
+    from tuneforge.models import DEFAULT_MODEL
+
+    return DEFAULT_MODEL
+
+
+def _load_text_side(model: str) -> tuple[Any, Any, int | None]:
+    """Tokenizer, chat template and context length of a model (no weights loaded)."""
+    from tuneforge.data.chat_template import ChatTemplate
+    from tuneforge.data.tokenize import require_fast_tokenizer
+    from tuneforge.models import load_tokenizer
+    from tuneforge.models.registry import model_context_length
+
+    with err.status(f"loading the tokenizer of {model} …"):
+        tokenizer = load_tokenizer(model)
+    require_fast_tokenizer(tokenizer)
+    return tokenizer, ChatTemplate.from_tokenizer(tokenizer), model_context_length(model)
+
+
+def _count_lines(path: Path) -> int | None:
+    try:
+        with path.open("rb") as f:
+            return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+    except OSError:
+        return None
+
+
+# --------------------------------------------------------------------------------------------
+# tuneforge data …
+# --------------------------------------------------------------------------------------------
+
+
+@data_app.command("validate")
+def data_validate(
+    file: Annotated[Path, typer.Argument(help="The data file (.jsonl, .json or .csv).")],
+    model: ModelOpt = "",
+    max_seq_len: Annotated[
+        int | None,
+        typer.Option("--max-seq-len", min=1, help="Maximum tokens per example (default: the "
+                     "model's context length)."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    fmt: FormatOpt = None,
+    mapping: MapOpt = None,
+    system: SystemOpt = None,
+    estimate: Annotated[
+        bool, typer.Option(help="Time a short training step to estimate training time.")
+    ] = True,
+) -> None:
+    """Check a data file like OpenAI's cookbook does, and more; show token statistics.
+
+    Exit status: 0 the data is valid, 1 the data has errors, 2 the command could not run.
+    """
+    from tuneforge.data.formats import parse_mapping
+    from tuneforge.data.validate import validate_file
+
+    model = model or _default_model()
+    parsed_map = parse_mapping(mapping)
+    if not file.is_file():
+        raise UsageError(f"{file}: no such file", hint="check the path")
+    tokenizer, template, context = _load_text_side(model)
+    if max_seq_len is None:
+        max_seq_len = context or 4096
+    elif context and max_seq_len > context:
+        raise UsageError(
+            f"--max-seq-len {max_seq_len} is over the context length of {model} ({context})",
+            hint=f"use --max-seq-len {context} or less",
+        )
+    total = _count_lines(file)
+    progress = _progress(f"validating {file.name}", total)
+    with progress:
+        task = progress.add_task("examples", total=total)
+        report = validate_file(
+            file, tokenizer, template, model_name=model, max_seq_len=max_seq_len, fmt=fmt,
+            mapping=parsed_map, system=system,
+            on_example=lambda: progress.advance(task),
+        )
+    if estimate and report.n_valid:
+        from tuneforge.train.estimate import estimate_training_time
+
+        with err.status("timing a calibration step for the training-time estimate …"):
+            est = estimate_training_time(
+                model, list(report.tokens), report.suggested_epochs, max_seq_len
+            )
+        report.estimate = est.to_json() if est else None
+    if as_json:
+        print(json.dumps(report.to_json(), ensure_ascii=False, indent=2))
+    else:
+        _print_report(report)
+    raise typer.Exit(0 if report.ok else 1)
+
+
+def _progress(description: str, total: int | None) -> Any:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn(description),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,
+    )
+
+
+def _print_report(report: Any) -> None:
+    data = report.to_json()
+    out.print(f"[bold]{report.path}[/] — format {report.format}, model {report.model}")
+    out.print(f"examples: {report.n_examples} ({report.n_valid} valid)")
+    if report.ok:
+        out.print("[green]No errors found.[/]")
+    else:
+        counts = dict(report.format_errors) | dict(report.file_errors)
+        out.print("[red]Errors:[/] " + ", ".join(f"{k}: {v}" for k, v in counts.items()))
+        for issue in report.errors[:20]:
+            out.print(f"  [red]✗[/] {report.path}: {issue}")
+        if len(report.errors) > 20:
+            out.print(f"  … {sum(counts.values()) - 20} more (use --json for all)")
+    warned = {k: v for k, v in data["warnings"].items() if v}
+    if warned:
+        out.print("[yellow]Warnings:[/] " + ", ".join(f"{k}: {v}" for k, v in warned.items()))
+        for issue in report.warning_list[:10]:
+            out.print(f"  [yellow]![/] {issue}")
+    stats = data["token_stats"]
+    table = Table(title="per example", show_edge=False)
+    table.add_column("")
+    for col in ("min", "mean", "median", "p90", "max"):
+        table.add_column(col, justify="right")
+    for label, key in (
+        ("messages", "messages_per_example"),
+        ("tokens", "tokens_per_example"),
+        ("trained tokens", "trained_tokens_per_example"),
+    ):
+        dist = stats[key]
+        if dist:
+            table.add_row(label, *(str(dist[c]) for c in ("min", "mean", "median", "p90", "max")))
+    if report.n_valid:
+        out.print(table)
+    out.print(
+        f"total tokens: {stats['total_tokens']:,} ({stats['total_trained_tokens']:,} trained); "
+        f"max length {stats['max_seq_len']:,}"
+    )
+    out.print(
+        f"suggested epochs: {data['suggested_epochs']} (OpenAI's rule); "
+        f"billed tokens: {data['billed_tokens']:,}"
+    )
+    if report.estimate:
+        e = report.estimate
+        out.print(
+            f"estimated training time here: {_duration(e['seconds'])} "
+            f"({e['tokens_per_second']:.0f} tokens/s measured, LoRA on {e['device']})"
+        )
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+@data_app.command("convert")
+def data_convert(
+    src: Annotated[Path, typer.Argument(help="Input file.")],
+    dst: Annotated[Path, typer.Argument(help="Output .jsonl file.")],
+    to: Annotated[str, typer.Option("--to", help="openai-chat or openai-dpo.")] = "openai-chat",
+    fmt: FormatOpt = None,
+    mapping: MapOpt = None,
+    system: SystemOpt = None,
+) -> None:
+    """Convert a data file to OpenAI chat (or DPO) JSONL. Refuses to write if any row is bad."""
+    from tuneforge.data.formats import load_conversations, parse_mapping, write_jsonl
+
+    if to not in ("openai-chat", "openai-dpo"):
+        raise UsageError(f"--to {to}: unsupported", hint="use --to openai-chat or --to openai-dpo")
+    if dst.resolve() == src.resolve():
+        raise UsageError("the output would overwrite the input", hint="name another output file")
+    examples = load_conversations(src, fmt, parse_mapping(mapping), system)
+    if to == "openai-dpo":
+        missing = [e.line for e in examples if e.conversation.rejected is None]
+        if missing:
+            raise UsageError(
+                f"{src}: {len(missing)} example(s) have no non-preferred output "
+                f"(first at line {missing[0]})",
+                hint="only preference data converts to openai-dpo; use --to openai-chat",
+            )
+        rows = [e.conversation.to_openai_dpo() for e in examples]
+    else:
+        rows = [e.conversation.to_openai() for e in examples]
+    n = write_jsonl(dst, rows)
+    err.print(f"wrote {n} examples to {dst} ({to})")
+
+
+@data_app.command("preview")
+def data_preview(
+    file: Annotated[Path, typer.Argument(help="The data file.")],
+    n: Annotated[int, typer.Option("-n", min=1, help="How many examples to show.")] = 2,
+    model: ModelOpt = "",
+    max_seq_len: Annotated[int | None, typer.Option("--max-seq-len", min=1)] = None,
+    fmt: FormatOpt = None,
+    mapping: MapOpt = None,
+    system: SystemOpt = None,
+) -> None:
+    """Show examples as the model sees them, with the trained tokens highlighted.
+
+    Trained tokens are green on a terminal, and wrapped in ⟦ ⟧ otherwise.
+    """
+    from tuneforge.data.formats import iter_parsed, parse_mapping
+    from tuneforge.data.tokenize import IGNORE_INDEX, encode
+
+    model = model or _default_model()
+    tokenizer, template, _ = _load_text_side(model)
+    shown = 0
+    plain = not out.is_terminal
+    for record, parsed in iter_parsed(file, fmt, parse_mapping(mapping), system):
+        if shown >= n:
+            break
+        if parsed.conversation is None:
+            for issue in parsed.errors:
+                out.print(f"[red]✗[/] {file}: {issue}")
+            continue
+        enc = encode(parsed.conversation, tokenizer, template, max_seq_len)
+        text = Text()
+        offsets = tokenizer(enc.text, add_special_tokens=False,
+                            return_offsets_mapping=True)["offset_mapping"][: enc.n_tokens]
+        run_trained = False
+        for (start, end), label in zip(offsets, enc.labels, strict=True):
+            trained = label != IGNORE_INDEX
+            if plain and trained != run_trained:
+                text.append("⟦" if trained else "⟧")
+            text.append(enc.text[start:end], style="bold green" if trained else "dim")
+            run_trained = trained
+        if plain and run_trained:
+            text.append("⟧")
+        cut = f", truncated from {enc.full_length}" if enc.truncated else ""
+        out.rule(f"line {record.line}: {enc.n_tokens} tokens{cut}, {enc.n_trained} trained")
+        out.print(text)
+        shown += 1
+
+
+@data_app.command("demo")
+def data_demo(
+    out_dir: Annotated[Path, typer.Argument(help="Folder for train/validation/test.jsonl.")],
+    seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same data.")] = 0,
+    n: Annotated[int, typer.Option("--n", min=10, help="Number of examples in all.")] = 600,
+) -> None:
+    """Write the recipe-assistant demo data set (OpenAI chat format), split three ways."""
+    from tuneforge.data.demo import write_demo
+
+    paths = write_demo(out_dir, seed=seed, n=n)
+    for split, path in paths.items():
+        count = _count_lines(path)
+        err.print(f"{split:>10}: {path} ({count} examples)")
+
+
+# --------------------------------------------------------------------------------------------
+# tuneforge models …
+# --------------------------------------------------------------------------------------------
+
+
+@models_app.command("list")
+def models_list(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Models in the registry, with size, context length, chat template and cache state."""
+    from dataclasses import asdict
+
+    from tuneforge.models import REGISTRY, describe
+
+    infos = [describe(name) for name in REGISTRY]
+    if as_json:
+        print(json.dumps([asdict(i) for i in infos], indent=2))
+        return
+    table = Table()
+    for col in ("name", "parameters", "context", "chat template", "cached", "description"):
+        table.add_column(col)
+    for i in infos:
+        table.add_row(
+            i.name,
+            f"{i.parameters / 1e6:.1f}M" if i.parameters else "?",
+            str(i.context_length or "?"),
+            {True: "yes", False: "no", None: "?"}[i.has_chat_template],
+            "yes" if i.cached else "no (converted on first use, ~30 s)",
+            i.description,
+        )
+    out.print(table)
+    out.print("Any local Hugging Face model folder or hub id (with a network) works too.")
+
+
+@models_app.command("pull")
+def models_pull(
+    name: Annotated[str, typer.Argument(help="Registry name, local folder or hub id.")] = "",
+) -> None:
+    """Prepare a model now (convert the embedded GGUF into the cache) so later loads are fast."""
+    from tuneforge.models import describe
+
+    name = name or _default_model()
+    with err.status(f"preparing {name} …"):
+        info = describe(name, resolve=True)
+    out.print(f"{info.name}: ready ({(info.parameters or 0) / 1e6:.1f}M parameters, "
+              f"context {info.context_length})")
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def _quiet_libraries() -> None:
+    """Third-party progress bars and deprecation chatter would drown our own output."""
+    import logging
+    import warnings
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module="peft")
+    for name in ("transformers", "peft", "accelerate", "torch"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the app, turning our errors into one message and an exit status."""
+    import click
+
+    _quiet_libraries()
+
+    if os.environ.get("TUNEFORGE_DEBUG"):
+        app(args=argv)
+        return
+    try:
+        code = app(args=argv, standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        code = exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        code = exc.exit_code
+    except click.exceptions.Abort:
+        err.print("aborted")
+        code = 130
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        code = 130
+    except TuneforgeError as exc:
+        err.print(Text(f"error: {exc.message}", style="red"))
+        if exc.hint:
+            err.print(Text(f"  fix: {exc.hint}"))
+        code = exc.exit_code
+    except BrokenPipeError:
+        code = 0
+    except Exception as exc:  # a bug of ours: say so plainly, keep the traceback one env var away
+        err.print(Text(f"internal error: {exc.__class__.__name__}: {exc}", style="red"))
+        err.print("  This is a bug in tuneforge. Rerun with TUNEFORGE_DEBUG=1 for the traceback "
+                  "and report it.")
+        code = 3
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

