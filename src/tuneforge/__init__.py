@@ -1,4 +1,5 @@
-"""tuneforge: fine-tune open models on your own examples, measure whether it was worth it, serve them.
+"""tuneforge: fine-tune open models on your own examples, measure whether it was worth it,
+and serve them.
 
 Import layers point one way: config ← data/models ← train/eval/inference ← jobs ← api ← ui,
 with the CLI outside. See docs/ARCHITECTURE.md.

@@ -25,8 +25,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-data_app = typer.Typer(help="Inspect, validate, convert and generate training data.",
-                       no_args_is_help=True)
+data_app = typer.Typer(
+    help="Inspect, validate, convert and generate training data.", no_args_is_help=True
+)
 models_app = typer.Typer(help="The models tuneforge can use.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(models_app, name="models")
@@ -40,14 +41,21 @@ ModelOpt = Annotated[
 ]
 FormatOpt = Annotated[
     str | None,
-    typer.Option("--format", "-f", help="Force the input format instead of detecting it: "
-                 "openai-chat, prompt-completion, alpaca, sharegpt, openai-dpo."),
+    typer.Option(
+        "--format",
+        "-f",
+        help="Force the input format instead of detecting it: "
+        "openai-chat, prompt-completion, alpaca, sharegpt, openai-dpo.",
+    ),
 ]
 MapOpt = Annotated[
     str | None,
-    typer.Option("--map", help="Column mapping for CSV/JSONL with custom columns, e.g. "
-                 "'prompt=title+ingredients,completion=NER[,system=COL]'. Several columns "
-                 "joined with + become one labelled turn."),
+    typer.Option(
+        "--map",
+        help="Column mapping for CSV/JSONL with custom columns, e.g. "
+        "'prompt=title+ingredients,completion=NER[,system=COL]'. Several columns "
+        "joined with + become one labelled turn.",
+    ),
 ]
 SystemOpt = Annotated[
     str | None,
@@ -93,8 +101,11 @@ def data_validate(
     model: ModelOpt = "",
     max_seq_len: Annotated[
         int | None,
-        typer.Option("--max-seq-len", min=1, help="Maximum tokens per example (default: the "
-                     "model's context length)."),
+        typer.Option(
+            "--max-seq-len",
+            min=1,
+            help="Maximum tokens per example (default: the model's context length).",
+        ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     fmt: FormatOpt = None,
@@ -128,8 +139,14 @@ def data_validate(
     with progress:
         task = progress.add_task("examples", total=total)
         report = validate_file(
-            file, tokenizer, template, model_name=model, max_seq_len=max_seq_len, fmt=fmt,
-            mapping=parsed_map, system=system,
+            file,
+            tokenizer,
+            template,
+            model_name=model,
+            max_seq_len=max_seq_len,
+            fmt=fmt,
+            mapping=parsed_map,
+            system=system,
             on_example=lambda: progress.advance(task),
         )
     if estimate and report.n_valid:
@@ -280,8 +297,9 @@ def data_preview(
             continue
         enc = encode(parsed.conversation, tokenizer, template, max_seq_len)
         text = Text()
-        offsets = tokenizer(enc.text, add_special_tokens=False,
-                            return_offsets_mapping=True)["offset_mapping"][: enc.n_tokens]
+        offsets = tokenizer(enc.text, add_special_tokens=False, return_offsets_mapping=True)[
+            "offset_mapping"
+        ][: enc.n_tokens]
         run_trained = False
         for (start, end), label in zip(offsets, enc.labels, strict=True):
             trained = label != IGNORE_INDEX
@@ -356,8 +374,10 @@ def models_pull(
     name = name or _default_model()
     with err.status(f"preparing {name} …"):
         info = describe(name, resolve=True)
-    out.print(f"{info.name}: ready ({(info.parameters or 0) / 1e6:.1f}M parameters, "
-              f"context {info.context_length})")
+    out.print(
+        f"{info.name}: ready ({(info.parameters or 0) / 1e6:.1f}M parameters, "
+        f"context {info.context_length})"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -414,8 +434,10 @@ def main(argv: list[str] | None = None) -> None:
         code = 0
     except Exception as exc:  # a bug of ours: say so plainly, keep the traceback one env var away
         err.print(Text(f"internal error: {exc.__class__.__name__}: {exc}", style="red"))
-        err.print("  This is a bug in tuneforge. Rerun with TUNEFORGE_DEBUG=1 for the traceback "
-                  "and report it.")
+        err.print(
+            "  This is a bug in tuneforge. Rerun with TUNEFORGE_DEBUG=1 for the traceback "
+            "and report it."
+        )
         code = 3
     sys.exit(code if isinstance(code, int) else 0)
 

@@ -1,5 +1,6 @@
 """Our exception types. User mistakes raise these; the CLI prints them as one message (exit 1 or 2)
-and the API maps them to 4xx with OpenAI's error schema. Never let a bad input become a traceback."""
+and the API maps them to 4xx with OpenAI's error schema. Bad input never becomes a traceback.
+"""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ HOME_ENV = "TUNEFORGE_HOME"
 
 
 def tuneforge_home() -> Path:
-    """`$TUNEFORGE_HOME`, default `~/.cache/tuneforge`. Not created here: callers create what they use."""
+    """`$TUNEFORGE_HOME`, default `~/.cache/tuneforge`; callers create what they use."""
     env = os.environ.get(HOME_ENV)
     return Path(env).expanduser() if env else Path.home() / ".cache" / "tuneforge"
 

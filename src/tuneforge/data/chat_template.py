@@ -161,7 +161,7 @@ def template_messages(
     if tools and not supports_tools:
         described = "\n".join(json.dumps(t, ensure_ascii=False) for t in tools)
         note = (
-            "You may call these tools. Answer with <tool_call>{\"name\": ..., \"arguments\": ...}"
+            'You may call these tools. Answer with <tool_call>{"name": ..., "arguments": ...}'
             f"</tool_call>.\n<tools>\n{described}\n</tools>"
         )
         if out and out[0]["role"] == "system":

@@ -27,7 +27,7 @@ class Message:
 
     @property
     def trained(self) -> bool:
-        """Whether this message's tokens carry loss: assistant turns not switched off by weight 0."""
+        """Whether this message carries loss: assistant turns not switched off by weight 0."""
         return self.role == "assistant" and self.weight != 0
 
     def to_openai(self) -> dict[str, Any]:

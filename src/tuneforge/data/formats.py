@@ -200,7 +200,9 @@ def _read_json_array(path: Path) -> Iterator[Record]:
     try:
         data = json.loads(path.read_bytes().decode("utf-8-sig"))
     except UnicodeDecodeError as exc:
-        yield Record(1, issue=Issue("encoding", f"not valid UTF-8 ({exc.reason}); re-save as UTF-8"))
+        yield Record(
+            1, issue=Issue("encoding", f"not valid UTF-8 ({exc.reason}); re-save as UTF-8")
+        )
         return
     except (json.JSONDecodeError, RecursionError) as exc:
         msg = exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
@@ -352,7 +354,9 @@ def parse_mapping(spec: str | None) -> dict[str, list[str]] | None:
     for needed in ("user", "assistant"):
         if needed not in mapping:
             want = "prompt" if needed == "user" else "completion"
-            raise UsageError(f"--map: missing `{want}=COLUMN`", hint="map both prompt and completion")
+            raise UsageError(
+                f"--map: missing `{want}=COLUMN`", hint="map both prompt and completion"
+            )
     return mapping
 
 
@@ -365,7 +369,9 @@ def parse_record(
     """
     if fmt == "columns" or mapping is not None:
         if mapping is None:
-            raise UsageError("format `columns` needs a mapping", hint="pass --map prompt=COL,completion=COL")
+            raise UsageError(
+                "format `columns` needs a mapping", hint="pass --map prompt=COL,completion=COL"
+            )
         parsed = _parse_columns(value, mapping)
     else:
         parser = _PARSERS.get(fmt)
@@ -415,7 +421,9 @@ def _text_content(content: Any, where: str, errors: list[Issue]) -> str | None:
 def _parse_tool_calls(calls: Any, where: str, errors: list[Issue]) -> tuple[dict, ...] | None:
     if not isinstance(calls, list) or not calls:
         errors.append(
-            Issue("invalid_tool_call", "`tool_calls` must be a non-empty list", f"{where}.tool_calls")
+            Issue(
+                "invalid_tool_call", "`tool_calls` must be a non-empty list", f"{where}.tool_calls"
+            )
         )
         return None
     out = []
@@ -540,20 +548,29 @@ def _parse_chat_messages(
         if "weight" in message:
             if role != "assistant":
                 errors.append(
-                    Issue("invalid_weight", "`weight` is only allowed on assistant messages",
-                          f"{where}.weight")
+                    Issue(
+                        "invalid_weight",
+                        "`weight` is only allowed on assistant messages",
+                        f"{where}.weight",
+                    )
                 )
-            elif isinstance(weight, bool) or weight not in (0, 1) or (
-                isinstance(weight, float) and math.isnan(weight)
+            elif (
+                isinstance(weight, bool)
+                or weight not in (0, 1)
+                or (isinstance(weight, float) and math.isnan(weight))
             ):
                 errors.append(
-                    Issue("invalid_weight", f"`weight` must be 0 or 1, got {json.dumps(weight)}",
-                          f"{where}.weight")
+                    Issue(
+                        "invalid_weight",
+                        f"`weight` must be 0 or 1, got {json.dumps(weight)}",
+                        f"{where}.weight",
+                    )
                 )
         tool_call_id = message.get("tool_call_id")
         if tool_call_id is not None and not isinstance(tool_call_id, str):
-            errors.append(Issue("wrong_type", "`tool_call_id` must be a string",
-                                f"{where}.tool_call_id"))
+            errors.append(
+                Issue("wrong_type", "`tool_call_id` must be a string", f"{where}.tool_call_id")
+            )
         name = message.get("name")
         if name is not None and not isinstance(name, str):
             errors.append(Issue("wrong_type", "`name` must be a string", f"{where}.name"))
@@ -591,14 +608,21 @@ def _parse_tools(value: dict, errors: list[Issue], where: str = "tools") -> tupl
 
 def _parse_openai_chat(value: Any) -> Parsed:
     if not isinstance(value, dict):
-        return Parsed(None, [Issue("data_type", f"each example must be a JSON object, got "
-                                                f"{_type_name(value)}")])
+        return Parsed(
+            None,
+            [Issue("data_type", f"each example must be a JSON object, got {_type_name(value)}")],
+        )
     messages = value.get("messages")
     if not messages or not isinstance(messages, list):
         return Parsed(
             None,
-            [Issue("missing_messages_list", "the example needs a non-empty `messages` list",
-                   "messages")],
+            [
+                Issue(
+                    "missing_messages_list",
+                    "the example needs a non-empty `messages` list",
+                    "messages",
+                )
+            ],
         )
     errors: list[Issue] = []
     warnings: list[Issue] = []
@@ -626,7 +650,9 @@ def _parse_openai_chat(value: Any) -> Parsed:
     return Parsed(Conversation(tuple(parsed), tools), [], warnings)
 
 
-def _require_str(value: dict, key: str, errors: list[Issue], *, required: bool = True) -> str | None:
+def _require_str(
+    value: dict, key: str, errors: list[Issue], *, required: bool = True
+) -> str | None:
     if key not in value or value[key] is None:
         if required:
             errors.append(Issue("missing_field", f"missing `{key}`", key))
@@ -682,8 +708,9 @@ def _parse_sharegpt(value: Any) -> Parsed:
     key = "conversations" if "conversations" in value else "conversation"
     turns = value.get(key)
     if not isinstance(turns, list) or not turns:
-        return Parsed(None, [Issue("missing_messages_list", f"`{key}` must be a non-empty list",
-                                   key)])
+        return Parsed(
+            None, [Issue("missing_messages_list", f"`{key}` must be a non-empty list", key)]
+        )
     errors: list[Issue] = []
     messages: list[Message] = []
     system = _require_str(value, "system", errors, required=False)
@@ -692,27 +719,37 @@ def _parse_sharegpt(value: Any) -> Parsed:
     for i, turn in enumerate(turns):
         where = f"{key}[{i}]"
         if not isinstance(turn, dict):
-            errors.append(Issue("message_missing_key", 'each turn must be {"from": ..., "value": ...}',
-                                where))
+            errors.append(
+                Issue("message_missing_key", 'each turn must be {"from": ..., "value": ...}', where)
+            )
             continue
         speaker = turn.get("from")
         role = SHAREGPT_ROLES.get(speaker) if isinstance(speaker, str) else None
         if role is None:
             errors.append(
-                Issue("unrecognized_role",
-                      f"`from` {json.dumps(speaker)[:40]} is not one of "
-                      f"{', '.join(sorted(SHAREGPT_ROLES))}", f"{where}.from")
+                Issue(
+                    "unrecognized_role",
+                    f"`from` {json.dumps(speaker)[:40]} is not one of "
+                    f"{', '.join(sorted(SHAREGPT_ROLES))}",
+                    f"{where}.from",
+                )
             )
             continue
         text = turn.get("value")
         if not isinstance(text, str) or not text:
-            errors.append(Issue("missing_content", "`value` must be a non-empty string",
-                                f"{where}.value"))
+            errors.append(
+                Issue("missing_content", "`value` must be a non-empty string", f"{where}.value")
+            )
             continue
         messages.append(Message(role, text))
     if not errors and not any(m.role == "assistant" for m in messages):
-        errors.append(Issue("example_missing_assistant_message",
-                            "no gpt/assistant turn, so nothing would be trained", key))
+        errors.append(
+            Issue(
+                "example_missing_assistant_message",
+                "no gpt/assistant turn, so nothing would be trained",
+                key,
+            )
+        )
     if errors:
         return Parsed(None, errors)
     return Parsed(Conversation(tuple(messages)))
@@ -723,9 +760,18 @@ def _parse_openai_dpo(value: Any) -> Parsed:
         return bad
     errors: list[Issue] = []
     inp = value.get("input")
-    if not isinstance(inp, dict) or not isinstance(inp.get("messages"), list) or not inp["messages"]:
-        errors.append(Issue("missing_messages_list", "`input.messages` must be a non-empty list",
-                            "input.messages"))
+    if (
+        not isinstance(inp, dict)
+        or not isinstance(inp.get("messages"), list)
+        or not inp["messages"]
+    ):
+        errors.append(
+            Issue(
+                "missing_messages_list",
+                "`input.messages` must be a non-empty list",
+                "input.messages",
+            )
+        )
         return Parsed(None, errors)
     prompt = _parse_chat_messages(inp["messages"], errors, "input.messages")
     tools = _parse_tools(inp, errors, "input.tools")
@@ -733,13 +779,17 @@ def _parse_openai_dpo(value: Any) -> Parsed:
     for key in ("preferred_output", "non_preferred_output"):
         out = value.get(key)
         if not isinstance(out, list) or len(out) != 1:
-            errors.append(Issue("missing_field", f"`{key}` must be a list with one assistant message",
-                                key))
+            errors.append(
+                Issue("missing_field", f"`{key}` must be a list with one assistant message", key)
+            )
             continue
         msgs = _parse_chat_messages(out, errors, key)
         if msgs and msgs[0].role != "assistant":
-            errors.append(Issue("unrecognized_role", f"`{key}` must be an assistant message",
-                                f"{key}[0].role"))
+            errors.append(
+                Issue(
+                    "unrecognized_role", f"`{key}` must be an assistant message", f"{key}[0].role"
+                )
+            )
         outputs.append(msgs)
     if errors:
         return Parsed(None, errors)

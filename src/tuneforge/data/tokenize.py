@@ -49,7 +49,9 @@ class Encoded:
         return self.full_length > len(self.input_ids)
 
 
-def trained_spans(template: ChatTemplate, conversation: Conversation) -> tuple[str, list[tuple[int, int]]]:
+def trained_spans(
+    template: ChatTemplate, conversation: Conversation
+) -> tuple[str, list[tuple[int, int]]]:
     """Render the conversation; return the text and the character spans that carry loss."""
     messages = template_messages(conversation.messages, conversation.tools, template.supports_tools)
     # Tool definitions folded into the system message add one message at the front.

@@ -185,8 +185,11 @@ def validate_file(
         digest = _digest(conversation.to_openai())
         if digest in seen:
             report.add_error(
-                Issue("duplicate_example", "this example repeats an earlier one; remove it",
-                      line=record.line)
+                Issue(
+                    "duplicate_example",
+                    "this example repeats an earlier one; remove it",
+                    line=record.line,
+                )
             )
             continue
         seen.add(digest)

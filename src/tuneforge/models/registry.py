@@ -150,8 +150,7 @@ def resolve_model(model: str) -> Path | str:
         if not (path / "config.json").exists():
             raise ModelError(
                 f"{path}: not a Hugging Face model folder (no config.json)",
-                hint="name a folder written by save_pretrained, or one of: "
-                + ", ".join(REGISTRY),
+                hint="name a folder written by save_pretrained, or one of: " + ", ".join(REGISTRY),
             )
         return path
     if model.count("/") == 1 and not model.startswith((".", "/")):

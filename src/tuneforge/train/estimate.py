@@ -25,8 +25,10 @@ class TimeEstimate:
     device: str = "cpu"
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self) | {"seconds": round(self.seconds, 1),
-                               "tokens_per_second": round(self.tokens_per_second, 1)}
+        return asdict(self) | {
+            "seconds": round(self.seconds, 1),
+            "tokens_per_second": round(self.tokens_per_second, 1),
+        }
 
 
 def calibrate_tokens_per_second(model: Any, seq_len: int, steps: int = 2) -> float:
