@@ -33,7 +33,7 @@ app.add_typer(data_app, name="data")
 app.add_typer(models_app, name="models")
 
 out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 ModelOpt = Annotated[
     str,
@@ -414,14 +414,15 @@ def main(argv: list[str] | None = None) -> None:
         return
     try:
         code = app(args=argv, standalone_mode=False)
-    except click.exceptions.Exit as exc:
+    except (typer.Exit, click.exceptions.Exit) as exc:
         code = exc.exit_code
-    except click.ClickException as exc:
-        exc.show()
-        code = exc.exit_code
-    except click.exceptions.Abort:
+    except (typer.Abort, click.exceptions.Abort):
         err.print("aborted")
         code = 130
+    except (typer.TyperException, click.ClickException) as exc:
+        # Bad options and arguments (typer vendors its own click): usage message, exit 2.
+        exc.show()
+        code = exc.exit_code
     except KeyboardInterrupt:
         err.print("interrupted")
         code = 130

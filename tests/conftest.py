@@ -1,0 +1,98 @@
+"""Shared fixtures.
+
+The converted default model (SmolLM2-135M-Instruct, ~30 s to convert from its GGUF the first
+time) is cached in `.tuneforge-test-home/` at the repository root and reused across runs; tests
+that need a clean home point TUNEFORGE_HOME at a temp dir themselves. Unit tests train and
+generate with a tiny random 2-layer model that shares the real tokenizer and chat template.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+TEST_HOME = Path(os.environ.get("TUNEFORGE_TEST_HOME", REPO / ".tuneforge-test-home"))
+os.environ["TUNEFORGE_HOME"] = str(TEST_HOME)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+DEFAULT = "smollm2-135m-instruct"
+
+
+@pytest.fixture(scope="session")
+def default_model_dir() -> Path:
+    from tuneforge.models import resolve_model
+
+    return Path(resolve_model(DEFAULT))
+
+
+@pytest.fixture(scope="session")
+def tokenizer(default_model_dir: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(default_model_dir)
+
+
+@pytest.fixture(scope="session")
+def template(tokenizer):
+    from tuneforge.data.chat_template import ChatTemplate
+
+    return ChatTemplate.from_tokenizer(tokenizer)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(default_model_dir: Path) -> Path:
+    """A 2-layer random Llama with SmolLM2's real tokenizer and chat template (~3.5M params)."""
+    target = TEST_HOME / "tiny-llama"
+    if (target / "model.safetensors").exists():
+        return target
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=49152,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+    )
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    LlamaForCausalLM(config).save_pretrained(tmp)
+    AutoTokenizer.from_pretrained(default_model_dir).save_pretrained(tmp)
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+    return target
+
+
+@pytest.fixture
+def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path / "home"
+    monkeypatch.setenv("TUNEFORGE_HOME", str(home))
+    return home
+
+
+@pytest.fixture
+def run_cli(capsys: pytest.CaptureFixture):
+    """Run the CLI in-process; return (exit code, stdout, stderr)."""
+    from tuneforge.cli import main
+
+    def run(*args: str) -> tuple[int, str, str]:
+        with pytest.raises(SystemExit) as exc:
+            main([str(a) for a in args])
+        captured = capsys.readouterr()
+        return exc.value.code, captured.out, captured.err
+
+    return run

@@ -1,0 +1,31 @@
+"""Small builders for test data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+def chat_example(i: int, system: bool = True) -> dict[str, Any]:
+    messages = (
+        [{"role": "system", "content": "You answer with the capital city."}] if system else []
+    )
+    messages += [
+        {"role": "user", "content": f"What is the capital of country number {i}?"},
+        {"role": "assistant", "content": f"The capital of country {i} is City{i}."},
+    ]
+    return {"messages": messages}
+
+
+def good_examples(n: int = 12) -> list[dict[str, Any]]:
+    return [chat_example(i) for i in range(n)]
+
+
+def write_lines(path: Path, rows: list[Any]) -> Path:
+    """Write rows as JSONL; a `str` row is written verbatim (for malformed lines)."""
+    with path.open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(row if isinstance(row, str) else json.dumps(row, ensure_ascii=False))
+            f.write("\n")
+    return path
