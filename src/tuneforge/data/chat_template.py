@@ -105,7 +105,7 @@ class ChatTemplate:
             raise
         except jinja2.exceptions.SecurityError as exc:
             raise TemplateError(f"the chat template tried an unsafe operation: {exc}") from exc
-        except (jinja2.TemplateError, TypeError, ValueError, KeyError, AttributeError) as exc:
+        except Exception as exc:  # the template is foreign code: any failure is its failure
             raise TemplateError(f"the chat template failed on this conversation: {exc}") from exc
         return "".join(pieces)
 
