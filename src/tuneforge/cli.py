@@ -381,6 +381,324 @@ def models_pull(
 
 
 # --------------------------------------------------------------------------------------------
+# tuneforge config / train / runs / generate / chat / export
+# --------------------------------------------------------------------------------------------
+
+config_app = typer.Typer(help="Training configs: defaults and validation.", no_args_is_help=True)
+runs_app = typer.Typer(help="Training runs under $TUNEFORGE_HOME/runs.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+app.add_typer(runs_app, name="runs")
+
+
+@config_app.command("show")
+def config_show(
+    defaults: Annotated[
+        bool, typer.Option("--defaults", help="Every field with its default.")
+    ] = False,
+    file: Annotated[Path | None, typer.Argument(help="A config file to show resolved.")] = None,
+) -> None:
+    """Print the default config (commented YAML), or a config file with defaults filled in."""
+    import yaml
+
+    from tuneforge.config import defaults_yaml, load_config_file
+
+    if defaults or file is None:
+        print(defaults_yaml(), end="")
+        return
+    print(yaml.safe_dump(load_config_file(file).model_dump(mode="json"), sort_keys=False), end="")
+
+
+@config_app.command("validate")
+def config_validate(
+    file: Annotated[Path, typer.Argument(help="YAML config file.")],
+    overrides: Annotated[list[str] | None, typer.Argument(help="key=value overrides.")] = None,
+) -> None:
+    """Check a config against its data and model, without loading weights."""
+    from tuneforge.config import load_config_file
+    from tuneforge.train.plan import make_plan
+
+    plan = make_plan(load_config_file(file, overrides))
+    c = plan.config
+    out.print(
+        f"[green]ok[/]: {len(plan.train)} training / {len(plan.validation)} validation examples; "
+        f"{c.method}, {c.epochs} epoch(s) × {plan.steps_per_epoch} steps, batch {c.batch_size}, "
+        f"lr {c.learning_rate:g}, max_seq_len {c.max_seq_len}, device {plan.device}"
+    )
+
+
+def _train_config(config_file: Path | None, overrides: list[str], flags: dict[str, Any]) -> Any:
+    from tuneforge.config import build_config, load_config_file
+
+    extra = [f"{k}={v}" for k, v in flags.items() if v is not None]
+    if config_file is not None:
+        return load_config_file(config_file, extra + overrides)
+    return build_config({}, extra + overrides)
+
+
+@app.command("train")
+def train_cmd(
+    overrides: Annotated[
+        list[str] | None, typer.Argument(help="key=value config overrides, e.g. epochs=2.")
+    ] = None,
+    config_file: Annotated[Path | None, typer.Option("--config", "-c", help="YAML config.")] = None,
+    train_file: Annotated[str | None, typer.Option("--train-file", "-t")] = None,
+    validation_file: Annotated[str | None, typer.Option("--validation-file", "-v")] = None,
+    model: Annotated[str | None, typer.Option("--model", "-m")] = None,
+    method: Annotated[str | None, typer.Option("--method", help="lora, full or qlora.")] = None,
+    output_dir: Annotated[str | None, typer.Option("--out", "-o", help="Run directory.")] = None,
+    suffix: Annotated[str | None, typer.Option("--suffix")] = None,
+    resume_dir: Annotated[Path | None, typer.Option("--resume", help="Continue this run.")] = None,
+    nproc: Annotated[int, typer.Option("--nproc", min=1, help="Data-parallel processes.")] = 1,
+) -> None:
+    """Fine-tune a model (LoRA by default). Ctrl-C saves a checkpoint; --resume continues.
+
+    Examples: `tuneforge train -t train.jsonl -v valid.jsonl epochs=2`,
+    `tuneforge train -c run.yaml learning_rate_multiplier=2`, `tuneforge train --resume RUN_DIR`.
+    """
+    from tuneforge.train.plan import make_plan
+
+    flags = {
+        "train_file": train_file,
+        "validation_file": validation_file,
+        "model": model,
+        "method": method,
+        "output_dir": output_dir,
+        "suffix": suffix,
+    }
+    if resume_dir is not None:
+        from tuneforge import run_dir as rd
+        from tuneforge.config import build_config
+
+        if any(flags.values()) or overrides or config_file:
+            raise UsageError("--resume takes no other config", hint="the run's config.yaml is used")
+        config = build_config(rd.read_config(resume_dir))
+        run_dir = resume_dir
+    else:
+        config = _train_config(config_file, overrides or [], flags)
+        run_dir = None
+    rank = int(os.environ.get("RANK", "0"))
+    if nproc > 1:
+        # Check everything once here, then start N processes on the same run directory.
+        plan = make_plan(config, run_dir)
+        _launch_distributed(nproc, config, plan.run_dir, resume=resume_dir is not None)
+        return
+    _train_here(config, run_dir, resume=resume_dir is not None, show=rank == 0)
+
+
+def _launch_distributed(nproc: int, config: Any, run_dir: Path, resume: bool) -> None:
+    import socket
+    import subprocess
+
+    from tuneforge.config import build_config  # noqa: F401 - validated above
+
+    with socket.socket() as sock:  # a free port for the process group's rendezvous
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={nproc}",
+        f"--master_port={port}",
+        "--master_addr=127.0.0.1",
+        "-m",
+        "tuneforge.cli",
+        "train",
+    ]
+    if resume:
+        cmd += ["--resume", str(run_dir)]
+    else:
+        data = config.model_dump(mode="json", exclude_defaults=True) | {"output_dir": str(run_dir)}
+        cmd += [f"{k}={json.dumps(v)}" for k, v in data.items()]
+    err.print(f"starting {nproc} processes (gloo on CPU, NCCL on GPUs) …")
+    result = subprocess.run(cmd, check=False)
+    if result.returncode:
+        raise typer.Exit(result.returncode)
+
+
+def _train_here(config: Any, run_dir: Path | None, resume: bool, show: bool) -> None:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from tuneforge.train.recipe import resume as resume_run
+    from tuneforge.train.recipe import train
+
+    progress = Progress(
+        TextColumn("step {task.completed}/{task.total}"),
+        BarColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeRemainingColumn(),
+        console=err,
+        disable=not (show and err.is_terminal),
+    )
+    state: dict[str, Any] = {"task": None, "t0": None, "tokens": 0}
+
+    def on_step(m: dict[str, Any]) -> None:
+        import time
+
+        if state["task"] is None:
+            return
+        state["tokens"] += m["trained_tokens"]
+        rate = state["tokens"] / max(1e-9, time.time() - state["t0"])
+        info = f"epoch {m['epoch']:.2f} loss {m['train_loss']:.4f}"
+        if "valid_loss" in m:
+            info += f" valid {m['valid_loss']:.4f}"
+        progress.update(state["task"], completed=m["step"], info=f"{info} {rate:.0f} trained tok/s")
+        if show and not err.is_terminal:
+            err.print(f"step {m['step']}: {info}")
+
+    def on_event(message: str) -> None:
+        if show:
+            err.print(message)
+
+    import time
+
+    from tuneforge.train.plan import make_plan
+
+    with err.status("checking the config and tokenizing the data …"):
+        plan = make_plan(config, run_dir)
+    with progress:
+        state["task"] = progress.add_task("train", total=plan.total_steps, info="loading …")
+        state["t0"] = time.time()
+        if resume:
+            run, last = resume_run(plan.run_dir, plan=plan, on_step=on_step, on_event=on_event)
+        else:
+            run, last = train(config, plan=plan, on_step=on_step, on_event=on_event)
+    if show:
+        from tuneforge import run_dir as rd
+
+        status = (rd.read_status(run) or {}).get("status")
+        shown = {
+            k: round(v, 4)
+            for k, v in last.items()
+            if k.endswith(("loss", "accuracy")) and isinstance(v, float)
+        }
+        out.print(f"run {status}: {run}")
+        if shown:
+            out.print("  " + ", ".join(f"{k}={v}" for k, v in shown.items()))
+        if status == "succeeded":
+            out.print(f'  try it: tuneforge generate {run} "your prompt"')
+        if status == "interrupted":
+            raise typer.Exit(130)  # the shell convention for "stopped by Ctrl-C"
+
+
+@runs_app.command("list")
+def runs_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Runs with their status and final metrics."""
+    from tuneforge import run_dir as rd
+
+    rows = []
+    for path in rd.list_runs():
+        status = rd.read_status(path) or {}
+        config = rd.read_config(path)
+        rows.append(
+            {
+                "run": path.name,
+                "path": str(path),
+                "status": status.get("status", "?"),
+                "step": status.get("step"),
+                "total_steps": status.get("total_steps"),
+                "model": config.get("model"),
+                "method": config.get("method"),
+                "final_metrics": status.get("final_metrics") or {},
+            }
+        )
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table()
+    for col in ("run", "status", "step", "model", "method", "valid loss"):
+        table.add_column(col)
+    for r in rows:
+        fm = r["final_metrics"]
+        loss = fm.get("full_valid_loss", fm.get("valid_loss"))
+        table.add_row(
+            r["run"],
+            r["status"],
+            f"{r['step']}/{r['total_steps']}",
+            str(r["model"]),
+            str(r["method"]),
+            f"{loss:.4f}" if loss is not None else "-",
+        )
+    out.print(table if rows else "no runs yet: start one with `tuneforge train`")
+
+
+def _messages(prompt: str, system: str | None) -> list[Any]:
+    from tuneforge.data.conversation import Message
+
+    return ([Message("system", system)] if system else []) + [Message("user", prompt)]
+
+
+@app.command("generate")
+def generate_cmd(
+    model_or_run: Annotated[str, typer.Argument(help="A run directory, or a model.")],
+    prompt: Annotated[str, typer.Argument(help="The user message.")],
+    system: Annotated[str | None, typer.Option("--system", help="System message.")] = None,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", min=1)] = 256,
+    temperature: Annotated[float, typer.Option(min=0.0)] = 0.0,
+) -> None:
+    """Answer one prompt with a fine-tuned run (or a base model), greedy by default."""
+    from tuneforge.inference.generate import generate
+    from tuneforge.inference.load import load_for_inference
+
+    with err.status("loading …"):
+        loaded = load_for_inference(model_or_run)
+    text, _ = generate(
+        loaded, _messages(prompt, system), max_new_tokens=max_tokens, temperature=temperature
+    )
+    print(text)
+
+
+@app.command("chat")
+def chat_cmd(
+    model_or_run: Annotated[str, typer.Argument(help="A run directory, or a model.")],
+    system: Annotated[str | None, typer.Option("--system", help="System message.")] = None,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", min=1)] = 512,
+    temperature: Annotated[float, typer.Option(min=0.0)] = 0.0,
+) -> None:
+    """Chat in the terminal, streamed. Empty line or Ctrl-D ends; /reset forgets the history."""
+    from tuneforge.data.conversation import Message
+    from tuneforge.inference.generate import stream
+    from tuneforge.inference.load import load_for_inference
+
+    with err.status("loading …"):
+        loaded = load_for_inference(model_or_run)
+    history: list[Any] = [Message("system", system)] if system else []
+    err.print(f"chatting with {loaded.name} (empty line to quit)")
+    while True:
+        try:
+            line = input("you> ")
+        except EOFError:
+            break
+        if not line.strip():
+            break
+        if line.strip() == "/reset":
+            history = history[:1] if system else []
+            continue
+        history.append(Message("user", line))
+        pieces = []
+        print("assistant> ", end="", flush=True)
+        for piece in stream(loaded, history, max_new_tokens=max_tokens, temperature=temperature):
+            print(piece, end="", flush=True)
+            pieces.append(piece)
+        print()
+        history.append(Message("assistant", "".join(pieces)))
+
+
+@app.command("export")
+def export_cmd(
+    run: Annotated[Path, typer.Argument(help="A run directory.")],
+    merged: Annotated[Path, typer.Option("--merged", help="Write a merged HF model folder.")],
+    overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+) -> None:
+    """Merge the adapter into the base model: a folder plain transformers loads."""
+    from tuneforge.inference.export import export_merged
+
+    with err.status("merging …"):
+        path = export_merged(run, merged, overwrite=overwrite)
+    out.print(f"wrote {path} (load it with AutoModelForCausalLM.from_pretrained)")
+
+
+# --------------------------------------------------------------------------------------------
 
 
 def _quiet_libraries() -> None:

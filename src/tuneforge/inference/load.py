@@ -1,0 +1,91 @@
+"""Load a base model or a fine-tuned run for inference, with the chat template used in training."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tuneforge.data.chat_template import ChatTemplate
+from tuneforge.errors import UsageError
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    tokenizer: Any
+    template: ChatTemplate
+    name: str
+    base_model: str
+    run_dir: Path | None = None
+
+
+def is_run_dir(path: str | Path) -> bool:
+    return (Path(path) / "config.yaml").exists()
+
+
+def run_model_dir(run_dir: Path) -> Path:
+    """The weights to use for a run: the final model, else its latest complete checkpoint."""
+    from tuneforge import run_dir as rd
+
+    final = run_dir / "model"
+    if (final / "adapter_config.json").exists() or (final / "config.json").exists():
+        return final
+    latest = rd.latest_checkpoint(run_dir)
+    if latest is None:
+        raise UsageError(
+            f"{run_dir}: the run has no model yet (no final model, no complete checkpoint)",
+            hint=f"wait for it, or resume it with `tuneforge train --resume {run_dir}`",
+        )
+    return latest[1]
+
+
+def load_for_inference(
+    model_or_run: str | Path, *, device: str = "cpu", weights: Path | None = None
+) -> LoadedModel:
+    """A registry name / model folder / hub id, or a run directory (adapter on its base)."""
+    import torch
+
+    from tuneforge.models import load_model, load_tokenizer
+
+    if is_run_dir(model_or_run):
+        from tuneforge import run_dir as rd
+
+        run_dir = Path(model_or_run)
+        config = rd.read_config(run_dir)
+        base = config["model"]
+        folder = weights or run_model_dir(run_dir)
+        tokenizer = load_tokenizer(base)
+        if (folder / "adapter_config.json").exists():
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(load_model(base, dtype=torch.float32), folder)
+        else:
+            from transformers import AutoModelForCausalLM
+
+            if (folder / "config.json").exists():
+                model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+            else:  # a full-fine-tuning checkpoint: base architecture + saved weights
+                from safetensors.torch import load_file
+
+                model = load_model(base, dtype=torch.float32)
+                model.load_state_dict(load_file(folder / "model.safetensors"), strict=False)
+        model.to(device).eval()
+        return LoadedModel(
+            model,
+            tokenizer,
+            ChatTemplate.from_tokenizer(tokenizer),
+            name=run_dir.name,
+            base_model=base,
+            run_dir=run_dir,
+        )
+    model = load_model(str(model_or_run), dtype=torch.float32)
+    model.to(device).eval()
+    tokenizer = load_tokenizer(str(model_or_run))
+    return LoadedModel(
+        model,
+        tokenizer,
+        ChatTemplate.from_tokenizer(tokenizer),
+        name=str(model_or_run),
+        base_model=str(model_or_run),
+    )

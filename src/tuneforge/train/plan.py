@@ -1,0 +1,233 @@
+"""Before any weights load: check the config against the data and the model, resolve every
+`auto`, and tokenize the data. All problems are collected and reported at once.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tuneforge.config import TrainConfig
+from tuneforge.data.chat_template import ChatTemplate, TemplateError
+from tuneforge.data.formats import detect_format, load_conversations, parse_mapping
+from tuneforge.data.tokenize import encode, require_fast_tokenizer
+from tuneforge.data.validate import suggested_epochs
+from tuneforge.errors import ConfigError, TuneforgeError
+
+DEFAULT_MAX_SEQ_LEN = 2048
+LORA_LEARNING_RATE = 2e-4  # the usual LoRA range is 1e-4..3e-4 (LoRA/QLoRA papers)
+FULL_LEARNING_RATE = 2e-5  # full fine-tuning moves every weight: 10x smaller
+
+
+@dataclass(frozen=True)
+class TokenizedExample:
+    input_ids: list[int]
+    labels: list[int]
+
+    @property
+    def n_trained(self) -> int:
+        return sum(1 for x in self.labels if x != -100)
+
+
+@dataclass
+class Plan:
+    config: TrainConfig  # with every `auto` resolved
+    run_dir: Path
+    train: list[TokenizedExample]
+    validation: list[TokenizedExample]
+    steps_per_epoch: int
+    total_steps: int
+    tokenizer: Any
+    template: ChatTemplate
+    context_length: int | None
+    device: str
+    use_bf16: bool
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]+", "-", text).strip("-")[:40] or "run"
+
+
+def default_run_dir(config: TrainConfig) -> Path:
+    from tuneforge.run_dir import runs_root
+
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    name = "-".join(filter(None, [_slug(Path(config.model).name), config.suffix, stamp]))
+    return runs_root() / name
+
+
+def _tokenize(
+    examples: list,
+    tokenizer: Any,
+    template: ChatTemplate,
+    max_len: int,
+    label: str,
+    problems: list[str],
+) -> list[TokenizedExample]:
+    out = []
+    for example in examples:
+        try:
+            enc = encode(example.conversation, tokenizer, template, max_len)
+        except TemplateError as exc:
+            problems.append(f"`{label}` line {example.line}: {exc.message}")
+            continue
+        if enc.n_trained:
+            out.append(TokenizedExample(enc.input_ids, enc.labels))
+    return out
+
+
+def make_plan(config: TrainConfig, run_dir: Path | None = None) -> Plan:
+    """Check everything that can be checked without weights; raise ConfigError listing all."""
+    from tuneforge.models import load_tokenizer
+    from tuneforge.models.registry import model_context_length
+
+    problems: list[str] = []
+    device = config.device
+    if device == "auto":
+        device = "cuda" if cuda_available() else "cpu"
+    if device == "cuda" and not cuda_available():
+        problems.append("`device`: cuda was asked for but no CUDA GPU is visible; use device=cpu")
+    if config.method == "qlora" and device != "cuda":
+        problems.append(
+            "`method`: qlora quantizes the base model to 4 bits with bitsandbytes, which needs a "
+            "CUDA GPU; use method=lora on CPU"
+        )
+    use_bf16 = config.precision == "bf16" or (
+        config.precision == "auto" and device == "cuda" and _cuda_bf16()
+    )
+    if config.precision == "bf16" and device != "cuda":
+        problems.append(
+            "`precision`: bf16 on this CPU has no hardware support and is slower than fp32; "
+            "use precision=fp32 (or auto)"
+        )
+    mapping = None
+    try:
+        mapping = parse_mapping(config.column_map)
+    except TuneforgeError as exc:
+        problems.append(f"`column_map`: {exc.message}")
+
+    # Data files: exist, parse, same format.
+    formats: dict[str, str] = {}
+    examples: dict[str, list] = {"train_file": [], "validation_file": []}
+    for key in ("train_file", "validation_file"):
+        value = getattr(config, key)
+        if value is None:
+            continue
+        path = Path(value)
+        if not path.is_file():
+            problems.append(f"`{key}`: {value}: no such file")
+            continue
+        try:
+            fmt = config.data_format or ("columns" if mapping else detect_format(path))
+            formats[key] = fmt
+            examples[key] = load_conversations(
+                path, config.data_format, mapping, config.system_prompt
+            )
+        except TuneforgeError as exc:
+            problems.append(
+                f"`{key}`: {exc.message.splitlines()[0]}" + (f" ({exc.hint})" if exc.hint else "")
+            )
+    if len(set(formats.values())) > 1:
+        problems.append(
+            f"`validation_file`: its format is {formats['validation_file']} but the training "
+            f"file's is {formats['train_file']}; convert it with `tuneforge data convert`"
+        )
+
+    # The model's text side (tokenizer, template, context) — no weights.
+    tokenizer = template = None
+    context = None
+    try:
+        tokenizer = load_tokenizer(config.model)
+        require_fast_tokenizer(tokenizer)
+        template = ChatTemplate.from_tokenizer(tokenizer)
+        context = model_context_length(config.model)
+    except TuneforgeError as exc:
+        problems.append(f"`model`: {exc.message}" + (f" ({exc.hint})" if exc.hint else ""))
+    max_len = config.max_seq_len
+    if max_len == "auto":
+        max_len = min(context or DEFAULT_MAX_SEQ_LEN, DEFAULT_MAX_SEQ_LEN)
+    elif context and max_len > context:
+        problems.append(
+            f"`max_seq_len`: {max_len} is over the model's context length ({context}); "
+            f"use max_seq_len={context} or less"
+        )
+    if config.packing and isinstance(max_len, int) and config.micro_batch_tokens < max_len:
+        problems.append(
+            f"`micro_batch_tokens`: {config.micro_batch_tokens} is below max_seq_len ({max_len}); "
+            "a long example would not fit a forward pass — raise it or lower max_seq_len"
+        )
+    if config.method == "full" and config.lora_target_modules != "all-linear":
+        problems.append("`lora_target_modules`: only applies to method=lora/qlora; remove it")
+
+    train: list[TokenizedExample] = []
+    validation: list[TokenizedExample] = []
+    if tokenizer is not None and template is not None:
+        train = _tokenize(
+            examples["train_file"], tokenizer, template, max_len, "train_file", problems
+        )
+        validation = _tokenize(
+            examples["validation_file"], tokenizer, template, max_len, "validation_file", problems
+        )
+        if examples["train_file"] and not train:
+            problems.append(
+                "`train_file`: no example has a trained token after truncation; "
+                "raise max_seq_len or check the assistant messages"
+            )
+    if problems:
+        raise ConfigError(
+            f"{len(problems)} problem(s) before training could start:\n"
+            + "\n".join(f"  - {p}" for p in problems),
+            hint="fix the fields named above (nothing was loaded or written)",
+        )
+
+    n = len(train)
+    epochs = suggested_epochs(n) if config.epochs == "auto" else config.epochs
+    batch_size = min(32, max(4, n // 64)) if config.batch_size == "auto" else config.batch_size
+    batch_size = min(batch_size, n)
+    base_lr = LORA_LEARNING_RATE if config.method != "full" else FULL_LEARNING_RATE
+    lr = base_lr if config.learning_rate == "auto" else config.learning_rate
+    steps_per_epoch = math.ceil(n / batch_size)
+    total_steps = steps_per_epoch * epochs
+    if config.max_steps:
+        total_steps = min(total_steps, config.max_steps)
+    resolved = config.model_copy(
+        update={
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "learning_rate": lr,
+            "max_seq_len": max_len,
+            "device": device,
+            "precision": "bf16" if use_bf16 else "fp32",
+            "eval_every": config.eval_every or max(1, total_steps // 10),
+            "checkpoint_every": config.checkpoint_every or steps_per_epoch,
+        }
+    )
+    return Plan(
+        config=resolved,
+        run_dir=Path(run_dir or config.output_dir or default_run_dir(config)),
+        train=train,
+        validation=validation,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total_steps,
+        tokenizer=tokenizer,
+        template=template,
+        context_length=context,
+        device=device,
+        use_bf16=use_bf16,
+    )
+
+
+def _cuda_bf16() -> bool:
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()

@@ -1,0 +1,656 @@
+"""The supervised fine-tuning recipe: one loop, read top to bottom. The CLI, the jobs worker and
+the UI all run this (`train(config)`); the run directory is what they read back.
+
+Why our own loop rather than TRL's SFTTrainer (measured in bench/train_throughput.py):
+- The LM head runs only at trained positions. For SmolLM2-135M the head (49152 × 576) is a fifth of
+  the forward FLOPs and nearly all of them are wasted on prompt tokens that carry no loss.
+- Examples are packed into one row with per-example causal attention (models/attention.py): no
+  padding, no cross-example attention, no dense L² mask.
+- The loss is normalised by the trained tokens of the whole optimizer step (all micro-batches and
+  processes), so gradient accumulation and data parallelism give the same update as one big batch.
+- Exact resume: the data order is a pure function of (seed, epoch), and checkpoints hold weights,
+  optimizer, scheduler and every RNG state, so a resumed run logs the same losses.
+
+Structure (torchtune style): `SFTRecipe.setup()`, `.train()`, `.save_checkpoint()`, `.cleanup()`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from tuneforge import run_dir as rd
+from tuneforge.config import TrainConfig
+from tuneforge.data.tokenize import IGNORE_INDEX
+from tuneforge.errors import TuneforgeError
+from tuneforge.train.plan import Plan, TokenizedExample, make_plan
+
+StepCallback = Callable[[dict[str, Any]], None]
+
+
+class TrainingFailed(TuneforgeError):
+    """The run stopped with an error (e.g. a NaN loss); the last good checkpoint is kept."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Batching
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class MicroBatch:
+    """Several examples flattened into one row; `bounds` are the example boundaries."""
+
+    input_ids: torch.Tensor  # (1, L)
+    position_ids: torch.Tensor  # (1, L), restarting at 0 for each example
+    bounds: list[int]  # [0, l1, l1+l2, ...]
+    positions: torch.Tensor  # (T,) row positions whose next token is trained
+    targets: torch.Tensor  # (T,) the trained next tokens
+
+    @property
+    def n_trained(self) -> int:
+        return int(self.targets.numel())
+
+
+def make_micro_batch(examples: list[TokenizedExample]) -> MicroBatch:
+    ids: list[int] = []
+    pos: list[int] = []
+    bounds = [0]
+    positions: list[int] = []
+    targets: list[int] = []
+    for ex in examples:
+        offset = len(ids)
+        ids.extend(ex.input_ids)
+        pos.extend(range(len(ex.input_ids)))
+        bounds.append(len(ids))
+        # Token t predicts token t+1, inside the example only: shift labels per example.
+        for t in range(len(ex.labels) - 1):
+            if ex.labels[t + 1] != IGNORE_INDEX:
+                positions.append(offset + t)
+                targets.append(ex.labels[t + 1])
+    return MicroBatch(
+        input_ids=torch.tensor([ids]),
+        position_ids=torch.tensor([pos]),
+        bounds=bounds,
+        positions=torch.tensor(positions, dtype=torch.long),
+        targets=torch.tensor(targets, dtype=torch.long),
+    )
+
+
+def group_examples(
+    examples: list[TokenizedExample], packing: bool, micro_batch_tokens: int
+) -> list[list[TokenizedExample]]:
+    """Packing on: fill each forward pass up to `micro_batch_tokens`, in order. Off: one each."""
+    if not packing:
+        return [[ex] for ex in examples]
+    groups: list[list[TokenizedExample]] = []
+    current: list[TokenizedExample] = []
+    size = 0
+    for ex in examples:
+        if current and size + len(ex.input_ids) > micro_batch_tokens:
+            groups.append(current)
+            current, size = [], 0
+        current.append(ex)
+        size += len(ex.input_ids)
+    if current:
+        groups.append(current)
+    return groups
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The data order of an epoch: a pure function of (seed, epoch), so resume needs no state."""
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(n, generator=generator).tolist()
+
+
+def step_indices(step: int, n: int, batch_size: int, steps_per_epoch: int, seed: int) -> list[int]:
+    epoch, within = divmod(step, steps_per_epoch)
+    order = epoch_order(n, seed, epoch)
+    return order[within * batch_size : (within + 1) * batch_size]
+
+
+# ----------------------------------------------------------------------------------------------
+# Model pieces
+# ----------------------------------------------------------------------------------------------
+
+
+def causal_lm(model: Any) -> Any:
+    """The transformers CausalLM inside a peft wrapper (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def forward_sums(model: Any, mb: MicroBatch, device: torch.device) -> tuple[torch.Tensor, int]:
+    """Summed cross-entropy over trained tokens, and the count of correct argmax predictions.
+
+    The body runs on the whole row; the LM head only on the rows of trained positions.
+    """
+    lm = causal_lm(model)
+    hidden = lm.get_decoder()(
+        input_ids=mb.input_ids.to(device),
+        position_ids=mb.position_ids.to(device),
+        segment_bounds=mb.bounds,
+        use_cache=False,
+    ).last_hidden_state[0]
+    if mb.n_trained == 0:
+        return hidden.sum() * 0.0, 0
+    logits = lm.get_output_embeddings()(hidden[mb.positions.to(device)]).float()
+    targets = mb.targets.to(device)
+    loss_sum = F.cross_entropy(logits, targets, reduction="sum")
+    correct = int((logits.argmax(dim=-1) == targets).sum())
+    return loss_sum, correct
+
+
+def build_model(plan: Plan) -> Any:
+    from tuneforge.models import load_model
+    from tuneforge.models.attention import use_varlen_attention
+
+    config = plan.config
+    if config.method == "qlora":
+        model = _load_4bit(config.model)
+    else:
+        model = load_model(config.model, dtype=torch.float32)
+    if config.method in ("lora", "qlora"):
+        from peft import LoraConfig, get_peft_model
+
+        if config.method == "qlora":
+            from peft import prepare_model_for_kbit_training
+
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        lora = LoraConfig(
+            r=config.lora_rank,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=config.lora_dropout,
+            target_modules=config.lora_target_modules,
+            task_type="CAUSAL_LM",
+        )
+        model = get_peft_model(model, lora)
+    use_varlen_attention(model)
+    return model
+
+
+def _load_4bit(model_name: str) -> Any:
+    try:
+        import bitsandbytes  # noqa: F401
+        from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    except ImportError as exc:
+        raise TuneforgeError(
+            "method=qlora needs the bitsandbytes package", hint="pip install bitsandbytes"
+        ) from exc
+    from tuneforge.models import resolve_model
+
+    quant = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_compute_dtype=torch.bfloat16,
+        bnb_4bit_use_double_quant=True,
+    )
+    return AutoModelForCausalLM.from_pretrained(
+        resolve_model(model_name), quantization_config=quant, device_map={"": 0}
+    )
+
+
+def lr_lambda(config: TrainConfig, total_steps: int) -> Callable[[int], float]:
+    warmup = math.ceil(config.warmup_ratio * total_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if config.lr_schedule == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        if config.lr_schedule == "linear":
+            return max(0.0, 1.0 - progress)
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+# ----------------------------------------------------------------------------------------------
+# The recipe
+# ----------------------------------------------------------------------------------------------
+
+
+class SFTRecipe:
+    def __init__(
+        self,
+        plan: Plan,
+        on_step: StepCallback | None = None,
+        on_event: Callable[[str], None] | None = None,
+    ) -> None:
+        self.plan = plan
+        self.config = plan.config
+        self.run_dir = plan.run_dir
+        self.on_step = on_step or (lambda _: None)
+        self.on_event = on_event or (lambda _: None)
+        self.step = 0
+        self.interrupted: str | None = None
+        self.started = time.time()
+        self.elapsed_before = 0.0  # training seconds of earlier (interrupted) sessions
+
+    # -- setup -----------------------------------------------------------------------------
+    def setup(self, resume: bool = False) -> None:
+        from accelerate import Accelerator
+
+        config = self.config
+        self.accelerator = Accelerator(
+            cpu=self.plan.device == "cpu",
+            mixed_precision="bf16" if self.plan.use_bf16 else "no",
+        )
+        self.device = self.accelerator.device
+        self.rank = self.accelerator.process_index
+        self.world = self.accelerator.num_processes
+        self.is_main = self.accelerator.is_main_process
+        torch.manual_seed(config.seed)
+        random.seed(config.seed)
+        self.model = build_model(self.plan).to(self.device)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(
+            self.params, lr=config.learning_rate, weight_decay=config.weight_decay
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_lambda(config, self.plan.total_steps)
+        )
+        if resume:
+            self._load_latest_checkpoint()
+        elif self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            rd.write_config(self.run_dir, config.model_dump(mode="json"))
+            (self.run_dir / "metrics.jsonl").write_text("")
+        if self.is_main:
+            rd.write_status(
+                self.run_dir,
+                status="running",
+                step=self.step,
+                total_steps=self.plan.total_steps,
+                pid=os.getpid(),
+                started_at=self.started,
+                error=None,
+                n_train_examples=len(self.plan.train),
+                n_validation_examples=len(self.plan.validation),
+                trainable_parameters=sum(p.numel() for p in self.params),
+            )
+        self.accelerator.wait_for_everyone()
+
+    # -- one optimizer step ----------------------------------------------------------------
+    def train_step(self, step: int) -> dict[str, Any]:
+        plan, config = self.plan, self.config
+        indices = step_indices(
+            step, len(plan.train), config.batch_size, plan.steps_per_epoch, config.seed
+        )
+        examples = [plan.train[i] for i in indices]
+        groups = group_examples(examples, config.packing, config.micro_batch_tokens)
+        # Normalise by the trained tokens of the whole step, across micro-batches and processes:
+        # every process knows the data, so this needs no communication.
+        step_tokens = sum(ex.n_trained for ex in examples)
+        self.model.train()
+        loss_sum = torch.zeros((), dtype=torch.float64)
+        correct = 0
+        for group in groups[self.rank :: self.world]:
+            mb = make_micro_batch(group)
+            with self.accelerator.autocast():
+                group_loss, group_correct = forward_sums(self.model, mb, self.device)
+            (group_loss / step_tokens).backward()
+            loss_sum += group_loss.detach().double().cpu()
+            correct += group_correct
+        if self.world > 1:
+            self._all_reduce_gradients()
+            totals = self.accelerator.reduce(
+                torch.tensor(
+                    [loss_sum.item(), float(correct)], dtype=torch.float64, device=self.device
+                ),
+                reduction="sum",
+            ).cpu()
+            loss_sum, correct = totals[0], int(totals[1].item())
+        if not math.isfinite(float(loss_sum)):
+            # Stop before the optimizer applies a NaN update; the last checkpoint stays good.
+            self._fail(
+                "nan_loss",
+                f"the training loss became {float(loss_sum)} at step {step + 1}; lower the "
+                "learning rate (e.g. learning_rate_multiplier=0.5) and resume or restart",
+            )
+        grad_norm = None
+        if config.max_grad_norm is not None:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, config.max_grad_norm))
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = float(loss_sum) / step_tokens
+        return {
+            "step": step + 1,
+            "epoch": round((step + 1) / plan.steps_per_epoch, 4),
+            "train_loss": loss,
+            "train_mean_token_accuracy": correct / step_tokens,
+            "learning_rate": lr,
+            "grad_norm": grad_norm,
+            "trained_tokens": step_tokens,
+            "tokens": sum(len(ex.input_ids) for ex in examples),
+        }
+
+    def _all_reduce_gradients(self) -> None:
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        flat = self.accelerator.reduce(flat, reduction="sum")
+        offset = 0
+        for p in self.params:
+            n = p.numel()
+            p.grad = flat[offset : offset + n].view_as(p).clone()
+            offset += n
+
+    # -- evaluation ------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, examples: list[TokenizedExample]) -> tuple[float, float] | None:
+        if not examples:
+            return None
+        self.model.eval()
+        groups = group_examples(examples, True, max(self.config.micro_batch_tokens, 1))
+        loss_sum, correct = 0.0, 0
+        for group in groups[self.rank :: self.world]:
+            mb = make_micro_batch(group)
+            with self.accelerator.autocast():
+                group_loss, group_correct = forward_sums(self.model, mb, self.device)
+            loss_sum += float(group_loss)
+            correct += group_correct
+        if self.world > 1:
+            totals = self.accelerator.reduce(
+                torch.tensor([loss_sum, float(correct)], dtype=torch.float64, device=self.device),
+                reduction="sum",
+            ).cpu()
+            loss_sum, correct = float(totals[0]), int(totals[1].item())
+        tokens = sum(ex.n_trained for ex in examples)
+        return loss_sum / tokens, correct / tokens
+
+    # -- the loop --------------------------------------------------------------------------
+    def train(self) -> dict[str, Any]:
+        plan, config = self.plan, self.config
+        valid_sample = plan.validation[: config.eval_examples]
+        last: dict[str, Any] = {}
+        session_start = time.time()
+        previous = {
+            sig: signal.signal(sig, self._on_signal)
+            for sig in (signal.SIGINT, signal.SIGTERM)
+            if self._can_handle_signals()
+        }
+        try:
+            while self.step < plan.total_steps:
+                metrics = self.train_step(self.step)
+                self.step += 1
+                if self.step % config.eval_every == 0 or self.step == plan.total_steps:
+                    result = self.evaluate(valid_sample)
+                    if result:
+                        metrics["valid_loss"], metrics["valid_mean_token_accuracy"] = result
+                metrics["elapsed_seconds"] = round(
+                    self.elapsed_before + time.time() - session_start, 3
+                )
+                last = metrics
+                if self.is_main:
+                    self._log(metrics)
+                self.on_step(metrics)
+                at_epoch_end = self.step % plan.steps_per_epoch == 0
+                if self.interrupted or (
+                    self.step < plan.total_steps
+                    and (self.step % config.checkpoint_every == 0 or at_epoch_end)
+                ):
+                    self.save_checkpoint(elapsed=metrics["elapsed_seconds"])
+                if self.interrupted:
+                    if self.is_main:
+                        rd.write_status(
+                            self.run_dir,
+                            status="interrupted",
+                            step=self.step,
+                            reason=self.interrupted,
+                        )
+                    self.on_event(
+                        f"stopped at step {self.step} ({self.interrupted}); "
+                        f"resume with: tuneforge train --resume {self.run_dir}"
+                    )
+                    return last
+            final = self.evaluate(plan.validation)
+            if final:
+                last["full_valid_loss"], last["full_valid_mean_token_accuracy"] = final
+            if self.is_main:
+                self.save_final(last)
+            return last
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    @staticmethod
+    def _can_handle_signals() -> bool:
+        import threading
+
+        return threading.current_thread() is threading.main_thread()
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        if self.interrupted:  # a second Ctrl-C: stop now, the last checkpoint stays
+            raise KeyboardInterrupt
+        self.interrupted = signal.Signals(signum).name
+        self.on_event(
+            "finishing the current step, then saving a checkpoint "
+            "(press Ctrl-C again to stop at once)"
+        )
+
+    def _fail(self, code: str, message: str) -> None:
+        if self.is_main:
+            rd.write_status(
+                self.run_dir,
+                status="failed",
+                error={"code": code, "message": message},
+            )
+        raise TrainingFailed(message)
+
+    def _log(self, metrics: dict[str, Any]) -> None:
+        with (self.run_dir / "metrics.jsonl").open("a", encoding="utf-8") as f:
+            f.write(json.dumps(metrics) + "\n")
+        rd.write_status(self.run_dir, step=self.step)
+
+    # -- checkpoints -----------------------------------------------------------------------
+    def save_checkpoint(self, elapsed: float) -> None:
+        """Write checkpoints/step-N atomically: weights, optimizer, scheduler, RNG, position."""
+        tmp_holder = [None]
+        if self.is_main:
+            tmp_holder[0] = str(rd.new_checkpoint_dir(self.run_dir, self.step))
+        if self.world > 1:
+            from accelerate.utils import broadcast_object_list
+
+            broadcast_object_list(tmp_holder)
+        tmp = Path(tmp_holder[0])
+        torch.save(_rng_state(), tmp / f"rng-{self.rank}.pt")
+        self.accelerator.wait_for_everyone()
+        if self.is_main:
+            self._save_weights(tmp)
+            torch.save(
+                {
+                    "optimizer": self.optimizer.state_dict(),
+                    "scheduler": self.scheduler.state_dict(),
+                },
+                tmp / "optimizer.pt",
+            )
+            (tmp / "trainer_state.json").write_text(
+                json.dumps(
+                    {"step": self.step, "world_size": self.world, "elapsed_seconds": elapsed}
+                )
+            )
+            rd.publish_checkpoint(self.run_dir, tmp, self.step, self.config.keep_last)
+        self.accelerator.wait_for_everyone()
+
+    def _save_weights(self, folder: Path) -> None:
+        if self.config.method == "full":
+            from safetensors.torch import save_file
+
+            state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+            # Tied embeddings share storage; safetensors stores each tensor once.
+            if getattr(self.model.config, "tie_word_embeddings", False):
+                state.pop("lm_head.weight", None)
+            save_file(state, folder / "model.safetensors")
+        else:
+            self.model.save_pretrained(folder)
+
+    def _load_latest_checkpoint(self) -> None:
+        found = rd.latest_checkpoint(self.run_dir)
+        if found is None:
+            self.on_event("no complete checkpoint yet: starting from step 0")
+            if self.is_main:
+                (self.run_dir / "metrics.jsonl").write_text("")
+            return
+        step, folder = found
+        state = json.loads((folder / "trainer_state.json").read_text())
+        if state.get("world_size", 1) != self.world:
+            raise TuneforgeError(
+                f"checkpoint step-{step} was written by {state['world_size']} process(es), "
+                f"this run has {self.world}",
+                hint=f"resume with --nproc {state['world_size']}",
+            )
+        if self.config.method == "full":
+            from safetensors.torch import load_file
+
+            self.model.load_state_dict(load_file(folder / "model.safetensors"), strict=False)
+        else:
+            from peft import set_peft_model_state_dict
+            from safetensors.torch import load_file
+
+            set_peft_model_state_dict(self.model, load_file(folder / "adapter_model.safetensors"))
+        opt = torch.load(folder / "optimizer.pt", weights_only=False)
+        self.optimizer.load_state_dict(opt["optimizer"])
+        self.scheduler.load_state_dict(opt["scheduler"])
+        _set_rng_state(torch.load(folder / f"rng-{self.rank}.pt", weights_only=False))
+        self.step = step
+        self.elapsed_before = state.get("elapsed_seconds", 0.0)
+        if self.is_main:
+            rd.truncate_metrics(self.run_dir, step)
+        self.on_event(f"resumed from checkpoint step-{step}")
+
+    # -- the end ---------------------------------------------------------------------------
+    def save_final(self, last: dict[str, Any]) -> None:
+        from tuneforge.train.report import write_loss_plot, write_model_card
+
+        model_dir = self.run_dir / "model"
+        tmp = self.run_dir / ".model.tmp"
+        if tmp.exists():
+            import shutil
+
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        self._save_weights(tmp)
+        if self.config.method == "full":
+            self.model.config.save_pretrained(tmp)
+            causal_lm(self.model).generation_config.save_pretrained(tmp)
+        self.plan.tokenizer.save_pretrained(tmp)
+        if model_dir.exists():
+            import shutil
+
+            shutil.rmtree(model_dir)
+        os.rename(tmp, model_dir)
+        final = {k: v for k, v in last.items() if k.endswith(("loss", "accuracy"))}
+        write_loss_plot(self.run_dir)
+        write_model_card(self.run_dir, self.config, self.plan, final)
+        rd.write_status(
+            self.run_dir,
+            status="succeeded",
+            step=self.step,
+            final_metrics=final,
+            finished_at=time.time(),
+            trained_seconds=last.get("elapsed_seconds"),
+        )
+
+    def cleanup(self) -> None:
+        if self.world > 1 and torch.distributed.is_initialized():
+            self.accelerator.wait_for_everyone()
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Entry points
+# ----------------------------------------------------------------------------------------------
+
+
+def train(
+    config: TrainConfig,
+    *,
+    run_dir: Path | None = None,
+    plan: Plan | None = None,
+    on_step: StepCallback | None = None,
+    on_event: Callable[[str], None] | None = None,
+) -> tuple[Path, dict[str, Any]]:
+    """Run a training from a config (or a plan made from it). Returns (run dir, last metrics)."""
+    plan = plan or make_plan(config, run_dir)
+    if plan.run_dir.exists() and (plan.run_dir / "config.yaml").exists():
+        raise TuneforgeError(
+            f"{plan.run_dir} already holds a run",
+            hint=f"resume it with `tuneforge train --resume {plan.run_dir}`, or pick another "
+            "output_dir",
+        )
+    return _run(plan, resume=False, on_step=on_step, on_event=on_event)
+
+
+def resume(
+    run_dir: Path,
+    *,
+    plan: Plan | None = None,
+    on_step: StepCallback | None = None,
+    on_event: Callable[[str], None] | None = None,
+) -> tuple[Path, dict[str, Any]]:
+    """Continue a run from its latest complete checkpoint, exactly."""
+    from tuneforge.config import build_config
+
+    run_dir = Path(run_dir)
+    status = rd.read_status(run_dir) or {}
+    if status.get("status") == "succeeded":
+        raise TuneforgeError(f"{run_dir} already finished", hint="start a new run instead")
+    plan = plan or make_plan(build_config(rd.read_config(run_dir)), run_dir)
+    return _run(plan, resume=True, on_step=on_step, on_event=on_event)
+
+
+def _run(
+    plan: Plan,
+    *,
+    resume: bool,
+    on_step: StepCallback | None,
+    on_event: Callable[[str], None] | None,
+) -> tuple[Path, dict[str, Any]]:
+    recipe = SFTRecipe(plan, on_step=on_step, on_event=on_event)
+    recipe.setup(resume=resume)
+    try:
+        last = recipe.train()
+    except KeyboardInterrupt:
+        if recipe.is_main:
+            rd.write_status(plan.run_dir, status="interrupted", step=recipe.step, reason="SIGINT")
+        raise
+    except TrainingFailed:
+        raise
+    except Exception as exc:
+        if recipe.is_main:
+            rd.write_status(
+                plan.run_dir,
+                status="failed",
+                step=recipe.step,
+                error={"code": "internal_error", "message": f"{exc.__class__.__name__}: {exc}"},
+            )
+        raise
+    finally:
+        recipe.cleanup()
+    return plan.run_dir, last
