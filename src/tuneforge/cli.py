@@ -349,15 +349,16 @@ def models_list(
         print(json.dumps([asdict(i) for i in infos], indent=2))
         return
     table = Table()
-    for col in ("name", "parameters", "context", "chat template", "cached", "description"):
-        table.add_column(col)
+    for col in ("name", "parameters", "context", "chat template", "cached"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("description")
     for i in infos:
         table.add_row(
             i.name,
             f"{i.parameters / 1e6:.1f}M" if i.parameters else "?",
             str(i.context_length or "?"),
             {True: "yes", False: "no", None: "?"}[i.has_chat_template],
-            "yes" if i.cached else "no (converted on first use, ~30 s)",
+            "yes" if i.cached else "no (~30 s on first use)",
             i.description,
         )
     out.print(table)

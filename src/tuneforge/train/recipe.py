@@ -274,6 +274,7 @@ class SFTRecipe:
                 step=self.step,
                 total_steps=self.plan.total_steps,
                 pid=os.getpid(),
+                world_size=self.world,
                 started_at=self.started,
                 error=None,
                 n_train_examples=len(self.plan.train),
