@@ -16,7 +16,11 @@ fi
 
 echo "setting up $VENV (first time: a few minutes) …" >&2
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
-pip() { "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@"; }
+# (The grep drops pip's notes about this machine's unused local index folders.)
+pip() {
+  "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@" \
+    2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+}
 # torch first and pinned: 2.13.0 is the CPU build on our machines; a looser pin would make pip
 # fetch a multi-GB CUDA build. With a GPU, install the torch you want before running this.
 "$VENV/bin/python" -c "import torch" 2>/dev/null || pip install "torch==2.13.0"

@@ -132,6 +132,7 @@ def test_run_directory_contract(demo_dir, tiny_model_dir, tmp_path):
     assert {"full_valid_loss", "full_valid_mean_token_accuracy"} <= set(last)
     status = rd.read_status(out)
     assert status["status"] == "succeeded" and status["step"] == 5
+    assert status["initial_valid_loss"] > rows[-1]["valid_loss"]
     config = rd.read_config(out)
     assert config["epochs"] != "auto" and config["learning_rate"] == 1e-3
     card = (out / "README.md").read_text()
@@ -207,7 +208,7 @@ def test_nan_loss_stops_with_a_clear_failure(demo_dir, tiny_model_dir, tmp_path,
 
     def poisoned(model, mb, device):
         loss, correct = real(model, mb, device)
-        calls["n"] += 1
+        calls["n"] += model.training
         if model.training and calls["n"] > 3:  # step 4 on (one micro-batch per step)
             loss = loss * float("nan")
         return loss, correct
@@ -228,3 +229,19 @@ def test_nan_loss_stops_with_a_clear_failure(demo_dir, tiny_model_dir, tmp_path,
     assert status["status"] == "failed" and status["error"]["code"] == "nan_loss"
     assert "step 4" in status["error"]["message"]
     assert [s for s, _ in rd.checkpoints(out)][-1] == 3  # the last good checkpoint stays
+
+
+def test_runs_list_and_generate_cli(demo_dir, tiny_model_dir, tmp_path, isolated_home, run_cli):
+    from tuneforge.train.recipe import train
+
+    out = isolated_home / "runs" / "tiny-run"
+    train(tiny_config(demo_dir, tiny_model_dir, out, max_steps=2))
+    code, listing, _ = run_cli("runs", "list", "--json")
+    rows = json.loads(listing)
+    assert code == 0 and [r["run"] for r in rows] == ["tiny-run"]
+    assert rows[0]["status"] == "succeeded" and "full_valid_loss" in rows[0]["final_metrics"]
+    code, text, err = run_cli("generate", out, "Title: Soup", "--max-tokens", "5")
+    assert code == 0 and text, err  # a random tiny model may well answer in whitespace
+    code, _, err = run_cli("generate", tmp_path, "hello")
+    assert code == 3 or code == 2
+    assert "Traceback" not in err

@@ -74,9 +74,14 @@ def _load_text_side(model: str) -> tuple[Any, Any, int | None]:
     from tuneforge.data.chat_template import ChatTemplate
     from tuneforge.data.tokenize import require_fast_tokenizer
     from tuneforge.models import load_tokenizer
-    from tuneforge.models.registry import model_context_length
+    from tuneforge.models.registry import REGISTRY, is_cached, model_context_length
 
-    with err.status(f"loading the tokenizer of {model} …"):
+    note = (
+        " (first use: converting the embedded model, ~30 s)"
+        if (model in REGISTRY and not is_cached(model))
+        else ""
+    )
+    with err.status(f"loading the tokenizer of {model}{note} …"):
         tokenizer = load_tokenizer(model)
     require_fast_tokenizer(tokenizer)
     return tokenizer, ChatTemplate.from_tokenizer(tokenizer), model_context_length(model)
@@ -154,7 +159,7 @@ def data_validate(
 
         with err.status("timing a calibration step for the training-time estimate …"):
             est = estimate_training_time(
-                model, list(report.tokens), report.suggested_epochs, max_seq_len
+                model, report.sample, list(report.tokens), report.suggested_epochs, max_seq_len
             )
         report.estimate = est.to_json() if est else None
     if as_json:

@@ -79,6 +79,8 @@ class ValidationReport:
     trained: array = field(default_factory=lambda: array("l"))
     messages: array = field(default_factory=lambda: array("l"))
     estimate: dict[str, Any] | None = None
+    # The first encoded examples, kept for a training-time calibration on the user's own data.
+    sample: list[Any] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -226,6 +228,8 @@ def validate_file(
             report.add_warning(
                 Issue("no_trained_tokens", "every assistant message has weight 0", line=line)
             )
+        if len(report.sample) < 16:
+            report.sample.append(encoded)
         report.tokens.append(encoded.full_length)
         report.trained.append(encoded.n_trained)
         report.messages.append(len(conversation.messages))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import importlib.util
+import io
 import json
 import os
 import shutil
@@ -96,10 +97,12 @@ def _convert_gguf(entry: RegisteredModel, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{entry.name}-", dir=target.parent))
     try:
-        tokenizer = AutoTokenizer.from_pretrained(package_dir, gguf_file=entry.gguf_file)
-        model = AutoModelForCausalLM.from_pretrained(
-            package_dir, gguf_file=entry.gguf_file, dtype=torch.float32
-        )
+        # transformers draws a tqdm bar per tensor here; callers show their own progress.
+        with contextlib.redirect_stderr(io.StringIO()):
+            tokenizer = AutoTokenizer.from_pretrained(package_dir, gguf_file=entry.gguf_file)
+            model = AutoModelForCausalLM.from_pretrained(
+                package_dir, gguf_file=entry.gguf_file, dtype=torch.float32
+            )
         # The weights are already de-quantized fp32; the GGUF quantization config only blocks
         # save_pretrained ("quantized with gguf ... not serializable").
         model.hf_quantizer = None

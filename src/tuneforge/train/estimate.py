@@ -1,8 +1,9 @@
 """Estimate training time on this machine from a short calibration step of the chosen model.
 
-We time real forward+backward+optimizer steps of a LoRA adapter on the model (after one warm-up
-step, which pays one-off allocation costs), and extrapolate by token count. Attention cost grows
-with sequence length, so we calibrate at the data's typical length, capped to keep this quick.
+We time real steps of *our* training loop (LoRA with the default config, a packed row of the
+user's own examples, head at trained positions, backward, AdamW) after one warm-up step, which
+pays one-off allocation costs, and extrapolate by token count: the loop's cost is close to linear
+in tokens for the sequence lengths fine-tuning data has.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-CALIBRATION_TOKENS_CAP = 512
+CALIBRATION_TOKENS = 512  # big enough to reach matmul speed, small enough to take seconds
 
 
 @dataclass(frozen=True)
@@ -31,50 +32,66 @@ class TimeEstimate:
         }
 
 
-def calibrate_tokens_per_second(model: Any, seq_len: int, steps: int = 2) -> float:
+def calibrate_tokens_per_second(
+    model_name: str, examples: list[Any], steps: int = 2
+) -> tuple[float, int]:
+    """Tokens/s of LoRA training steps on a packed row of `examples` (TokenizedExample)."""
     import torch
     from peft import LoraConfig, get_peft_model
 
-    seq_len = max(16, min(seq_len, CALIBRATION_TOKENS_CAP))
-    peft_model = get_peft_model(
-        model,
-        LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM"),
+    from tuneforge.config import TrainConfig
+    from tuneforge.models import load_model
+    from tuneforge.models.attention import use_varlen_attention
+    from tuneforge.train.recipe import forward_sums, make_micro_batch
+
+    defaults = TrainConfig(train_file="-")
+    row, size = [], 0
+    for ex in examples:
+        if size and size + len(ex.input_ids) > CALIBRATION_TOKENS:
+            break
+        row.append(ex)
+        size += len(ex.input_ids)
+    torch.manual_seed(0)
+    model = get_peft_model(
+        load_model(model_name),
+        LoraConfig(
+            r=defaults.lora_rank,
+            lora_alpha=defaults.lora_alpha,
+            lora_dropout=defaults.lora_dropout,
+            target_modules=defaults.lora_target_modules,
+            task_type="CAUSAL_LM",
+        ),
     )
-    optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-4)
-    generator = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, model.config.vocab_size, (1, seq_len), generator=generator)
+    use_varlen_attention(model)
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    mb = make_micro_batch(row)
 
     def step() -> None:
-        out = peft_model(input_ids=ids, labels=ids)
-        out.loss.backward()
+        loss, _ = forward_sums(model, mb, torch.device("cpu"))
+        (loss / max(1, mb.n_trained)).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    step()  # warm-up: allocator and kernel selection
+    step()  # warm-up
     start = time.perf_counter()
     for _ in range(steps):
         step()
     elapsed = time.perf_counter() - start
-    return steps * seq_len / elapsed
+    return steps * size / elapsed, size
 
 
 def estimate_training_time(
-    model_name: str, token_lengths: list[int], epochs: int, max_seq_len: int
+    model_name: str, examples: list[Any], token_lengths: list[int], epochs: int, max_seq_len: int
 ) -> TimeEstimate | None:
     """Seconds to train `epochs` over examples of these token lengths, or None if no data."""
-    if not token_lengths:
+    if not token_lengths or not examples:
         return None
-    import statistics
-
-    from tuneforge.models import load_model
-
-    model = load_model(model_name)
-    typical = int(statistics.median(token_lengths))
-    tokens_per_second = calibrate_tokens_per_second(model, min(typical, max_seq_len) * 2)
+    tokens_per_second, size = calibrate_tokens_per_second(model_name, examples)
     per_epoch = sum(min(n, max_seq_len) for n in token_lengths)
     return TimeEstimate(
         tokens_per_second=tokens_per_second,
-        calibration_tokens=max(16, min(typical * 2, CALIBRATION_TOKENS_CAP)),
+        calibration_tokens=size,
         epochs=epochs,
         tokens_per_epoch=per_epoch,
         seconds=epochs * per_epoch / tokens_per_second,

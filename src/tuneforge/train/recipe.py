@@ -281,6 +281,15 @@ class SFTRecipe:
                 n_validation_examples=len(self.plan.validation),
                 trainable_parameters=sum(p.numel() for p in self.params),
             )
+        if not resume:
+            # The base model's validation loss on the same sample: the bar training must clear.
+            initial = self.evaluate(self.plan.validation[: config.eval_examples])
+            if initial and self.is_main:
+                rd.write_status(
+                    self.run_dir,
+                    initial_valid_loss=initial[0],
+                    initial_valid_mean_token_accuracy=initial[1],
+                )
         self.accelerator.wait_for_everyone()
 
     # -- one optimizer step ----------------------------------------------------------------
