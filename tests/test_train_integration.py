@@ -214,10 +214,20 @@ def test_real_model_short_lora_run(demo_dir, default_model_dir, tmp_path, run_cl
 
 def test_chat_streams_and_keeps_history(demo_dir, tiny_model_dir, tmp_path):
     run = tmp_path / "run"
-    subprocess.run(cli("train", *args_for(demo_dir, tiny_model_dir, run, max_steps=1)),
-                   env=env(), check=True, capture_output=True)
-    done = subprocess.run(cli("chat", str(run), "--max-tokens", "4"), input="hello\nagain\n\n",
-                          env=env(), capture_output=True, text=True, timeout=300)
+    subprocess.run(
+        cli("train", *args_for(demo_dir, tiny_model_dir, run, max_steps=1)),
+        env=env(),
+        check=True,
+        capture_output=True,
+    )
+    done = subprocess.run(
+        cli("chat", str(run), "--max-tokens", "4"),
+        input="hello\nagain\n\n",
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("assistant> ") == 2
     assert "Traceback" not in done.stderr

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -185,7 +186,9 @@ def _progress(description: str, total: int | None) -> Any:
 
 def _print_report(report: Any) -> None:
     data = report.to_json()
-    out.print(f"[bold]{report.path}[/] — format {report.format}, model {report.model}")
+    out.print(
+        f"[bold]{escape(report.path)}[/] — format {report.format}, model {escape(report.model)}"
+    )
     out.print(f"examples: {report.n_examples} ({report.n_valid} valid)")
     if report.ok:
         out.print("[green]No errors found.[/]")
@@ -193,14 +196,14 @@ def _print_report(report: Any) -> None:
         counts = dict(report.format_errors) | dict(report.file_errors)
         out.print("[red]Errors:[/] " + ", ".join(f"{k}: {v}" for k, v in counts.items()))
         for issue in report.errors[:20]:
-            out.print(f"  [red]✗[/] {report.path}: {issue}")
+            out.print(f"  [red]✗[/] {escape(report.path)}: {escape(str(issue))}")
         if len(report.errors) > 20:
             out.print(f"  … {sum(counts.values()) - 20} more (use --json for all)")
     warned = {k: v for k, v in data["warnings"].items() if v}
     if warned:
         out.print("[yellow]Warnings:[/] " + ", ".join(f"{k}: {v}" for k, v in warned.items()))
         for issue in report.warning_list[:10]:
-            out.print(f"  [yellow]![/] {issue}")
+            out.print(f"  [yellow]![/] {escape(str(issue))}")
     stats = data["token_stats"]
     table = Table(title="per example", show_edge=False)
     table.add_column("")
@@ -269,7 +272,7 @@ def data_convert(
     else:
         rows = [e.conversation.to_openai() for e in examples]
     n = write_jsonl(dst, rows)
-    err.print(f"wrote {n} examples to {dst} ({to})")
+    err.print(f"wrote {n} examples to {escape(str(dst))} ({to})")
 
 
 @data_app.command("preview")
@@ -298,7 +301,7 @@ def data_preview(
             break
         if parsed.conversation is None:
             for issue in parsed.errors:
-                out.print(f"[red]✗[/] {file}: {issue}")
+                out.print(f"[red]✗[/] {escape(str(file))}: {escape(str(issue))}")
             continue
         enc = encode(parsed.conversation, tokenizer, template, max_seq_len)
         text = Text()
@@ -332,7 +335,7 @@ def data_demo(
     paths = write_demo(out_dir, seed=seed, n=n)
     for split, path in paths.items():
         count = _count_lines(path)
-        err.print(f"{split:>10}: {path} ({count} examples)")
+        err.print(f"{split:>10}: {escape(str(path))} ({count} examples)")
 
 
 # --------------------------------------------------------------------------------------------
@@ -578,7 +581,7 @@ def _train_here(config: Any, run_dir: Path | None, resume: bool, show: bool) -> 
             for k, v in last.items()
             if k.endswith(("loss", "accuracy")) and isinstance(v, float)
         }
-        out.print(f"run {status}: {run}")
+        out.print(f"run {status}: {escape(str(run))}")
         if shown:
             out.print("  " + ", ".join(f"{k}={v}" for k, v in shown.items()))
         if status == "succeeded":

@@ -14,7 +14,9 @@ import csv
 import io
 import json
 import math
-from collections.abc import Iterator
+import re
+import sys
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -176,9 +178,44 @@ def _read_jsonl(path: Path) -> Iterator[Record]:
             yield _parse_json_line(text, line_no)
 
 
+# `"\ud83d"` without its pair decodes to a lone UTF-16 surrogate: Python holds it, but it is not
+# text; it can't be written as UTF-8, hashed or tokenized. Escapes are only checked when present.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    stack = [value]
+    while stack:  # iterative: values may be nested as deep as the JSON parser allows
+        item = stack.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
+def _lone_surrogate_issue() -> Issue:
+    return Issue(
+        "encoding",
+        "a \\uD800-\\uDFFF escape without its other half is not text; fix or remove it",
+    )
+
+
+def _too_many_digits_issue() -> Issue:
+    return Issue(
+        "invalid_json",
+        f"a number has more than {sys.get_int_max_str_digits()} digits; write it as a string",
+    )
+
+
 def _parse_json_line(text: str, line_no: int) -> Record:
     try:
-        return Record(line_no, value=json.loads(text))
+        value = json.loads(text)
     except json.JSONDecodeError as exc:
         return Record(
             line_no,
@@ -192,13 +229,19 @@ def _parse_json_line(text: str, line_no: int) -> Record:
             line_no,
             issue=Issue("invalid_json", "JSON nested too deeply to be an example"),
         )
+    except ValueError:  # an integer over Python's digit limit (not a JSONDecodeError)
+        return Record(line_no, issue=_too_many_digits_issue())
+    if _SURROGATE_ESCAPE.search(text) and _has_lone_surrogate(value):
+        return Record(line_no, issue=_lone_surrogate_issue())
+    return Record(line_no, value=value)
 
 
 def _read_json_array(path: Path) -> Iterator[Record]:
     # A JSON array (as Alpaca ships) is read whole: JSON arrays cannot be streamed with the
     # standard library, and such files are small. Line numbers are the element's index + 1.
     try:
-        data = json.loads(path.read_bytes().decode("utf-8-sig"))
+        text = path.read_bytes().decode("utf-8-sig")
+        data = json.loads(text)
     except UnicodeDecodeError as exc:
         yield Record(
             1, issue=Issue("encoding", f"not valid UTF-8 ({exc.reason}); re-save as UTF-8")
@@ -209,11 +252,36 @@ def _read_json_array(path: Path) -> Iterator[Record]:
         line = exc.lineno if isinstance(exc, json.JSONDecodeError) else 1
         yield Record(line, issue=Issue("invalid_json", f"invalid JSON: {msg}"))
         return
+    except ValueError:  # an integer over Python's digit limit
+        yield Record(1, issue=_too_many_digits_issue())
+        return
     if not isinstance(data, list):
         yield Record(1, issue=Issue("data_type", "a .json file must hold a list of examples"))
         return
+    check_surrogates = _SURROGATE_ESCAPE.search(text) is not None
     for index, item in enumerate(data):
-        yield Record(index + 1, value=item)
+        if check_surrogates and _has_lone_surrogate(item):
+            yield Record(index + 1, issue=_lone_surrogate_issue())
+        else:
+            yield Record(index + 1, value=item)
+
+
+class _NotUtf8(Exception):
+    def __init__(self, line: int, byte: int) -> None:
+        super().__init__(line, byte)
+        self.line, self.byte = line, byte
+
+
+def _utf8_lines(text: Iterable[str]) -> Iterator[str]:
+    """Physical lines decoded with surrogateescape; the first with an undecodable byte raises.
+
+    (Decoding strictly would fail on the whole 8 KiB chunk being read ahead, blaming an
+    earlier line.)
+    """
+    for line_no, line in enumerate(text, 1):
+        if bad := _SURROGATE.search(line):
+            raise _NotUtf8(line_no, ord(bad.group()) - 0xDC00)
+        yield line
 
 
 def _read_csv(path: Path) -> Iterator[Record]:
@@ -221,8 +289,8 @@ def _read_csv(path: Path) -> Iterator[Record]:
     csv.field_size_limit(MAX_LINE_BYTES)
     with path.open("rb") as fb:
         try:
-            text = io.TextIOWrapper(fb, encoding="utf-8-sig", newline="")
-            reader = csv.reader(text, delimiter=delimiter)
+            text = io.TextIOWrapper(fb, encoding="utf-8-sig", errors="surrogateescape", newline="")
+            reader = csv.reader(_utf8_lines(text), delimiter=delimiter)
             header: list[str] | None = None
             start = 1
             for row in reader:
@@ -243,9 +311,12 @@ def _read_csv(path: Path) -> Iterator[Record]:
                     )
                     continue
                 yield Record(line_no, value=dict(zip(header, row, strict=True)))
-        except UnicodeDecodeError as exc:
+        except _NotUtf8 as exc:
             yield Record(
-                start, issue=Issue("encoding", f"not valid UTF-8 ({exc.reason}); re-save as UTF-8")
+                exc.line,
+                issue=Issue(
+                    "encoding", f"not valid UTF-8 (byte 0x{exc.byte:02x}); re-save as UTF-8"
+                ),
             )
         except csv.Error as exc:
             yield Record(start, issue=Issue("csv_syntax", f"CSV syntax error: {exc}"))
@@ -292,19 +363,22 @@ def detect_format(path: str | Path, *, probe: int = 50) -> str:
     """Guess the format from the first examples that parse. Raises UsageError when it can't."""
     path = Path(path)
     seen_keys: set[str] = set()
+    saw_object = False
     for i, record in enumerate(read_records(path)):
         if i >= probe:
             break
-        if record.value is None:
+        if not isinstance(record.value, dict):
             continue
+        saw_object = True
         fmt = detect_format_of_value(record.value)
         if fmt:
             return fmt
         if isinstance(record.value, dict):
             seen_keys.update(map(str, record.value))
-    else:
-        if not seen_keys and path.stat().st_size == 0:
-            raise UsageError(f"{path}: the file is empty", hint="add one example per line")
+    if not saw_object and not is_csv(path):
+        # No JSON object at all (empty, blank, or every line broken or not an object): read it
+        # as OpenAI chat, the default, so each bad line is reported with its line number.
+        return "openai-chat"
     if is_csv(path):
         cols = ", ".join(csv_header(path)) or "none"
         raise UsageError(
@@ -415,6 +489,14 @@ def _text_content(content: Any, where: str, errors: list[Issue]) -> str | None:
                 )
                 return None
         return "".join(texts)
+    if content is not None:  # a number, boolean or object: never silently dropped
+        errors.append(
+            Issue(
+                "missing_content",
+                f"content must be a string, got {_type_name(content)}",
+                f"{where}.content",
+            )
+        )
     return None
 
 
@@ -455,7 +537,7 @@ def _parse_tool_calls(calls: Any, where: str, errors: list[Issue]) -> tuple[dict
             continue
         try:
             json.loads(args)
-        except (json.JSONDecodeError, RecursionError):
+        except (ValueError, RecursionError):  # ValueError: also an over-long integer
             errors.append(
                 Issue(
                     "invalid_tool_call",
@@ -705,7 +787,9 @@ def _parse_alpaca(value: Any) -> Parsed:
 def _parse_sharegpt(value: Any) -> Parsed:
     if bad := _not_object(value):
         return bad
-    key = "conversations" if "conversations" in value else "conversation"
+    key = "conversations"  # ShareGPT's key, named in the error when neither key is there
+    if "conversations" not in value and "conversation" in value:
+        key = "conversation"  # a few exports use the singular
     turns = value.get(key)
     if not isinstance(turns, list) or not turns:
         return Parsed(
