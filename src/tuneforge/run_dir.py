@@ -24,24 +24,11 @@ from typing import Any
 
 import yaml
 
+from tuneforge.atomic import atomic_write_text
 from tuneforge.errors import UsageError
 
 COMPLETE = "COMPLETE"
 STATUSES = ("running", "succeeded", "failed", "cancelled", "interrupted")
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_config(run_dir: Path, config_dict: dict[str, Any]) -> None:

@@ -22,13 +22,13 @@ move the score.
 from __future__ import annotations
 
 import json
-import os
 import random
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from tuneforge.data.formats import write_jsonl
 
 __all__ = ["BRANDS", "SYSTEM_PROMPT", "generate_examples", "split_examples", "write_demo"]
 
@@ -1123,21 +1123,6 @@ def split_examples(
     }
 
 
-def _write_jsonl_atomic(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Write to a temp file beside `path`, then rename: readers never see a half-written file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            for row in rows:
-                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_demo(out_dir: str | Path, seed: int = 0, n: int = DEFAULT_N) -> dict[str, Path]:
     """Generate `n` examples and write `train.jsonl`, `validation.jsonl` and `test.jsonl`.
 
@@ -1154,6 +1139,6 @@ def write_demo(out_dir: str | Path, seed: int = 0, n: int = DEFAULT_N) -> dict[s
     paths: dict[str, Path] = {}
     for name in SPLITS:
         path = out / f"{name}.jsonl"
-        _write_jsonl_atomic(path, splits[name])
+        write_jsonl(path, splits[name])
         paths[name] = path
     return paths

@@ -1008,23 +1008,12 @@ def load_conversations(
 
 
 def write_jsonl(path: str | Path, rows: Iterator[dict] | list[dict]) -> int:
-    """Write rows atomically (temp file + rename): a crash never leaves half a file."""
-    import os
-    import tempfile
+    """Write rows as JSONL atomically: a crash never leaves half a file."""
+    from tuneforge.atomic import atomic_open
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     n = 0
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-                n += 1
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path) as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            n += 1
     return n
