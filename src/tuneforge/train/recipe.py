@@ -326,8 +326,9 @@ class SFTRecipe:
             # Stop before the optimizer applies a NaN update; the last checkpoint stays good.
             self._fail(
                 "nan_loss",
-                f"the training loss became {float(loss_sum)} at step {step + 1}; lower the "
-                "learning rate (e.g. learning_rate_multiplier=0.5) and resume or restart",
+                f"the training loss became {float(loss_sum)} at step {step + 1}; start again with "
+                "a lower learning rate (e.g. learning_rate_multiplier=0.5); the last good "
+                "checkpoint is kept",
             )
         grad_norm = None
         if config.max_grad_norm is not None:
