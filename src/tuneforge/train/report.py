@@ -21,11 +21,12 @@ def write_loss_plot(run_dir: Path) -> Path | None:
     ax.plot(
         [r["step"] for r in rows], [r["train_loss"] for r in rows], label="train_loss", linewidth=1
     )
-    valid = [r for r in rows if "valid_loss" in r]
+    valid = [(r["step"], r["valid_loss"]) for r in rows if "valid_loss" in r]
+    initial = (rd.read_status(run_dir) or {}).get("initial_valid_loss")
+    if initial is not None:
+        valid.insert(0, (0, initial))  # the base model, before any training
     if valid:
-        ax.plot(
-            [r["step"] for r in valid], [r["valid_loss"] for r in valid], "o-", label="valid_loss"
-        )
+        ax.plot(*zip(*valid, strict=True), "o-", label="valid_loss (step 0: base model)")
     ax.set_xlabel("step")
     ax.set_ylabel("loss (per trained token)")
     ax.grid(alpha=0.3)
