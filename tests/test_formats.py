@@ -704,3 +704,10 @@ def test_preview_wraps_exactly_the_trained_text(tmp_path, run_cli):
     assert "<|im_start|>user\nHello?<|im_end|>" in out
     assert "line 1:" in out and "line 2:" in out
     assert "Not shown" not in out and "line 3:" not in out
+
+
+@pytest.mark.parametrize("extra", [[], ["--map", "prompt=a,completion=b"]])
+def test_convert_of_a_missing_file_is_a_usage_error(tmp_path, run_cli, extra):
+    missing = tmp_path / "nope.csv"
+    code, _, err = run_cli("data", "convert", missing, tmp_path / "out.jsonl", *extra)
+    assert code == 2 and "no such file" in err and "internal error" not in err

@@ -963,6 +963,7 @@ def iter_parsed(
 ) -> Iterator[tuple[Record, Parsed]]:
     """Stream (record, parsed) pairs for a file. Issues carry line numbers."""
     path = Path(path)
+    _check_readable(path)
     if mapping is not None:
         fmt = "columns"
         check_mapping_columns(path, mapping)
