@@ -79,3 +79,12 @@ def test_two_processes_racing_to_convert_both_succeed(isolated_home):
     leftovers = [p.name for p in (isolated_home / "models").iterdir() if p.name.startswith(".tmp")]
     assert leftovers == []
     assert set(REGISTRY) == {"smollm2-135m-instruct"}
+
+
+def test_models_pull_prepares_a_model(run_cli, tiny_model_dir):
+    code, out, _ = run_cli("models", "pull")
+    assert code == 0 and "smollm2-135m-instruct: ready (134.5M parameters, context 8192)" in out
+    code, out, _ = run_cli("models", "pull", tiny_model_dir)
+    assert code == 0 and "context 2048" in out
+    code, _, err = run_cli("models", "pull", "no-such-model")
+    assert code == 2 and "unknown model" in err
