@@ -17,19 +17,35 @@ def prompt_ids(loaded: LoadedModel, messages: list[Message]) -> list[int]:
     return loaded.tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def _generation_kwargs(
-    loaded: LoadedModel, max_new_tokens: int, temperature: float, top_p: float
-) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {
-        "max_new_tokens": max_new_tokens,
-        "pad_token_id": loaded.tokenizer.pad_token_id or loaded.tokenizer.eos_token_id,
-        "eos_token_id": loaded.tokenizer.eos_token_id,
-    }
-    if temperature and temperature > 0:
-        kwargs.update(do_sample=True, temperature=temperature, top_p=top_p)
-    else:
-        kwargs.update(do_sample=False)  # greedy: reproducible answers by default
-    return kwargs
+def _generate(
+    loaded: LoadedModel,
+    ids: list[int],
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    **extra: Any,
+) -> Any:
+    """One `model.generate` call on a single prompt; greedy unless temperature > 0."""
+    import torch
+
+    tokenizer = loaded.tokenizer
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    sampling: dict[str, Any] = (
+        {"do_sample": True, "temperature": temperature, "top_p": top_p}
+        if temperature and temperature > 0
+        else {"do_sample": False}  # greedy: reproducible answers by default
+    )
+    device = next(loaded.model.parameters()).device
+    with torch.no_grad():
+        return loaded.model.generate(
+            input_ids=torch.tensor([ids], device=device),
+            attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=device),
+            max_new_tokens=max_new_tokens,
+            pad_token_id=pad,
+            eos_token_id=tokenizer.eos_token_id,
+            **sampling,
+            **extra,
+        )
 
 
 def generate(
@@ -41,16 +57,8 @@ def generate(
     top_p: float = 1.0,
 ) -> tuple[str, list[int]]:
     """Return (answer text, answer token ids)."""
-    import torch
-
     ids = prompt_ids(loaded, messages)
-    device = next(loaded.model.parameters()).device
-    with torch.no_grad():
-        out = loaded.model.generate(
-            input_ids=torch.tensor([ids], device=device),
-            attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=device),
-            **_generation_kwargs(loaded, max_new_tokens, temperature, top_p),
-        )
+    out = _generate(loaded, ids, max_new_tokens, temperature, top_p)
     new = out[0, len(ids) :].tolist()
     return loaded.tokenizer.decode(new, skip_special_tokens=True), new
 
@@ -64,31 +72,22 @@ def stream(
     top_p: float = 1.0,
     should_stop: Callable[[], bool] | None = None,
 ) -> Iterator[str]:
-    """Yield the answer in text pieces as they are generated."""
-    import torch
+    """Yield the answer in text pieces as they are generated (generation runs in a thread)."""
     from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
     ids = prompt_ids(loaded, messages)
-    device = next(loaded.model.parameters()).device
     streamer = TextIteratorStreamer(loaded.tokenizer, skip_prompt=True, skip_special_tokens=True)
 
     class _Stop(StoppingCriteria):
         def __call__(self, *_: Any, **__: Any) -> bool:
             return bool(should_stop and should_stop())
 
-    kwargs = _generation_kwargs(loaded, max_new_tokens, temperature, top_p)
-
-    def run() -> None:
-        with torch.no_grad():
-            loaded.model.generate(
-                input_ids=torch.tensor([ids], device=device),
-                attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=device),
-                streamer=streamer,
-                stopping_criteria=StoppingCriteriaList([_Stop()]),
-                **kwargs,
-            )
-
-    thread = Thread(target=run, daemon=True)
+    thread = Thread(
+        target=_generate,
+        args=(loaded, ids, max_new_tokens, temperature, top_p),
+        kwargs={"streamer": streamer, "stopping_criteria": StoppingCriteriaList([_Stop()])},
+        daemon=True,
+    )
     thread.start()
     yield from streamer
     thread.join()
