@@ -498,8 +498,6 @@ def _launch_distributed(nproc: int, config: Any, run_dir: Path, resume: bool) ->
     import socket
     import subprocess
 
-    from tuneforge.config import build_config  # noqa: F401 - validated above
-
     with socket.socket() as sock:  # a free port for the process group's rendezvous
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
