@@ -524,6 +524,8 @@ def _launch_distributed(nproc: int, config: Any, run_dir: Path, resume: bool) ->
 
 
 def _train_here(config: Any, run_dir: Path | None, resume: bool, show: bool) -> None:
+    import time
+
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from tuneforge.train.recipe import resume as resume_run
@@ -540,8 +542,6 @@ def _train_here(config: Any, run_dir: Path | None, resume: bool, show: bool) -> 
     state: dict[str, Any] = {"task": None, "t0": None, "tokens": 0}
 
     def on_step(m: dict[str, Any]) -> None:
-        import time
-
         if state["task"] is None:
             return
         state["tokens"] += m["trained_tokens"]
@@ -556,8 +556,6 @@ def _train_here(config: Any, run_dir: Path | None, resume: bool, show: bool) -> 
     def on_event(message: str) -> None:
         if show:
             err.print(message)
-
-    import time
 
     from tuneforge.train.plan import make_plan
 
