@@ -63,6 +63,36 @@ def generate(
     return loaded.tokenizer.decode(new, skip_special_tokens=True), new
 
 
+def generate_batch(
+    loaded: LoadedModel, prompts: list[list[int]], *, max_new_tokens: int
+) -> list[list[int]]:
+    """Greedy answers (token ids, up to and including the end-of-turn token) for several prompts
+    in one left-padded batch: on CPU a batch of 8 costs little more per step than one prompt,
+    because each decoding step is bound by reading the weights, not by arithmetic."""
+    import torch
+
+    tokenizer = loaded.tokenizer
+    eos = tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    width = max(len(p) for p in prompts)
+    device = next(loaded.model.parameters()).device
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+    with torch.no_grad():
+        out = loaded.model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=pad,
+            eos_token_id=eos,
+        )
+    answers = []
+    for row in out[:, width:].tolist():
+        answers.append(row[: row.index(eos) + 1] if eos in row else row)
+    return answers
+
+
 def stream(
     loaded: LoadedModel,
     messages: list[Message],

@@ -1,0 +1,1 @@
+"""Evaluation: metrics, batched generation, prompt-engineering baselines, compare and report."""

