@@ -275,6 +275,39 @@ def data_convert(
     err.print(f"wrote {n} examples to {escape(str(dst))} ({to})")
 
 
+@data_app.command("split")
+def data_split(
+    src: Annotated[Path, typer.Argument(help="Input file (any format `data` reads).")],
+    out_dir: Annotated[Path, typer.Argument(help="Folder for train/validation/test.jsonl.")],
+    validation: Annotated[float, typer.Option(min=0.0, max=0.9, help="Fraction held out.")] = 0.1,
+    test: Annotated[float, typer.Option(min=0.0, max=0.9, help="Fraction for testing.")] = 0.1,
+    seed: Annotated[int, typer.Option(help="The same seed gives the same split.")] = 0,
+    fmt: FormatOpt = None,
+    mapping: MapOpt = None,
+    system: SystemOpt = None,
+) -> None:
+    """Shuffle with a seed and split into train/validation/test (OpenAI chat JSONL), so the test
+    examples stay unseen by training and by the few-shot and retrieval prompts."""
+    from tuneforge.data.demo import split_examples
+    from tuneforge.data.formats import load_conversations, parse_mapping, write_jsonl
+
+    if validation + test >= 1:
+        raise UsageError(
+            f"--validation {validation} + --test {test} leaves nothing to train on",
+            hint="keep their sum under 1 (e.g. 0.1 each)",
+        )
+    examples = load_conversations(src, fmt, parse_mapping(mapping), system)
+    rows = [e.conversation.to_openai() for e in examples]
+    splits = split_examples(rows, seed=seed, fractions=(1 - validation - test, validation, test))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, part in splits.items():
+        if not part:
+            continue
+        path = out_dir / f"{name}.jsonl"
+        write_jsonl(path, part)
+        err.print(f"{name:>10}: {escape(str(path))} ({len(part)} examples)")
+
+
 @data_app.command("preview")
 def data_preview(
     file: Annotated[Path, typer.Argument(help="The data file.")],
