@@ -1,0 +1,290 @@
+r"""Serving throughput: `tuneforge serve` under concurrent clients against sequential
+`model.generate`, on the same model, prompts and token budget.
+
+Run (a few minutes on a small CPU; `--quick` only checks that the script works):
+
+    .venv/bin/python bench/serve_throughput.py
+    .venv/bin/python bench/serve_throughput.py --requests 16 --max-tokens 64
+    .venv/bin/python bench/serve_throughput.py --quick
+
+What runs, in this order, one machine:
+
+1. Baseline: the model loaded the way `tuneforge generate` loads it (fp32), then plain
+   transformers `model.generate` on one request at a time, greedy, `max_new_tokens` = the
+   budget, stopping at the end-of-turn token. Output tokens/s = generated tokens ÷ wall time.
+2. The server: `python -m tuneforge.cli serve` in a subprocess (its own TUNEFORGE_HOME, whose
+   models folder links to the real one so nothing converts again), one warm-up request, then the
+   same prompts as streaming chat completions (temperature 0, `max_tokens` = the budget) from
+   C concurrent clients for C in `--concurrency` (default 1 and 8). Each client takes the next
+   prompt when its previous answer ends. Output tokens/s = the completion tokens the server
+   reports (`usage`) ÷ wall time from the first request to the last answer; time to first token
+   = from sending a request to receiving its first non-empty content chunk (p50, p95).
+
+Prompts: the user messages of the demo data (`generate_examples(seed=0)`), with the demo's
+system prompt, so answers are realistic lengths. Both sides decode greedily with the same
+template, so they generate the same tokens (`same_answers` counts it). The client runs on the
+same CPU as the server; the numbers include HTTP, JSON and SSE.
+
+The final line of stdout is one JSON object; it is also written to
+bench/results/serve_throughput.json (`--quick` writes to the work dir unless `--out` is given,
+so it never overwrites real results).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results" / "serve_throughput.json"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--requests", type=int, default=16, help="prompts per measurement")
+    parser.add_argument("--max-tokens", type=int, default=64, help="token budget per answer")
+    parser.add_argument("--concurrency", default="1,8", help="comma-separated client counts")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch/OpenMP threads for the baseline and the server (default: torch's choice); "
+        "1 keeps numbers stable on a machine whose other cores are busy",
+    )
+    parser.add_argument("--quick", action="store_true", help="4 requests, 8 tokens: a smoke run")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.requests, args.max_tokens = 4, 8
+        args.out = args.out or Path(tempfile.gettempdir()) / "serve_throughput.quick.json"
+    args.out = args.out or RESULTS
+    args.levels = [int(c) for c in args.concurrency.split(",")]
+    return args
+
+
+def prompts(n: int) -> list[list[dict[str, str]]]:
+    from tuneforge.data.demo import generate_examples
+
+    out = []
+    for example in generate_examples(n, seed=0):
+        messages = example["messages"]
+        out.append([m for m in messages if m["role"] in ("system", "user")])
+    return out
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+# ----------------------------------------------------------------------------------------------
+# 1. Sequential transformers generate
+# ----------------------------------------------------------------------------------------------
+
+
+def baseline(model: str, conversations: list, max_tokens: int) -> dict[str, Any]:
+    import torch
+
+    from tuneforge.data.conversation import Message
+    from tuneforge.inference.generate import prompt_ids
+    from tuneforge.inference.load import load_for_inference
+
+    loaded = load_for_inference(model)
+    eos = loaded.tokenizer.eos_token_id
+    answers, tokens = [], 0
+    start = time.perf_counter()
+    for conversation in conversations:
+        ids = prompt_ids(loaded, [Message(m["role"], m["content"]) for m in conversation])
+        with torch.no_grad():
+            out = loaded.model.generate(
+                input_ids=torch.tensor([ids]),
+                attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                max_new_tokens=max_tokens,
+                do_sample=False,
+                eos_token_id=eos,
+                pad_token_id=eos,
+            )
+        new = out[0, len(ids) :].tolist()
+        tokens += len(new)
+        answers.append(loaded.tokenizer.decode(new, skip_special_tokens=True))
+    seconds = time.perf_counter() - start
+    return {
+        "output_tokens": tokens,
+        "seconds": round(seconds, 3),
+        "output_tokens_per_s": round(tokens / seconds, 2),
+        "answers": answers,
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. The server
+# ----------------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(home: Path, threads: int | None) -> tuple[subprocess.Popen, str]:
+    import httpx
+
+    from tuneforge.paths import models_dir
+
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "models").symlink_to(models_dir(), target_is_directory=True)
+    port = free_port()
+    env = os.environ | {"TUNEFORGE_HOME": str(home), "HF_HUB_OFFLINE": "1"}
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tuneforge.cli", "serve", "--port", str(port)],
+        env=env,
+        stdout=(home / "server.log").open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit((home / "server.log").read_text())
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            time.sleep(0.2)
+    raise SystemExit("the server did not start in 180 s")
+
+
+async def one_request(client: Any, url: str, body: dict) -> tuple[float | None, int, str]:
+    """(time to first token, completion tokens, answer) of one streamed completion."""
+    sent = time.perf_counter()
+    first = None
+    usage = 0
+    pieces = []
+    async with client.stream("POST", f"{url}/v1/chat/completions", json=body) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("usage"):
+                usage = chunk["usage"]["completion_tokens"]
+            for choice in chunk["choices"]:
+                content = choice["delta"].get("content")
+                if content:
+                    first = first or time.perf_counter() - sent
+                    pieces.append(content)
+    return first, usage, "".join(pieces)
+
+
+async def load_test(url: str, model: str, conversations: list, max_tokens: int, clients: int):
+    import httpx
+
+    queue = list(enumerate(conversations))
+    results: dict[int, tuple[float | None, int, str]] = {}
+
+    async def client_loop(client: Any) -> None:
+        while queue:
+            index, messages = queue.pop(0)
+            body = {
+                "model": model,
+                "messages": messages,
+                "max_tokens": max_tokens,
+                "temperature": 0,
+                "stream": True,
+                "stream_options": {"include_usage": True},
+            }
+            results[index] = await one_request(client, url, body)
+
+    limits = httpx.Limits(max_connections=clients)
+    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+        start = time.perf_counter()
+        await asyncio.gather(*(client_loop(client) for _ in range(clients)))
+        seconds = time.perf_counter() - start
+    ttft = [r[0] for r in results.values() if r[0] is not None]
+    tokens = sum(r[1] for r in results.values())
+    return {
+        "concurrency": clients,
+        "output_tokens": tokens,
+        "seconds": round(seconds, 3),
+        "output_tokens_per_s": round(tokens / seconds, 2),
+        "ttft_p50_s": round(statistics.median(ttft), 4) if ttft else None,
+        "ttft_p95_s": round(percentile(ttft, 0.95), 4) if ttft else None,
+        "answers": [results[i][2] for i in range(len(conversations))],
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    import torch
+
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    conversations = prompts(args.requests)
+    print(f"baseline: sequential generate, {args.requests} requests …", file=sys.stderr)
+    base = baseline(args.model, conversations, args.max_tokens)
+    print(f"  {base['output_tokens_per_s']} output tokens/s", file=sys.stderr)
+    levels = {}
+    with tempfile.TemporaryDirectory(prefix="tuneforge-bench-") as tmp:
+        proc, url = start_server(Path(tmp) / "home", args.threads)
+        try:
+            asyncio.run(load_test(url, args.model, conversations[:1], 4, 1))  # load weights
+            for clients in args.levels:
+                print(f"server: {clients} concurrent client(s) …", file=sys.stderr)
+                result = asyncio.run(
+                    load_test(url, args.model, conversations, args.max_tokens, clients)
+                )
+                print(f"  {result['output_tokens_per_s']} output tokens/s", file=sys.stderr)
+                levels[str(clients)] = result
+        finally:
+            proc.terminate()
+            proc.wait(timeout=60)
+    for result in levels.values():
+        result["same_answers"] = sum(
+            a == b for a, b in zip(result.pop("answers"), base["answers"], strict=True)
+        )
+    base.pop("answers")
+    top = str(max(args.levels))
+    speedup = levels[top]["output_tokens_per_s"] / base["output_tokens_per_s"]
+    report = {
+        "benchmark": "serve_throughput",
+        "model": args.model,
+        "requests": args.requests,
+        "max_tokens": args.max_tokens,
+        "quick": args.quick,
+        "threads": args.threads,
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
+        },
+        "baseline_sequential_generate": base,
+        "server": levels,
+        f"speedup_at_concurrency_{top}": round(speedup, 2),
+        "target_speedup": 5.0,
+        "target_met": speedup >= 5.0,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()

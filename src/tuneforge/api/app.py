@@ -1,0 +1,201 @@
+"""`create_app()`: the FastAPI app, its routers, error handlers, guard and lifespan.
+
+The lifespan opens the store, starts the job scheduler (which first recovers jobs a crash left
+behind) and the inference engine, and stops both on shutdown: running workers are asked to
+checkpoint and exit, and their jobs resume at the next start.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from tuneforge.api import chat, files, fine_tuning, models
+from tuneforge.api.catalog import Catalog
+from tuneforge.api.engine import InferenceEngine
+from tuneforge.api.errors import APIError, error_body, install_error_handlers
+from tuneforge.api.schemas import ErrorResponse
+from tuneforge.jobs.manager import JobManager
+from tuneforge.jobs.store import Store
+
+MAX_UPLOAD_BYTES = 512 * 1024 * 1024  # OpenAI's limit for one fine-tuning file
+MAX_JSON_BYTES = 16 * 1024 * 1024  # far above any context window's worth of messages
+MULTIPART_OVERHEAD = 64 * 1024
+OPEN_PATHS = ("/health",)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class Guard:
+    """ASGI middleware: the API key on every route but /health, and a cap on body sizes.
+
+    Pure ASGI rather than BaseHTTPMiddleware, so streamed responses and client disconnects pass
+    through untouched. Bodies are capped both by Content-Length and while they arrive (chunked
+    uploads have no Content-Length).
+    """
+
+    def __init__(self, app: ASGIApp, api_key: str | None, max_upload_bytes: int) -> None:
+        self.app = app
+        self.api_key = api_key
+        self.max_upload_bytes = max_upload_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        if self.api_key and path not in OPEN_PATHS and not self._authorized(scope):
+            await _reject(
+                send,
+                APIError(
+                    401,
+                    "Incorrect or missing API key: send `Authorization: Bearer <key>` with the "
+                    "key the server was started with (--api-key)",
+                    code="invalid_api_key",
+                ),
+            )
+            return
+        limit = (
+            self.max_upload_bytes + MULTIPART_OVERHEAD if path == "/v1/files" else MAX_JSON_BYTES
+        )
+        declared = _header(scope, b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            await _reject(send, _too_large(limit))
+            return
+        received = 0
+
+        async def capped_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise _BodyTooLarge(limit)
+            return message
+
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, capped_receive, tracking_send)
+        except _BodyTooLarge:
+            if not started:
+                await _reject(send, _too_large(limit))
+
+    def _authorized(self, scope: Scope) -> bool:
+        value = _header(scope, b"authorization") or ""
+        scheme, _, token = value.partition(" ")
+        return scheme.lower() == "bearer" and secrets.compare_digest(
+            token.strip().encode(), (self.api_key or "").encode()
+        )
+
+
+class _BodyTooLarge(StarletteHTTPException):
+    """Raised from `receive`; an HTTPException so that FastAPI's body parsing passes it on
+    unchanged (it turns other exceptions into a generic 400)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, _too_large(limit).message)
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return None
+
+
+def _too_large(limit: int) -> APIError:
+    return APIError(413, f"The request body is over {limit:,} bytes", code="request_too_large")
+
+
+async def _reject(send: Send, exc: APIError) -> None:
+    import json
+
+    body = json.dumps(error_body(exc.message, exc.type, exc.param, exc.code)).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if exc.status == 401:
+        headers.append((b"www-authenticate", b"Bearer"))
+    await send({"type": "http.response.start", "status": exc.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": description}
+    for status, description in (
+        (400, "Invalid request"),
+        (401, "Missing or wrong API key"),
+        (403, "Not allowed"),
+        (404, "Not found"),
+        (409, "Conflict"),
+        (413, "Too large"),
+        (500, "Server error"),
+    )
+}
+
+
+def _preload_libraries() -> None:
+    """Import transformers and peft once, up front: their lazy modules are not safe to import
+    from two threads at once (the engine and a request thread), and the first request should
+    not pay for it."""
+    import peft  # noqa: F401
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer  # noqa: F401
+
+
+def create_app(
+    *,
+    api_key: str | None = None,
+    max_concurrent_jobs: int = 1,
+    max_upload_bytes: int = MAX_UPLOAD_BYTES,
+) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        _preload_libraries()
+        store = Store()
+        manager = JobManager(store, max_concurrent_jobs=max_concurrent_jobs)
+        manager.start()
+        engine = InferenceEngine()
+        engine.start()
+        app.state.store = store
+        app.state.manager = manager
+        app.state.engine = engine
+        app.state.catalog = Catalog(store)
+        try:
+            yield
+        finally:
+            engine.stop()
+            await run_in_threadpool(manager.stop)
+
+    app = FastAPI(
+        title="tuneforge",
+        summary="OpenAI-compatible files, fine-tuning jobs, models and chat completions.",
+        version="1",
+        lifespan=lifespan,
+        responses=ERROR_RESPONSES,
+    )
+    app.state.max_upload_bytes = max_upload_bytes
+    install_error_handlers(app)
+
+    @app.get("/health")
+    def health(request: Request) -> dict[str, Any]:
+        """Liveness, open without the API key; `generating` counts choices in flight."""
+        return {"status": "ok", "generating": request.app.state.engine.active}
+
+    for module in (files, fine_tuning, models, chat):
+        app.include_router(module.router)
+    app.add_middleware(Guard, api_key=api_key, max_upload_bytes=max_upload_bytes)  # type: ignore[arg-type]
+    return app

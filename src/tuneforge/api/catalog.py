@@ -1,0 +1,119 @@
+"""Which models the server answers for, and their text side (tokenizer, template, context).
+
+Served: the registry's models, every base model a job has named, every fine-tuned model of a
+succeeded job, and each of its checkpoints (`…:ckpt-step-N`, not listed, like OpenAI). Arbitrary
+folders on the server's disk are not: a chat request cannot make the server load a path it names.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tuneforge.api.engine import Target, TextSide
+from tuneforge.api.errors import APIError, model_not_found
+from tuneforge.errors import TuneforgeError
+from tuneforge.jobs.store import ORGANIZATION, Store, parse_model_id, resolve_model_id
+from tuneforge.models import REGISTRY
+
+DEFAULT_CONTEXT = 2048  # for a model whose config names no context length
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    id: str
+    created: int
+    owned_by: str
+    target: Target
+    fine_tuned: bool
+
+    def to_json(self) -> dict:
+        return {
+            "id": self.id,
+            "object": "model",
+            "created": self.created,
+            "owned_by": self.owned_by,
+        }
+
+
+class Catalog:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._text: dict[str, TextSide] = {}
+        self._lock = threading.Lock()
+        self._started = int(time.time())
+
+    def _base_models(self) -> dict[str, int]:
+        """Base model name → when it was first seen (registry models: server start)."""
+        bases = {name: self._started for name in REGISTRY}
+        rows = self.store.conn.execute(
+            "SELECT model, MIN(created_at) FROM jobs GROUP BY model ORDER BY MIN(rowid)"
+        )
+        for model, created in rows:
+            bases.setdefault(model, created)
+        return bases
+
+    def list(self) -> list[ServedModel]:
+        models = [
+            ServedModel(name, created, "tuneforge", Target(name, name), False)
+            for name, created in self._base_models().items()
+        ]
+        rows = self.store.conn.execute(
+            "SELECT fine_tuned_model FROM jobs WHERE status = 'succeeded' "
+            "AND model_deleted = 0 ORDER BY rowid"
+        )
+        for (model_id,) in rows.fetchall():
+            try:
+                models.append(self.get(model_id))
+            except APIError:
+                continue  # its run directory was removed by hand
+        return models
+
+    def get(self, model_id: str) -> ServedModel:
+        """A served model by id, or a 404 in OpenAI's shape."""
+        if not model_id.startswith("ft:"):
+            created = self._base_models().get(model_id)
+            if created is None:
+                raise model_not_found(model_id)
+            return ServedModel(model_id, created, "tuneforge", Target(model_id, model_id), False)
+        try:
+            job, _ = parse_model_id(self.store, model_id)
+            run_dir, weights = resolve_model_id(model_id, self.store)
+        except TuneforgeError:
+            raise model_not_found(model_id) from None
+        adapter = weights or Path(run_dir) / "model"
+        created = job["finished_at"] or int(adapter.stat().st_mtime)
+        return ServedModel(
+            model_id, created, ORGANIZATION, Target(model_id, job["model"], adapter), True
+        )
+
+    def text_side(self, base: str) -> TextSide:
+        """Tokenizer, chat template and limits of a base model (loaded once; no weights)."""
+        with self._lock:
+            if base not in self._text:
+                self._text[base] = _load_text_side(base)
+            return self._text[base]
+
+
+def _load_text_side(base: str) -> TextSide:
+    from tuneforge.data.chat_template import ChatTemplate
+    from tuneforge.models import load_tokenizer, resolve_model
+    from tuneforge.models.registry import model_context_length
+
+    tokenizer = load_tokenizer(base)
+    eos = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    source = resolve_model(base)
+    generation_config = Path(source) / "generation_config.json"
+    if isinstance(source, Path) and generation_config.is_file():
+        configured = json.loads(generation_config.read_text()).get("eos_token_id")
+        if configured is not None:
+            eos |= set(configured) if isinstance(configured, list) else {configured}
+    return TextSide(
+        tokenizer=tokenizer,
+        template=ChatTemplate.from_tokenizer(tokenizer),
+        context_length=model_context_length(base) or DEFAULT_CONTEXT,
+        eos_ids=frozenset(eos),
+    )

@@ -1,0 +1,280 @@
+"""/v1/chat/completions: OpenAI's chat API on the base model, fine-tuned models and checkpoints.
+
+The prompt is rendered with the model's own chat template through `ChatTemplate` (the sandboxed
+path training uses), so a fine-tuned model sees exactly the text shape it was trained on. The
+request is checked against the context before any generation: prompt + max_tokens over the
+context is a 400 `context_length_exceeded`, as OpenAI answers it. Generation happens in the
+engine's batch; the client going away (stream or not) cancels its rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response, StreamingResponse
+
+from tuneforge.api.engine import (
+    Delta,
+    Event,
+    Failed,
+    Finished,
+    Generation,
+    InferenceEngine,
+    SamplingParams,
+    TextSide,
+)
+from tuneforge.api.errors import APIError, error_body
+from tuneforge.api.schemas import ChatCompletion, ChatCompletionRequest
+from tuneforge.data.chat_template import TemplateError
+from tuneforge.data.conversation import Conversation, Message
+from tuneforge.errors import TuneforgeError
+
+router = APIRouter()
+
+DISCONNECT_POLL_SECONDS = 0.5
+CLIENT_CLOSED = 499  # nginx's status for "the client went away"; nobody reads it
+
+
+def to_messages(body: ChatCompletionRequest) -> list[Message]:
+    out = []
+    for m in body.messages:
+        out.append(
+            Message(
+                "system" if m.role == "developer" else m.role,
+                m.text(),
+                tool_calls=tuple(c.model_dump() for c in m.tool_calls) if m.tool_calls else None,
+                tool_call_id=m.tool_call_id,
+                name=m.name,
+            )
+        )
+    return out
+
+
+def prompt_ids(text: TextSide, messages: list[Message]) -> list[int]:
+    try:
+        rendered = text.template.render_conversation(
+            Conversation(tuple(messages)), add_generation_prompt=True
+        )
+    except TemplateError as exc:
+        raise APIError(
+            400,
+            f"The model's chat template could not render these messages: {exc.message}",
+            param="messages",
+            code="invalid_messages",
+        ) from None
+    return text.tokenizer(rendered, add_special_tokens=False)["input_ids"]
+
+
+def completion_budget(body: ChatCompletionRequest, prompt_tokens: int, context: int) -> int:
+    """max_tokens to generate: what was asked, or what fits; 400 when it cannot fit."""
+    param = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
+    requested = body.max_completion_tokens or body.max_tokens
+    room = context - prompt_tokens
+    if room <= 0:
+        raise APIError(
+            400,
+            f"This model's maximum context length is {context} tokens. However, your messages "
+            f"resulted in {prompt_tokens} tokens. Please reduce the length of the messages.",
+            param="messages",
+            code="context_length_exceeded",
+        )
+    if requested is None:
+        return room
+    if requested > room:
+        raise APIError(
+            400,
+            f"This model's maximum context length is {context} tokens. However, you requested "
+            f"{prompt_tokens + requested} tokens ({prompt_tokens} in the messages, {requested} "
+            f"in the completion). Please reduce the length of the messages or {param}.",
+            param=param,
+            code="context_length_exceeded",
+        )
+    return requested
+
+
+def _failure(error: BaseException) -> APIError:
+    if isinstance(error, TuneforgeError):
+        message = f"{error.message} (fix: {error.hint})" if error.hint else error.message
+        return APIError(400, message, param="model")
+    return APIError(
+        500,
+        f"Generation failed on the server ({error.__class__.__name__}); it is logged",
+        type="server_error",
+        code="internal_error",
+    )
+
+
+async def _next(generation: Generation, request: Request) -> tuple[int, Event] | None:
+    """The next event, or None once the client has gone (the generation is then cancelled)."""
+    while True:
+        try:
+            return await asyncio.wait_for(generation.events.get(), DISCONNECT_POLL_SECONDS)
+        except TimeoutError:
+            if await request.is_disconnected():
+                generation.cancel()
+                return None
+
+
+def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+@router.post(
+    "/v1/chat/completions",
+    response_model=ChatCompletion,
+    responses={200: {"content": {"text/event-stream": {}}}},
+)
+async def chat_completions(request: Request, body: ChatCompletionRequest) -> Any:
+    catalog = request.app.state.catalog
+    engine: InferenceEngine = request.app.state.engine
+    served = await run_in_threadpool(catalog.get, body.model)
+    text = await run_in_threadpool(catalog.text_side, served.target.base)
+    prompt = await run_in_threadpool(prompt_ids, text, to_messages(body))
+    params = SamplingParams(
+        max_tokens=completion_budget(body, len(prompt), text.context_length),
+        temperature=1.0 if body.temperature is None else body.temperature,
+        top_p=1.0 if body.top_p is None else body.top_p,
+        seed=body.seed,
+        stop=body.stop_list(),
+    )
+    n = body.n or 1
+    generation = engine.submit(served.target, text, prompt, params, n=n)
+    # Wait for the first event before answering, so that a model that fails to load gets a
+    # proper status code instead of an error inside a 200 stream.
+    first = await _next(generation, request)
+    if first is None:
+        return Response(status_code=CLIENT_CLOSED)
+    if isinstance(first[1], Failed):
+        generation.cancel()
+        raise _failure(first[1].error)
+    meta = {
+        "id": f"chatcmpl-{secrets.token_hex(12)}",
+        "created": int(time.time()),
+        "model": body.model,
+        "system_fingerprint": None,
+    }
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return StreamingResponse(
+            _stream(generation, request, first, meta, len(prompt), include_usage),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+    return await _complete(generation, request, first, meta, len(prompt))
+
+
+async def _complete(
+    generation: Generation,
+    request: Request,
+    first: tuple[int, Event],
+    meta: dict[str, Any],
+    prompt_tokens: int,
+) -> dict[str, Any] | Response:
+    texts: list[list[str]] = [[] for _ in range(generation.n)]
+    finished: dict[int, Finished] = {}
+    item: tuple[int, Event] | None = first
+    try:
+        while True:
+            if item is None:
+                return Response(status_code=CLIENT_CLOSED)
+            index, event = item
+            if isinstance(event, Failed):
+                raise _failure(event.error)
+            if isinstance(event, Delta):
+                texts[index].append(event.text)
+            else:
+                finished[index] = event
+                if len(finished) == generation.n:
+                    break
+            item = await _next(generation, request)
+    finally:
+        if len(finished) < generation.n:
+            generation.cancel()
+    choices = [
+        {
+            "index": i,
+            "message": {"role": "assistant", "content": "".join(texts[i]), "refusal": None},
+            "logprobs": None,
+            "finish_reason": finished[i].reason,
+        }
+        for i in range(generation.n)
+    ]
+    completion_tokens = sum(f.completion_tokens for f in finished.values())
+    return {
+        **meta,
+        "object": "chat.completion",
+        "choices": choices,
+        "usage": _usage(prompt_tokens, completion_tokens),
+    }
+
+
+def _sse(data: dict[str, Any]) -> str:
+    return f"data: {json.dumps(data, ensure_ascii=False, separators=(',', ':'))}\n\n"
+
+
+async def _stream(
+    generation: Generation,
+    request: Request,
+    first: tuple[int, Event],
+    meta: dict[str, Any],
+    prompt_tokens: int,
+    include_usage: bool,
+) -> AsyncIterator[str]:
+    def chunk(index: int, delta: dict[str, Any], finish_reason: str | None = None) -> str:
+        body = {
+            **meta,
+            "object": "chat.completion.chunk",
+            "choices": [
+                {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+            ],
+        }
+        if include_usage:
+            body["usage"] = None
+        return _sse(body)
+
+    completion_tokens = 0
+    remaining = generation.n
+    item: tuple[int, Event] | None = first
+    try:
+        for index in range(generation.n):
+            yield chunk(index, {"role": "assistant", "content": ""})
+        while True:
+            if item is None:
+                return
+            index, event = item
+            if isinstance(event, Failed):
+                failure = _failure(event.error)
+                yield _sse(error_body(failure.message, failure.type, failure.param, failure.code))
+                return
+            if isinstance(event, Delta):
+                yield chunk(index, {"content": event.text})
+            else:
+                yield chunk(index, {}, event.reason)
+                completion_tokens += event.completion_tokens
+                remaining -= 1
+                if not remaining:
+                    break
+            item = await _next(generation, request)
+        if include_usage:
+            yield _sse(
+                {
+                    **meta,
+                    "object": "chat.completion.chunk",
+                    "choices": [],
+                    "usage": _usage(prompt_tokens, completion_tokens),
+                }
+            )
+        yield "data: [DONE]\n\n"
+    finally:
+        generation.cancel()  # a no-op when finished; stops the rows when the client left

@@ -1,0 +1,441 @@
+"""Batched generation for the server: one thread owns the models, requests share forward passes.
+
+Why our own decode loop rather than `model.generate` per request: on a CPU (or a GPU with a small
+model) a decode step is bound by reading the weights, so eight rows cost little more than one.
+The loop does continuous batching: a new request is prefilled on its own (no padding, so no
+masked rows that could poison the cache), then its KV cache is left-padded and joined to the
+running batch between two decode steps; finished or cancelled rows leave between steps too.
+
+LoRA: every base model is loaded once. Fine-tuned models are peft adapters on it, and one batch
+mixes them: peft's `adapter_names=[...]` runs each row through its own adapter ("__base__" for
+none), so requests to different `ft:` models still share each forward pass.
+
+Results travel to the request's asyncio loop as events on a queue: `Delta(text)`, then
+`Finished(reason, completion_tokens)`, or `Failed(error)`. `Generation.cancel()` (the client went
+away) removes its row at the next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import queue
+import secrets
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tuneforge.data.chat_template import ChatTemplate
+
+log = logging.getLogger("tuneforge.api")
+
+BASE_ADAPTER = "__base__"  # peft's name for "no adapter" in a mixed batch
+MAX_BATCH_SIZE = 32
+
+
+@dataclass(frozen=True)
+class TextSide:
+    """What a request needs of a model before its weights: tokens in, text out, limits."""
+
+    tokenizer: Any
+    template: ChatTemplate
+    context_length: int
+    eos_ids: frozenset[int]
+
+
+@dataclass(frozen=True)
+class Target:
+    """Which weights answer: a base model, optionally with a LoRA adapter folder on it."""
+
+    model_id: str
+    base: str
+    adapter: Path | None = None
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0 or self.top_p == 0
+
+
+@dataclass(frozen=True)
+class Delta:
+    text: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    reason: str  # "stop" | "length"
+    completion_tokens: int
+
+
+@dataclass(frozen=True)
+class Failed:
+    error: BaseException
+
+
+Event = Delta | Finished | Failed
+
+
+class Generation:
+    """The `n` choices of one request, seen from the request's event loop: events arrive on
+    `events` as (choice index, event)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, n: int) -> None:
+        self.n = n
+        self.events: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
+        self._loop = loop
+        self._cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    def put(self, index: int, event: Event) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self.events.put_nowait, (index, event))
+        except RuntimeError:  # the request's loop is gone (server shutting down)
+            self.cancel()
+
+
+@dataclass
+class _Row:
+    generation: Generation
+    index: int
+    target: Target
+    text: TextSide
+    params: SamplingParams
+    prompt: list[int]
+    generator: torch.Generator | None
+    adapter: str = BASE_ADAPTER
+    ids: list[int] = field(default_factory=list)
+    sent: int = 0  # characters of the answer already sent
+
+    @property
+    def length(self) -> int:
+        return len(self.prompt) + len(self.ids)
+
+
+@dataclass
+class _Slot:
+    """A base model in memory, its adapters, and the batch running on it."""
+
+    model: Any
+    adapters: dict[str, str] = field(default_factory=dict)  # model id → peft adapter name
+    unloaded: set[str] = field(default_factory=set)  # adapters to delete once no row uses them
+    rows: list[_Row] = field(default_factory=list)
+    cache: Any = None  # the batch's DynamicCache: per layer (B, heads, T, head_dim)
+    mask: torch.Tensor = field(default_factory=lambda: torch.ones(0, 0, dtype=torch.long))
+
+    @property
+    def is_peft(self) -> bool:
+        from peft import PeftModel
+
+        return isinstance(self.model, PeftModel)
+
+
+def _left_pad(t: torch.Tensor, length: int, dim: int) -> torch.Tensor:
+    missing = length - t.shape[dim]
+    if missing == 0:
+        return t
+    shape = list(t.shape)
+    shape[dim] = missing
+    return torch.cat([t.new_zeros(shape), t], dim=dim)
+
+
+def _holdback(text: str, stops: tuple[str, ...]) -> int:
+    """Characters at the end of `text` that may be the start of a stop string (or of a
+    character whose bytes are still incomplete) and must not be sent yet."""
+    hold = 0
+    for stop in stops:
+        for n in range(min(len(stop) - 1, len(text)), 0, -1):
+            if text.endswith(stop[:n]):
+                hold = max(hold, n)
+                break
+    if text.endswith("\ufffd"):
+        hold = max(hold, 1)
+    return hold
+
+
+def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:
+    """One token from one row's logits: greedy, or temperature + nucleus (top_p) sampling."""
+    if params.greedy:
+        return int(logits.argmax())
+    probs = torch.softmax(logits.float() / params.temperature, dim=-1)
+    if params.top_p < 1.0:
+        sorted_probs, order = probs.sort(descending=True)
+        # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
+        outside = sorted_probs.cumsum(-1) - sorted_probs >= params.top_p
+        sorted_probs[outside] = 0.0
+        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+class InferenceEngine:
+    """The generation thread. `submit` from any thread; results arrive on its `Generation`."""
+
+    def __init__(self, max_batch_size: int = MAX_BATCH_SIZE) -> None:
+        self.max_batch_size = max_batch_size
+        # CPU only for now: the per-row sampling generators are CPU generators, and serving on
+        # CUDA has not been measured or tested.
+        self.device = torch.device("cpu")
+        self._inbox: queue.Queue[_Row | Callable[[], None] | None] = queue.Queue()
+        self._waiting: deque[_Row] = deque()
+        self._slots: dict[str, _Slot] = {}
+        self._names = itertools.count()
+        self._thread: threading.Thread | None = None
+        self._running = False
+        self.steps = 0  # decode steps run (the bench reads it)
+
+    # -- public, any thread ------------------------------------------------------------------
+    def start(self) -> None:
+        self._running = True
+        self._thread = threading.Thread(target=self._loop, name="tuneforge-engine", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._running = False
+        self._inbox.put(None)
+        if self._thread:
+            self._thread.join(timeout=30)
+
+    def submit(
+        self,
+        target: Target,
+        text: TextSide,
+        prompt: list[int],
+        params: SamplingParams,
+        *,
+        n: int = 1,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> Generation:
+        """Queue `n` choices for one prompt. Choice i samples with seed + i when a seed is set."""
+        generation = Generation(loop or asyncio.get_running_loop(), n)
+        for i in range(n):
+            generator = None
+            if not params.greedy:
+                seed = (params.seed + i) if params.seed is not None else secrets.randbits(63)
+                generator = torch.Generator().manual_seed(seed % (1 << 63))
+            self._inbox.put(_Row(generation, i, target, text, params, list(prompt), generator))
+        return generation
+
+    @property
+    def active(self) -> int:
+        """Choices being generated or waiting (approximate: read from another thread)."""
+        running = sum(len(slot.rows) for slot in list(self._slots.values()))
+        return running + len(self._waiting) + self._inbox.qsize()
+
+    def unload(self, model_id: str) -> None:
+        """Forget a deleted model's adapter and its checkpoints' (`model_id:ckpt-step-N`);
+        requests already running on them finish first."""
+        self._inbox.put(lambda: self._unload(model_id))
+
+    # -- the thread --------------------------------------------------------------------------
+    def _loop(self) -> None:
+        torch.set_grad_enabled(False)
+        while self._running:
+            busy = any(slot.rows for slot in self._slots.values())
+            try:
+                self._take_inbox(block=not busy and not self._waiting)
+                self._admit()
+                for slot in list(self._slots.values()):
+                    if slot.rows:
+                        self._step(slot)
+            except Exception as exc:  # a failed step must not kill the server's generation
+                log.exception("generation step failed")
+                self._fail_all(exc)
+
+    def _take_inbox(self, block: bool) -> None:
+        try:
+            item = self._inbox.get() if block else self._inbox.get_nowait()
+        except queue.Empty:
+            return
+        while True:
+            if isinstance(item, _Row):
+                self._waiting.append(item)
+            elif item is not None:  # None only wakes the loop (stop)
+                item()
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+
+    def _fail_all(self, exc: Exception) -> None:
+        for slot in self._slots.values():
+            for row in slot.rows:
+                row.generation.put(row.index, Failed(exc))
+            slot.rows, slot.cache = [], None
+
+    # -- models ------------------------------------------------------------------------------
+    def _slot(self, base: str) -> _Slot:
+        if base not in self._slots:
+            from tuneforge.models import load_model
+
+            model = load_model(base, dtype=torch.float32).to(self.device).eval()
+            self._slots[base] = _Slot(model)
+        return self._slots[base]
+
+    def _adapter(self, slot: _Slot, target: Target) -> str:
+        if target.adapter is None:
+            return BASE_ADAPTER
+        if target.model_id not in slot.adapters:
+            name = f"adapter_{next(self._names)}"
+            if slot.is_peft:
+                slot.model.load_adapter(target.adapter, adapter_name=name)
+            else:
+                from peft import PeftModel
+
+                slot.model = PeftModel.from_pretrained(
+                    slot.model, target.adapter, adapter_name=name
+                )
+            slot.model.eval()
+            slot.adapters[target.model_id] = name
+        return slot.adapters[target.model_id]
+
+    def _unload(self, model_id: str) -> None:
+        for slot in self._slots.values():
+            for key in [k for k in slot.adapters if k == model_id or k.startswith(model_id + ":")]:
+                slot.unloaded.add(slot.adapters.pop(key))
+            self._collect(slot)
+
+    def _collect(self, slot: _Slot) -> None:
+        """Delete unloaded adapters that no running row still uses."""
+        for name in list(slot.unloaded):
+            if not any(row.adapter == name for row in slot.rows):
+                slot.model.delete_adapter(name)
+                slot.unloaded.discard(name)
+
+    # -- admission: prefill one request and join it to its base model's batch ----------------
+    def _admit(self) -> None:
+        deferred: deque[_Row] = deque()
+        while self._waiting:
+            row = self._waiting.popleft()
+            if row.generation.cancelled:
+                continue
+            try:
+                slot = self._slot(row.target.base)
+                if len(slot.rows) >= self.max_batch_size:
+                    deferred.append(row)
+                    continue
+                row.adapter = self._adapter(slot, row.target)
+                self._prefill(slot, row)
+            except Exception as exc:
+                log.warning("cannot generate with %s: %s", row.target.model_id, exc)
+                row.generation.put(row.index, Failed(exc))
+        self._waiting = deferred
+
+    def _forward(self, slot: _Slot, rows: list[_Row], **inputs: Any) -> Any:
+        if slot.is_peft:
+            inputs["adapter_names"] = [row.adapter for row in rows]
+        return slot.model(use_cache=True, logits_to_keep=1, **inputs)
+
+    def _prefill(self, slot: _Slot, row: _Row) -> None:
+        ids = torch.tensor([row.prompt], device=self.device)
+        out = self._forward(
+            slot,
+            [row],
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            position_ids=torch.arange(ids.shape[1], device=self.device)[None],
+        )
+        token = sample(out.logits[0, -1], row.params, row.generator)
+        if self._advance(row, token):
+            return
+        mask = torch.ones_like(ids)
+        if not slot.rows:
+            slot.cache, slot.mask = out.cache, mask
+        else:
+            length = max(slot.mask.shape[1], mask.shape[1])
+            for mine, new in zip(slot.cache.layers, out.cache.layers, strict=True):
+                mine.keys = torch.cat(
+                    [_left_pad(mine.keys, length, 2), _left_pad(new.keys, length, 2)]
+                )
+                mine.values = torch.cat(
+                    [_left_pad(mine.values, length, 2), _left_pad(new.values, length, 2)]
+                )
+            slot.mask = torch.cat([_left_pad(slot.mask, length, 1), _left_pad(mask, length, 1)])
+        slot.rows.append(row)
+
+    # -- one decode step for a whole batch ---------------------------------------------------
+    def _step(self, slot: _Slot) -> None:
+        rows = slot.rows
+        mask = torch.cat([slot.mask, slot.mask.new_ones(len(rows), 1)], dim=1)
+        out = self._forward(
+            slot,
+            rows,
+            input_ids=torch.tensor([[row.ids[-1]] for row in rows], device=self.device),
+            attention_mask=mask,
+            position_ids=torch.tensor([[row.length - 1] for row in rows], device=self.device),
+            cache=slot.cache,
+        )
+        self.steps += 1
+        slot.mask = mask
+        logits = out.logits[:, -1, :]
+        greedy = logits.argmax(dim=-1).tolist()
+        keep = []
+        for i, row in enumerate(rows):
+            if row.generation.cancelled:
+                continue
+            token = greedy[i] if row.params.greedy else sample(logits[i], row.params, row.generator)
+            if not self._advance(row, token):
+                keep.append(i)
+        if len(keep) < len(rows):
+            self._drop_rows(slot, keep)
+
+    def _drop_rows(self, slot: _Slot, keep: list[int]) -> None:
+        slot.rows = [slot.rows[i] for i in keep]
+        if not keep:
+            slot.cache = None
+        else:
+            index = torch.tensor(keep, device=self.device)
+            mask = slot.mask.index_select(0, index)
+            # Columns that are padding in every remaining row are dead weight: cut them.
+            start = int(mask.any(dim=0).nonzero()[0])
+            slot.mask = mask[:, start:]
+            for layer in slot.cache.layers:
+                layer.keys = layer.keys.index_select(0, index)[:, :, start:]
+                layer.values = layer.values.index_select(0, index)[:, :, start:]
+        self._collect(slot)
+
+    # -- one new token for one row -----------------------------------------------------------
+    def _advance(self, row: _Row, token: int) -> bool:
+        """Take a token: send the text that is safe to send; say whether the row finished."""
+        text_side, params = row.text, row.params
+        if token in text_side.eos_ids:
+            return self._finish(row, "stop", len(row.ids) + 1)
+        row.ids.append(token)
+        text = text_side.tokenizer.decode(row.ids, skip_special_tokens=True)
+        cut = min((i for i in (text.find(s) for s in params.stop) if i >= 0), default=-1)
+        if cut >= 0:
+            self._send(row, text[:cut])
+            return self._finish(row, "stop", len(row.ids))
+        if len(row.ids) >= params.max_tokens or row.length >= text_side.context_length:
+            self._send(row, text)
+            return self._finish(row, "length", len(row.ids))
+        self._send(row, text[: len(text) - _holdback(text, params.stop)])
+        return False
+
+    def _send(self, row: _Row, text: str) -> None:
+        if len(text) > row.sent:
+            row.generation.put(row.index, Delta(text[row.sent :]))
+            row.sent = len(text)
+
+    def _finish(self, row: _Row, reason: str, completion_tokens: int) -> bool:
+        row.generation.put(row.index, Finished(reason, completion_tokens))
+        return True

@@ -1,0 +1,194 @@
+"""/v1/files: upload training data, list it, read it back, delete it.
+
+The upload is streamed to a temp file under a name we generate (never the client's), size-capped
+while it streams, format-checked line by line (the cheap part of `tuneforge data validate`; the
+tokenizer checks run when a job validates its files), then renamed into place and recorded.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, Query, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse
+
+from tuneforge.api.errors import APIError, not_found
+from tuneforge.api.schemas import Deleted, FileList, FileObject
+from tuneforge.errors import TuneforgeError
+from tuneforge.jobs.store import Store, files_dir, new_id
+
+router = APIRouter()
+
+PURPOSE = "fine-tune"
+EXTENSIONS = (".jsonl", ".json", ".csv")  # what `tuneforge data` reads
+CHUNK = 1 << 20
+MAX_LISTED_PROBLEMS = 3
+
+
+def file_object(row: dict) -> dict:
+    return {k: row[k] for k in ("id", "bytes", "created_at", "filename", "purpose", "status")} | {
+        "object": "file"
+    }
+
+
+def _store(request: Request) -> Store:
+    return request.app.state.store
+
+
+def _extension(filename: str) -> str:
+    suffix = Path(filename).suffix.lower()
+    if not suffix:
+        return ".jsonl"
+    if suffix not in EXTENSIONS:
+        raise APIError(
+            400,
+            f"Invalid file extension {suffix!r} of {filename!r}: upload fine-tuning data as "
+            ".jsonl (one JSON example per line); .json arrays and .csv also work",
+            param="file",
+            code="invalid_file_format",
+        )
+    return suffix
+
+
+def check_format(path: Path) -> None:
+    """Parse every line; raise APIError naming the first problems' lines and fields."""
+    from tuneforge.data.formats import iter_parsed
+
+    problems = []
+    count = 0
+    try:
+        for _, parsed in iter_parsed(path):
+            count += 1
+            problems.extend(parsed.errors)
+    except TuneforgeError as exc:
+        raise APIError(
+            400, f"{exc.message} ({exc.hint})" if exc.hint else exc.message, param="file"
+        ) from None
+    if not count:
+        raise APIError(
+            400,
+            "The file holds no examples: add one JSON example per line",
+            param="file",
+            code="invalid_file_format",
+        )
+    if problems:
+        shown = "; ".join(str(p) for p in problems[:MAX_LISTED_PROBLEMS])
+        more = (
+            f" (and {len(problems) - MAX_LISTED_PROBLEMS} more)"
+            if len(problems) > MAX_LISTED_PROBLEMS
+            else ""
+        )
+        raise APIError(
+            400,
+            f"The file has {len(problems)} problem(s): {shown}{more}. Fix them and upload again; "
+            "`tuneforge data validate FILE` shows the full report",
+            param="file",
+            code="invalid_file_format",
+        )
+
+
+async def _save_upload(upload: UploadFile, suffix: str, limit: int) -> Path:
+    folder = files_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=".upload-", suffix=suffix, dir=folder)
+    size = 0
+    try:
+        with os.fdopen(fd, "wb") as out:
+            while chunk := await upload.read(CHUNK):
+                size += len(chunk)
+                if size > limit:
+                    raise APIError(
+                        413,
+                        f"The file is over the upload limit of {limit:,} bytes; split it, or "
+                        "start the server with a larger limit",
+                        param="file",
+                        code="file_too_large",
+                    )
+                out.write(chunk)
+    except BaseException:
+        Path(name).unlink(missing_ok=True)
+        raise
+    return Path(name)
+
+
+@router.post("/v1/files", response_model=FileObject)
+async def upload_file(
+    request: Request,
+    file: Annotated[UploadFile, File(description="Fine-tuning data (.jsonl).")],
+    purpose: Annotated[str, Form(description="Must be `fine-tune`.")],
+) -> dict:
+    if purpose != PURPOSE:
+        raise APIError(
+            400,
+            f"Invalid purpose {purpose[:40]!r}: this server only stores fine-tuning data; "
+            f"use purpose={PURPOSE!r}",
+            param="purpose",
+        )
+    filename = Path(file.filename or "upload.jsonl").name[:255] or "upload.jsonl"
+    tmp = await _save_upload(file, _extension(filename), request.app.state.max_upload_bytes)
+    try:
+        await run_in_threadpool(check_format, tmp)
+        row = await run_in_threadpool(
+            _store(request).add_file, new_id("file"), tmp, filename=filename, purpose=purpose
+        )
+    finally:
+        tmp.unlink(missing_ok=True)  # renamed away on success
+    return file_object(row)
+
+
+@router.get("/v1/files", response_model=FileList)
+def list_files(
+    request: Request,
+    purpose: Annotated[str | None, Query(max_length=64)] = None,
+    after: Annotated[str | None, Query(max_length=512)] = None,
+    limit: Annotated[int, Query(ge=1, le=10000)] = 10000,
+) -> dict:
+    rows = _store(request).list_files(purpose=purpose, after=after, limit=limit + 1)
+    return {
+        "object": "list",
+        "data": [file_object(r) for r in rows[:limit]],
+        "has_more": len(rows) > limit,
+    }
+
+
+def _get(request: Request, file_id: str) -> dict:
+    row = _store(request).get_file(file_id)
+    if row is None:
+        raise not_found("File", file_id, param="file_id")
+    return row
+
+
+@router.get("/v1/files/{file_id}", response_model=FileObject)
+def retrieve_file(request: Request, file_id: str) -> dict:
+    return file_object(_get(request, file_id))
+
+
+@router.get(
+    "/v1/files/{file_id}/content",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/octet-stream": {}}}},
+)
+def file_content(request: Request, file_id: str) -> FileResponse:
+    row = _get(request, file_id)
+    return FileResponse(row["path"], media_type="application/octet-stream")
+
+
+@router.delete("/v1/files/{file_id}", response_model=Deleted)
+def delete_file(request: Request, file_id: str) -> dict:
+    store = _store(request)
+    _get(request, file_id)
+    users = store.jobs_using_file(file_id)
+    if users:
+        raise APIError(
+            409,
+            f"File {file_id} is used by unfinished fine-tuning job(s) {', '.join(users)}, which "
+            "read it again when they resume; cancel them or wait for them to finish",
+            param="file_id",
+            code="file_in_use",
+        )
+    store.delete_file(file_id)
+    return {"id": file_id, "object": "file", "deleted": True}

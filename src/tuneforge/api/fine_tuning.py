@@ -1,0 +1,303 @@
+"""/v1/fine_tuning/jobs: create, list, retrieve, cancel, pause, resume; events and checkpoints.
+
+Creation checks what is cheap and certain right away (the files exist, the model is known, the
+hyperparameters and training_config are valid) and answers 400 naming the field; the job then
+starts in `validating_files`, where the scheduler checks the data with the model's tokenizer.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+
+from tuneforge import run_dir as rd
+from tuneforge.api.errors import APIError, not_found
+from tuneforge.api.schemas import CheckpointList, EventList, Job, JobCreate, JobList
+from tuneforge.errors import ConfigError
+from tuneforge.jobs.manager import JobManager
+from tuneforge.jobs.spec import check_training_config
+from tuneforge.jobs.store import (
+    ORGANIZATION,
+    Store,
+    checkpoint_folders,
+    checkpoint_model_id,
+    jobs_dir,
+    new_id,
+)
+from tuneforge.models import REGISTRY
+
+router = APIRouter()
+
+MAX_SEED = 2**31 - 1
+
+
+def _store(request: Request) -> Store:
+    return request.app.state.store
+
+
+def _manager(request: Request) -> JobManager:
+    return request.app.state.manager
+
+
+def _estimated_finish(job: dict[str, Any]) -> int | None:
+    if job["status"] != "running":
+        return None
+    run_dir = Path(job["run_dir"])
+    status = rd.read_status(run_dir) or {}
+    step, total = status.get("step") or 0, status.get("total_steps")
+    metrics = rd.read_metrics(run_dir)
+    if not step or not total or not metrics:
+        return None
+    per_step = metrics[-1].get("elapsed_seconds", 0) / max(1, metrics[-1]["step"])
+    return int(time.time() + per_step * (total - step))
+
+
+def job_object(job: dict[str, Any]) -> dict[str, Any]:
+    hyperparameters = job["hyperparameters"]
+    return {
+        "id": job["id"],
+        "object": "fine_tuning.job",
+        "created_at": job["created_at"],
+        "finished_at": job["finished_at"],
+        "model": job["model"],
+        "fine_tuned_model": None if job["model_deleted"] else job["fine_tuned_model"],
+        "organization_id": f"org-{ORGANIZATION}",
+        "result_files": [],
+        "status": job["status"],
+        "validation_file": job["validation_file"],
+        "training_file": job["training_file"],
+        "hyperparameters": hyperparameters,
+        "trained_tokens": job["trained_tokens"],
+        "error": job["error"],
+        "seed": job["seed"],
+        "estimated_finish": _estimated_finish(job),
+        "integrations": [],
+        "metadata": job["metadata"],
+        "method": {"type": "supervised", "supervised": {"hyperparameters": hyperparameters}},
+        "user_provided_suffix": job["suffix"],
+    }
+
+
+def _check_model(model: str) -> None:
+    if model.startswith("ft:"):
+        raise APIError(
+            400,
+            f"Fine-tuning a fine-tuned model ({model}) is not supported yet; start from its "
+            "base model",
+            param="model",
+            code="model_not_supported",
+        )
+    if model in REGISTRY:
+        return
+    folder = Path(model).expanduser()
+    if folder.is_dir() and (folder / "config.json").is_file():
+        return
+    if model.count("/") == 1 and not model.startswith((".", "/", "~")) and not folder.exists():
+        return  # a hub id; loading it (with a network) is checked while validating files
+    raise APIError(
+        400,
+        f"Unknown base model `{model}`: use one of {', '.join(REGISTRY)}, a local Hugging Face "
+        "model folder on the server, or a hub id (org/name)",
+        param="model",
+        code="model_not_found",
+    )
+
+
+def _hyperparameters(body: JobCreate) -> dict[str, Any]:
+    from_method = (
+        body.method.supervised.hyperparameters
+        if body.method and body.method.supervised and body.method.supervised.hyperparameters
+        else None
+    )
+    if from_method and body.hyperparameters:
+        raise APIError(
+            400,
+            "Hyperparameters were given twice: use method.supervised.hyperparameters only "
+            "(top-level hyperparameters is OpenAI's deprecated spelling)",
+            param="hyperparameters",
+        )
+    chosen = from_method or body.hyperparameters
+    return (
+        chosen.model_dump()
+        if chosen
+        else {
+            "n_epochs": "auto",
+            "batch_size": "auto",
+            "learning_rate_multiplier": "auto",
+        }
+    )
+
+
+@router.post("/v1/fine_tuning/jobs", response_model=Job)
+def create_job(request: Request, body: JobCreate) -> dict[str, Any]:
+    store = _store(request)
+    for param in ("training_file", "validation_file"):
+        file_id = getattr(body, param)
+        if file_id is not None and store.get_file(file_id) is None:
+            raise APIError(
+                400,
+                f"Invalid {param}: no file {file_id!r}; upload it first with POST /v1/files",
+                param=param,
+                code="invalid_file_id",
+            )
+    _check_model(body.model)
+    hyperparameters = _hyperparameters(body)
+    training_config = body.training_config or {}
+    try:
+        check_training_config(training_config)
+    except ConfigError as exc:
+        raise APIError(400, f"{exc.message}\n  fix: {exc.hint}", param="training_config") from None
+    job_id = new_id("ftjob")
+    job = store.add_job(
+        {
+            "id": job_id,
+            "created_at": int(time.time()),
+            "model": body.model,
+            "status": "validating_files",
+            "training_file": body.training_file,
+            "validation_file": body.validation_file,
+            "hyperparameters": hyperparameters,
+            "training_config": training_config,
+            "suffix": body.suffix or None,
+            "seed": body.seed if body.seed is not None else secrets.randbelow(MAX_SEED),
+            "metadata": body.metadata,
+            "run_dir": str(jobs_dir() / job_id / "run"),
+        }
+    )
+    store.add_event(job_id, f"Created fine-tuning job: {job_id}")
+    _manager(request).wake()
+    return job_object(job)
+
+
+@router.get("/v1/fine_tuning/jobs", response_model=JobList)
+def list_jobs(
+    request: Request,
+    after: Annotated[str | None, Query(max_length=512)] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> dict[str, Any]:
+    rows = _store(request).list_jobs(after=after, limit=limit + 1)
+    return {
+        "object": "list",
+        "data": [job_object(j) for j in rows[:limit]],
+        "has_more": len(rows) > limit,
+    }
+
+
+def _get(request: Request, job_id: str) -> dict[str, Any]:
+    job = _store(request).get_job(job_id)
+    if job is None:
+        raise not_found("fine-tuning job", job_id, param="fine_tuning_job_id")
+    return job
+
+
+@router.get("/v1/fine_tuning/jobs/{fine_tuning_job_id}", response_model=Job)
+def retrieve_job(request: Request, fine_tuning_job_id: str) -> dict[str, Any]:
+    return job_object(_get(request, fine_tuning_job_id))
+
+
+PAST = {"cancel": "cancelled", "pause": "paused", "resume": "resumed"}
+
+
+def _transition(request: Request, job_id: str, action: str, allowed: str) -> dict[str, Any]:
+    _get(request, job_id)
+    manager = _manager(request)
+    if not getattr(manager, action)(job_id):
+        job = _get(request, job_id)
+        raise APIError(
+            400,
+            f"Cannot {action} job {job_id}: it is {job['status']}; only {allowed} jobs can be "
+            f"{PAST[action]}",
+            param="fine_tuning_job_id",
+            code="invalid_job_state",
+        )
+    return job_object(_get(request, job_id))
+
+
+@router.post("/v1/fine_tuning/jobs/{fine_tuning_job_id}/cancel", response_model=Job)
+def cancel_job(request: Request, fine_tuning_job_id: str) -> dict[str, Any]:
+    return _transition(request, fine_tuning_job_id, "cancel", "unfinished")
+
+
+@router.post("/v1/fine_tuning/jobs/{fine_tuning_job_id}/pause", response_model=Job)
+def pause_job(request: Request, fine_tuning_job_id: str) -> dict[str, Any]:
+    return _transition(request, fine_tuning_job_id, "pause", "validating, queued or running")
+
+
+@router.post("/v1/fine_tuning/jobs/{fine_tuning_job_id}/resume", response_model=Job)
+def resume_job(request: Request, fine_tuning_job_id: str) -> dict[str, Any]:
+    return _transition(request, fine_tuning_job_id, "resume", "paused")
+
+
+@router.get("/v1/fine_tuning/jobs/{fine_tuning_job_id}/events", response_model=EventList)
+def list_events(
+    request: Request,
+    fine_tuning_job_id: str,
+    after: Annotated[str | None, Query(max_length=512)] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 20,
+) -> dict[str, Any]:
+    _get(request, fine_tuning_job_id)
+    rows = _store(request).list_events(fine_tuning_job_id, after=after, limit=limit + 1)
+    data = [
+        {k: e[k] for k in ("id", "created_at", "level", "message", "type", "data")}
+        | {"object": "fine_tuning.job.event"}
+        for e in rows[:limit]
+    ]
+    return {"object": "list", "data": data, "has_more": len(rows) > limit}
+
+
+def _checkpoint(
+    job: dict[str, Any], step: int, folder: Path, metrics: dict
+) -> dict[str, Any] | None:
+    try:
+        created = int(folder.stat().st_mtime)
+    except FileNotFoundError:  # rotated away (keep_last) while we listed
+        return None
+    keys = (
+        "train_loss",
+        "train_mean_token_accuracy",
+        "valid_loss",
+        "valid_mean_token_accuracy",
+        "full_valid_loss",
+        "full_valid_mean_token_accuracy",
+    )
+    return {
+        "id": f"ftckpt-{job['id'].removeprefix('ftjob-')}-{step}",
+        "object": "fine_tuning.job.checkpoint",
+        "created_at": created,
+        "fine_tuned_model_checkpoint": checkpoint_model_id(job, step),
+        "step_number": step,
+        "metrics": {"step": float(step)} | {k: metrics.get(k) for k in keys},
+        "fine_tuning_job_id": job["id"],
+    }
+
+
+@router.get("/v1/fine_tuning/jobs/{fine_tuning_job_id}/checkpoints", response_model=CheckpointList)
+def list_checkpoints(
+    request: Request,
+    fine_tuning_job_id: str,
+    after: Annotated[str | None, Query(max_length=512)] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 10,
+) -> dict[str, Any]:
+    job = _get(request, fine_tuning_job_id)
+    by_step = {m["step"]: m for m in rd.read_metrics(Path(job["run_dir"]))}
+    found = sorted(checkpoint_folders(job).items(), reverse=True)
+    items = [
+        item
+        for step, folder in found
+        if (item := _checkpoint(job, step, folder, by_step.get(step, {}))) is not None
+    ]
+    if after:
+        ids = [c["id"] for c in items]
+        items = items[ids.index(after) + 1 :] if after in ids else []
+    page = items[:limit]
+    return {
+        "object": "list",
+        "data": page,
+        "has_more": len(items) > limit,
+        "first_id": page[0]["id"] if page else None,
+        "last_id": page[-1]["id"] if page else None,
+    }

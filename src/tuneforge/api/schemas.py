@@ -1,0 +1,320 @@
+"""Request and response bodies, shaped as OpenAI's so that its clients work unchanged.
+
+Requests forbid unknown fields (OpenAI answers "Unrecognized request argument supplied"), so a
+typo is an error instead of a silently ignored setting. Responses are declared too: they make
+the OpenAPI schema honest, and schemathesis checks the server against it.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+Auto = Literal["auto"]
+MAX_ID = 512
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# ----------------------------------------------------------------------------------------------
+# Errors and lists
+# ----------------------------------------------------------------------------------------------
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+class Deleted(BaseModel):
+    id: str
+    object: str
+    deleted: bool
+
+
+# ----------------------------------------------------------------------------------------------
+# Files
+# ----------------------------------------------------------------------------------------------
+
+
+class FileObject(BaseModel):
+    id: str
+    object: Literal["file"] = "file"
+    bytes: int
+    created_at: int
+    filename: str
+    purpose: str
+    status: str
+
+
+class FileList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[FileObject]
+    has_more: bool
+
+
+# ----------------------------------------------------------------------------------------------
+# Fine-tuning
+# ----------------------------------------------------------------------------------------------
+
+
+class Hyperparameters(Strict):
+    n_epochs: Auto | Annotated[int, Field(ge=1, le=50)] = Field(
+        "auto", description="Passes over the data."
+    )
+    batch_size: Auto | Annotated[int, Field(ge=1, le=256)] = Field(
+        "auto", description="Examples per optimizer step."
+    )
+    learning_rate_multiplier: Auto | Annotated[float, Field(gt=0, le=10)] = Field(
+        "auto", description="Scales the method's default learning rate."
+    )
+
+
+class Supervised(Strict):
+    hyperparameters: Hyperparameters | None = None
+
+
+class Method(Strict):
+    type: Literal["supervised"] = Field(
+        description="Only supervised fine-tuning (LoRA adapters) is supported."
+    )
+    supervised: Supervised | None = None
+
+
+class JobCreate(Strict):
+    model: str = Field(
+        min_length=1, max_length=MAX_ID, description="Registry name or local model folder."
+    )
+    training_file: str = Field(min_length=1, max_length=MAX_ID)
+    validation_file: str | None = Field(None, max_length=MAX_ID)
+    hyperparameters: Hyperparameters | None = Field(
+        None, description="Deprecated by OpenAI in favour of method.supervised.hyperparameters."
+    )
+    method: Method | None = None
+    suffix: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9_-]*$")
+    seed: int | None = Field(None, ge=0, le=2**31 - 1)
+    metadata: dict[str, str] | None = Field(None, max_length=16)
+    integrations: list[Any] | None = Field(None, max_length=0, description="Not supported.")
+    training_config: dict[str, Any] | None = Field(
+        None,
+        description="tuneforge extension: more TrainConfig fields (e.g. lora_rank, max_steps, "
+        "checkpoint_every), checked like `tuneforge config check`.",
+    )
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_sizes(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        for key, item in (value or {}).items():
+            if len(key) > 64 or len(item) > 512:
+                raise ValueError("keys are at most 64 characters and values at most 512")
+        return value
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+    param: str | None
+
+
+class Job(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job"] = "fine_tuning.job"
+    created_at: int
+    finished_at: int | None
+    model: str
+    fine_tuned_model: str | None
+    organization_id: str
+    result_files: list[str]
+    status: Literal[
+        "validating_files", "queued", "running", "paused", "succeeded", "failed", "cancelled"
+    ]
+    validation_file: str | None
+    training_file: str
+    hyperparameters: dict[str, Any]
+    trained_tokens: int | None
+    error: JobError | None
+    seed: int
+    estimated_finish: int | None
+    integrations: list[Any]
+    metadata: dict[str, str] | None
+    method: dict[str, Any]
+    user_provided_suffix: str | None
+
+
+class JobList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Job]
+    has_more: bool
+
+
+class JobEvent(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job.event"] = "fine_tuning.job.event"
+    created_at: int
+    level: str
+    message: str
+    type: Literal["message", "metrics"]
+    data: dict[str, Any] | None
+
+
+class EventList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[JobEvent]
+    has_more: bool
+
+
+class Checkpoint(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job.checkpoint"] = "fine_tuning.job.checkpoint"
+    created_at: int
+    fine_tuned_model_checkpoint: str
+    step_number: int
+    metrics: dict[str, float | None]
+    fine_tuning_job_id: str
+
+
+class CheckpointList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Checkpoint]
+    has_more: bool
+    first_id: str | None
+    last_id: str | None
+
+
+# ----------------------------------------------------------------------------------------------
+# Models
+# ----------------------------------------------------------------------------------------------
+
+
+class ModelObject(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelObject]
+
+
+# ----------------------------------------------------------------------------------------------
+# Chat completions
+# ----------------------------------------------------------------------------------------------
+
+
+class TextPart(BaseModel):
+    # Not strict: an image part should fail on its `type`, the field that says what is wrong.
+    type: Literal["text"] = Field(description="Only text content is supported.")
+    text: str
+
+
+class FunctionCall(Strict):
+    name: str = Field(min_length=1)
+    arguments: str
+
+    @field_validator("arguments")
+    @classmethod
+    def _json_arguments(cls, value: str) -> str:
+        try:
+            json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"must be a JSON string ({exc.msg})") from None
+        return value
+
+
+class ToolCall(Strict):
+    id: str
+    type: Literal["function"]
+    function: FunctionCall
+
+
+class ChatMessage(BaseModel):
+    # Clients send back assistant messages they received, with fields such as `refusal`;
+    # ignoring unknown keys here (not at the top level) keeps those conversations working.
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None
+    name: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+
+    def text(self) -> str | None:
+        if isinstance(self.content, list):
+            return "".join(part.text for part in self.content)
+        return self.content
+
+
+class StreamOptions(Strict):
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(Strict):
+    model: str = Field(min_length=1, max_length=MAX_ID)
+    messages: list[ChatMessage] = Field(min_length=1)
+    temperature: float | None = Field(None, ge=0, le=2, description="Default 1; 0 is greedy.")
+    top_p: float | None = Field(None, ge=0, le=1)
+    n: int | None = Field(None, ge=1, le=16)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    stop: str | list[str] | None = Field(None, description="Up to 4 stop strings.")
+    seed: int | None = Field(None, ge=-(2**63), le=2**64 - 1)
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    user: str | None = Field(None, max_length=MAX_ID)
+    presence_penalty: float | None = Field(None, ge=0, le=0, description="Only 0 is supported.")
+    frequency_penalty: float | None = Field(None, ge=0, le=0, description="Only 0 is supported.")
+    logprobs: Literal[False] | None = Field(None, description="Not supported.")
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, value: str | list[str] | None) -> str | list[str] | None:
+        stops = [value] if isinstance(value, str) else value or []
+        if len(stops) > 4:
+            raise ValueError("at most 4 stop sequences")
+        if any(not s or len(s) > 256 for s in stops):
+            raise ValueError("stop sequences are 1 to 256 characters")
+        return value
+
+    def stop_list(self) -> tuple[str, ...]:
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str | None
+    refusal: None = None
+
+
+class Choice(BaseModel):
+    index: int
+    message: AssistantMessage
+    logprobs: None = None
+    finish_reason: Literal["stop", "length"]
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: Usage
+    system_fingerprint: str | None = None

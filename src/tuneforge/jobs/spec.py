@@ -1,0 +1,83 @@
+"""A job's request (OpenAI's fields) → the `TrainConfig` that `tuneforge train` would build.
+
+OpenAI's hyperparameters map onto our config: `n_epochs` → `epochs`, `batch_size` → `batch_size`,
+`learning_rate_multiplier` → `learning_rate_multiplier`; `"auto"` keeps our automatic choice
+(OpenAI's epoch rule, batch n/64 within [4, 32], the method's learning rate). Anything else a
+tuneforge config can say goes in the optional `training_config` object, checked by the same
+`build_config` as the CLI's.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tuneforge.config import TrainConfig, build_config
+from tuneforge.errors import ConfigError
+
+HYPERPARAMETER_FIELDS = {
+    "n_epochs": "epochs",
+    "batch_size": "batch_size",
+    "learning_rate_multiplier": "learning_rate_multiplier",
+}
+# Set by the job's own fields (or fixed: the API serves LoRA adapters on shared bases).
+RESERVED_CONFIG_KEYS = {
+    "model": "model",
+    "train_file": "training_file",
+    "validation_file": "validation_file",
+    "output_dir": "the job's run directory",
+    "suffix": "suffix",
+    "seed": "seed",
+    "epochs": "hyperparameters.n_epochs",
+    "batch_size": "hyperparameters.batch_size",
+    "learning_rate_multiplier": "hyperparameters.learning_rate_multiplier",
+    "method": "the API (jobs train LoRA adapters, served on a shared base model)",
+}
+KEEP_CHECKPOINTS = 2  # + the final model = the three checkpoints OpenAI keeps (last 3 epochs)
+
+
+def check_training_config(extra: dict[str, Any]) -> None:
+    """Raise ConfigError naming every reserved or invalid key of a job's `training_config`."""
+    reserved = [
+        f"`{key}`: set by {owner}, not training_config"
+        for key, owner in RESERVED_CONFIG_KEYS.items()
+        if key in extra
+    ]
+    if reserved:
+        raise ConfigError(
+            f"{len(reserved)} problem(s) in training_config:\n"
+            + "\n".join(f"  - {p}" for p in reserved),
+            hint="move these values to the job's own fields",
+        )
+    build_config({**extra, "train_file": "unchecked.jsonl"})
+
+
+def config_data(job: dict[str, Any], training_path: Path, validation_path: Path | None) -> dict:
+    data: dict[str, Any] = {"keep_last": KEEP_CHECKPOINTS, **job["training_config"]}
+    data |= {
+        "model": job["model"],
+        "train_file": str(training_path),
+        "validation_file": str(validation_path) if validation_path else None,
+        "seed": job["seed"],
+        "suffix": job["suffix"],
+    }
+    for ours, theirs in HYPERPARAMETER_FIELDS.items():
+        value = job["hyperparameters"].get(ours, "auto")
+        if value != "auto":
+            data[theirs] = value
+    return data
+
+
+def job_config(
+    job: dict[str, Any], training_path: Path, validation_path: Path | None
+) -> TrainConfig:
+    return build_config(config_data(job, training_path, validation_path))
+
+
+def resolved_hyperparameters(config: TrainConfig) -> dict[str, Any]:
+    """What OpenAI shows once a job runs: the values `auto` became."""
+    return {
+        "n_epochs": config.epochs,
+        "batch_size": config.batch_size,
+        "learning_rate_multiplier": config.learning_rate_multiplier,
+    }

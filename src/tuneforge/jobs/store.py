@@ -1,0 +1,419 @@
+"""The embedded database: uploaded files, fine-tuning jobs and their events, in one SQLite file
+at `$TUNEFORGE_HOME/tuneforge.db`.
+
+Why SQLite: one file, no daemon, transactions that survive kill -9. WAL mode lets the server read
+while a worker process appends events; `busy_timeout` makes a writer wait for the lock instead of
+failing. The schema only grows by appending to `MIGRATIONS` (datasette/llm style); the database's
+`user_version` says how many have been applied. Never edit a migration that has shipped.
+
+Uploaded bytes live under `$TUNEFORGE_HOME/files/<file id>.<ext>`, names we generate; the client's
+file name is kept for display only. The run directory stays the record of a training; the jobs
+table only points at it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from tuneforge.errors import UsageError
+from tuneforge.paths import tuneforge_home
+
+BUSY_TIMEOUT_MS = 5000
+ORGANIZATION = "local"  # the `<org>` part of fine-tuned model ids; one user, one machine
+UNFINISHED = ("validating_files", "queued", "running", "paused")
+
+MIGRATIONS: list[str] = [
+    # m001: files, jobs, events
+    """
+    CREATE TABLE files (
+        id TEXT PRIMARY KEY,
+        bytes INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        filename TEXT NOT NULL,
+        purpose TEXT NOT NULL,
+        status TEXT NOT NULL,
+        path TEXT NOT NULL
+    );
+    CREATE TABLE jobs (
+        id TEXT PRIMARY KEY,
+        created_at INTEGER NOT NULL,
+        model TEXT NOT NULL,
+        status TEXT NOT NULL,
+        training_file TEXT NOT NULL,
+        validation_file TEXT,
+        hyperparameters TEXT NOT NULL,
+        training_config TEXT NOT NULL,
+        suffix TEXT,
+        seed INTEGER NOT NULL,
+        metadata TEXT,
+        fine_tuned_model TEXT,
+        model_deleted INTEGER NOT NULL DEFAULT 0,
+        error TEXT,
+        finished_at INTEGER,
+        trained_tokens INTEGER,
+        run_dir TEXT NOT NULL,
+        worker_pid INTEGER,
+        crashes INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX jobs_status ON jobs(status);
+    CREATE TABLE events (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        job_id TEXT NOT NULL REFERENCES jobs(id),
+        created_at INTEGER NOT NULL,
+        level TEXT NOT NULL,
+        message TEXT NOT NULL,
+        type TEXT NOT NULL,
+        data TEXT
+    );
+    CREATE INDEX events_job ON events(job_id, seq);
+    """,
+]
+
+_JSON_COLUMNS = ("hyperparameters", "training_config", "metadata", "error", "data")
+
+
+def db_path() -> Path:
+    return tuneforge_home() / "tuneforge.db"
+
+
+def files_dir() -> Path:
+    return tuneforge_home() / "files"
+
+
+def jobs_dir() -> Path:
+    return tuneforge_home() / "jobs"
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(12)}"
+
+
+def _row(row: sqlite3.Row | None) -> dict[str, Any] | None:
+    if row is None:
+        return None
+    out = dict(row)
+    for key in _JSON_COLUMNS:
+        if key in out and out[key] is not None:
+            out[key] = json.loads(out[key])
+    return out
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+class Store:
+    """The database, with one connection per thread (sqlite3 connections are not shared)."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = Path(path or db_path())
+        self._local = threading.local()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._migrate()
+
+    # -- connection and schema -------------------------------------------------------------
+    @property
+    def conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            # isolation_level=None: we open transactions ourselves (BEGIN IMMEDIATE), so a
+            # read-then-write never upgrades its lock halfway and deadlocks.
+            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+            conn.row_factory = sqlite3.Row
+            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable at checkpoints
+            conn.execute("PRAGMA foreign_keys=ON")
+            self._local.conn = conn
+        return conn
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def _migrate(self) -> None:
+        # A file lock, not only a transaction: two processes starting at once must not both run
+        # CREATE TABLE.
+        with _file_lock(self.path.with_name(self.path.name + ".migrate.lock")):
+            conn = self.conn
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            for number, sql in enumerate(MIGRATIONS[version:], start=version + 1):
+                conn.executescript(
+                    f"BEGIN IMMEDIATE;\n{sql}\nPRAGMA user_version={number};\nCOMMIT;"
+                )
+
+    @property
+    def schema_version(self) -> int:
+        return self.conn.execute("PRAGMA user_version").fetchone()[0]
+
+    # -- files -----------------------------------------------------------------------------
+    def add_file(self, file_id: str, tmp: Path, *, filename: str, purpose: str) -> dict[str, Any]:
+        """Publish an uploaded temp file under our own name, then record it.
+
+        The rename comes first: a crash in between leaves an unlisted file, never a row that
+        points at nothing.
+        """
+        suffix = Path(tmp).suffix
+        final = files_dir() / f"{file_id}{suffix}"
+        final.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+        row = {
+            "id": file_id,
+            "bytes": final.stat().st_size,
+            "created_at": int(time.time()),
+            "filename": filename,
+            "purpose": purpose,
+            "status": "processed",
+            "path": str(final),
+        }
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO files (id, bytes, created_at, filename, purpose, status, path) "
+                "VALUES (:id, :bytes, :created_at, :filename, :purpose, :status, :path)",
+                row,
+            )
+        return row
+
+    def get_file(self, file_id: str) -> dict[str, Any] | None:
+        return _row(self.conn.execute("SELECT * FROM files WHERE id = ?", (file_id,)).fetchone())
+
+    def list_files(
+        self, *, purpose: str | None = None, after: str | None = None, limit: int = 10000
+    ) -> list[dict[str, Any]]:
+        """Newest first, like OpenAI; `after` is the id of the last file of the previous page."""
+        query = "SELECT * FROM files WHERE 1=1"
+        params: list[Any] = []
+        if purpose:
+            query += " AND purpose = ?"
+            params.append(purpose)
+        if after:
+            query += " AND rowid < (SELECT rowid FROM files WHERE id = ?)"
+            params.append(after)
+        query += " ORDER BY rowid DESC LIMIT ?"
+        params.append(limit)
+        return [_row(r) for r in self.conn.execute(query, params)]
+
+    def jobs_using_file(self, file_id: str) -> list[str]:
+        """Unfinished jobs that still read this file (a resumed run re-reads its data)."""
+        marks = ",".join("?" * len(UNFINISHED))
+        rows = self.conn.execute(
+            f"SELECT id FROM jobs WHERE (training_file = ? OR validation_file = ?) "
+            f"AND status IN ({marks})",
+            (file_id, file_id, *UNFINISHED),
+        )
+        return [r[0] for r in rows]
+
+    def delete_file(self, file_id: str) -> bool:
+        with self.transaction() as conn:
+            row = conn.execute("SELECT path FROM files WHERE id = ?", (file_id,)).fetchone()
+            if row is None:
+                return False
+            conn.execute("DELETE FROM files WHERE id = ?", (file_id,))
+        Path(row["path"]).unlink(missing_ok=True)
+        return True
+
+    # -- jobs ------------------------------------------------------------------------------
+    def add_job(self, fields: dict[str, Any]) -> dict[str, Any]:
+        row = dict(fields)
+        for key in _JSON_COLUMNS:
+            if key in row and row[key] is not None:
+                row[key] = json.dumps(row[key])
+        names = ", ".join(row)
+        values = ", ".join(f":{k}" for k in row)
+        with self.transaction() as conn:
+            conn.execute(f"INSERT INTO jobs ({names}) VALUES ({values})", row)
+        return self.get_job(fields["id"])  # type: ignore[return-value]
+
+    def get_job(self, job_id: str) -> dict[str, Any] | None:
+        return _row(self.conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
+
+    def list_jobs(self, *, after: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
+        query = "SELECT * FROM jobs"
+        params: list[Any] = []
+        if after:
+            query += " WHERE rowid < (SELECT rowid FROM jobs WHERE id = ?)"
+            params.append(after)
+        query += " ORDER BY rowid DESC LIMIT ?"
+        params.append(limit)
+        return [_row(r) for r in self.conn.execute(query, params)]
+
+    def jobs_with_status(self, *statuses: str) -> list[dict[str, Any]]:
+        """Oldest first: the scheduler starts jobs in the order they were created."""
+        marks = ",".join("?" * len(statuses))
+        rows = self.conn.execute(
+            f"SELECT * FROM jobs WHERE status IN ({marks}) ORDER BY rowid", statuses
+        )
+        return [_row(r) for r in rows]
+
+    def jobs_with_worker(self) -> list[dict[str, Any]]:
+        rows = self.conn.execute("SELECT * FROM jobs WHERE worker_pid IS NOT NULL ORDER BY rowid")
+        return [_row(r) for r in rows]
+
+    def update_job(
+        self, job_id: str, *, expect: tuple[str, ...] | None = None, **fields: Any
+    ) -> bool:
+        """Set fields; with `expect`, only if the status is one of those (compare-and-set).
+
+        Every status change goes through here with `expect`, so the server, the scheduler and
+        a worker can race on a job without one overwriting another's decision.
+        """
+        values = {
+            k: json.dumps(v) if k in _JSON_COLUMNS and v is not None else v
+            for k, v in fields.items()
+        }
+        sets = ", ".join(f"{k} = :{k}" for k in values)
+        query = f"UPDATE jobs SET {sets} WHERE id = :_id"
+        params = values | {"_id": job_id}
+        if expect:
+            marks = ", ".join(f":_s{i}" for i in range(len(expect)))
+            query += f" AND status IN ({marks})"
+            params |= {f"_s{i}": s for i, s in enumerate(expect)}
+        with self.transaction() as conn:
+            return conn.execute(query, params).rowcount == 1
+
+    # -- events ----------------------------------------------------------------------------
+    def add_event(
+        self,
+        job_id: str,
+        message: str,
+        *,
+        level: str = "info",
+        type: str = "message",
+        data: dict[str, Any] | None = None,
+    ) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO events (id, job_id, created_at, level, message, type, data) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    new_id("ftevent"),
+                    job_id,
+                    int(time.time()),
+                    level,
+                    message,
+                    type,
+                    json.dumps(data) if data is not None else None,
+                ),
+            )
+
+    def list_events(
+        self, job_id: str, *, after: str | None = None, limit: int = 20
+    ) -> list[dict[str, Any]]:
+        """Newest first, like OpenAI; `after` is the id of the last event of the previous page."""
+        query = "SELECT * FROM events WHERE job_id = ?"
+        params: list[Any] = [job_id]
+        if after:
+            query += " AND seq < (SELECT seq FROM events WHERE id = ?)"
+            params.append(after)
+        query += " ORDER BY seq DESC LIMIT ?"
+        params.append(limit)
+        return [_row(r) for r in self.conn.execute(query, params)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Fine-tuned model ids: ft:<base>:<org>:<suffix>:<job>[:ckpt-step-N]
+# ----------------------------------------------------------------------------------------------
+
+_CHECKPOINT = re.compile(r"ckpt-step-(\d+)")
+
+
+def base_label(model: str) -> str:
+    """The `<base>` part of a model id: short and free of ':' and '/' (a folder gives its name)."""
+    name = Path(model.rstrip("/")).name if ("/" in model or os.sep in model) else model
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "model"
+
+
+def fine_tuned_model_id(job: dict[str, Any]) -> str:
+    return (
+        f"ft:{base_label(job['model'])}:{ORGANIZATION}:{job.get('suffix') or ''}:"
+        f"{job['id'].removeprefix('ftjob-')}"
+    )
+
+
+def checkpoint_model_id(job: dict[str, Any], step: int) -> str:
+    return f"{fine_tuned_model_id(job)}:ckpt-step-{step}"
+
+
+def _unknown(model_id: str, why: str) -> UsageError:
+    return UsageError(
+        f"unknown fine-tuned model `{model_id}`: {why}",
+        hint="list the models with `curl localhost:8000/v1/models` (while `tuneforge serve` "
+        "runs), or name a run directory instead",
+    )
+
+
+def parse_model_id(store: Store, model_id: str) -> tuple[dict[str, Any], int | None]:
+    """`ft:` id → (its job, checkpoint step or None). Raises UsageError when it names nothing."""
+    parts = model_id.split(":")
+    if len(parts) not in (5, 6) or parts[0] != "ft":
+        raise _unknown(model_id, "expected ft:<base>:<org>:<suffix>:<id>[:ckpt-step-N]")
+    job = store.get_job(f"ftjob-{parts[4]}")
+    step = None
+    if len(parts) == 6:
+        match = _CHECKPOINT.fullmatch(parts[5])
+        if match is None:
+            raise _unknown(model_id, f"`{parts[5]}` is not ckpt-step-N")
+        step = int(match.group(1))
+    if job is None or fine_tuned_model_id(job) != ":".join(parts[:5]):
+        raise _unknown(model_id, f"no fine-tuning job in {store.path} made it")
+    if job["model_deleted"]:
+        raise _unknown(model_id, "it was deleted")
+    return job, step
+
+
+def checkpoint_folders(job: dict[str, Any]) -> dict[int, Path]:
+    """Step → weights folder: the complete checkpoints on disk, and the final model once the
+    job succeeded (OpenAI lists the last step as a checkpoint too)."""
+    from tuneforge import run_dir as rd
+
+    run_dir = Path(job["run_dir"])
+    found = dict(rd.checkpoints(run_dir))
+    status = rd.read_status(run_dir) or {}
+    if job["status"] == "succeeded" and status.get("step"):
+        found[int(status["step"])] = run_dir / "model"
+    return found
+
+
+def resolve_model_id(model_id: str, store: Store | None = None) -> tuple[Path, Path | None]:
+    """`ft:` model id → (run directory, checkpoint folder or None for the final model)."""
+    store = store or Store()
+    job, step = parse_model_id(store, model_id)
+    run_dir = Path(job["run_dir"])
+    if step is None:
+        if job["status"] != "succeeded":
+            raise _unknown(model_id, f"its job {job['id']} is {job['status']}, not succeeded")
+        return run_dir, None
+    folders = checkpoint_folders(job)
+    if step not in folders:
+        kept = ", ".join(f"ckpt-step-{s}" for s in sorted(folders)) or "none"
+        raise _unknown(model_id, f"no checkpoint at step {step} (kept: {kept})")
+    folder = folders[step]
+    return run_dir, None if folder == run_dir / "model" else folder

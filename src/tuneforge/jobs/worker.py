@@ -1,0 +1,131 @@
+"""`python -m tuneforge.jobs.worker JOB_ID`: run one fine-tuning job, in its own process.
+
+It runs the same `train()` / `resume()` as `tuneforge train` on the job's run directory, turning
+the recipe's callbacks into job events (OpenAI's "Step N/M: training loss=…" messages and metrics
+events). SIGINT or SIGTERM (cancel, pause, shutdown) make the recipe finish its step and save a
+checkpoint; then `settle` decides the job's status. The worker writes its outcome itself, so a
+job finishes correctly even when the server that started it is gone.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from tuneforge import run_dir as rd
+from tuneforge.errors import ConfigError, DataError, ModelError, TuneforgeError
+from tuneforge.jobs import lifecycle
+from tuneforge.jobs.spec import job_config, resolved_hyperparameters
+from tuneforge.jobs.store import Store
+
+EXIT_LEASE_HELD = 75  # EX_TEMPFAIL: another worker owns the job; nothing was touched
+
+
+def _file_path(store: Store, file_id: str | None, param: str) -> Path | None:
+    if file_id is None:
+        return None
+    row = store.get_file(file_id)
+    if row is None:
+        raise DataError(f"{param}: the file {file_id} was deleted", hint="upload it again")
+    return Path(row["path"])
+
+
+def _metrics_event(store: Store, job_id: str, total_steps: int, m: dict[str, Any]) -> None:
+    keys = (
+        "step",
+        "train_loss",
+        "train_mean_token_accuracy",
+        "valid_loss",
+        "valid_mean_token_accuracy",
+        "full_valid_loss",
+        "full_valid_mean_token_accuracy",
+    )
+    data = {k: m[k] for k in keys if m.get(k) is not None} | {"total_steps": total_steps}
+    message = f"Step {m['step']}/{total_steps}: training loss={m['train_loss']:.4f}"
+    if "valid_loss" in m:
+        message += f", validation loss={m['valid_loss']:.4f}"
+    store.add_event(job_id, message, type="metrics", data=data)
+
+
+def _error_for(exc: TuneforgeError) -> dict[str, Any]:
+    text = f"{exc.message} (fix: {exc.hint})" if exc.hint else exc.message
+    if isinstance(exc, ModelError):
+        return lifecycle.error("invalid_model", text, "model")
+    if isinstance(exc, DataError):
+        return lifecycle.error("invalid_training_file", text, "training_file")
+    if isinstance(exc, ConfigError):
+        return lifecycle.error("invalid_training_config", text)
+    return lifecycle.error("training_failed", text)
+
+
+def run_job(store: Store, job_id: str) -> None:
+    """Train (or resume) the job's run, then settle its status. Holds the job's lease."""
+    from tuneforge.config import build_config
+    from tuneforge.train.plan import make_plan
+    from tuneforge.train.recipe import resume, train
+
+    job = store.get_job(job_id)
+    if job is None or job["status"] != "running":
+        return  # cancelled or paused before this process got going
+    store.update_job(job_id, worker_pid=os.getpid())
+    run_dir = Path(job["run_dir"])
+    try:
+        if (run_dir / "config.yaml").exists():
+            plan = make_plan(build_config(rd.read_config(run_dir)), run_dir)
+        else:
+            config = job_config(
+                job,
+                _file_path(store, job["training_file"], "training_file"),  # type: ignore[arg-type]
+                _file_path(store, job["validation_file"], "validation_file"),
+            )
+            plan = make_plan(config, run_dir)
+            store.update_job(job_id, hyperparameters=resolved_hyperparameters(plan.config))
+        callbacks = {
+            "on_step": lambda m: _metrics_event(store, job_id, plan.total_steps, m),
+            "on_event": lambda message: store.add_event(job_id, message),
+        }
+        if (run_dir / "config.yaml").exists():
+            resume(run_dir, plan=plan, **callbacks)
+        else:
+            store.add_event(
+                job_id,
+                f"Fine-tuning job started: {plan.total_steps} steps "
+                f"({plan.config.epochs} epoch(s) of {len(plan.train)} examples)",
+            )
+            train(plan.config, plan=plan, **callbacks)
+    except KeyboardInterrupt:
+        pass  # a second signal: stopped without a new checkpoint; settle() requeues or keeps
+    except TuneforgeError as exc:
+        if (rd.read_status(run_dir) or {}).get("status") != "failed":
+            lifecycle.fail(store, job_id, _error_for(exc), expect=("running",))
+    except Exception as exc:  # noqa: BLE001 - a bug of ours must still end the job, not hang it
+        if (rd.read_status(run_dir) or {}).get("status") != "failed":
+            lifecycle.fail(
+                store,
+                job_id,
+                lifecycle.error("internal_error", f"{exc.__class__.__name__}: {exc}"),
+                expect=("running",),
+            )
+    lifecycle.settle(store, job_id, cause="the training process was interrupted")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m tuneforge.jobs.worker JOB_ID", file=sys.stderr)
+        return 2
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    store = Store()
+    try:
+        with lifecycle.hold_lease(args[0]):
+            run_job(store, args[0])
+    except lifecycle.LeaseHeld as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_LEASE_HELD
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,507 @@
+"""The HTTP API in-process (FastAPI's TestClient, no port): OpenAI-shaped answers, and a 4xx in
+OpenAI's error schema for every client mistake we can think of — never a 500.
+
+Chat runs on the tiny random model, which becomes a served base model once a job names it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from helpers import good_examples
+
+from tuneforge.api.app import create_app
+
+UPLOAD_LIMIT = 64 * 1024
+# Jinja's sandbox caps one range() at 100k; nesting two makes 10^10 iterations of output.
+HOSTILE_TEMPLATE = (
+    "{% for i in range(100000) %}{% for j in range(100000) %}xxxxxxxx{% endfor %}{% endfor %}"
+)
+
+
+def jsonl(rows: list) -> bytes:
+    return "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows).encode()
+
+
+def assert_error(response, status: int, *, param: str | None = None, code: str | None = None):
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["message"]
+    if param is not None:
+        assert error["param"] == param, error
+    if code is not None:
+        assert error["code"] == code, error
+    return error
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory, default_model_dir) -> Path:
+    home = tmp_path_factory.mktemp("api-home")
+    # The converted default model, shared read-only: no 30 s conversion per test home.
+    (home / "models").symlink_to(default_model_dir.parent, target_is_directory=True)
+    return home
+
+
+@pytest.fixture(scope="module")
+def api(home):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TUNEFORGE_HOME", str(home))
+        with TestClient(create_app(max_upload_bytes=UPLOAD_LIMIT)) as client:
+            yield client
+
+
+def upload(api, content: bytes, filename: str = "train.jsonl", purpose: str = "fine-tune"):
+    return api.post("/v1/files", files={"file": (filename, content)}, data={"purpose": purpose})
+
+
+@pytest.fixture(scope="module")
+def training_file(api) -> str:
+    response = upload(api, jsonl(good_examples(12)))
+    assert response.status_code == 200, response.text
+    return response.json()["id"]
+
+
+def register_base(api, training_file: str, model: str) -> None:
+    """A base model is served once a job names it; cancel the job at once (no training)."""
+    job = api.post("/v1/fine_tuning/jobs", json={"model": model, "training_file": training_file})
+    assert job.status_code == 200, job.text
+    assert api.post(f"/v1/fine_tuning/jobs/{job.json()['id']}/cancel").status_code == 200
+
+
+@pytest.fixture(scope="module")
+def tiny(api, training_file, tiny_model_dir) -> str:
+    register_base(api, training_file, str(tiny_model_dir))
+    return str(tiny_model_dir)
+
+
+def chat(api, model: str, **body):
+    body = {"messages": [{"role": "user", "content": "Hello there"}], "max_tokens": 4} | body
+    return api.post("/v1/chat/completions", json={"model": model, **body})
+
+
+# ---------------------------------------------------------------------------------------------
+# Files
+# ---------------------------------------------------------------------------------------------
+
+
+def test_file_round_trip_under_our_own_name(api, home):
+    content = jsonl(good_examples(11))
+    created = upload(api, content, filename="../../../etc/evil name.jsonl")
+    assert created.status_code == 200, created.text
+    file = created.json()
+    assert file["object"] == "file" and file["id"].startswith("file-")
+    assert file["bytes"] == len(content)
+    assert file["filename"] == "evil name.jsonl"  # for display only
+    assert file["purpose"] == "fine-tune"
+    assert (home / "files" / f"{file['id']}.jsonl").read_bytes() == content
+    assert not list(home.rglob("evil*"))
+    assert api.get(f"/v1/files/{file['id']}").json() == file
+    assert file["id"] in [f["id"] for f in api.get("/v1/files").json()["data"]]
+    assert api.get(f"/v1/files/{file['id']}/content").content == content
+    deleted = api.delete(f"/v1/files/{file['id']}")
+    assert deleted.json() == {"id": file["id"], "object": "file", "deleted": True}
+    assert not (home / "files" / f"{file['id']}.jsonl").exists()
+    assert_error(api.get(f"/v1/files/{file['id']}"), 404, param="file_id")
+
+
+def test_file_list_pages(api):
+    ids = [upload(api, jsonl(good_examples(10 + i))).json()["id"] for i in range(3)]
+    first = api.get("/v1/files", params={"limit": 2}).json()
+    assert [f["id"] for f in first["data"]] == ids[::-1][:2] and first["has_more"]
+    second = api.get("/v1/files", params={"limit": 2, "after": ids[1]}).json()
+    assert second["data"][0]["id"] == ids[0]
+
+
+@pytest.mark.parametrize(
+    ("content", "filename", "purpose", "status", "param", "fragment"),
+    [
+        (jsonl(good_examples(10)), "t.jsonl", "assistants", 400, "purpose", "fine-tune"),
+        (b"", "t.jsonl", "fine-tune", 400, "file", "no examples"),
+        (jsonl([good_examples(1)[0], "{not json"]), "t.jsonl", "fine-tune", 400, "file", "line 2"),
+        (
+            jsonl([{"messages": [{"role": "wizard", "content": "x"}]}]),
+            "t.jsonl",
+            "fine-tune",
+            400,
+            "file",
+            "line 1",
+        ),
+        (jsonl(good_examples(10)), "t.exe", "fine-tune", 400, "file", ".jsonl"),
+        (b"x" * (UPLOAD_LIMIT + 1), "t.jsonl", "fine-tune", 413, "file", "limit"),
+    ],
+)
+def test_bad_uploads_are_refused(api, home, content, filename, purpose, status, param, fragment):
+    before = sorted((home / "files").iterdir()) if (home / "files").exists() else []
+    error = assert_error(upload(api, content, filename, purpose), status, param=param)
+    assert fragment in error["message"]
+    assert sorted((home / "files").iterdir()) == before  # no temp file left behind
+
+
+def test_upload_without_a_file_names_the_field(api):
+    assert_error(api.post("/v1/files", data={"purpose": "fine-tune"}), 400, param="file")
+
+
+def test_file_in_use_by_an_unfinished_job_is_kept(api, tiny):
+    file_id = upload(api, jsonl(good_examples(13))).json()["id"]
+    job = api.post("/v1/fine_tuning/jobs", json={"model": tiny, "training_file": file_id}).json()
+    api.post(f"/v1/fine_tuning/jobs/{job['id']}/pause")
+    assert_error(api.delete(f"/v1/files/{file_id}"), 409, code="file_in_use")
+    api.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel")
+    assert api.delete(f"/v1/files/{file_id}").status_code == 200
+
+
+# ---------------------------------------------------------------------------------------------
+# Fine-tuning jobs (creation checks; training itself is in test_jobs.py)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_job_object_is_shaped_like_openais(api, training_file, tiny):
+    body = {
+        "model": tiny,
+        "training_file": training_file,
+        "suffix": "my-model",
+        "seed": 42,
+        "metadata": {"team": "a"},
+        "method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2}}},
+    }
+    job = api.post("/v1/fine_tuning/jobs", json=body).json()
+    api.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel")
+    assert job["object"] == "fine_tuning.job" and job["id"].startswith("ftjob-")
+    assert job["status"] == "validating_files"
+    assert job["seed"] == 42 and job["metadata"] == {"team": "a"}
+    assert job["user_provided_suffix"] == "my-model"
+    assert job["hyperparameters"] == {
+        "n_epochs": 2,
+        "batch_size": "auto",
+        "learning_rate_multiplier": "auto",
+    }
+    assert job["method"]["supervised"]["hyperparameters"] == job["hyperparameters"]
+    assert job["fine_tuned_model"] is None and job["error"] is None
+    for key in ("created_at", "finished_at", "organization_id", "result_files", "trained_tokens"):
+        assert key in job
+    retrieved = api.get(f"/v1/fine_tuning/jobs/{job['id']}").json()
+    assert retrieved["status"] == "cancelled" and retrieved["finished_at"]
+
+
+@pytest.mark.parametrize(
+    ("patch", "param", "code"),
+    [
+        ({"training_file": "file-nope"}, "training_file", "invalid_file_id"),
+        ({"validation_file": "file-nope"}, "validation_file", "invalid_file_id"),
+        ({"model": "no-such-model"}, "model", "model_not_found"),
+        ({"model": "ft:x:local::abc"}, "model", "model_not_supported"),
+        ({"hyperparameters": {"n_epochs": 0}}, "hyperparameters.n_epochs", None),
+        ({"hyperparameters": {"n_epochs": "three"}}, "hyperparameters.n_epochs", None),
+        ({"hyperparameters": {"epochs": 3}}, "hyperparameters.epochs", None),
+        ({"method": {"type": "dpo"}}, "method.type", None),
+        ({"suffix": "has space"}, "suffix", None),
+        ({"suffix": "x" * 65}, "suffix", None),
+        ({"seed": -1}, "seed", None),
+        ({"metadata": {"k": 1}}, "metadata.k", None),
+        ({"integrations": [{"type": "wandb"}]}, "integrations", None),
+        ({"training_config": {"epochs": 2}}, "training_config", None),
+        ({"training_config": {"lora_rnak": 8}}, "training_config", None),
+        ({"training_config": {"lora_rank": -1}}, "training_config", None),
+        ({"extra_field": 1}, "extra_field", None),
+        ({"model": 7}, "model", None),
+    ],
+)
+def test_bad_job_requests_name_the_field(api, training_file, tiny, patch, param, code):
+    body = {"model": tiny, "training_file": training_file} | patch
+    assert_error(api.post("/v1/fine_tuning/jobs", json=body), 400, param=param, code=code)
+
+
+def test_hyperparameters_in_two_places_is_an_error(api, training_file, tiny):
+    body = {
+        "model": tiny,
+        "training_file": training_file,
+        "hyperparameters": {"n_epochs": 1},
+        "method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2}}},
+    }
+    assert_error(api.post("/v1/fine_tuning/jobs", json=body), 400, param="hyperparameters")
+
+
+def test_unknown_job_ids_are_404_everywhere(api):
+    for method, suffix in [
+        ("get", ""),
+        ("post", "/cancel"),
+        ("post", "/pause"),
+        ("post", "/resume"),
+        ("get", "/events"),
+        ("get", "/checkpoints"),
+    ]:
+        response = getattr(api, method)(f"/v1/fine_tuning/jobs/ftjob-nope{suffix}")
+        assert_error(response, 404, param="fine_tuning_job_id")
+
+
+def test_transitions_only_from_their_states(api, training_file, tiny):
+    job = api.post("/v1/fine_tuning/jobs", json={"model": tiny, "training_file": training_file})
+    job_id = job.json()["id"]
+    assert_error(api.post(f"/v1/fine_tuning/jobs/{job_id}/resume"), 400, code="invalid_job_state")
+    assert api.post(f"/v1/fine_tuning/jobs/{job_id}/pause").json()["status"] == "paused"
+    resumed = api.post(f"/v1/fine_tuning/jobs/{job_id}/resume").json()
+    assert resumed["status"] == "validating_files"
+    assert api.post(f"/v1/fine_tuning/jobs/{job_id}/cancel").json()["status"] == "cancelled"
+    assert_error(api.post(f"/v1/fine_tuning/jobs/{job_id}/cancel"), 400, code="invalid_job_state")
+    events = api.get(f"/v1/fine_tuning/jobs/{job_id}/events").json()["data"]
+    assert events[0]["message"] == "Fine-tuning job cancelled"  # newest first
+
+
+@pytest.mark.parametrize("query", [{"limit": 0}, {"limit": 101}, {"limit": "many"}])
+def test_list_limits_are_checked(api, query):
+    assert_error(api.get("/v1/fine_tuning/jobs", params=query), 400, param="limit")
+
+
+# ---------------------------------------------------------------------------------------------
+# Models
+# ---------------------------------------------------------------------------------------------
+
+
+def test_models_list_and_retrieve(api, tiny):
+    ids = [m["id"] for m in api.get("/v1/models").json()["data"]]
+    assert "smollm2-135m-instruct" in ids and tiny in ids
+    model = api.get(f"/v1/models/{tiny}").json()
+    assert model["object"] == "model" and model["owned_by"] == "tuneforge"
+    assert_error(api.get("/v1/models/gpt-17"), 404, code="model_not_found")
+    assert_error(api.get("/v1/models/ft:a:local::b"), 404, code="model_not_found")
+    assert_error(api.delete("/v1/models/smollm2-135m-instruct"), 403, code="model_not_deletable")
+
+
+# ---------------------------------------------------------------------------------------------
+# Chat completions
+# ---------------------------------------------------------------------------------------------
+
+
+def test_chat_completion_shape_and_usage(api, tiny):
+    response = chat(api, tiny, max_completion_tokens=5, temperature=0)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["object"] == "chat.completion" and body["id"].startswith("chatcmpl-")
+    assert body["model"] == tiny
+    (choice,) = body["choices"]
+    assert choice["index"] == 0 and choice["logprobs"] is None
+    assert choice["message"]["role"] == "assistant"
+    assert choice["finish_reason"] in ("stop", "length")
+    usage = body["usage"]
+    assert 1 <= usage["completion_tokens"] <= 5
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+
+
+def test_n_choices_and_seeded_sampling(api, tiny):
+    body = {"n": 3, "temperature": 1.0, "seed": 7, "max_tokens": 12}
+    first = chat(api, tiny, **body).json()
+    again = chat(api, tiny, **body).json()
+    assert [c["index"] for c in first["choices"]] == [0, 1, 2]
+    texts = [c["message"]["content"] for c in first["choices"]]
+    assert texts == [c["message"]["content"] for c in again["choices"]]  # seed: reproducible
+    assert len(set(texts)) > 1  # each choice samples on its own
+    assert first["usage"]["completion_tokens"] == 36
+
+
+def test_stop_strings_cut_the_answer(api, tiny):
+    free = chat(api, tiny, temperature=1.0, seed=3, max_tokens=20).json()
+    text = free["choices"][0]["message"]["content"]
+    stop = text[len(text) // 2 : len(text) // 2 + 2]
+    assert stop.strip(), text
+    cut = chat(api, tiny, temperature=1.0, seed=3, max_tokens=20, stop=[stop]).json()
+    assert cut["choices"][0]["message"]["content"] == text[: text.index(stop)]
+    assert cut["choices"][0]["finish_reason"] == "stop"
+
+
+def test_stream_chunks(api, tiny):
+    with api.stream(
+        "POST",
+        "/v1/chat/completions",
+        json={
+            "model": tiny,
+            "messages": [{"role": "user", "content": "Hi"}],
+            "max_tokens": 5,
+            "n": 2,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        },
+    ) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        lines = [line for line in response.iter_lines() if line]
+    assert lines[-1] == "data: [DONE]"
+    chunks = [json.loads(line.removeprefix("data: ")) for line in lines[:-1]]
+    assert {c["object"] for c in chunks} == {"chat.completion.chunk"}
+    assert len({c["id"] for c in chunks}) == 1
+    finished = [
+        c["choices"][0] for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]
+    ]
+    assert sorted(f["index"] for f in finished) == [0, 1]
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] <= 10
+
+
+def test_message_variants_are_accepted(api, tiny):
+    messages = [
+        {"role": "developer", "content": "Be brief."},
+        {"role": "user", "content": [{"type": "text", "text": "Hi"}]},
+        {
+            "role": "assistant",
+            "content": None,
+            "refusal": None,
+            "tool_calls": [
+                {
+                    "id": "c1",
+                    "type": "function",
+                    "function": {"name": "f", "arguments": '{"x": 1}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "c1", "content": "42"},
+    ]
+    assert chat(api, tiny, messages=messages).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("patch", "param", "code"),
+    [
+        ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages[0].role", None),
+        ({"messages": []}, "messages", None),
+        ({"messages": "hello"}, "messages", None),
+        ({"messages": [{"content": "hi"}]}, "messages[0].role", None),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
+            "messages[0].content[0].type",
+            None,
+        ),
+        (
+            {
+                "messages": [
+                    {
+                        "role": "assistant",
+                        "tool_calls": [
+                            {
+                                "id": "1",
+                                "type": "function",
+                                "function": {"name": "f", "arguments": "{"},
+                            }
+                        ],
+                    }
+                ]
+            },
+            "messages[0].tool_calls[0].function.arguments",
+            None,
+        ),
+        ({"temperature": "hot"}, "temperature", None),
+        ({"temperature": 2.5}, "temperature", None),
+        ({"top_p": 1.5}, "top_p", None),
+        ({"n": 0}, "n", None),
+        ({"n": 1000}, "n", None),
+        ({"max_tokens": 0}, "max_tokens", None),
+        ({"max_tokens": 10**12}, "max_tokens", "context_length_exceeded"),
+        ({"max_completion_tokens": 10**6}, "max_completion_tokens", "context_length_exceeded"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "stop", None),
+        ({"stop": [""]}, "stop", None),
+        ({"seed": "x"}, "seed", None),
+        ({"stream": "yes please"}, "stream", None),
+        ({"logprobs": True}, "logprobs", None),
+        ({"presence_penalty": 1.0}, "presence_penalty", None),
+        ({"response_format": {"type": "json_object"}}, "response_format", None),
+        ({"model": ""}, "model", None),
+    ],
+)
+def test_bad_chat_requests_are_400_naming_the_field(api, tiny, patch, param, code):
+    body = dict(patch)
+    model = body.pop("model", tiny)
+    assert_error(chat(api, model, **body), 400, param=param, code=code)
+
+
+def test_prompt_over_the_context_is_context_length_exceeded(api, tiny):
+    long = [{"role": "user", "content": "word " * 3000}]  # > the tiny model's 2048 positions
+    error = assert_error(
+        chat(api, tiny, messages=long, max_tokens=None), 400, code="context_length_exceeded"
+    )
+    assert "2048" in error["message"]
+
+
+def test_unknown_model_is_404(api):
+    assert_error(chat(api, "gpt-17"), 404, param="model", code="model_not_found")
+    assert_error(chat(api, "/etc"), 404, code="model_not_found")  # no arbitrary paths
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"{not json", b"", b"[1, 2]", b'"a string"', b"null", b'{"model": "x", "messages": [}'],
+)
+def test_malformed_bodies_are_400(api, raw):
+    response = api.post(
+        "/v1/chat/completions", content=raw, headers={"content-type": "application/json"}
+    )
+    assert_error(response, 400)
+
+
+def test_template_injection_in_messages_is_plain_text(api, tiny):
+    from tuneforge.api.chat import prompt_ids
+    from tuneforge.data.conversation import Message
+
+    text = api.app.state.catalog.text_side(tiny)
+    attack = "{{ 7 * 7 }}{% for i in range(10**9) %}x{% endfor %}{{ ''.__class__ }}"
+    ids = prompt_ids(text, [Message("user", attack)])
+    assert attack in text.tokenizer.decode(ids)  # rendered as data, never evaluated
+    assert chat(api, tiny, messages=[{"role": "user", "content": attack}]).status_code == 200
+
+
+def test_a_hostile_chat_template_is_stopped_by_the_sandbox(api, training_file, tiny, tmp_path):
+    hostile = tmp_path / "hostile-model"
+    shutil.copytree(tiny, hostile)
+    (hostile / "chat_template.jinja").write_text(HOSTILE_TEMPLATE)
+    config = hostile / "tokenizer_config.json"
+    data = json.loads(config.read_text())
+    data.pop("chat_template", None)
+    config.write_text(json.dumps(data))
+    register_base(api, training_file, str(hostile))
+    error = assert_error(chat(api, str(hostile)), 400, param="messages", code="invalid_messages")
+    assert "exceeds" in error["message"] or "took over" in error["message"]
+
+
+def test_unknown_routes_and_methods_use_the_error_schema(api):
+    assert_error(api.get("/v1/nothing"), 404)
+    assert_error(api.put("/v1/models"), 405)
+
+
+def test_oversized_json_bodies_are_413(api, tiny):
+    huge = (
+        b'{"model": "x", "messages": [{"role": "user", "content": "' + b"a" * (17 << 20) + b'"}]}'
+    )
+    response = api.post(
+        "/v1/chat/completions", content=huge, headers={"content-type": "application/json"}
+    )
+    assert_error(response, 413)
+
+
+# ---------------------------------------------------------------------------------------------
+# API key
+# ---------------------------------------------------------------------------------------------
+
+
+def test_api_key_guards_every_route_but_health(tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNEFORGE_HOME", str(tmp_path))
+    with TestClient(create_app(api_key="s3cret")) as client:
+        assert client.get("/health").status_code == 200
+        for path in ("/v1/models", "/v1/files", "/v1/fine_tuning/jobs", "/openapi.json"):
+            assert_error(client.get(path), 401, code="invalid_api_key")
+            assert_error(
+                client.get(path, headers={"Authorization": "Bearer wrong"}),
+                401,
+                code="invalid_api_key",
+            )
+            assert client.get(path, headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        assert_error(client.post("/v1/chat/completions", json={}), 401)
+
+
+def test_serving_beyond_loopback_needs_an_api_key():
+    from tuneforge.api.server import is_loopback, run_server
+    from tuneforge.errors import UsageError
+
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0")
+    with pytest.raises(UsageError, match="api-key"):
+        run_server(host="0.0.0.0", port=0, api_key=None)

@@ -1,0 +1,157 @@
+"""The batching engine: a request answers the same alone or in a mixed batch (other prompts,
+other LoRA adapters, arriving mid-generation), matches peft's own generate, and stops when its
+client goes away."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tuneforge.api.engine import (
+    Delta,
+    Finished,
+    InferenceEngine,
+    SamplingParams,
+    Target,
+    TextSide,
+    _holdback,
+    sample,
+)
+
+
+@pytest.fixture(scope="module")
+def text(tiny_model_dir) -> TextSide:
+    from tuneforge.data.chat_template import ChatTemplate
+    from tuneforge.models import load_tokenizer
+
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    return TextSide(tokenizer, ChatTemplate.from_tokenizer(tokenizer), 2048, frozenset({2}))
+
+
+@pytest.fixture(scope="module")
+def adapters(tiny_model_dir, tmp_path_factory) -> list[Path]:
+    """Two random (non-zero) LoRA adapters on the tiny model, so each changes the outputs."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    out = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+        lora = LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False)
+        folder = tmp_path_factory.mktemp(f"adapter{seed}")
+        get_peft_model(base, lora).save_pretrained(folder)
+        out.append(folder)
+    return out
+
+
+@pytest.fixture
+def engine():
+    engine = InferenceEngine()
+    engine.start()
+    yield engine
+    engine.stop()
+
+
+def prompt(text: TextSide, i: int) -> list[int]:
+    return text.tokenizer(f"<|im_start|>user\nQuestion {i}: " + "why " * i)["input_ids"]
+
+
+async def collect(engine, target, text, ids, params, delay=0.0) -> tuple[str, str, int]:
+    await asyncio.sleep(delay)
+    generation = engine.submit(target, text, ids, params)
+    pieces = []
+    while True:
+        _, event = await generation.events.get()
+        if isinstance(event, Delta):
+            pieces.append(event.text)
+        else:
+            assert isinstance(event, Finished), event
+            return "".join(pieces), event.reason, event.completion_tokens
+
+
+def test_a_request_answers_the_same_alone_and_in_a_mixed_batch(
+    engine, text, tiny_model_dir, adapters
+):
+    base = str(tiny_model_dir)
+    targets = [
+        Target(base, base),
+        Target("ft:a", base, adapters[0]),
+        Target("ft:b", base, adapters[1]),
+        Target("ft:a", base, adapters[0]),
+        Target(base, base),
+    ]
+    requests = [
+        (target, prompt(text, i), SamplingParams(max_tokens=6 + 3 * i, temperature=1.0, seed=i))
+        for i, target in enumerate(targets)
+    ]
+    alone = [asyncio.run(collect(engine, t, text, ids, p)) for t, ids, p in requests]
+
+    async def together():
+        return await asyncio.gather(
+            *(
+                collect(engine, t, text, ids, p, delay=0.02 * i)
+                for i, (t, ids, p) in enumerate(requests)
+            )
+        )
+
+    assert asyncio.run(together()) == alone
+    assert len({a[0] for a in alone}) == len(alone)  # the adapters really change the answers
+
+
+def test_an_adapter_row_matches_peft_generate(engine, text, tiny_model_dir, adapters):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    ids = prompt(text, 3)
+    model = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir), adapters[0]
+    )
+    reference = model.generate(
+        input_ids=torch.tensor([ids]), max_new_tokens=12, do_sample=False, eos_token_id=2
+    )[0, len(ids) :].tolist()
+    reference_text = text.tokenizer.decode(
+        [t for t in reference if t != 2], skip_special_tokens=True
+    )
+    base = str(tiny_model_dir)
+    answer = asyncio.run(
+        collect(engine, Target("ft:a", base, adapters[0]), text, ids, SamplingParams(12, 0.0))
+    )
+    assert answer[0] == reference_text
+
+
+def test_a_cancelled_request_stops_generating(engine, text, tiny_model_dir):
+    base = str(tiny_model_dir)
+
+    async def start_then_leave():
+        generation = engine.submit(
+            Target(base, base), text, prompt(text, 1), SamplingParams(2000, 1.0, seed=0)
+        )
+        await generation.events.get()
+        generation.cancel()
+
+    asyncio.run(start_then_leave())
+    time.sleep(0.5)  # at most a step or two finish after the cancel
+    steps = engine.steps
+    time.sleep(0.5)
+    assert engine.steps == steps < 100
+    assert engine.active == 0
+
+
+def test_text_that_may_start_a_stop_string_is_held_back():
+    assert _holdback("Hello <|e", ("<|end|>",)) == 3
+    assert _holdback("Hello", ("<|end|>",)) == 0
+    assert _holdback("caf\ufffd", ()) == 1
+
+
+def test_sampling_rules():
+    logits = torch.tensor([0.0, 3.0, 1.0, 2.9])
+    assert sample(logits, SamplingParams(1, temperature=0.0), None) == 1
+    assert sample(logits, SamplingParams(1, temperature=1.0, top_p=1e-6), None) == 1
+    generator = torch.Generator().manual_seed(0)
+    drawn = {sample(logits, SamplingParams(1, 1.0, 0.9), generator) for _ in range(200)}
+    assert drawn <= {1, 2, 3} and {1, 3} <= drawn  # nucleus 0.9 drops the least likely token

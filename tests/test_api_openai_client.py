@@ -1,0 +1,255 @@
+"""A real `tuneforge serve` on loopback, driven by the official `openai` package exactly as
+OpenAI's "How to fine-tune chat models" tutorial does, with only `base_url` changed.
+
+The tiny random model trains in seconds; its answers are noise, so the tests check structure:
+statuses, events, ids, usage counts, stream chunks and `data: [DONE]`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from helpers import good_examples, write_lines
+
+pytestmark = pytest.mark.integration
+
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """`python -m tuneforge.cli serve` in a subprocess, with its own TUNEFORGE_HOME."""
+
+    def __init__(self, home: Path, *extra: str) -> None:
+        self.home = home
+        self.extra = extra
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+        self.log = home / f"server-{self.port}.log"
+
+    def start(self, timeout: float = 120) -> Server:
+        self.home.mkdir(parents=True, exist_ok=True)
+        env = os.environ | {"TUNEFORGE_HOME": str(self.home), "HF_HUB_OFFLINE": "1"}
+        cmd = [sys.executable, "-m", "tuneforge.cli", "serve", "--port", str(self.port)]
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [*cmd, *self.extra], env=env, stdout=log, stderr=subprocess.STDOUT
+            )
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            assert self.proc.poll() is None, self.log.read_text()
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"server did not start in {timeout} s:\n{self.log.read_text()}")
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def wait_for_job(client, job_id: str, timeout: float = 240):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        job = client.fine_tuning.jobs.retrieve(job_id)
+        if job.status in TERMINAL:
+            return job
+        time.sleep(0.5)
+    raise AssertionError(f"job {job_id} still {job.status} after {timeout} s")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    server = Server(tmp_path_factory.mktemp("serve-home")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    from openai import OpenAI
+
+    return OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+
+
+@pytest.fixture(scope="module")
+def finished_job(client, tiny_model_dir, tmp_path_factory):
+    """The tutorial's steps: upload, create, poll the events until the job is done."""
+    path = write_lines(tmp_path_factory.mktemp("data") / "train.jsonl", good_examples(12))
+    with path.open("rb") as f:
+        training = client.files.create(file=f, purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(training_file=training.id, model=str(tiny_model_dir))
+    assert job.status == "validating_files"
+    return wait_for_job(client, job.id), training
+
+
+def test_tutorial_upload_create_poll(client, finished_job):
+    job, training = finished_job
+    assert job.status == "succeeded", job.error
+    assert job.object == "fine_tuning.job"
+    assert job.training_file == training.id
+    assert job.fine_tuned_model == f"ft:tiny-llama:local::{job.id.removeprefix('ftjob-')}"
+    assert job.trained_tokens > 0
+    assert job.finished_at >= job.created_at
+    # `auto` hyperparameters come back resolved, as OpenAI's do once the job ran.
+    assert job.hyperparameters.n_epochs == 8  # OpenAI's rule: 100 // 12 examples
+    assert job.hyperparameters.batch_size == 4
+    assert job.method.type == "supervised"
+
+    events = client.fine_tuning.jobs.list_events(fine_tuning_job_id=job.id, limit=100).data
+    events.reverse()  # newest first, as the tutorial reverses them
+    messages = [e.message for e in events]
+    assert messages[0] == f"Created fine-tuning job: {job.id}"
+    assert "Files validated, moving job to queued state" in messages
+    assert messages[-1] == "The job has successfully completed"
+    metrics = [e for e in events if e.type == "metrics"]
+    assert [e.data["step"] for e in metrics] == list(range(1, 25))
+    assert metrics[0].message.startswith("Step 1/24: training loss=")
+    assert {"train_loss", "train_mean_token_accuracy"} <= set(metrics[0].data)
+
+    page = client.fine_tuning.jobs.list_events(fine_tuning_job_id=job.id, limit=3)
+    older = client.fine_tuning.jobs.list_events(
+        fine_tuning_job_id=job.id, limit=3, after=page.data[-1].id
+    )
+    assert page.has_more and [e.id for e in older.data] == [e.id for e in events[-6:-3]][::-1]
+
+    listed = client.fine_tuning.jobs.list(limit=10)
+    assert job.id in [j.id for j in listed.data]
+
+
+def test_tutorial_chat_with_the_fine_tuned_model(client, finished_job):
+    job, _ = finished_job
+    messages = [
+        {"role": "system", "content": "You answer with the capital city."},
+        {"role": "user", "content": "What is the capital of country number 3?"},
+    ]
+    completion = client.chat.completions.create(
+        model=job.fine_tuned_model, messages=messages, max_tokens=8, temperature=0
+    )
+    assert completion.object == "chat.completion"
+    assert completion.id.startswith("chatcmpl-")
+    assert completion.model == job.fine_tuned_model
+    choice = completion.choices[0]
+    assert choice.message.role == "assistant" and isinstance(choice.message.content, str)
+    assert choice.finish_reason in ("stop", "length")
+    usage = completion.usage
+    assert usage.prompt_tokens > 10 and 1 <= usage.completion_tokens <= 8
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+
+    stream = client.chat.completions.create(
+        model=job.fine_tuned_model,
+        messages=messages,
+        max_tokens=8,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    assert all(c.object == "chat.completion.chunk" for c in chunks)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert chunks[-2].choices[0].finish_reason == choice.finish_reason
+    assert chunks[-1].choices == [] and chunks[-1].usage.total_tokens == usage.total_tokens
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert streamed == choice.message.content  # greedy: the same answer both ways
+
+
+def test_stream_ends_with_done_on_the_wire(server, finished_job):
+    job, _ = finished_job
+    body = {
+        "model": job.fine_tuned_model,
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 4,
+        "stream": True,
+    }
+    with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body, timeout=60) as r:
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/event-stream")
+        lines = [line for line in r.iter_lines() if line]
+    assert all(line.startswith("data: ") for line in lines)
+    assert lines[-1] == "data: [DONE]"
+
+
+def test_checkpoints_are_models_too(client, finished_job):
+    job, _ = finished_job
+    checkpoints = client.fine_tuning.jobs.checkpoints.list(job.id).data
+    assert [c.step_number for c in checkpoints] == [24, 21, 18]  # last 3 epochs, newest first
+    assert checkpoints[1].fine_tuned_model_checkpoint == f"{job.fine_tuned_model}:ckpt-step-21"
+    assert checkpoints[1].metrics.train_loss > 0
+    completion = client.chat.completions.create(
+        model=checkpoints[1].fine_tuned_model_checkpoint,
+        messages=[{"role": "user", "content": "hi"}],
+        max_tokens=3,
+    )
+    assert completion.usage.completion_tokens <= 3
+    assert client.models.retrieve(checkpoints[1].fine_tuned_model_checkpoint).owned_by == "local"
+    assert job.fine_tuned_model in [m.id for m in client.models.list().data]
+
+
+def test_openai_errors_come_back_typed(client, finished_job):
+    import openai
+
+    job, _ = finished_job
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.chat.completions.create(
+            model="ft:tiny-llama:local::000000", messages=[{"role": "user", "content": "hi"}]
+        )
+    assert missing.value.code == "model_not_found"
+    with pytest.raises(openai.BadRequestError) as bad_role:
+        client.chat.completions.create(
+            model=job.fine_tuned_model, messages=[{"role": "wizard", "content": "hi"}]
+        )
+    assert bad_role.value.param == "messages[0].role"
+    with pytest.raises(openai.BadRequestError) as too_long:
+        client.chat.completions.create(
+            model=job.fine_tuned_model,
+            messages=[{"role": "user", "content": "hi"}],
+            max_tokens=10**9,
+        )
+    assert too_long.value.code == "context_length_exceeded"
+    with pytest.raises(openai.NotFoundError):
+        client.fine_tuning.jobs.retrieve("ftjob-doesnotexist")
+
+
+def test_cli_generate_uses_a_served_model_id(server, finished_job):
+    job, _ = finished_job
+    env = os.environ | {"TUNEFORGE_HOME": str(server.home), "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "tuneforge.cli", "generate", job.fine_tuned_model, "hi"]
+    done = subprocess.run(
+        [*cmd, "--max-tokens", "3"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    unknown = subprocess.run(
+        [sys.executable, "-m", "tuneforge.cli", "generate", "ft:x:local::nope", "hi"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert unknown.returncode == 2
+    assert "unknown fine-tuned model" in unknown.stderr and "fix:" in unknown.stderr
