@@ -1008,7 +1008,11 @@ def quickstart_cmd(
     out.print(f"compare.json: {escape(str(result.compare_json))}")
     out.print(f"fine-tuned run: {escape(str(result.run_dir))}")
     out.print(f"  chat with it:  tuneforge chat {escape(str(result.run_dir))}")
-    out.print("  serve it:      tuneforge serve   (then use it through the OpenAI API)")
+    out.print(
+        "  serve it:      tuneforge serve, then fine-tune through the OpenAI API "
+        f"(files.create({escape(str(result.data_dir / 'train.jsonl'))}), "
+        "fine_tuning.jobs.create, chat.completions.create); see the README"
+    )
 
 
 @app.command("serve")

@@ -31,7 +31,7 @@ class Settings:
 # steps buy little on this task (BENCHMARKS.md) and cost ~8 s each on our CPU.
 FULL = Settings(
     n_examples=600,
-    test_requests=30,
+    test_requests=20,
     k=4,
     latency_requests=4,
     with_loss=False,
