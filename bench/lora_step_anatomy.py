@@ -59,8 +59,13 @@ def make_model(kind: str):
     model = load_model("smollm2-135m-instruct")
     if kind.startswith("lora") or kind == "tuneforge":
         dropout = 0.05 if kind == "lora_d05" else 0.0
-        config = LoraConfig(r=16, lora_alpha=32, lora_dropout=dropout,
-                            target_modules="all-linear", task_type="CAUSAL_LM")
+        config = LoraConfig(
+            r=16,
+            lora_alpha=32,
+            lora_dropout=dropout,
+            target_modules="all-linear",
+            task_type="CAUSAL_LM",
+        )
         model = get_peft_model(model, config)
     model.train()
     return model

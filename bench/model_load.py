@@ -33,8 +33,9 @@ print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1}))
 
 def measure(home: str) -> dict[str, float]:
     env = os.environ | {"TUNEFORGE_HOME": home, "HF_HUB_OFFLINE": "1"}
-    out = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, check=True
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

@@ -32,9 +32,18 @@ def make_file(path: Path, n: int) -> None:
 def run(path: Path) -> tuple[float, float, dict]:
     start = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, "-m", "tuneforge.cli", "data", "validate", str(path), "--json",
-         "--no-estimate"],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "tuneforge.cli",
+            "data",
+            "validate",
+            str(path),
+            "--json",
+            "--no-estimate",
+        ],
+        capture_output=True,
+        text=True,
     )
     seconds = time.perf_counter() - start
     peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
@@ -47,9 +56,11 @@ def main() -> None:
         path = folder / f"{n}.jsonl"
         make_file(path, n)
         seconds, peak, report = run(path)
-        print(f"{n:>7} examples ({path.stat().st_size / 2**20:.0f} MiB): {seconds:6.1f} s, "
-              f"{n / seconds:7.0f} examples/s, peak RSS so far {peak:6.0f} MiB, "
-              f"valid {report['n_valid_examples']}, ok={report['ok']}")
+        print(
+            f"{n:>7} examples ({path.stat().st_size / 2**20:.0f} MiB): {seconds:6.1f} s, "
+            f"{n / seconds:7.0f} examples/s, peak RSS so far {peak:6.0f} MiB, "
+            f"valid {report['n_valid_examples']}, ok={report['ok']}"
+        )
 
 
 if __name__ == "__main__":

