@@ -340,7 +340,7 @@ def test_compare_writes_every_approach_and_survives_a_failing_one(
     )
     tuned = by_name["fine_tuned:run"]
     assert tuned["training_seconds"] > 0 and tuned["trained_tokens"] > 0
-    assert tuned["train_examples_used"] == 48
+    assert tuned["train_examples_used"] == 8  # 2 steps × batch 4 of the 48 examples
     assert len(tuned["loss_curve"]["train"]) == 2
     assert tuned["loss_curve"]["valid"][0][0] == 0  # the base model's loss before training
     failed = by_name["fine_tuned:broken-run"]

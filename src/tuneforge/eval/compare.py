@@ -359,6 +359,10 @@ def _training_cost(run: Path) -> dict[str, Any]:
         n_train = len(load_conversations(config["train_file"], config.get("data_format")))
     except TuneforgeError:
         n_train = None  # the training file moved since; the rest of the record still holds
+    batch = config.get("batch_size")
+    if n_train is not None and isinstance(batch, int) and metrics:
+        # A run stopped early (max_steps) saw only its first steps' examples.
+        n_train = min(n_train, metrics[-1]["step"] * batch)
     return {
         "training_seconds": status.get("trained_seconds")
         or (metrics[-1].get("elapsed_seconds") if metrics else None),
