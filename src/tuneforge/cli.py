@@ -812,10 +812,8 @@ def eval_cmd(
 ) -> None:
     """Score a model's greedy answers on test data: set-F1, exact match, token F1, JSON validity,
     loss of the reference answers, tokens and latency."""
-    import math
-
     from tuneforge.data.formats import load_conversations
-    from tuneforge.eval.evaluate import evaluate, to_request
+    from tuneforge.eval.evaluate import answer_room, evaluate, to_request
     from tuneforge.eval.metrics import BUILTIN, load_user_metric
 
     if not data.is_file():
@@ -828,8 +826,7 @@ def eval_cmd(
     with err.status("loading …"):
         loaded = _load_model_arg(model_or_run)
     if max_new_tokens is None:
-        longest = max(len(loaded.tokenizer(r.reference)["input_ids"]) for r in requests)
-        max_new_tokens = max(16, math.ceil(longest * 1.25) + 8)
+        max_new_tokens = answer_room(loaded.tokenizer, [r.reference for r in requests])
     with _ApproachProgress() as progress:
         evaluation = evaluate(
             loaded,

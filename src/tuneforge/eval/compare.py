@@ -21,7 +21,7 @@ from typing import Any
 from tuneforge.atomic import atomic_write_text
 from tuneforge.errors import DataError, TuneforgeError, UsageError
 from tuneforge.eval import baselines
-from tuneforge.eval.evaluate import Evaluation, Request, evaluate, to_request
+from tuneforge.eval.evaluate import Evaluation, Request, answer_room, evaluate, to_request
 from tuneforge.eval.metrics import BUILTIN, Metric, load_user_metric
 
 SCHEMA_VERSION = 1
@@ -139,12 +139,10 @@ class Comparison:
         return "set_f1" if all(v is not None for v in lists) else "token_f1"
 
     def _answer_room(self) -> int:
-        """Room for an answer: the longest training answer plus a quarter, at least 16 tokens."""
         from tuneforge.models import load_tokenizer
 
         tokenizer = load_tokenizer(str(self.options.model))
-        longest = max(len(tokenizer(r.reference)["input_ids"]) for r in self.train)
-        return max(16, math.ceil(longest * 1.25) + 8)
+        return answer_room(tokenizer, [r.reference for r in self.train])
 
     # -- the approaches ------------------------------------------------------------------------
     @property

@@ -59,6 +59,13 @@ def percentile(values: list[float], q: float) -> float | None:
     return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
 
 
+def answer_room(tokenizer: Any, answers: list[str]) -> int:
+    """Default `max_new_tokens`: the longest known answer plus a quarter, at least 16 tokens —
+    room for a right answer without letting a rambling model run on for hundreds of tokens."""
+    longest = max(len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers)
+    return max(16, math.ceil(longest * 1.25) + 8)
+
+
 def to_request(example: Example, path: str) -> Request:
     """Split a test conversation into its prompt and its last assistant answer."""
     messages = example.conversation.messages
