@@ -21,5 +21,6 @@ $tf data validate "$work/data/train.jsonl" --no-estimate
 time $tf train -t "$work/data/train.jsonl" -v "$work/data/validation.jsonl" --out "$work/run" \
     epochs=2 batch_size=8 learning_rate=1e-3 warmup_ratio=0.1 eval_every=6 eval_examples=19
 time $tf compare --train "$work/data/train.jsonl" --test "$work/data/test.jsonl" \
-    --run "$work/run" --out "$work/compare" --k 4 --latency-requests 8
+    --run "$work/run" --out "$work/compare" --k 4 --latency-requests 8 \
+    --title "RecipeNLG generic ingredients (OpenAI's tutorial data)"
 .venv/bin/python scripts/check_report.py "$work/compare" --screenshot "$work/compare/report.png"

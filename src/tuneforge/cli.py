@@ -899,6 +899,9 @@ def compare_cmd(
     metric: MetricOpt = None,
     primary_metric: Annotated[str | None, typer.Option("--primary-metric")] = None,
     baselines: Annotated[bool, typer.Option(help="Measure zero-shot, few-shot and RAG.")] = True,
+    title: Annotated[
+        str | None, typer.Option("--title", help="The use case, as the report names it.")
+    ] = None,
     fmt: FormatOpt = None,
 ) -> None:
     """Is fine-tuning worth it? Zero-shot, few-shot, retrieval (RAG) and each fine-tuned run on
@@ -923,6 +926,7 @@ def compare_cmd(
         user_metrics=list(metric or []),
         primary_metric=primary_metric,
         data_format=fmt,
+        title=title,
     )
     if not baselines and not options.runs:
         raise UsageError("--no-baselines leaves nothing to compare", hint="add --run RUN_DIR")

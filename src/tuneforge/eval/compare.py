@@ -280,7 +280,7 @@ class Comparison:
             "created_at": _now(),
             "machine": machine(),
             "use_case": {
-                "title": o.title or Path(o.train_file).stem,
+                "title": o.title or f"{Path(o.train_file).parent.name}/{Path(o.train_file).name}",
                 "system_prompt": system,
                 "model": o.model,
                 "train_file": str(o.train_file),
