@@ -957,7 +957,7 @@ def quickstart_cmd(
     ] = False,
 ) -> None:
     """The whole journey on the embedded default model: demo data → validation → baselines →
-    LoRA fine-tune → evaluation → report (about 8 minutes on a 2-core CPU; --fast: 3)."""
+    LoRA fine-tune → evaluation → report (about 9 minutes on a 2-core CPU; --fast: under 3)."""
     import time
 
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
