@@ -155,3 +155,36 @@ def test_sampling_rules():
     generator = torch.Generator().manual_seed(0)
     drawn = {sample(logits, SamplingParams(1, 1.0, 0.9), generator) for _ in range(200)}
     assert drawn <= {1, 2, 3} and {1, 3} <= drawn  # nucleus 0.9 drops the least likely token
+
+
+def test_a_prompt_that_starts_like_an_earlier_one_reuses_its_cache_and_answers_the_same(
+    engine, text, tiny_model_dir, adapters
+):
+    """Prefix reuse: the second prompt shares a long start (a system prompt) with the first; it
+    is prefilled from the first one's KV cache and still answers exactly as peft's generate."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    system = text.tokenizer("<|im_start|>system\n" + "Be brief and exact. " * 8)["input_ids"]
+    first = system + text.tokenizer("<|im_start|>user\nA first question")["input_ids"]
+    second = system + text.tokenizer("<|im_start|>user\nAnother one, longer")["input_ids"]
+    base = str(tiny_model_dir)
+    target = Target("ft:a", base, adapters[0])
+    asyncio.run(collect(engine, target, text, first, SamplingParams(4, 0.0)))
+    before = engine.prefix_tokens_reused
+    answer = asyncio.run(collect(engine, target, text, second, SamplingParams(12, 0.0)))
+    assert engine.prefix_tokens_reused - before >= len(system)
+
+    model = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir), adapters[0]
+    )
+    reference = model.generate(
+        input_ids=torch.tensor([second]), max_new_tokens=12, do_sample=False, eos_token_id=2
+    )[0, len(second) :].tolist()
+    assert answer[0] == text.tokenizer.decode(
+        [t for t in reference if t != 2], skip_special_tokens=True
+    )
+    # The base model (another adapter) does not reuse the adapter's cache.
+    before = engine.prefix_tokens_reused
+    asyncio.run(collect(engine, Target(base, base), text, second, SamplingParams(2, 0.0)))
+    assert engine.prefix_tokens_reused == before

@@ -668,8 +668,8 @@ def _load_model_arg(model_or_run: str) -> Any:
         from tuneforge.jobs.store import resolve_model_id
 
         run_dir, weights = resolve_model_id(model_or_run)
-        return load_for_inference(run_dir, weights=weights)
-    return load_for_inference(model_or_run)
+        return load_for_inference(run_dir, weights=weights, packed=True)
+    return load_for_inference(model_or_run, packed=True)
 
 
 def _messages(prompt: str, system: str | None) -> list[Any]:

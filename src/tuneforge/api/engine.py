@@ -6,6 +6,12 @@ The loop does continuous batching: a new request is prefilled on its own (no pad
 masked rows that could poison the cache), then its KV cache is left-padded and joined to the
 running batch between two decode steps; finished or cancelled rows leave between steps too.
 
+Two things make a batched step cheap on a CPU, both measured (BENCHMARKS.md, "Serving
+throughput"): the base model's linear layers run on oneDNN with weights packed once
+(`inference/prepack.py`: MKL's few-row GEMMs are slow on our AVX2 EPYC), and the KV cache grows
+in place in a buffer with room to spare (`_GrowingLayer`) instead of being copied whole by
+`torch.cat` at every step.
+
 LoRA: every base model is loaded once. Fine-tuned models are peft adapters on it, and one batch
 mixes them: peft's `adapter_names=[...]` runs each row through its own adapter ("__base__" for
 none), so requests to different `ft:` models still share each forward pass.
@@ -30,13 +36,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
 from tuneforge.data.chat_template import ChatTemplate
+from tuneforge.inference.prepack import prepack_linears
 
 log = logging.getLogger("tuneforge.api")
 
 BASE_ADAPTER = "__base__"  # peft's name for "no adapter" in a mixed batch
 MAX_BATCH_SIZE = 32
+PREFIX_ENTRIES = 8  # prompts whose KV cache each base model keeps for reuse (~7 MB each here)
+MIN_PREFIX = 8  # shorter shared prefixes are not worth a lookup
 
 
 @dataclass(frozen=True)
@@ -133,13 +143,35 @@ class _Row:
 
 
 @dataclass
+class _Prefix:
+    """A prefilled prompt's KV cache, per layer (1, kv heads, tokens, head dim), kept so that a
+    later prompt starting with the same tokens (the same system prompt, few-shot examples or
+    earlier turns of a chat) on the same adapter prefills only what differs."""
+
+    adapter: str
+    ids: list[int]
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+
+    def common_length(self, ids: list[int]) -> int:
+        n = 0
+        for a, b in zip(self.ids, ids, strict=False):
+            if a != b:
+                break
+            n += 1
+        return n
+
+
+@dataclass
 class _Slot:
     """A base model in memory, its adapters, and the batch running on it."""
 
     model: Any
+    growing_cache: bool = False  # every layer full attention: use `_BatchCache`
     adapters: dict[str, str] = field(default_factory=dict)  # model id → peft adapter name
     unloaded: set[str] = field(default_factory=set)  # adapters to delete once no row uses them
     rows: list[_Row] = field(default_factory=list)
+    prefixes: deque[_Prefix] = field(default_factory=lambda: deque(maxlen=PREFIX_ENTRIES))
     cache: Any = None  # the batch's DynamicCache: per layer (B, heads, T, head_dim)
     mask: torch.Tensor = field(default_factory=lambda: torch.ones(0, 0, dtype=torch.long))
 
@@ -148,6 +180,72 @@ class _Slot:
         from peft import PeftModel
 
         return isinstance(self.model, PeftModel)
+
+
+class _GrowingLayer(DynamicLayer):
+    """A `DynamicLayer` whose `keys`/`values` are views of a buffer with room for more columns:
+    a decode step writes its column in place, where `DynamicLayer` copies the whole cache
+    (`torch.cat`, ~15-20% of a batch-8 step of the 135M model here). The engine may assign
+    `keys`/`values` directly (rows joining or leaving); the next update then starts a new buffer
+    from them."""
+
+    ROOM = 64  # columns of headroom per (re)allocation: one copy every 64 decode steps
+
+    _key_buffer: torch.Tensor | None = None
+    _value_buffer: torch.Tensor | None = None
+
+    def _owns(self, new_states: torch.Tensor, length: int) -> bool:
+        buffer = self._key_buffer
+        return (
+            buffer is not None
+            and self._value_buffer is not None
+            and self.keys.data_ptr() == buffer.data_ptr()
+            and self.values.data_ptr() == self._value_buffer.data_ptr()
+            and self.keys.shape[:2] == new_states.shape[:2] == buffer.shape[:2]
+            and length <= buffer.shape[2]
+        )
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        old = self.keys.shape[2] if self.keys.numel() else 0
+        new = old + key_states.shape[2]
+        if not self._owns(key_states, new):
+            batch, heads, _, dim = key_states.shape
+            keys = key_states.new_empty(batch, heads, new + self.ROOM, dim)
+            values = value_states.new_empty(batch, heads, new + self.ROOM, value_states.shape[3])
+            if old:
+                keys[:, :, :old] = self.keys
+                values[:, :, :old] = self.values
+            self._key_buffer, self._value_buffer = keys, values
+        assert self._key_buffer is not None and self._value_buffer is not None
+        self._key_buffer[:, :, old:new] = key_states
+        self._value_buffer[:, :, old:new] = value_states
+        self.keys = self._key_buffer[:, :, :new]
+        self.values = self._value_buffer[:, :, :new]
+        return self.keys, self.values
+
+
+class _BatchCache(DynamicCache):
+    """A `DynamicCache` made of `_GrowingLayer`s (for models whose every layer attends to the
+    whole context; others keep transformers' own cache)."""
+
+    def __init__(self) -> None:
+        Cache.__init__(self, layer_class_to_replicate=_GrowingLayer)
+
+
+def _full_attention_only(config: Any) -> bool:
+    """True when transformers would give every layer a plain `DynamicLayer` (no sliding
+    windows, no linear attention): then `_GrowingLayer` is a drop-in replacement."""
+    try:
+        from transformers.cache_utils import DYNAMIC_LAYER_TYPE_MAPPING, get_layer_types_and_kwargs
+
+        layer_types, _ = get_layer_types_and_kwargs(config.get_text_config(decoder=True))
+        return all(DYNAMIC_LAYER_TYPE_MAPPING.get(t) is DynamicLayer for t in layer_types)
+    except Exception:  # an unknown architecture: keep transformers' cache
+        return False
 
 
 def _left_pad(t: torch.Tensor, length: int, dim: int) -> torch.Tensor:
@@ -190,8 +288,9 @@ def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Genera
 class InferenceEngine:
     """The generation thread. `submit` from any thread; results arrive on its `Generation`."""
 
-    def __init__(self, max_batch_size: int = MAX_BATCH_SIZE) -> None:
+    def __init__(self, max_batch_size: int = MAX_BATCH_SIZE, *, prepack: bool = True) -> None:
         self.max_batch_size = max_batch_size
+        self.prepack = prepack  # oneDNN-packed linear layers (`inference/prepack.py`)
         # CPU only for now: the per-row sampling generators are CPU generators, and serving on
         # CUDA has not been measured or tested.
         self.device = torch.device("cpu")
@@ -202,6 +301,7 @@ class InferenceEngine:
         self._thread: threading.Thread | None = None
         self._running = False
         self.steps = 0  # decode steps run (the bench reads it)
+        self.prefix_tokens_reused = 0  # prompt tokens not prefilled thanks to `_Prefix`
 
     # -- public, any thread ------------------------------------------------------------------
     def start(self) -> None:
@@ -288,7 +388,10 @@ class InferenceEngine:
             from tuneforge.models import load_model
 
             model = load_model(base, dtype=torch.float32).to(self.device).eval()
-            self._slots[base] = _Slot(model)
+            if self.prepack:
+                packed = prepack_linears(model)
+                log.info("%s: %d linear layers packed for oneDNN", base, packed)
+            self._slots[base] = _Slot(model, growing_cache=_full_attention_only(model.config))
         return self._slots[base]
 
     def _adapter(self, slot: _Slot, target: Target) -> str:
@@ -320,6 +423,8 @@ class InferenceEngine:
             if not any(row.adapter == name for row in slot.rows):
                 slot.model.delete_adapter(name)
                 slot.unloaded.discard(name)
+                for entry in [e for e in slot.prefixes if e.adapter == name]:
+                    slot.prefixes.remove(entry)
 
     # -- admission: prefill one request and join it to its base model's batch ----------------
     def _admit(self) -> None:
@@ -345,31 +450,65 @@ class InferenceEngine:
             inputs["adapter_names"] = [row.adapter for row in rows]
         return slot.model(use_cache=True, logits_to_keep=1, **inputs)
 
+    def _reusable_prefix(self, slot: _Slot, row: _Row) -> tuple[int, _BatchCache | None]:
+        """The longest cached prefix of this prompt on this adapter, as a cache to continue
+        from (at least the last prompt token is always computed: its logits are needed)."""
+        if not slot.growing_cache:
+            return 0, None
+        best, length = None, 0
+        for entry in slot.prefixes:
+            if entry.adapter == row.adapter:
+                common = min(entry.common_length(row.prompt), len(row.prompt) - 1)
+                if common > length:
+                    best, length = entry, common
+        cache = _BatchCache()
+        if best is None or length < MIN_PREFIX:
+            return 0, cache
+        slot.prefixes.remove(best)
+        slot.prefixes.appendleft(best)  # most recently used first
+        for i, (keys, values) in enumerate(zip(best.keys, best.values, strict=True)):
+            cache.update(keys[:, :, :length], values[:, :, :length], i)
+        return length, cache
+
     def _prefill(self, slot: _Slot, row: _Row) -> None:
-        ids = torch.tensor([row.prompt], device=self.device)
+        start, cache = self._reusable_prefix(slot, row)
+        self.prefix_tokens_reused += start
+        length = len(row.prompt)
+        ids = torch.tensor([row.prompt[start:]], device=self.device)
+        mask = torch.ones(1, length, dtype=torch.long, device=self.device)
         out = self._forward(
             slot,
             [row],
             input_ids=ids,
-            attention_mask=torch.ones_like(ids),
-            position_ids=torch.arange(ids.shape[1], device=self.device)[None],
+            attention_mask=mask,
+            position_ids=torch.arange(start, length, device=self.device)[None],
+            cache=cache,
         )
+        if cache is not None:  # keep this prompt's KV for later prompts that share its start
+            layers = out.cache.layers
+            slot.prefixes.appendleft(
+                _Prefix(
+                    row.adapter,
+                    list(row.prompt),
+                    [layer.keys[:, :, :length].clone() for layer in layers],
+                    [layer.values[:, :, :length].clone() for layer in layers],
+                )
+            )
         token = sample(out.logits[0, -1], row.params, row.generator)
         if self._advance(row, token):
             return
-        mask = torch.ones_like(ids)
         if not slot.rows:
             slot.cache, slot.mask = out.cache, mask
         else:
-            length = max(slot.mask.shape[1], mask.shape[1])
+            width = max(slot.mask.shape[1], mask.shape[1])
             for mine, new in zip(slot.cache.layers, out.cache.layers, strict=True):
                 mine.keys = torch.cat(
-                    [_left_pad(mine.keys, length, 2), _left_pad(new.keys, length, 2)]
+                    [_left_pad(mine.keys, width, 2), _left_pad(new.keys, width, 2)]
                 )
                 mine.values = torch.cat(
-                    [_left_pad(mine.values, length, 2), _left_pad(new.values, length, 2)]
+                    [_left_pad(mine.values, width, 2), _left_pad(new.values, width, 2)]
                 )
-            slot.mask = torch.cat([_left_pad(slot.mask, length, 1), _left_pad(mask, length, 1)])
+            slot.mask = torch.cat([_left_pad(slot.mask, width, 1), _left_pad(mask, width, 1)])
         slot.rows.append(row)
 
     # -- one decode step for a whole batch ---------------------------------------------------

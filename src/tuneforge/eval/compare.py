@@ -151,7 +151,7 @@ class Comparison:
             from tuneforge.inference.load import load_for_inference
 
             self.on_event(f"loading {self.options.model} …")
-            self._base = load_for_inference(str(self.options.model))
+            self._base = load_for_inference(str(self.options.model), packed=True)
         return self._base
 
     def _budget(self, loaded: Any) -> int:
@@ -195,7 +195,7 @@ class Comparison:
 
         def load() -> Any:
             self.on_event(f"loading {run} …")
-            return load_for_inference(run)
+            return load_for_inference(run, packed=True)
 
         self._add(name, "fine_tuned", lambda: baselines.zero_shot(self.test), load, training=run)
 

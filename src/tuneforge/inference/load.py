@@ -41,9 +41,26 @@ def run_model_dir(run_dir: Path) -> Path:
 
 
 def load_for_inference(
-    model_or_run: str | Path, *, device: str = "cpu", weights: Path | None = None
+    model_or_run: str | Path,
+    *,
+    device: str = "cpu",
+    weights: Path | None = None,
+    packed: bool = False,
 ) -> LoadedModel:
-    """A registry name / model folder / hub id, or a run directory (adapter on its base)."""
+    """A registry name / model folder / hub id, or a run directory (adapter on its base).
+
+    `packed`: linear layers on oneDNN with weights packed once (`inference/prepack.py`), faster
+    generation on x86 CPUs; only for models that generate and are not changed or saved after.
+    """
+    loaded = _load(model_or_run, device=device, weights=weights)
+    if packed:
+        from tuneforge.inference.prepack import prepack_linears
+
+        prepack_linears(loaded.model)
+    return loaded
+
+
+def _load(model_or_run: str | Path, *, device: str, weights: Path | None) -> LoadedModel:
     import torch
 
     from tuneforge.models import load_model, load_tokenizer

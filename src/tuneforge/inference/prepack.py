@@ -1,0 +1,88 @@
+"""Faster fp32 linear layers for inference on x86 CPUs: oneDNN with weights packed once.
+
+Why this exists (measured, `bench/serve_throughput.py` and BENCHMARKS.md "Serving throughput"):
+PyTorch's CPU `nn.Linear` calls MKL's sgemm. On our AMD EPYC (AVX2) MKL's kernels for the
+few-row products of decoding are slow: 8 rows cost ~2× one row, where reading the weights (the
+real bound) costs the same for both. oneDNN's matmul on a weight reordered once into its blocked
+layout (`torch.ops.mkldnn._reorder_linear_weight`, the kernel torch.compile's CPU "freezing"
+uses) keeps 8 rows at ~1.2–1.5× one row and is never slower than MKL from 1 to 256 rows. That is
+what makes batching concurrent requests pay on a CPU.
+
+The result differs from MKL's in the last bits (|Δ| ~1e-5 on a logit), as any other GEMM would;
+greedy answers are the same except where two tokens tie to that precision.
+
+Cost: each packed weight is a second copy (the original stays, for peft and `state_dict`), so a
+packed model holds its linear weights twice. Only for frozen weights: the packed copy does not
+follow later changes to `weight` (merging, loading a state dict) — use it on models that only
+generate. Where autograd is recording (training), a packed layer falls back to `F.linear`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def can_prepack(model: nn.Module) -> bool:
+    """fp32 on CPU with the oneDNN ops in this torch build."""
+    try:
+        parameter = next(model.parameters())
+    except StopIteration:
+        return False
+    return (
+        parameter.device.type == "cpu"
+        and parameter.dtype == torch.float32
+        and torch.backends.mkldnn.is_available()
+        and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+        and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    )
+
+
+class _PackedForward:
+    """Replaces one `nn.Linear` instance's `forward`; the module stays an `nn.Linear` (so peft
+    can still wrap it with LoRA layers, which call it as their base layer)."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        self.weight = linear.weight  # the live parameter, for the autograd fallback
+        weight = linear.weight.detach()
+        # The batch-size hint only tunes the layout; any row count works with it.
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, 8)
+        self.bias = None if linear.bias is None else linear.bias.detach()
+        self.out_features = weight.shape[0]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
+            # The oneDNN op has no backward: anything that trains gets the plain layer.
+            return nn.functional.linear(x, self.weight, self.bias)
+        rows = x.reshape(-1, x.shape[-1])
+        if not rows.is_contiguous():
+            rows = rows.contiguous()
+        y = torch.ops.mkldnn._linear_pointwise(rows, self.packed, self.bias, "none", [], "")
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+
+def prepack_linears(model: nn.Module) -> int:
+    """Pack every plain `nn.Linear` of a frozen fp32 CPU model; returns how many were packed
+    (0 when `can_prepack` says no). Call before loading LoRA adapters: peft then wraps the
+    packed layers, and its own small A/B layers stay as they are."""
+    if not can_prepack(model):
+        return 0
+    count = 0
+    for module in model.modules():
+        if type(module) is nn.Linear and not isinstance(module.forward, _PackedForward):
+            module.forward = _PackedForward(module)  # type: ignore[method-assign]
+            count += 1
+    return count
+
+
+def unpack_linears(model: nn.Module) -> None:
+    """Undo `prepack_linears` (the modules use their `weight` again)."""
+    for module in model.modules():
+        if isinstance(module.__dict__.get("forward"), _PackedForward):
+            del module.forward
+
+
+def is_packed(module: Any) -> bool:
+    return isinstance(getattr(module, "__dict__", {}).get("forward"), _PackedForward)
