@@ -188,3 +188,16 @@ def test_a_prompt_that_starts_like_an_earlier_one_reuses_its_cache_and_answers_t
     before = engine.prefix_tokens_reused
     asyncio.run(collect(engine, Target(base, base), text, second, SamplingParams(2, 0.0)))
     assert engine.prefix_tokens_reused == before
+
+
+def test_the_prefix_cache_keeps_to_its_token_budget(engine, text, tiny_model_dir, monkeypatch):
+    import tuneforge.api.engine as engine_module
+
+    base = str(tiny_model_dir)
+    first, second, third = (prompt(text, i) for i in (8, 9, 10))  # all different
+    budget = len(second) + len(third)  # room for the two newest, not for all three
+    monkeypatch.setattr(engine_module, "PREFIX_TOKENS", budget)
+    for ids in (first, second, third, prompt(text, 3 * budget)):  # the last is over it alone
+        asyncio.run(collect(engine, Target(base, base), text, ids, SamplingParams(1, 0.0)))
+    kept = [entry.ids for entry in engine._slots[base].prefixes]
+    assert kept == [third, second]  # newest first; the oldest went; the oversize one never came

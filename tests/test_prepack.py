@@ -103,5 +103,6 @@ def test_a_packed_layer_that_trains_falls_back_to_the_plain_one():
     prepack_linears(layer)
     x = torch.randn(4, 16, requires_grad=True)
     layer(x).sum().backward()  # the oneDNN op has no backward: this must not use it
-    assert x.grad is not None and layer.weight.grad is not None
+    assert x.grad is not None and layer.weight.grad is not None and layer.bias.grad is not None
+    torch.testing.assert_close(layer.bias.grad, torch.full((8,), 4.0))
     torch.testing.assert_close(x.grad, layer.weight.sum(0).expand(4, 16).detach())

@@ -45,7 +45,8 @@ log = logging.getLogger("tuneforge.api")
 
 BASE_ADAPTER = "__base__"  # peft's name for "no adapter" in a mixed batch
 MAX_BATCH_SIZE = 32
-PREFIX_ENTRIES = 8  # prompts whose KV cache each base model keeps for reuse (~7 MB each here)
+PREFIX_ENTRIES = 8  # prompts whose KV cache each base model keeps for reuse
+PREFIX_TOKENS = 8192  # and at most this many of their tokens in all (135M model: 46 KB a token)
 MIN_PREFIX = 8  # shorter shared prefixes are not worth a lookup
 
 
@@ -484,7 +485,7 @@ class InferenceEngine:
             position_ids=torch.arange(start, length, device=self.device)[None],
             cache=cache,
         )
-        if cache is not None:  # keep this prompt's KV for later prompts that share its start
+        if cache is not None and length <= PREFIX_TOKENS:  # keep it for prompts that start alike
             layers = out.cache.layers
             slot.prefixes.appendleft(
                 _Prefix(
@@ -494,6 +495,8 @@ class InferenceEngine:
                     [layer.values[:, :, :length].clone() for layer in layers],
                 )
             )
+            while sum(len(entry.ids) for entry in slot.prefixes) > PREFIX_TOKENS:
+                slot.prefixes.pop()  # the least recently used
         token = sample(out.logits[0, -1], row.params, row.generator)
         if self._advance(row, token):
             return

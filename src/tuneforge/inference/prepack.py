@@ -45,7 +45,8 @@ class _PackedForward:
     can still wrap it with LoRA layers, which call it as their base layer)."""
 
     def __init__(self, linear: nn.Linear) -> None:
-        self.weight = linear.weight  # the live parameter, for the autograd fallback
+        # The live parameters, for the autograd fallback.
+        self.weight, self.live_bias = linear.weight, linear.bias
         weight = linear.weight.detach()
         # The batch-size hint only tunes the layout; any row count works with it.
         self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, 8)
@@ -55,7 +56,7 @@ class _PackedForward:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
             # The oneDNN op has no backward: anything that trains gets the plain layer.
-            return nn.functional.linear(x, self.weight, self.bias)
+            return nn.functional.linear(x, self.weight, self.live_bias)
         rows = x.reshape(-1, x.shape[-1])
         if not rows.is_contiguous():
             rows = rows.contiguous()
