@@ -1,6 +1,7 @@
-"""The serving engine's two CPU speed-ups keep the numbers: oneDNN-packed linear layers give
-what `nn.Linear` gives (to fp32 rounding), also under peft's LoRA layers, and the in-place
-growing KV cache holds exactly what transformers' concatenating cache holds."""
+"""The serving engine's CPU speed-ups keep the numbers: packed linear layers (our AVX2 kernel, or
+oneDNN where it cannot be built) give what `nn.Linear` gives (to fp32 rounding), also under
+peft's LoRA layers; the kernel builds where it should and its absence is not an error; and the
+in-place growing KV cache holds exactly what transformers' concatenating cache holds."""
 
 from __future__ import annotations
 
@@ -9,34 +10,100 @@ import torch
 from torch import nn
 
 from tuneforge.api.engine import _BatchCache, _full_attention_only, _GrowingLayer
-from tuneforge.inference.prepack import can_prepack, is_packed, prepack_linears, unpack_linears
+from tuneforge.inference import small_gemm
+from tuneforge.inference.prepack import (
+    can_prepack,
+    is_packed,
+    packed_kind,
+    prepack_linears,
+    unpack_linears,
+)
 
 pytestmark = pytest.mark.skipif(
     not can_prepack(nn.Linear(2, 2)), reason="this torch build has no oneDNN linear ops"
 )
 
 
+def _kernel_expected() -> bool:
+    """Where the kernel must build: x86-64 Linux with AVX2 and a C compiler (our machines)."""
+    import shutil
+
+    return small_gemm._supported_cpu() and bool(shutil.which("cc") or shutil.which("gcc"))
+
+
+KINDS = ["oneDNN"] + (["small_gemm"] if _kernel_expected() else [])
+
+
+def test_the_kernel_builds_where_it_can():
+    assert small_gemm.available() == _kernel_expected()
+
+
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("shape", [(1, 96), (8, 96), (3, 5, 96), (300, 96)])
 @pytest.mark.parametrize("bias", [True, False])
-def test_a_packed_linear_computes_what_nn_linear_computes(shape, bias):
+def test_a_packed_linear_computes_what_nn_linear_computes(kind, shape, bias):
     torch.manual_seed(0)
-    layer = nn.Linear(96, 200, bias=bias)
+    layer = nn.Linear(96, 200, bias=bias)  # 200 outputs: 12.5 panels of 16, a partial one
     x = torch.randn(*shape)
     with torch.no_grad():  # as in generation: no autograd, so the packed op runs
         expected = layer(x)
-        assert prepack_linears(layer) == 1 and is_packed(layer)
+        assert prepack_linears(layer, kernel=kind == "small_gemm") == 1
+        assert packed_kind(layer) == kind and is_packed(layer)
         got = layer(x)
         assert got.shape == expected.shape
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
-        # The packed copy is frozen: a changed weight shows only after unpacking.
-        layer.weight.mul_(2)
-        torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
         unpack_linears(layer)
         assert not is_packed(layer)
+        layer.weight.mul_(2)  # unpacked, the layer reads its weight again
         torch.testing.assert_close(layer(x), nn.functional.linear(x, layer.weight, layer.bias))
 
 
-def test_a_packed_model_and_lora_on_it_give_the_same_logits(tiny_model_dir, tmp_path):
+@pytest.mark.skipif(not _kernel_expected(), reason="the kernel needs x86-64 Linux, AVX2 and cc")
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_kernel_matches_matmul_at_every_row_count_and_shape(threads):
+    """Row counts around the 4-row blocks, K around the 128-value chunks, N around the
+    16-column panels, with and without bias, one thread and two."""
+    torch.manual_seed(0)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for rows in (1, 2, 3, 4, 5, 8, 13, 64, small_gemm.MAX_ROWS, 256):
+            for out_features, in_features in ((16, 128), (200, 96), (7, 300), (64, 1)):
+                weight = torch.randn(out_features, in_features)
+                bias = torch.randn(out_features)
+                x = torch.randn(rows, in_features)
+                packed = small_gemm.pack(weight)
+                for b in (None, bias):
+                    got = small_gemm.linear(x, packed, small_gemm.pad_bias(b), out_features)
+                    want = nn.functional.linear(x, weight, b)
+                    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(ValueError, match="1-256 contiguous fp32 rows"):
+        small_gemm.linear(torch.randn(257, 16), small_gemm.pack(torch.randn(16, 16)), None, 16)
+
+
+def test_without_the_kernel_packing_falls_back_to_onednn(monkeypatch, tmp_path):
+    """No compiler (or TUNEFORGE_NO_KERNEL=1): no error, oneDNN packing instead."""
+    monkeypatch.setenv("TUNEFORGE_HOME", str(tmp_path))
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    small_gemm._library.cache_clear()
+    try:
+        assert not small_gemm.available()
+        layer = nn.Linear(32, 32)
+        assert prepack_linears(layer) == 1 and packed_kind(layer) == "oneDNN"
+        assert not list((tmp_path / "kernels").glob("*.so"))  # nothing half-written left
+        monkeypatch.delenv("CC")
+        monkeypatch.setenv("TUNEFORGE_NO_KERNEL", "1")
+        small_gemm._library.cache_clear()
+        assert not small_gemm.available()
+    finally:
+        monkeypatch.undo()
+        small_gemm._library.cache_clear()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_packed_model_and_lora_on_it_give_the_same_logits(kind, tiny_model_dir, tmp_path):
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM
 
@@ -51,7 +118,7 @@ def test_a_packed_model_and_lora_on_it_give_the_same_logits(tiny_model_dir, tmp_
         model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
         if pack:
             # 2 layers × 7 projections + the LM head (its weight is tied to the embeddings).
-            assert prepack_linears(model) == 2 * 7 + 1
+            assert prepack_linears(model, kernel=kind == "small_gemm") == 2 * 7 + 1
         with torch.no_grad():
             plain = model(input_ids=ids).logits
             lora = PeftModel.from_pretrained(model, tmp_path).eval()
@@ -97,12 +164,13 @@ def test_the_growing_cache_is_used_only_where_every_layer_sees_the_whole_context
     assert isinstance(cache.layers[0], _GrowingLayer) and cache.get_seq_length() == 3
 
 
-def test_a_packed_layer_that_trains_falls_back_to_the_plain_one():
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_packed_layer_that_trains_falls_back_to_the_plain_one(kind):
     torch.manual_seed(0)
     layer = nn.Linear(16, 8)
-    prepack_linears(layer)
+    prepack_linears(layer, kernel=kind == "small_gemm")
     x = torch.randn(4, 16, requires_grad=True)
-    layer(x).sum().backward()  # the oneDNN op has no backward: this must not use it
+    layer(x).sum().backward()  # the packed ops have no backward: this must not use them
     assert x.grad is not None and layer.weight.grad is not None and layer.bias.grad is not None
     torch.testing.assert_close(layer.bias.grad, torch.full((8,), 4.0))
     torch.testing.assert_close(x.grad, layer.weight.sum(0).expand(4, 16).detach())

@@ -39,6 +39,7 @@ import torch
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
 from tuneforge.data.chat_template import ChatTemplate
+from tuneforge.inference import small_gemm
 from tuneforge.inference.prepack import prepack_linears
 
 log = logging.getLogger("tuneforge.api")
@@ -391,7 +392,8 @@ class InferenceEngine:
             model = load_model(base, dtype=torch.float32).to(self.device).eval()
             if self.prepack:
                 packed = prepack_linears(model)
-                log.info("%s: %d linear layers packed for oneDNN", base, packed)
+                kind = "our AVX2 kernel" if small_gemm.available() else "oneDNN"
+                log.info("%s: %d linear layers packed for %s", base, packed, kind)
             self._slots[base] = _Slot(model, growing_cache=_full_attention_only(model.config))
         return self._slots[base]
 

@@ -1,20 +1,25 @@
-"""Faster fp32 linear layers for inference on x86 CPUs: oneDNN with weights packed once.
+"""Faster fp32 linear layers for inference on x86 CPUs: weights packed once for a faster GEMM.
 
-Why this exists (measured, `bench/serve_throughput.py` and BENCHMARKS.md "Serving throughput"):
-PyTorch's CPU `nn.Linear` calls MKL's sgemm. On our AMD EPYC (AVX2) MKL's kernels for the
-few-row products of decoding are slow: 8 rows cost ~2× one row, where reading the weights (the
-real bound) costs the same for both. oneDNN's matmul on a weight reordered once into its blocked
-layout (`torch.ops.mkldnn._reorder_linear_weight`, the kernel torch.compile's CPU "freezing"
-uses) keeps 8 rows at ~1.2–1.5× one row and is never slower than MKL from 1 to 256 rows. That is
-what makes batching concurrent requests pay on a CPU.
+Why this exists (measured, `bench/small_gemm.py`, `bench/serve_throughput.py` and BENCHMARKS.md
+"Serving throughput"): PyTorch's CPU `nn.Linear` calls MKL's sgemm. On our AMD EPYC (AVX2) MKL's
+kernels for the few-row products of decoding are slow: 8 rows cost ~2× one row, where reading
+the weights (the real bound) costs the same for both. Two packed forms, best first:
 
-The result differs from MKL's in the last bits (|Δ| ~1e-5 on a logit), as any other GEMM would;
-greedy answers are the same except where two tokens tie to that precision.
+- our AVX2 kernel (`small_gemm.py`), weights in 16-column panels: from 1 to `MAX_ROWS` rows
+  it reads the weights at up to ~12 GB/s, 1.4-1.8× oneDNN; more rows (prefill of a long
+  prompt) go to MKL with the original weight, which is as fast there;
+- where the kernel cannot be built: oneDNN's matmul on a weight reordered once into its blocked
+  layout (`torch.ops.mkldnn._reorder_linear_weight`, the kernel torch.compile's CPU "freezing"
+  uses), at every row count: 8 rows at ~1.2-1.5× one row, never slower than MKL.
 
-Cost: each packed weight is a second copy (the original stays, for peft and `state_dict`), so a
-packed model holds its linear weights twice. Only for frozen weights: the packed copy does not
-follow later changes to `weight` (merging, loading a state dict) — use it on models that only
-generate. Where autograd is recording (training), a packed layer falls back to `F.linear`.
+The results differ from MKL's in the last bits (|Δ| ~1e-5 on a logit), as any other GEMM's
+would; greedy answers are the same except where two tokens tie to that precision.
+
+Cost: each packed weight is a second copy (the original stays, for peft, `state_dict` and the
+MKL path), so a packed model holds its linear weights twice. Only for frozen weights: the packed
+copy does not follow later changes to `weight` (merging, loading a state dict) — use it on
+models that only generate. Where autograd is recording (training), a packed layer falls back to
+`F.linear`.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from tuneforge.inference import small_gemm
 
 
 def can_prepack(model: nn.Module) -> bool:
@@ -44,36 +51,54 @@ class _PackedForward:
     """Replaces one `nn.Linear` instance's `forward`; the module stays an `nn.Linear` (so peft
     can still wrap it with LoRA layers, which call it as their base layer)."""
 
-    def __init__(self, linear: nn.Linear) -> None:
+    def __init__(self, linear: nn.Linear, kernel: bool) -> None:
         # The live parameters, for the autograd fallback.
         self.weight, self.live_bias = linear.weight, linear.bias
         weight = linear.weight.detach()
-        # The batch-size hint only tunes the layout; any row count works with it.
-        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, 8)
         self.bias = None if linear.bias is None else linear.bias.detach()
         self.out_features = weight.shape[0]
+        self.panels = self.panel_bias = self.packed = None
+        if kernel:
+            self.panels, self.panel_bias = small_gemm.pack(weight), small_gemm.pad_bias(self.bias)
+        else:
+            # The batch-size hint only tunes the layout; any row count works with it.
+            self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, 8)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
-            # The oneDNN op has no backward: anything that trains gets the plain layer.
+            # Neither packed op has a backward: anything that trains gets the plain layer.
+            return nn.functional.linear(x, self.weight, self.live_bias)
+        if x.dtype != torch.float32:
             return nn.functional.linear(x, self.weight, self.live_bias)
         rows = x.reshape(-1, x.shape[-1])
         if not rows.is_contiguous():
             rows = rows.contiguous()
-        y = torch.ops.mkldnn._linear_pointwise(rows, self.packed, self.bias, "none", [], "")
+        if self.panels is None:
+            y = torch.ops.mkldnn._linear_pointwise(rows, self.packed, self.bias, "none", [], "")
+        elif rows.shape[0] <= small_gemm.MAX_ROWS:
+            y = small_gemm.linear(rows, self.panels, self.panel_bias, self.out_features)
+        else:
+            y = nn.functional.linear(rows, self.weight.detach(), self.bias)
         return y.reshape(*x.shape[:-1], self.out_features)
 
+    @property
+    def kind(self) -> str:
+        return "oneDNN" if self.panels is None else "small_gemm"
 
-def prepack_linears(model: nn.Module) -> int:
+
+def prepack_linears(model: nn.Module, *, kernel: bool | None = None) -> int:
     """Pack every plain `nn.Linear` of a frozen fp32 CPU model; returns how many were packed
     (0 when `can_prepack` says no). Call before loading LoRA adapters: peft then wraps the
-    packed layers, and its own small A/B layers stay as they are."""
+    packed layers, and its own small A/B layers stay as they are. `kernel`: use our AVX2
+    kernel (default: when `small_gemm.available()`), else oneDNN."""
     if not can_prepack(model):
         return 0
+    if kernel is None:
+        kernel = small_gemm.available()
     count = 0
     for module in model.modules():
         if type(module) is nn.Linear and not isinstance(module.forward, _PackedForward):
-            module.forward = _PackedForward(module)  # type: ignore[method-assign]
+            module.forward = _PackedForward(module, kernel)  # type: ignore[method-assign]
             count += 1
     return count
 
@@ -85,5 +110,11 @@ def unpack_linears(model: nn.Module) -> None:
             del module.forward
 
 
+def packed_kind(module: Any) -> str | None:
+    """ "small_gemm" or "oneDNN" for a packed layer, None for any other module."""
+    forward = getattr(module, "__dict__", {}).get("forward")
+    return forward.kind if isinstance(forward, _PackedForward) else None
+
+
 def is_packed(module: Any) -> bool:
-    return isinstance(getattr(module, "__dict__", {}).get("forward"), _PackedForward)
+    return packed_kind(module) is not None

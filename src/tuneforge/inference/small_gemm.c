@@ -1,0 +1,111 @@
+/* A few-row fp32 GEMM for x86-64 CPUs with AVX2 and FMA: y[M][N] = x[M][K] W^T + bias.
+ *
+ * Why: decoding a batch of a few requests multiplies a few rows by every weight of the model, so
+ * a step is bound by reading the weights. MKL's and oneDNN's kernels leave half of the memory
+ * bandwidth of our AMD EPYC unused at 1-64 rows (BENCHMARKS.md, "Serving throughput"). This
+ * kernel reads each weight once per call, from a layout made for it, with software prefetch.
+ * inference/small_gemm.py compiles it on first use and falls back to oneDNN when it cannot.
+ *
+ * Layout: the weight (N x K, row-major as in nn.Linear) is packed into panels of 16 output
+ * columns, P[p][k][c] = W[16p + c][k], zero-padded to a multiple of 16 columns. A panel is
+ * streamed in chunks of KC values of k; each chunk (8 KB) stays in L1 while blocks of 4 rows use
+ * it, so the weights are read from memory once whatever M is. 4 rows x 16 columns = 8 AVX2
+ * accumulators. Threads (OpenMP: the runtime torch already loaded) split the panels.
+ */
+#include <immintrin.h>
+#include <stddef.h>
+#include <string.h>
+
+#define PANEL 16
+#define KC 128          /* k values per chunk: 8 KB of panel */
+#define PREFETCH 1024   /* floats ahead in the panel stream (4 KB) */
+#define MAX_ROWS 256    /* the caller sends more rows elsewhere */
+
+/* rows (1-4) x 16 columns over k in [k0, k1). The first chunk starts from the bias (or zero),
+ * later chunks from what y holds. */
+static inline void chunk(int k0, int k1, const float *x, int ldx, const float *p, const float *bias,
+                         float *y, int ldy, int rows, int first, int prefetch) {
+    if (rows == 4) {
+        __m256 a00, a01, a10, a11, a20, a21, a30, a31;
+        if (first) {
+            a00 = bias ? _mm256_loadu_ps(bias) : _mm256_setzero_ps();
+            a01 = bias ? _mm256_loadu_ps(bias + 8) : _mm256_setzero_ps();
+            a10 = a20 = a30 = a00;
+            a11 = a21 = a31 = a01;
+        } else {
+            a00 = _mm256_loadu_ps(y);           a01 = _mm256_loadu_ps(y + 8);
+            a10 = _mm256_loadu_ps(y + ldy);     a11 = _mm256_loadu_ps(y + ldy + 8);
+            a20 = _mm256_loadu_ps(y + 2 * ldy); a21 = _mm256_loadu_ps(y + 2 * ldy + 8);
+            a30 = _mm256_loadu_ps(y + 3 * ldy); a31 = _mm256_loadu_ps(y + 3 * ldy + 8);
+        }
+        const float *x0 = x, *x1 = x + ldx, *x2 = x + 2 * ldx, *x3 = x + 3 * ldx;
+        for (int k = k0; k < k1; k++) {
+            if (prefetch) _mm_prefetch((const char *)(p + PANEL * k + PREFETCH), _MM_HINT_T0);
+            __m256 w0 = _mm256_loadu_ps(p + PANEL * k), w1 = _mm256_loadu_ps(p + PANEL * k + 8);
+            __m256 b = _mm256_broadcast_ss(x0 + k);
+            a00 = _mm256_fmadd_ps(b, w0, a00); a01 = _mm256_fmadd_ps(b, w1, a01);
+            b = _mm256_broadcast_ss(x1 + k);
+            a10 = _mm256_fmadd_ps(b, w0, a10); a11 = _mm256_fmadd_ps(b, w1, a11);
+            b = _mm256_broadcast_ss(x2 + k);
+            a20 = _mm256_fmadd_ps(b, w0, a20); a21 = _mm256_fmadd_ps(b, w1, a21);
+            b = _mm256_broadcast_ss(x3 + k);
+            a30 = _mm256_fmadd_ps(b, w0, a30); a31 = _mm256_fmadd_ps(b, w1, a31);
+        }
+        _mm256_storeu_ps(y, a00);           _mm256_storeu_ps(y + 8, a01);
+        _mm256_storeu_ps(y + ldy, a10);     _mm256_storeu_ps(y + ldy + 8, a11);
+        _mm256_storeu_ps(y + 2 * ldy, a20); _mm256_storeu_ps(y + 2 * ldy + 8, a21);
+        _mm256_storeu_ps(y + 3 * ldy, a30); _mm256_storeu_ps(y + 3 * ldy + 8, a31);
+        return;
+    }
+    for (int r = 0; r < rows; r++) {
+        const float *xr = x + r * ldx;
+        float *yr = y + r * ldy;
+        __m256 c0, c1;
+        if (first) {
+            c0 = bias ? _mm256_loadu_ps(bias) : _mm256_setzero_ps();
+            c1 = bias ? _mm256_loadu_ps(bias + 8) : _mm256_setzero_ps();
+        } else {
+            c0 = _mm256_loadu_ps(yr);
+            c1 = _mm256_loadu_ps(yr + 8);
+        }
+        for (int k = k0; k < k1; k++) {
+            if (prefetch && r == 0)
+                _mm_prefetch((const char *)(p + PANEL * k + PREFETCH), _MM_HINT_T0);
+            __m256 b = _mm256_broadcast_ss(xr + k);
+            c0 = _mm256_fmadd_ps(b, _mm256_loadu_ps(p + PANEL * k), c0);
+            c1 = _mm256_fmadd_ps(b, _mm256_loadu_ps(p + PANEL * k + 8), c1);
+        }
+        _mm256_storeu_ps(yr, c0);
+        _mm256_storeu_ps(yr + 8, c1);
+    }
+}
+
+/* x: M x K (row-major, contiguous); packed: ceil(N/16) x K x 16; bias: ceil(N/16)*16 floats or
+ * NULL; y: M x N (row-major, contiguous). Returns 0, or -1 when M is out of range. */
+int tuneforge_small_gemm(int M, int N, int K, const float *x, const float *packed,
+                         const float *bias, float *y, int threads) {
+    if (M < 1 || M > MAX_ROWS) return -1;
+    int panels = (N + PANEL - 1) / PANEL;
+    #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
+    for (int p = 0; p < panels; p++) {
+        const float *panel = packed + (size_t)p * PANEL * K;
+        const float *panel_bias = bias ? bias + PANEL * p : NULL;
+        int columns = N - PANEL * p < PANEL ? N - PANEL * p : PANEL;
+        /* A last, partial panel is computed into a local buffer and copied out. */
+        float tail[MAX_ROWS * PANEL];
+        float *out = columns == PANEL ? y + PANEL * p : tail;
+        int ldy = columns == PANEL ? N : PANEL;
+        for (int k0 = 0; k0 < K; k0 += KC) {
+            int k1 = k0 + KC < K ? k0 + KC : K;
+            for (int m = 0; m < M; m += 4) {
+                int rows = M - m < 4 ? M - m : 4;
+                chunk(k0, k1, x + (size_t)m * K, K, panel, panel_bias, out + (size_t)m * ldy,
+                      ldy, rows, k0 == 0, m == 0);
+            }
+        }
+        if (columns < PANEL)
+            for (int m = 0; m < M; m++)
+                memcpy(y + (size_t)m * N + PANEL * p, tail + m * PANEL, columns * sizeof(float));
+    }
+    return 0;
+}
