@@ -7,10 +7,10 @@ masked rows that could poison the cache), then its KV cache is left-padded and j
 running batch between two decode steps; finished or cancelled rows leave between steps too.
 
 Two things make a batched step cheap on a CPU, both measured (BENCHMARKS.md, "Serving
-throughput"): the base model's linear layers run on oneDNN with weights packed once
-(`inference/prepack.py`: MKL's few-row GEMMs are slow on our AVX2 EPYC), and the KV cache grows
-in place in a buffer with room to spare (`_GrowingLayer`) instead of being copied whole by
-`torch.cat` at every step.
+throughput"): the base model's linear layers run with weights packed once for a few-row GEMM
+(`inference/prepack.py`: our AVX2 kernel, else oneDNN; MKL's few-row GEMMs are slow on our
+EPYC), and the KV cache grows in place in a buffer with room to spare (`_GrowingLayer`)
+instead of being copied whole by `torch.cat` at every step.
 
 LoRA: every base model is loaded once. Fine-tuned models are peft adapters on it, and one batch
 mixes them: peft's `adapter_names=[...]` runs each row through its own adapter ("__base__" for
