@@ -5,9 +5,10 @@ Why this exists (measured, `bench/small_gemm.py`, `bench/serve_throughput.py` an
 kernels for the few-row products of decoding are slow: 8 rows cost ~2× one row, where reading
 the weights (the real bound) costs the same for both. Two packed forms, best first:
 
-- our AVX2 kernel (`small_gemm.py`), weights in 16-column panels: from 1 to `MAX_ROWS` rows
-  it reads the weights at up to ~12 GB/s, 1.4-1.8× oneDNN; more rows (prefill of a long
-  prompt) go to MKL with the original weight, which is as fast there;
+- our AVX2 kernel (`small_gemm.py`), weights in 16-column panels: it reads the weights at up
+  to ~17 GB/s, 1.6-1.8× oneDNN from 1 to 8 rows and 1.1-1.2× at 16-32; up to `MAX_ROWS` rows
+  it is at least as fast as MKL, and more rows (prefill of a long prompt) go to MKL with the
+  original weight (there oneDNN would be ~20% faster, at the cost of a third copy);
 - where the kernel cannot be built: oneDNN's matmul on a weight reordered once into its blocked
   layout (`torch.ops.mkldnn._reorder_linear_weight`, the kernel torch.compile's CPU "freezing"
   uses), at every row count: 8 rows at ~1.2-1.5× one row, never slower than MKL.
@@ -65,10 +66,10 @@ class _PackedForward:
             self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, 8)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
-            # Neither packed op has a backward: anything that trains gets the plain layer.
-            return nn.functional.linear(x, self.weight, self.live_bias)
-        if x.dtype != torch.float32:
+        training = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
+        if training or x.dtype != torch.float32:
+            # Neither packed op has a backward (anything that trains gets the plain layer), and
+            # both take fp32 only.
             return nn.functional.linear(x, self.weight, self.live_bias)
         rows = x.reshape(-1, x.shape[-1])
         if not rows.is_contiguous():
@@ -111,7 +112,7 @@ def unpack_linears(model: nn.Module) -> None:
 
 
 def packed_kind(module: Any) -> str | None:
-    """ "small_gemm" or "oneDNN" for a packed layer, None for any other module."""
+    """Which packed form a layer uses: "small_gemm" or "oneDNN"; None when it is not packed."""
     forward = getattr(module, "__dict__", {}).get("forward")
     return forward.kind if isinstance(forward, _PackedForward) else None
 

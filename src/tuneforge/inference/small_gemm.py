@@ -2,10 +2,11 @@
 
 Why our own kernel (measured, `bench/small_gemm.py`, BENCHMARKS.md "Serving throughput"): a
 decode step of a batch of requests multiplies 1-32 rows by every weight, so it is bound by
-reading the weights. On our 2-core AMD EPYC (AVX2) MKL reads them at ~4 GB/s and oneDNN at ~7
-of the ~18 GB/s the memory gives; this kernel reads them at ~12 GB/s (8 rows), 1.4-1.8× oneDNN
-from 1 to 64 rows. From a few hundred rows on (prefill of long prompts) MKL is as fast, so
-callers keep `nn.Linear` for those (`MAX_ROWS`).
+reading the weights. On our 2-core AMD EPYC (AVX2), at 8 rows, MKL reads them at ~5 GB/s and
+oneDNN at ~8 of the ~20 GB/s the memory gives; this kernel reads them at ~13 GB/s (~17 at 1-4
+rows): 1.6-1.8× oneDNN from 1 to 8 rows, 1.1-1.2× at 16-32. At 64-128 rows it is still at least
+as fast as MKL (oneDNN is faster there); beyond `MAX_ROWS` (prefill of long prompts) callers use
+MKL (`nn.Linear`).
 
 Where it cannot be built — not x86-64 Linux, no AVX2/FMA, no C compiler, or
 `TUNEFORGE_NO_KERNEL=1` — `available()` is False and callers use oneDNN (`prepack.py`). The
