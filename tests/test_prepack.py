@@ -81,6 +81,13 @@ def test_the_kernel_matches_matmul_at_every_row_count_and_shape(threads):
         torch.set_num_threads(before)
     with pytest.raises(ValueError, match="1-256 contiguous fp32 rows"):
         small_gemm.linear(torch.randn(257, 16), small_gemm.pack(torch.randn(16, 16)), None, 16)
+    # Sizes the C code would trust are checked first: no read past a tensor's end.
+    with pytest.raises(ValueError, match="is not"):
+        small_gemm.linear(torch.randn(2, 32), small_gemm.pack(torch.randn(16, 16)), None, 16)
+    with pytest.raises(ValueError, match="bias padded"):
+        small_gemm.linear(
+            torch.randn(2, 16), small_gemm.pack(torch.randn(20, 16)), torch.ones(20), 20
+        )
 
 
 def test_without_the_kernel_packing_falls_back_to_onednn(monkeypatch, tmp_path):
@@ -93,6 +100,11 @@ def test_without_the_kernel_packing_falls_back_to_onednn(monkeypatch, tmp_path):
         layer = nn.Linear(32, 32)
         assert prepack_linears(layer) == 1 and packed_kind(layer) == "oneDNN"
         assert not any((tmp_path / "kernels").iterdir())  # no library, no temp file left
+        # A compiler that runs and fails (exit 1): the same.
+        monkeypatch.setenv("CC", "false --pretend-to-compile")
+        small_gemm._library.cache_clear()
+        assert not small_gemm.available()
+        assert not any((tmp_path / "kernels").iterdir())
         monkeypatch.delenv("CC")
         monkeypatch.setenv("TUNEFORGE_NO_KERNEL", "1")
         small_gemm._library.cache_clear()

@@ -21,6 +21,7 @@ import hashlib
 import logging
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -48,13 +49,13 @@ def _supported_cpu() -> bool:
     return capability in ("AVX2", "AVX512")  # both imply AVX2 + FMA
 
 
-def _compile(compiler: str, target: Path) -> None:
+def _compile(compiler: list[str], target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=target.name, suffix=".tmp", dir=target.parent)
     os.close(fd)
     try:
         subprocess.run(
-            [compiler, *FLAGS, str(SOURCE), "-o", tmp],
+            [*compiler, *FLAGS, str(SOURCE), "-o", tmp],
             check=True,
             capture_output=True,
             timeout=120,
@@ -69,22 +70,23 @@ def _compile(compiler: str, target: Path) -> None:
 def _library() -> ctypes.CDLL | None:
     if os.environ.get("TUNEFORGE_NO_KERNEL") == "1" or not _supported_cpu():
         return None
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
+    found = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if not found:
         log.info("no C compiler found: linear layers use oneDNN instead of our kernel")
         return None
-    key = hashlib.sha256(SOURCE.read_bytes() + " ".join([compiler, *FLAGS]).encode())
+    compiler = shlex.split(found)  # CC may carry flags ("gcc -m64")
+    key = hashlib.sha256(SOURCE.read_bytes() + " ".join([*compiler, *FLAGS]).encode())
     target = tuneforge_home() / "kernels" / f"small_gemm-{key.hexdigest()[:16]}.so"
     try:
         if not target.exists():
             _compile(compiler, target)
         # Loaded after torch: its OpenMP runtime (libgomp.so.1) is the one the kernel uses.
         library = ctypes.CDLL(str(target))
-    except (OSError, subprocess.SubprocessError) as exc:
+        function = library.tuneforge_small_gemm
+    except (OSError, AttributeError, ValueError, subprocess.SubprocessError) as exc:
         detail = getattr(exc, "stderr", b"") or b""
         log.info("could not build the small-GEMM kernel (%s %s): using oneDNN", exc, detail[:200])
         return None
-    function = library.tuneforge_small_gemm
     function.restype = ctypes.c_int
     function.argtypes = [ctypes.c_int] * 3 + [ctypes.c_void_p] * 4 + [ctypes.c_int]
     return library
@@ -122,8 +124,14 @@ def linear(
     rows, k = x.shape
     if not (1 <= rows <= 256 and x.dtype == torch.float32 and x.is_contiguous()):
         raise ValueError(f"small_gemm.linear needs 1-256 contiguous fp32 rows, got {x.shape}")
+    # The C code trusts these sizes: a mismatch would read past the end of a tensor.
+    panels = -(-out_features // PANEL)
+    if packed.shape != (panels, k, PANEL) or packed.dtype != torch.float32:
+        raise ValueError(f"packed weight {tuple(packed.shape)} is not ({panels}, {k}, {PANEL})")
+    if not packed.is_contiguous() or (bias is not None and bias.shape != (panels * PANEL,)):
+        raise ValueError("packed weight must be contiguous and bias padded (pad_bias)")
     y = x.new_empty(rows, out_features)
-    library.tuneforge_small_gemm(
+    status = library.tuneforge_small_gemm(
         rows,
         out_features,
         k,
@@ -133,4 +141,6 @@ def linear(
         y.data_ptr(),
         torch.get_num_threads(),
     )
+    if status != 0:
+        raise ValueError(f"small_gemm kernel refused {rows} rows")
     return y
