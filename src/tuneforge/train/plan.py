@@ -47,6 +47,13 @@ class Plan:
     context_length: int | None
     device: str
     use_bf16: bool
+    system_prompt: str | None = None  # the training data's usual system message, for chat
+
+    @property
+    def learning_rate(self) -> float:
+        """The peak learning rate the optimizer uses: `learning_rate` × `learning_rate_multiplier`
+        (OpenAI's knob scales whatever rate was chosen, `auto` or explicit)."""
+        return float(self.config.learning_rate) * self.config.learning_rate_multiplier
 
 
 def cuda_available() -> bool:
@@ -208,6 +215,13 @@ def make_plan(config: TrainConfig, run_dir: Path | None = None) -> Plan:
         total_steps = min(total_steps, config.max_steps)
     resolved = config.model_copy(
         update={
+            # Paths are resolved when the run is made, so `--resume` works from any folder.
+            **{
+                key: str(Path(value).resolve())
+                for key in ("train_file", "validation_file", "output_dir")
+                if (value := getattr(config, key)) is not None
+            },
+            "model": _local_model_path(config.model),
             "epochs": epochs,
             "batch_size": batch_size,
             "learning_rate": lr,
@@ -219,8 +233,9 @@ def make_plan(config: TrainConfig, run_dir: Path | None = None) -> Plan:
         }
     )
     return Plan(
+        system_prompt=_usual_system_prompt(examples["train_file"]),
         config=resolved,
-        run_dir=Path(run_dir or config.output_dir or default_run_dir(config)),
+        run_dir=Path(run_dir or config.output_dir or default_run_dir(config)).resolve(),
         train=train,
         validation=validation,
         steps_per_epoch=steps_per_epoch,
@@ -231,6 +246,31 @@ def make_plan(config: TrainConfig, run_dir: Path | None = None) -> Plan:
         device=device,
         use_bf16=use_bf16,
     )
+
+
+def _usual_system_prompt(examples: list) -> str | None:
+    """The system message most training examples start with: what the model learnt to answer
+    under, so `generate`/`chat` use it by default as `eval`/`compare` do (they read it from the
+    test data)."""
+    from collections import Counter
+
+    counts = Counter(
+        m.content
+        for e in examples
+        for m in e.conversation.messages[:1]
+        if m.role == "system" and isinstance(m.content, str)
+    )
+    return counts.most_common(1)[0][0] if counts else None
+
+
+def _local_model_path(model: str) -> str:
+    """A model given as a local folder is recorded as an absolute path; names stay names."""
+    from tuneforge.models import REGISTRY
+
+    path = Path(model).expanduser()
+    if model not in REGISTRY and path.exists():
+        return str(path.resolve())
+    return model
 
 
 def _cuda_bf16() -> bool:

@@ -256,7 +256,7 @@ class SFTRecipe:
         self.model = build_model(self.plan).to(self.device)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
-            self.params, lr=config.learning_rate, weight_decay=config.weight_decay
+            self.params, lr=self.plan.learning_rate, weight_decay=config.weight_decay
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda(config, self.plan.total_steps)
@@ -275,10 +275,12 @@ class SFTRecipe:
                 total_steps=self.plan.total_steps,
                 pid=os.getpid(),
                 world_size=self.world,
-                started_at=self.started,
                 error=None,
+                reason=None,  # why an earlier session stopped; this one is running
+                **({"resumed_at": self.started} if resume else {"started_at": self.started}),
                 n_train_examples=len(self.plan.train),
                 n_validation_examples=len(self.plan.validation),
+                system_prompt=self.plan.system_prompt,
                 trainable_parameters=sum(p.numel() for p in self.params),
             )
         if not resume:
