@@ -2,7 +2,8 @@
 all build a `TrainConfig`; `config.yaml` in the run directory is its resolved form.
 
 Unknown keys are errors, and every problem is reported at once, before any weights load
-(`check_config`), naming the field and the fix.
+(`build_config`, then `train.plan.make_plan` against the data and the model), naming the
+field and the fix.
 """
 
 from __future__ import annotations
@@ -156,7 +157,11 @@ def _format_pydantic(exc: ValidationError) -> list[str]:
             problems.append(
                 f"`{where}`: unknown key; see `tuneforge config show --defaults` for the fields"
             )
-        elif error["type"] == "missing":
+        elif error["type"] == "missing" or (
+            error.get("input") is None
+            and where in TrainConfig.model_fields
+            and TrainConfig.model_fields[where].is_required()
+        ):
             problems.append(f"`{where}`: required")
         else:
             got = error.get("input")
@@ -219,11 +224,14 @@ def load_config_file(path: str | Path, overrides: list[str] | None = None) -> Tr
 
 
 def defaults_yaml() -> str:
-    """Every field with its default and description, as a commented YAML file."""
-    lines = ["# tuneforge training config: every field, its default, and what it does."]
+    """Every field with its default and description, as a commented YAML file that
+    `load_config_file` reads back (required fields are null until you fill them in)."""
+    lines = [
+        "# tuneforge training config: every field, its default, and what it does.",
+        "# Save it, fill in train_file, then: tuneforge config validate FILE",
+    ]
     for name, field in TrainConfig.model_fields.items():
-        default = "<required>" if field.is_required() else field.default
-        lines.append(f"# {field.description}")
-        dumped = yaml.safe_dump({name: default}, default_flow_style=None, sort_keys=False).strip()
-        lines.append(dumped)
+        lines.append(f"# {field.description}" + (" (required)" if field.is_required() else ""))
+        default = None if field.is_required() else field.default
+        lines.append(yaml.safe_dump({name: default}, default_flow_style=False).strip())
     return "\n".join(lines) + "\n"
