@@ -214,15 +214,27 @@ def _too_many_digits_issue() -> Issue:
 
 
 def _parse_json_line(text: str, line_no: int) -> Record:
+    # Without its line break: a line cut short would otherwise fail at "line 2, column 1".
+    text = text.rstrip("\r\n")
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
+        reason = exc.msg.removesuffix(" at")  # "Invalid control character at"
+        if reason.startswith("Unterminated string"):
+            message = (
+                f"invalid JSON: the string that starts at column {exc.pos + 1} is not closed "
+                f"before the line ends at column {len(text)}; is the line cut short?"
+            )
+        elif exc.pos >= len(text):
+            message = (
+                f"invalid JSON: the line ends at column {len(text)} before its JSON does "
+                f"({reason}); is the line cut short?"
+            )
+        else:
+            message = f"invalid JSON at column {exc.pos + 1}: {reason}"
         return Record(
             line_no,
-            issue=Issue(
-                "invalid_json",
-                f"invalid JSON at column {exc.colno}: {exc.msg}; each line must be one JSON object",
-            ),
+            issue=Issue("invalid_json", f"{message}; each line must be one JSON object"),
         )
     except RecursionError:
         return Record(
@@ -397,8 +409,11 @@ def detect_format(path: str | Path, *, probe: int = 50) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def parse_mapping(spec: str | None) -> dict[str, list[str]] | None:
-    """`prompt=title+ingredients,completion=NER[,system=sys]` → {"user": [...], ...}."""
+def parse_mapping(spec: str | None, option: str = "--map") -> dict[str, list[str]] | None:
+    """`prompt=title+ingredients,completion=NER[,system=sys]` → {"user": [...], ...}.
+
+    `option` names the setting in error messages (`--map` on the CLI, `column_map` elsewhere).
+    """
     if not spec:
         return None
     aliases = {
@@ -413,23 +428,25 @@ def parse_mapping(spec: str | None) -> dict[str, list[str]] | None:
     for part in spec.split(","):
         if "=" not in part:
             raise UsageError(
-                f"--map: `{part}` is not KEY=COLUMN",
-                hint="write e.g. --map prompt=title+ingredients,completion=NER",
+                f"{option}: `{part}` is not KEY=COLUMN",
+                hint=f"write e.g. {option}{' ' if option.startswith('-') else '='}"
+                "prompt=title+ingredients,completion=NER",
             )
         key, cols = (s.strip() for s in part.split("=", 1))
         if key not in aliases:
             raise UsageError(
-                f"--map: unknown key `{key}`", hint="use prompt, completion and optionally system"
+                f"{option}: unknown key `{key}`",
+                hint="use prompt, completion and optionally system",
             )
         columns = [c.strip() for c in cols.split("+") if c.strip()]
         if not columns:
-            raise UsageError(f"--map: `{key}` names no column")
+            raise UsageError(f"{option}: `{key}` names no column")
         mapping[aliases[key]] = columns
     for needed in ("user", "assistant"):
         if needed not in mapping:
             want = "prompt" if needed == "user" else "completion"
             raise UsageError(
-                f"--map: missing `{want}=COLUMN`", hint="map both prompt and completion"
+                f"{option}: missing `{want}=COLUMN`", hint="map both prompt and completion"
             )
     return mapping
 
