@@ -54,20 +54,38 @@ def _extension(filename: str) -> str:
     return suffix
 
 
-def check_format(path: Path) -> None:
-    """Parse every line; raise APIError naming the first problems' lines and fields."""
-    from tuneforge.data.formats import iter_parsed
+def check_format(path: Path, filename: str, column_map: str | None = None) -> Path:
+    """Parse every line; raise APIError naming the first problems' lines and fields.
 
+    Returns the file to store: the upload itself, or — when a `column_map` is given — its rows
+    converted to OpenAI chat JSONL next to it, so jobs read every stored file the same way.
+    Messages name the client's `filename`, never the server's path.
+    """
+    from tuneforge.data.formats import is_csv, iter_parsed, parse_mapping
+
+    def for_client(exc: TuneforgeError) -> APIError:
+        text = f"{exc.message} (fix: {exc.hint})" if exc.hint else exc.message
+        return APIError(
+            400, text.replace(str(path), filename), param="file", code="invalid_file_format"
+        )
+
+    try:
+        mapping = parse_mapping(column_map, option="column_map")
+    except TuneforgeError as exc:
+        raise APIError(400, exc.message, param="column_map") from None
     problems = []
+    rows = []
     count = 0
     try:
-        for _, parsed in iter_parsed(path):
+        if mapping is None and is_csv(path):
+            _require_detectable_columns(path, filename)
+        for _, parsed in iter_parsed(path, mapping=mapping):
             count += 1
             problems.extend(parsed.errors)
+            if mapping is not None and parsed.conversation is not None:
+                rows.append(parsed.conversation.to_openai())
     except TuneforgeError as exc:
-        raise APIError(
-            400, f"{exc.message} ({exc.hint})" if exc.hint else exc.message, param="file"
-        ) from None
+        raise for_client(exc) from None
     if not count:
         raise APIError(
             400,
@@ -89,6 +107,32 @@ def check_format(path: Path) -> None:
             param="file",
             code="invalid_file_format",
         )
+    if mapping is None:
+        return path
+    from tuneforge.data.formats import write_jsonl
+
+    converted = path.with_name(path.name + ".converted.jsonl")
+    write_jsonl(converted, rows)
+    return converted
+
+
+def _require_detectable_columns(path: Path, filename: str) -> None:
+    """A CSV whose columns are not prompt/completion needs a `column_map` (the API's `--map`)."""
+    from tuneforge.data.formats import csv_header, detect_format
+
+    try:
+        detect_format(path)
+    except TuneforgeError:
+        columns = ", ".join(csv_header(path)) or "none"
+        raise APIError(
+            400,
+            f"Cannot tell which columns of {filename} are the prompt and the answer (columns: "
+            f"{columns}). Upload it again with the form field column_map (a tuneforge "
+            "extension), e.g. column_map=prompt=title+ingredients,completion=NER; the rows are "
+            "then stored as OpenAI chat JSONL",
+            param="column_map",
+            code="invalid_file_format",
+        ) from None
 
 
 async def _save_upload(upload: UploadFile, suffix: str, limit: int) -> Path:
@@ -120,6 +164,16 @@ async def upload_file(
     request: Request,
     file: Annotated[UploadFile, File(description="Fine-tuning data (.jsonl).")],
     purpose: Annotated[str, Form(description="Must be `fine-tune`.")],
+    column_map: Annotated[
+        str | None,
+        Form(
+            max_length=1000,
+            description="tuneforge extension, for .csv (or JSONL with custom keys): which "
+            "columns are the prompt and the answer, e.g. `prompt=title+ingredients,"
+            "completion=NER[,system=COL]` (`tuneforge data convert --map` syntax). The rows are "
+            "stored converted to OpenAI chat JSONL.",
+        ),
+    ] = None,
 ) -> dict:
     if purpose != PURPOSE:
         raise APIError(
@@ -130,13 +184,15 @@ async def upload_file(
         )
     filename = Path(file.filename or "upload.jsonl").name[:255] or "upload.jsonl"
     tmp = await _save_upload(file, _extension(filename), request.app.state.max_upload_bytes)
+    stored = tmp
     try:
-        await run_in_threadpool(check_format, tmp)
+        stored = await run_in_threadpool(check_format, tmp, filename, column_map)
         row = await run_in_threadpool(
-            _store(request).add_file, new_id("file"), tmp, filename=filename, purpose=purpose
+            _store(request).add_file, new_id("file"), stored, filename=filename, purpose=purpose
         )
     finally:
         tmp.unlink(missing_ok=True)  # renamed away on success
+        stored.unlink(missing_ok=True)
     return file_object(row)
 
 

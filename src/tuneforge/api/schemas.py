@@ -108,7 +108,7 @@ class JobCreate(Strict):
     training_config: dict[str, Any] | None = Field(
         None,
         description="tuneforge extension: more TrainConfig fields (e.g. lora_rank, max_steps, "
-        "checkpoint_every), checked like `tuneforge config check`.",
+        "checkpoint_every), checked like `tuneforge config validate`.",
     )
 
     @field_validator("metadata")
