@@ -371,7 +371,7 @@ def test_cli_compare_and_eval_errors_are_messages(run_cli, tiny_run, tmp_path):
     code, _, err = run_cli("eval", run, "--data", data / "test.jsonl", "--metric", "bad")
     assert code == 2 and "module:function" in err
     code, out, err = run_cli(
-        "eval", run, "--data", data / "test.jsonl", "--limit", "2", "--max-new-tokens", "4",
+        "eval", run, "--data", data / "test.jsonl", "--limit", "2", "--max-tokens", "4",
         "--json",
     )  # fmt: skip
     assert code == 0, err

@@ -461,10 +461,13 @@ def config_validate(
 
     plan = make_plan(load_config_file(file, overrides))
     c = plan.config
+    lr = f"lr {plan.learning_rate:g}"
+    if c.learning_rate_multiplier != 1:
+        lr += f" ({c.learning_rate:g} × learning_rate_multiplier {c.learning_rate_multiplier:g})"
     out.print(
         f"[green]ok[/]: {len(plan.train)} training / {len(plan.validation)} validation examples; "
         f"{c.method}, {c.epochs} epoch(s) × {plan.steps_per_epoch} steps, batch {c.batch_size}, "
-        f"lr {c.learning_rate:g}, max_seq_len {c.max_seq_len}, device {plan.device}"
+        f"{lr}, max_seq_len {c.max_seq_len}, device {plan.device}"
     )
 
 
@@ -661,7 +664,9 @@ def runs_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
 
 
 def _load_model_arg(model_or_run: str) -> Any:
-    """A run directory, a model, or a served `ft:` model id (a job's run, or one checkpoint)."""
+    """A run (its folder, or its name under $TUNEFORGE_HOME/runs), a model, or a served `ft:`
+    model id (a job's run, or one checkpoint)."""
+    from tuneforge import run_dir as rd
     from tuneforge.inference.load import load_for_inference
 
     if model_or_run.startswith("ft:"):
@@ -669,7 +674,23 @@ def _load_model_arg(model_or_run: str) -> Any:
 
         run_dir, weights = resolve_model_id(model_or_run)
         return load_for_inference(run_dir, weights=weights, packed=True)
-    return load_for_inference(model_or_run, packed=True)
+    run = rd.find_run(model_or_run)
+    return load_for_inference(run or model_or_run, packed=True)
+
+
+def _system_for(loaded: Any, system: str | None) -> str | None:
+    """--system as given; for a run without --system, the training data's system prompt (what
+    `eval` and `compare` measured the model with)."""
+    if system is not None or loaded.run_dir is None:
+        return system or None
+    from tuneforge import run_dir as rd
+
+    recorded = (rd.read_status(loaded.run_dir) or {}).get("system_prompt")
+    if recorded:
+        err.print(
+            Text(f"system prompt from the training data: {recorded[:100]!r} (--system '' drops it)")
+        )
+    return recorded
 
 
 def _messages(prompt: str, system: str | None) -> list[Any]:
@@ -678,61 +699,108 @@ def _messages(prompt: str, system: str | None) -> list[Any]:
     return ([Message("system", system)] if system else []) + [Message("user", prompt)]
 
 
+ModelOrRunArg = Annotated[
+    str,
+    typer.Argument(
+        help="A run (folder or name from `tuneforge runs list`), a model, or a served "
+        "`ft:` model id."
+    ),
+]
+ChatSystemOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--system", help="System message (default for a run: the training data's; '' for none)."
+    ),
+]
+MaxTokensOpt = Annotated[int, typer.Option("--max-tokens", min=1, help="Most tokens to answer.")]
+TemperatureOpt = Annotated[
+    float, typer.Option(min=0.0, help="0 answers greedily (reproducible); higher samples.")
+]
+
+
 @app.command("generate")
 def generate_cmd(
-    model_or_run: Annotated[
-        str, typer.Argument(help="A run directory, a model, or a served `ft:` model id.")
-    ],
+    model_or_run: ModelOrRunArg,
     prompt: Annotated[str, typer.Argument(help="The user message.")],
-    system: Annotated[str | None, typer.Option("--system", help="System message.")] = None,
-    max_tokens: Annotated[int, typer.Option("--max-tokens", min=1)] = 256,
-    temperature: Annotated[float, typer.Option(min=0.0)] = 0.0,
+    system: ChatSystemOpt = None,
+    max_tokens: MaxTokensOpt = 512,
+    temperature: TemperatureOpt = 0.0,
 ) -> None:
     """Answer one prompt with a fine-tuned run (or a base model), greedy by default."""
     from tuneforge.inference.generate import generate
 
     with err.status("loading …"):
         loaded = _load_model_arg(model_or_run)
-    text, _ = generate(
+    system = _system_for(loaded, system)
+    text, ids = generate(
         loaded, _messages(prompt, system), max_new_tokens=max_tokens, temperature=temperature
     )
     print(text)
+    if len(ids) >= max_tokens and ids[-1] != loaded.tokenizer.eos_token_id:
+        err.print(Text(f"(cut at --max-tokens {max_tokens})", style="yellow"))
+
+
+CHAT_HELP = """commands:
+  /reset   forget the conversation (keeps the system prompt)
+  /help    this list
+  an empty line or Ctrl-D ends the chat; Ctrl-C stops an answer"""
 
 
 @app.command("chat")
 def chat_cmd(
-    model_or_run: Annotated[
-        str, typer.Argument(help="A run directory, a model, or a served `ft:` model id.")
-    ],
-    system: Annotated[str | None, typer.Option("--system", help="System message.")] = None,
-    max_tokens: Annotated[int, typer.Option("--max-tokens", min=1)] = 512,
-    temperature: Annotated[float, typer.Option(min=0.0)] = 0.0,
+    model_or_run: ModelOrRunArg,
+    system: ChatSystemOpt = None,
+    max_tokens: MaxTokensOpt = 512,
+    temperature: TemperatureOpt = 0.0,
 ) -> None:
-    """Chat in the terminal, streamed. Empty line or Ctrl-D ends; /reset forgets the history."""
+    """Chat in the terminal, streamed. Empty line or Ctrl-D ends; Ctrl-C stops an answer;
+    /reset forgets the history; /help lists the commands."""
     from tuneforge.data.conversation import Message
     from tuneforge.inference.generate import stream
 
     with err.status("loading …"):
         loaded = _load_model_arg(model_or_run)
-    history: list[Any] = [Message("system", system)] if system else []
-    err.print(f"chatting with {loaded.name} (empty line to quit)")
+    system = _system_for(loaded, system)
+    start: list[Any] = [Message("system", system)] if system else []
+    history = list(start)
+    err.print(f"chatting with {loaded.name} (empty line to quit, /help for commands)")
     while True:
         try:
             line = input("you> ")
         except EOFError:
             break
-        if not line.strip():
+        command = line.strip()
+        if not command:
             break
-        if line.strip() == "/reset":
-            history = history[:1] if system else []
+        if command == "/reset":
+            history = list(start)
+            err.print("(conversation cleared)")
+            continue
+        if command == "/help":
+            err.print(CHAT_HELP)
+            continue
+        if command.startswith("/") and " " not in command:
+            err.print(f"unknown command {command}; /help lists them (a message can't start with /)")
             continue
         history.append(Message("user", line))
-        pieces = []
+        pieces: list[str] = []
+        finish: dict[str, Any] = {}
         print("assistant> ", end="", flush=True)
-        for piece in stream(loaded, history, max_new_tokens=max_tokens, temperature=temperature):
-            print(piece, end="", flush=True)
-            pieces.append(piece)
+        answer = stream(
+            loaded, history, max_new_tokens=max_tokens, temperature=temperature, finish=finish
+        )
+        try:
+            for piece in answer:
+                print(piece, end="", flush=True)
+                pieces.append(piece)
+        except KeyboardInterrupt:
+            answer.close()  # stops the generation thread and waits for it
+            finish["reason"] = "cancelled"
         print()
+        if finish.get("reason") == "cancelled":
+            err.print("(stopped)")
+        elif finish.get("reason") == "length":
+            err.print(Text(f"(cut at --max-tokens {max_tokens})", style="yellow"))
         history.append(Message("assistant", "".join(pieces)))
 
 
@@ -802,7 +870,9 @@ def eval_cmd(
     max_new_tokens: Annotated[
         int | None,
         typer.Option(
-            "--max-new-tokens", min=1, help="Default: the longest reference answer + 25%."
+            "--max-tokens",
+            min=1,
+            help="Most tokens per answer (default: the longest reference answer + 25%).",
         ),
     ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 8,
@@ -891,7 +961,10 @@ def compare_cmd(
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="First N test examples.")] = (
         None
     ),
-    max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens", min=1)] = None,
+    max_new_tokens: Annotated[
+        int | None,
+        typer.Option("--max-tokens", min=1, help="Most tokens per answer (default: as eval)."),
+    ] = None,
     latency_requests: Annotated[
         int, typer.Option("--latency-requests", min=0, help="Requests timed one at a time.")
     ] = 8,

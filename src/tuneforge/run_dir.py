@@ -133,3 +133,12 @@ def list_runs(root: Path | None = None) -> list[Path]:
         return []
     runs = [p for p in root.iterdir() if (p / "config.yaml").exists()]
     return sorted(runs, key=lambda p: p.stat().st_mtime)
+
+
+def find_run(name_or_path: str | Path) -> Path | None:
+    """A run by its folder (any path) or by its name under `$TUNEFORGE_HOME/runs`; None if
+    neither holds a run. The CLI and the server share this lookup."""
+    for candidate in (Path(name_or_path).expanduser(), runs_root() / str(name_or_path)):
+        if (candidate / "config.yaml").is_file():
+            return candidate
+    return None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from threading import Thread
+from threading import Event, Thread
 from typing import Any
 
 from tuneforge.data.conversation import Conversation, Message
@@ -101,23 +101,56 @@ def stream(
     temperature: float = 0.0,
     top_p: float = 1.0,
     should_stop: Callable[[], bool] | None = None,
+    finish: dict[str, Any] | None = None,
 ) -> Iterator[str]:
-    """Yield the answer in text pieces as they are generated (generation runs in a thread)."""
+    """Yield the answer in text pieces as they are generated (generation runs in a thread).
+
+    Closing the iterator early (or Ctrl-C while it waits) stops the generation thread and waits
+    for it: a process must not exit while that thread is inside torch, or the C++ runtime aborts
+    it ("terminate called without an active exception"). `finish`, when given, receives
+    `reason` ("stop", "length" or "cancelled") and `completion_tokens` once the answer ends.
+    """
     from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
     ids = prompt_ids(loaded, messages)
     streamer = TextIteratorStreamer(loaded.tokenizer, skip_prompt=True, skip_special_tokens=True)
+    cancelled = Event()
+    result: dict[str, Any] = {}
 
     class _Stop(StoppingCriteria):
         def __call__(self, *_: Any, **__: Any) -> bool:
-            return bool(should_stop and should_stop())
+            return cancelled.is_set() or bool(should_stop and should_stop())
 
-    thread = Thread(
-        target=_generate,
-        args=(loaded, ids, max_new_tokens, temperature, top_p),
-        kwargs={"streamer": streamer, "stopping_criteria": StoppingCriteriaList([_Stop()])},
-        daemon=True,
-    )
+    def run() -> None:
+        try:
+            result["out"] = _generate(
+                loaded,
+                ids,
+                max_new_tokens,
+                temperature,
+                top_p,
+                streamer=streamer,
+                stopping_criteria=StoppingCriteriaList([_Stop()]),
+            )
+        except BaseException:
+            streamer.end()  # never leave the reader waiting when generate raised
+            raise
+
+    thread = Thread(target=run, daemon=True)
     thread.start()
-    yield from streamer
-    thread.join()
+    try:
+        yield from streamer
+    finally:
+        if thread.is_alive():
+            cancelled.set()
+        thread.join()
+        if finish is not None:
+            new = result["out"][0, len(ids) :].tolist() if "out" in result else []
+            eos = loaded.tokenizer.eos_token_id
+            if cancelled.is_set():
+                reason = "cancelled"
+            elif len(new) >= max_new_tokens and (not new or new[-1] != eos):
+                reason = "length"
+            else:
+                reason = "stop"
+            finish.update(reason=reason, completion_tokens=len(new))

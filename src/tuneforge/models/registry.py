@@ -132,6 +132,18 @@ def _convert_gguf(entry: RegisteredModel, target: Path) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def looks_like_path(name: str) -> bool:
+    """A name that can only mean a local file or folder, never a hub id (`org/name`): it starts
+    with `.`, `/` or `~`, has a backslash or not exactly one `/`-separated pair, or its first
+    part is a folder here (`runs/my-run` next to a `runs/` folder)."""
+    if name.startswith((".", "/", "~")) or "\\" in name:
+        return True
+    parts = name.split("/")
+    if len(parts) != 2:
+        return len(parts) > 2
+    return not all(parts) or Path(parts[0]).is_dir()
+
+
 def resolve_model(model: str) -> Path | str:
     """A registry name, a local folder or a hub id → what `from_pretrained` takes.
 
@@ -156,7 +168,13 @@ def resolve_model(model: str) -> Path | str:
                 hint="name a folder written by save_pretrained, or one of: " + ", ".join(REGISTRY),
             )
         return path
-    if model.count("/") == 1 and not model.startswith((".", "/")):
+    if looks_like_path(model):
+        raise ModelError(
+            f"{model}: no such folder",
+            hint="check the path; `tuneforge runs list` shows the runs, and "
+            "`tuneforge models list` the models",
+        )
+    if model.count("/") == 1:
         return model  # a hub id: transformers fetches it when a network exists
     raise ModelError(
         f"unknown model `{model}`",
