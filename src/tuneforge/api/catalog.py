@@ -13,9 +13,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tuneforge.api.engine import Target, TextSide
 from tuneforge.api.errors import APIError, model_not_found
 from tuneforge.errors import TuneforgeError
+from tuneforge.inference.engine import Target, TextSide
 from tuneforge.jobs.store import ORGANIZATION, Store, parse_model_id, resolve_model_id
 from tuneforge.models import REGISTRY
 

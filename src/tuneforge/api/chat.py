@@ -20,7 +20,12 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response, StreamingResponse
 
-from tuneforge.api.engine import (
+from tuneforge.api.errors import APIError, error_body
+from tuneforge.api.schemas import ChatCompletion, ChatCompletionRequest
+from tuneforge.data.chat_template import TemplateError
+from tuneforge.data.conversation import Conversation, Message
+from tuneforge.errors import TuneforgeError
+from tuneforge.inference.engine import (
     Delta,
     Event,
     Failed,
@@ -30,11 +35,6 @@ from tuneforge.api.engine import (
     SamplingParams,
     TextSide,
 )
-from tuneforge.api.errors import APIError, error_body
-from tuneforge.api.schemas import ChatCompletion, ChatCompletionRequest
-from tuneforge.data.chat_template import TemplateError
-from tuneforge.data.conversation import Conversation, Message
-from tuneforge.errors import TuneforgeError
 
 router = APIRouter()
 

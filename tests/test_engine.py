@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tuneforge.api.engine import (
+from tuneforge.inference.engine import (
     Delta,
     Finished,
     InferenceEngine,
@@ -191,7 +191,7 @@ def test_a_prompt_that_starts_like_an_earlier_one_reuses_its_cache_and_answers_t
 
 
 def test_the_prefix_cache_keeps_to_its_token_budget(engine, text, tiny_model_dir, monkeypatch):
-    import tuneforge.api.engine as engine_module
+    import tuneforge.inference.engine as engine_module
 
     base = str(tiny_model_dir)
     first, second, third = (prompt(text, i) for i in (8, 9, 10))  # all different
