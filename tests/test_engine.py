@@ -17,19 +17,15 @@ from tuneforge.inference.engine import (
     InferenceEngine,
     SamplingParams,
     Target,
-    TextSide,
     _holdback,
     sample,
 )
+from tuneforge.models.text import TextSide, load_text_side
 
 
 @pytest.fixture(scope="module")
 def text(tiny_model_dir) -> TextSide:
-    from tuneforge.data.chat_template import ChatTemplate
-    from tuneforge.models import load_tokenizer
-
-    tokenizer = load_tokenizer(str(tiny_model_dir))
-    return TextSide(tokenizer, ChatTemplate.from_tokenizer(tokenizer), 2048, frozenset({2}))
+    return load_text_side(str(tiny_model_dir))
 
 
 @pytest.fixture(scope="module")

@@ -37,10 +37,10 @@ from typing import Any
 
 import torch
 
-from tuneforge.data.chat_template import ChatTemplate
 from tuneforge.inference import small_gemm
 from tuneforge.inference.kv_cache import BatchCache, full_attention_only, left_pad
 from tuneforge.inference.prepack import prepack_linears
+from tuneforge.models.text import TextSide
 
 log = logging.getLogger(__name__)
 
@@ -49,16 +49,6 @@ MAX_BATCH_SIZE = 32
 PREFIX_ENTRIES = 8  # prompts whose KV cache each base model keeps for reuse
 PREFIX_TOKENS = 8192  # and at most this many of their tokens in all (135M model: 46 KB a token)
 MIN_PREFIX = 8  # shorter shared prefixes are not worth a lookup
-
-
-@dataclass(frozen=True)
-class TextSide:
-    """What a request needs of a model before its weights: tokens in, text out, limits."""
-
-    tokenizer: Any
-    template: ChatTemplate
-    context_length: int
-    eos_ids: frozenset[int]
 
 
 @dataclass(frozen=True)
