@@ -38,7 +38,7 @@ def main() -> None:
     from tuneforge.data.conversation import Message
     from tuneforge.data.demo import generate_examples
     from tuneforge.inference import small_gemm
-    from tuneforge.inference.generate import generate_batch, prompt_ids
+    from tuneforge.inference.generate import generate_batch
     from tuneforge.inference.load import load_for_inference
     from tuneforge.inference.prepack import prepack_linears, unpack_linears
 
@@ -56,7 +56,7 @@ def main() -> None:
     loaded = load_for_inference(args.model)
     examples = generate_examples(args.single + args.batch, seed=1)
     prompts = [
-        prompt_ids(loaded, [Message(m["role"], m["content"]) for m in e["messages"][:-1]])
+        loaded.text.prompt_ids([Message(m["role"], m["content"]) for m in e["messages"][:-1]])
         for e in examples
     ]
     single, batch = prompts[: args.single], prompts[args.single :]

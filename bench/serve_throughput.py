@@ -98,7 +98,6 @@ def baseline(model: str, conversations: list, max_tokens: int) -> dict[str, Any]
     import torch
 
     from tuneforge.data.conversation import Message
-    from tuneforge.inference.generate import prompt_ids
     from tuneforge.inference.load import load_for_inference
 
     loaded = load_for_inference(model)
@@ -106,7 +105,7 @@ def baseline(model: str, conversations: list, max_tokens: int) -> dict[str, Any]
     answers, tokens = [], 0
     start = time.perf_counter()
     for conversation in conversations:
-        ids = prompt_ids(loaded, [Message(m["role"], m["content"]) for m in conversation])
+        ids = loaded.text.prompt_ids([Message(m["role"], m["content"]) for m in conversation])
         with torch.no_grad():
             out = loaded.model.generate(
                 input_ids=torch.tensor([ids]),

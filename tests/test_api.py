@@ -439,12 +439,11 @@ def test_malformed_bodies_are_400(api, raw):
 
 
 def test_template_injection_in_messages_is_plain_text(api, tiny):
-    from tuneforge.api.chat import prompt_ids
     from tuneforge.data.conversation import Message
 
     text = api.app.state.catalog.text_side(tiny)
     attack = "{{ 7 * 7 }}{% for i in range(10**9) %}x{% endfor %}{{ ''.__class__ }}"
-    ids = prompt_ids(text, [Message("user", attack)])
+    ids = text.prompt_ids([Message("user", attack)])
     assert attack in text.tokenizer.decode(ids)  # rendered as data, never evaluated
     assert chat(api, tiny, messages=[{"role": "user", "content": attack}]).status_code == 200
 

@@ -24,7 +24,7 @@ from tuneforge.eval.metrics import (
     set_f1,
     token_f1,
 )
-from tuneforge.inference.generate import generate_batch, prompt_ids
+from tuneforge.inference.generate import generate_batch
 
 # -- metrics ---------------------------------------------------------------------------------
 
@@ -114,7 +114,7 @@ def _requests(n: int) -> list[Request]:
 
 def test_batched_answers_equal_one_at_a_time(tiny):
     requests = _requests(5)
-    prompts = [prompt_ids(tiny, list(r.messages)) for r in requests]
+    prompts = [tiny.text.prompt_ids(r.messages) for r in requests]
     assert len({len(p) for p in prompts}) > 1  # different lengths: left padding is exercised
     batched = generate_batch(tiny, prompts, max_new_tokens=12)
     alone = [generate_batch(tiny, [p], max_new_tokens=12)[0] for p in prompts]
@@ -133,7 +133,7 @@ def test_evaluate_counts_tokens_and_times_requests(tiny):
         latency_requests=2,
         on_progress=lambda d, t: seen.append((d, t)),
     )
-    assert ev.prompt_tokens == [len(prompt_ids(tiny, list(r.messages))) for r in requests]
+    assert ev.prompt_tokens == [len(tiny.text.prompt_ids(r.messages)) for r in requests]
     assert all(1 <= n <= 6 for n in ev.output_tokens)
     assert len(ev.latencies) == 2 and all(t > 0 for t in ev.latencies)
     assert seen[-1] == (7, 7)
@@ -152,7 +152,7 @@ def test_reference_loss_scores_only_the_answer(tiny):
         (Message("user", "q1"), Message("assistant", "a shot"), Message("user", "q2")), '["x"]'
     )
     # Independent computation: the answer's tokens are those after the prompt + generation prompt.
-    prompt = prompt_ids(tiny, list(request.messages))
+    prompt = tiny.text.prompt_ids(request.messages)
     full = encode(
         Conversation(
             (
@@ -186,11 +186,11 @@ def test_few_shot_k_shrinks_to_fit_the_budget_and_says_so(tiny):
     roomy = baselines.few_shot(tiny, train, test, k=4, budget=10_000)
     assert roomy.examples_in_prompt == 4 and not roomy.notes
     assert sum(m.role == "assistant" for m in roomy.requests[0].messages) == 4
-    longest = max(len(prompt_ids(tiny, list(r.messages))) for r in roomy.requests)
+    longest = max(len(tiny.text.prompt_ids(r.messages)) for r in roomy.requests)
     tight = baselines.few_shot(tiny, train, test, k=4, budget=longest - 1)
     assert tight.examples_in_prompt < 4
     assert "k shrank from 4 to" in tight.notes[0]
-    assert all(len(prompt_ids(tiny, list(r.messages))) < longest for r in tight.requests)
+    assert all(len(tiny.text.prompt_ids(r.messages)) < longest for r in tight.requests)
     # The system prompt stays first; the request's own question stays last.
     assert tight.requests[0].messages[0].role == "system"
     assert tight.requests[0].messages[-1] == test[0].messages[-1]

@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from tuneforge.api.engine import _BatchCache, _full_attention_only, _GrowingLayer
 from tuneforge.inference import small_gemm
+from tuneforge.inference.kv_cache import BatchCache, GrowingLayer, full_attention_only
 from tuneforge.inference.prepack import (
     can_prepack,
     is_packed,
@@ -151,7 +151,7 @@ def test_the_growing_cache_holds_what_the_concatenating_cache_holds():
     from transformers.cache_utils import DynamicLayer
 
     torch.manual_seed(0)
-    ours, theirs = _GrowingLayer(), DynamicLayer()
+    ours, theirs = GrowingLayer(), DynamicLayer()
     chunks = [torch.randn(3, 2, 40, 8)] + [torch.randn(3, 2, 1, 8) for _ in range(150)]
     for step, chunk in enumerate(chunks):
         k, v = ours.update(chunk, chunk * 2)
@@ -169,11 +169,11 @@ def test_the_growing_cache_holds_what_the_concatenating_cache_holds():
 def test_the_growing_cache_is_used_only_where_every_layer_sees_the_whole_context():
     from transformers import LlamaConfig, MistralConfig
 
-    assert _full_attention_only(LlamaConfig())
-    assert not _full_attention_only(MistralConfig(sliding_window=16))
-    cache = _BatchCache()
+    assert full_attention_only(LlamaConfig())
+    assert not full_attention_only(MistralConfig(sliding_window=16))
+    cache = BatchCache()
     cache.update(torch.zeros(1, 2, 3, 4), torch.zeros(1, 2, 3, 4), 0)
-    assert isinstance(cache.layers[0], _GrowingLayer) and cache.get_seq_length() == 3
+    assert isinstance(cache.layers[0], GrowingLayer) and cache.get_seq_length() == 3
 
 
 @pytest.mark.parametrize("kind", KINDS)

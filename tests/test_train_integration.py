@@ -160,7 +160,7 @@ def test_merged_export_generates_the_same_tokens(demo_dir, tiny_model_dir, tmp_p
 
     from tuneforge.data.conversation import Message
     from tuneforge.inference.export import export_merged
-    from tuneforge.inference.generate import generate, prompt_ids
+    from tuneforge.inference.generate import generate
     from tuneforge.inference.load import load_for_inference
 
     run = tmp_path / "run"
@@ -175,7 +175,7 @@ def test_merged_export_generates_the_same_tokens(demo_dir, tiny_model_dir, tmp_p
     messages = [Message("user", 'Title: Pie\n\nIngredients: ["1 c. sugar"]')]
     adapter_text, adapter_tokens = generate(loaded, messages, max_new_tokens=24)
     plain = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32).eval()
-    ids = prompt_ids(loaded, messages)
+    ids = loaded.text.prompt_ids(messages)
     with torch.no_grad():
         out = plain.generate(
             input_ids=torch.tensor([ids]), max_new_tokens=24, do_sample=False, pad_token_id=2

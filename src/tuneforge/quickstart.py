@@ -89,11 +89,11 @@ def quickstart(
     on_train_start: Callable[[int], None] | None = None,
 ) -> Result:
     from tuneforge.config import build_config
-    from tuneforge.data.chat_template import ChatTemplate
     from tuneforge.data.demo import write_demo
     from tuneforge.data.validate import validate_file
     from tuneforge.eval.compare import CompareOptions, Comparison
-    from tuneforge.models import DEFAULT_MODEL, load_tokenizer
+    from tuneforge.models import DEFAULT_MODEL
+    from tuneforge.models.text import auto_max_seq_len, load_text_side
     from tuneforge.train.plan import make_plan
     from tuneforge.train.recipe import train
 
@@ -105,13 +105,13 @@ def quickstart(
     paths = write_demo(out_dir / "data", n=settings.n_examples)
 
     say("2/5 validating the training data against the model's tokenizer and chat template …")
-    tokenizer = load_tokenizer(DEFAULT_MODEL)
+    text = load_text_side(DEFAULT_MODEL)
     report = validate_file(
         paths["train"],
-        tokenizer,
-        ChatTemplate.from_tokenizer(tokenizer),
+        text.tokenizer,
+        text.template,
         model_name=DEFAULT_MODEL,
-        max_seq_len=2048,
+        max_seq_len=auto_max_seq_len(text.context_length),  # the training config's `auto`
     )
     if not report.ok:  # our own generator wrote it: this would be a bug, but say it plainly
         raise DataError(f"{paths['train']}: the demo data failed validation: {report.to_json()}")

@@ -18,9 +18,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tuneforge.api import chat, files, fine_tuning, models
 from tuneforge.api.catalog import Catalog
-from tuneforge.api.engine import InferenceEngine
 from tuneforge.api.errors import APIError, error_body, install_error_handlers
 from tuneforge.api.schemas import ErrorResponse
+from tuneforge.inference.engine import InferenceEngine
 from tuneforge.jobs.manager import JobManager
 from tuneforge.jobs.store import Store
 

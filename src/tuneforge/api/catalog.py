@@ -7,19 +7,17 @@ folders on the server's disk are not: a chat request cannot make the server load
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tuneforge.api.engine import Target, TextSide
 from tuneforge.api.errors import APIError, model_not_found
 from tuneforge.errors import TuneforgeError
+from tuneforge.inference.engine import Target
 from tuneforge.jobs.store import ORGANIZATION, Store, parse_model_id, resolve_model_id
 from tuneforge.models import REGISTRY
-
-DEFAULT_CONTEXT = 2048  # for a model whose config names no context length
+from tuneforge.models.text import TextSide, load_text_side
 
 
 @dataclass(frozen=True)
@@ -94,26 +92,5 @@ class Catalog:
         """Tokenizer, chat template and limits of a base model (loaded once; no weights)."""
         with self._lock:
             if base not in self._text:
-                self._text[base] = _load_text_side(base)
+                self._text[base] = load_text_side(base, require_fast=False)
             return self._text[base]
-
-
-def _load_text_side(base: str) -> TextSide:
-    from tuneforge.data.chat_template import ChatTemplate
-    from tuneforge.models import load_tokenizer, resolve_model
-    from tuneforge.models.registry import model_context_length
-
-    tokenizer = load_tokenizer(base)
-    eos = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-    source = resolve_model(base)
-    generation_config = Path(source) / "generation_config.json"
-    if isinstance(source, Path) and generation_config.is_file():
-        configured = json.loads(generation_config.read_text()).get("eos_token_id")
-        if configured is not None:
-            eos |= set(configured) if isinstance(configured, list) else {configured}
-    return TextSide(
-        tokenizer=tokenizer,
-        template=ChatTemplate.from_tokenizer(tokenizer),
-        context_length=model_context_length(base) or DEFAULT_CONTEXT,
-        eos_ids=frozenset(eos),
-    )

@@ -20,7 +20,12 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response, StreamingResponse
 
-from tuneforge.api.engine import (
+from tuneforge.api.errors import APIError, error_body
+from tuneforge.api.schemas import ChatCompletion, ChatCompletionRequest
+from tuneforge.data.chat_template import TemplateError
+from tuneforge.data.conversation import Message
+from tuneforge.errors import TuneforgeError
+from tuneforge.inference.engine import (
     Delta,
     Event,
     Failed,
@@ -28,13 +33,8 @@ from tuneforge.api.engine import (
     Generation,
     InferenceEngine,
     SamplingParams,
-    TextSide,
 )
-from tuneforge.api.errors import APIError, error_body
-from tuneforge.api.schemas import ChatCompletion, ChatCompletionRequest
-from tuneforge.data.chat_template import TemplateError
-from tuneforge.data.conversation import Conversation, Message
-from tuneforge.errors import TuneforgeError
+from tuneforge.models.text import TextSide
 
 router = APIRouter()
 
@@ -57,11 +57,10 @@ def to_messages(body: ChatCompletionRequest) -> list[Message]:
     return out
 
 
-def prompt_ids(text: TextSide, messages: list[Message]) -> list[int]:
+def _prompt_ids(text: TextSide, messages: list[Message]) -> list[int]:
+    """`TextSide.prompt_ids`; a template that cannot render the messages is a 400."""
     try:
-        rendered = text.template.render_conversation(
-            Conversation(tuple(messages)), add_generation_prompt=True
-        )
+        return text.prompt_ids(messages)
     except TemplateError as exc:
         raise APIError(
             400,
@@ -69,7 +68,6 @@ def prompt_ids(text: TextSide, messages: list[Message]) -> list[int]:
             param="messages",
             code="invalid_messages",
         ) from None
-    return text.tokenizer(rendered, add_special_tokens=False)["input_ids"]
 
 
 def completion_budget(body: ChatCompletionRequest, prompt_tokens: int, context: int) -> int:
@@ -140,7 +138,7 @@ async def chat_completions(request: Request, body: ChatCompletionRequest) -> Any
     engine: InferenceEngine = request.app.state.engine
     served = await run_in_threadpool(catalog.get, body.model)
     text = await run_in_threadpool(catalog.text_side, served.target.base)
-    prompt = await run_in_threadpool(prompt_ids, text, to_messages(body))
+    prompt = await run_in_threadpool(_prompt_ids, text, to_messages(body))
     params = SamplingParams(
         max_tokens=completion_budget(body, len(prompt), text.context_length),
         temperature=1.0 if body.temperature is None else body.temperature,

@@ -20,7 +20,6 @@ from typing import Any, Protocol
 
 from tuneforge.data.conversation import Message
 from tuneforge.eval.evaluate import Request
-from tuneforge.inference.generate import prompt_ids
 from tuneforge.inference.load import LoadedModel
 
 
@@ -50,7 +49,7 @@ def zero_shot(test: list[Request]) -> Built:
 
 
 def _fits(loaded: LoadedModel, request: Request, budget: int) -> bool:
-    return len(prompt_ids(loaded, list(request.messages))) <= budget
+    return len(loaded.text.prompt_ids(request.messages)) <= budget
 
 
 def few_shot(

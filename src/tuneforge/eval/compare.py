@@ -155,10 +155,7 @@ class Comparison:
         return self._base
 
     def _budget(self, loaded: Any) -> int:
-        from tuneforge.models.registry import context_length
-
-        context = context_length(loaded.model.config) or 2048
-        return context - self.max_new_tokens
+        return loaded.text.context_length - self.max_new_tokens
 
     def run_baselines(self) -> None:
         o = self.options

@@ -19,7 +19,7 @@ from tuneforge.data.conversation import Conversation, Message
 from tuneforge.data.formats import Example
 from tuneforge.errors import DataError
 from tuneforge.eval.metrics import Metric, score_all
-from tuneforge.inference.generate import generate_batch, prompt_ids
+from tuneforge.inference.generate import generate_batch
 from tuneforge.inference.load import LoadedModel
 
 Progress = Callable[[int, int], None]
@@ -145,7 +145,7 @@ def evaluate(
     on_progress: Progress | None = None,
 ) -> Evaluation:
     """Answer every request greedily, score the answers, and measure tokens and latency."""
-    prompts = [prompt_ids(loaded, list(r.messages)) for r in requests]
+    prompts = [loaded.text.prompt_ids(r.messages) for r in requests]
     answers_ids: list[list[int] | None] = [None] * len(requests)
     latencies: list[float] = []
     done = 0

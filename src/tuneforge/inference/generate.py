@@ -6,15 +6,13 @@ from collections.abc import Callable, Iterator
 from threading import Event, Thread
 from typing import Any
 
-from tuneforge.data.conversation import Conversation, Message
+from tuneforge.data.conversation import Message
 from tuneforge.inference.load import LoadedModel
 
 
-def prompt_ids(loaded: LoadedModel, messages: list[Message]) -> list[int]:
-    text = loaded.template.render_conversation(
-        Conversation(tuple(messages)), add_generation_prompt=True
-    )
-    return loaded.tokenizer(text, add_special_tokens=False)["input_ids"]
+def _eos(loaded: LoadedModel) -> list[int] | None:
+    """The ids `model.generate` stops on: the text side's (those the server's engine stops on)."""
+    return sorted(loaded.text.eos_ids) or None
 
 
 def _generate(
@@ -42,7 +40,7 @@ def _generate(
             attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=device),
             max_new_tokens=max_new_tokens,
             pad_token_id=pad,
-            eos_token_id=tokenizer.eos_token_id,
+            eos_token_id=_eos(loaded),
             **sampling,
             **extra,
         )
@@ -57,7 +55,7 @@ def generate(
     top_p: float = 1.0,
 ) -> tuple[str, list[int]]:
     """Return (answer text, answer token ids)."""
-    ids = prompt_ids(loaded, messages)
+    ids = loaded.text.prompt_ids(messages)
     out = _generate(loaded, ids, max_new_tokens, temperature, top_p)
     new = out[0, len(ids) :].tolist()
     return loaded.tokenizer.decode(new, skip_special_tokens=True), new
@@ -72,8 +70,8 @@ def generate_batch(
     import torch
 
     tokenizer = loaded.tokenizer
-    eos = tokenizer.eos_token_id
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    eos = loaded.text.eos_ids
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     width = max(len(p) for p in prompts)
     device = next(loaded.model.parameters()).device
     ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
@@ -85,11 +83,12 @@ def generate_batch(
             max_new_tokens=max_new_tokens,
             do_sample=False,
             pad_token_id=pad,
-            eos_token_id=eos,
+            eos_token_id=_eos(loaded),
         )
     answers = []
     for row in out[:, width:].tolist():
-        answers.append(row[: row.index(eos) + 1] if eos in row else row)
+        end = next((i for i, token in enumerate(row) if token in eos), None)
+        answers.append(row[: end + 1] if end is not None else row)
     return answers
 
 
@@ -112,7 +111,7 @@ def stream(
     """
     from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
-    ids = prompt_ids(loaded, messages)
+    ids = loaded.text.prompt_ids(messages)
     streamer = TextIteratorStreamer(loaded.tokenizer, skip_prompt=True, skip_special_tokens=True)
     cancelled = Event()
     result: dict[str, Any] = {}

@@ -8,16 +8,24 @@ from typing import Any
 
 from tuneforge.data.chat_template import ChatTemplate
 from tuneforge.errors import UsageError
+from tuneforge.models.text import TextSide, load_text_side
 
 
 @dataclass
 class LoadedModel:
     model: Any
-    tokenizer: Any
-    template: ChatTemplate
+    text: TextSide  # the base model's tokenizer, chat template, context and stop tokens
     name: str
     base_model: str
     run_dir: Path | None = None
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.text.tokenizer
+
+    @property
+    def template(self) -> ChatTemplate:
+        return self.text.template
 
 
 def is_run_dir(path: str | Path) -> bool:
@@ -63,7 +71,7 @@ def load_for_inference(
 def _load(model_or_run: str | Path, *, device: str, weights: Path | None) -> LoadedModel:
     import torch
 
-    from tuneforge.models import load_model, load_tokenizer
+    from tuneforge.models import load_model
 
     if is_run_dir(model_or_run):
         from tuneforge import run_dir as rd
@@ -72,7 +80,7 @@ def _load(model_or_run: str | Path, *, device: str, weights: Path | None) -> Loa
         config = rd.read_config(run_dir)
         base = config["model"]
         folder = weights or run_model_dir(run_dir)
-        tokenizer = load_tokenizer(base)
+        text = load_text_side(base, require_fast=False)
         if (folder / "adapter_config.json").exists():
             from peft import PeftModel
 
@@ -90,19 +98,16 @@ def _load(model_or_run: str | Path, *, device: str, weights: Path | None) -> Loa
         model.to(device).eval()
         return LoadedModel(
             model,
-            tokenizer,
-            ChatTemplate.from_tokenizer(tokenizer),
+            text,
             name=run_dir.name,
             base_model=base,
             run_dir=run_dir,
         )
     model = load_model(str(model_or_run), dtype=torch.float32)
     model.to(device).eval()
-    tokenizer = load_tokenizer(str(model_or_run))
     return LoadedModel(
         model,
-        tokenizer,
-        ChatTemplate.from_tokenizer(tokenizer),
+        load_text_side(str(model_or_run), require_fast=False),
         name=str(model_or_run),
         base_model=str(model_or_run),
     )

@@ -26,13 +26,13 @@ from typing import IO, Any
 from tuneforge.errors import TuneforgeError, UsageError
 from tuneforge.jobs import lifecycle
 from tuneforge.jobs.store import Store, jobs_dir
+from tuneforge.models.text import TextSide, auto_max_seq_len, load_text_side
 from tuneforge.paths import tuneforge_home
 
 log = logging.getLogger("tuneforge.jobs")
 
 TICK_SECONDS = 0.25
 SHUTDOWN_GRACE_SECONDS = 30.0
-DEFAULT_MAX_SEQ_LEN = 2048  # the plan's `auto` for max_seq_len, for validation before the plan
 
 
 def describe_exit(returncode: int) -> str:
@@ -47,7 +47,7 @@ class JobManager:
         self.max_concurrent_jobs = max_concurrent_jobs
         self.children: dict[str, subprocess.Popen] = {}
         self._signalled: set[tuple[str, int]] = set()
-        self._text_sides: dict[str, tuple[Any, Any, int | None]] = {}
+        self._text_sides: dict[str, TextSide] = {}
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -175,20 +175,9 @@ class JobManager:
         log.info("job %s: worker pid %d started", job_id, proc.pid)
 
     # -- validating_files --------------------------------------------------------------------
-    def _text_side(self, model: str) -> tuple[Any, Any, int | None]:
+    def _text_side(self, model: str) -> TextSide:
         if model not in self._text_sides:
-            from tuneforge.data.chat_template import ChatTemplate
-            from tuneforge.data.tokenize import require_fast_tokenizer
-            from tuneforge.models import load_tokenizer
-            from tuneforge.models.registry import model_context_length
-
-            tokenizer = load_tokenizer(model)
-            require_fast_tokenizer(tokenizer)
-            self._text_sides[model] = (
-                tokenizer,
-                ChatTemplate.from_tokenizer(tokenizer),
-                model_context_length(model),
-            )
+            self._text_sides[model] = load_text_side(model)
         return self._text_sides[model]
 
     def _validate(self, job: dict[str, Any]) -> None:
@@ -198,10 +187,10 @@ class JobManager:
         job_id = job["id"]
         self.store.add_event(job_id, f"Validating training file: {job['training_file']}")
         try:
-            tokenizer, template, context = self._text_side(job["model"])
+            text = self._text_side(job["model"])
             max_seq_len = job["training_config"].get("max_seq_len", "auto")
-            if max_seq_len == "auto":
-                max_seq_len = min(context or DEFAULT_MAX_SEQ_LEN, DEFAULT_MAX_SEQ_LEN)
+            if max_seq_len == "auto":  # the plan's `auto`, for validation before the plan
+                max_seq_len = auto_max_seq_len(text.context_length)
             for param in ("training_file", "validation_file"):
                 file_id = job[param]
                 if file_id is None:
@@ -211,8 +200,8 @@ class JobManager:
                     raise _file_error(param, f"the file {file_id} was deleted")
                 report = validate_file(
                     Path(row["path"]),
-                    tokenizer,
-                    template,
+                    text.tokenizer,
+                    text.template,
                     model_name=job["model"],
                     max_seq_len=max_seq_len,
                 )

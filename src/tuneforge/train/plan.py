@@ -15,11 +15,11 @@ from typing import Any
 from tuneforge.config import TrainConfig
 from tuneforge.data.chat_template import ChatTemplate, TemplateError
 from tuneforge.data.formats import detect_format, load_conversations, parse_mapping
-from tuneforge.data.tokenize import encode, require_fast_tokenizer
+from tuneforge.data.tokenize import encode
 from tuneforge.data.validate import suggested_epochs
 from tuneforge.errors import ConfigError, TuneforgeError
+from tuneforge.models.text import auto_max_seq_len, load_text_side
 
-DEFAULT_MAX_SEQ_LEN = 2048
 LORA_LEARNING_RATE = 2e-4  # the usual LoRA range is 1e-4..3e-4 (LoRA/QLoRA papers)
 FULL_LEARNING_RATE = 2e-5  # full fine-tuning moves every weight: 10x smaller
 
@@ -96,9 +96,6 @@ def _tokenize(
 
 def make_plan(config: TrainConfig, run_dir: Path | None = None) -> Plan:
     """Check everything that can be checked without weights; raise ConfigError listing all."""
-    from tuneforge.models import load_tokenizer
-    from tuneforge.models.registry import model_context_length
-
     problems: list[str] = []
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not (run_dir or config.output_dir):
         problems.append(
@@ -160,15 +157,13 @@ def make_plan(config: TrainConfig, run_dir: Path | None = None) -> Plan:
     tokenizer = template = None
     context = None
     try:
-        tokenizer = load_tokenizer(config.model)
-        require_fast_tokenizer(tokenizer)
-        template = ChatTemplate.from_tokenizer(tokenizer)
-        context = model_context_length(config.model)
+        text = load_text_side(config.model)
+        tokenizer, template, context = text.tokenizer, text.template, text.config_context
     except TuneforgeError as exc:
         problems.append(f"`model`: {exc.message}" + (f" ({exc.hint})" if exc.hint else ""))
     max_len = config.max_seq_len
     if max_len == "auto":
-        max_len = min(context or DEFAULT_MAX_SEQ_LEN, DEFAULT_MAX_SEQ_LEN)
+        max_len = auto_max_seq_len(context)
     elif context and max_len > context:
         problems.append(
             f"`max_seq_len`: {max_len} is over the model's context length ({context}); "

@@ -11,25 +11,21 @@ from pathlib import Path
 import pytest
 import torch
 
-from tuneforge.api.engine import (
+from tuneforge.inference.engine import (
     Delta,
     Finished,
     InferenceEngine,
     SamplingParams,
     Target,
-    TextSide,
     _holdback,
     sample,
 )
+from tuneforge.models.text import TextSide, load_text_side
 
 
 @pytest.fixture(scope="module")
 def text(tiny_model_dir) -> TextSide:
-    from tuneforge.data.chat_template import ChatTemplate
-    from tuneforge.models import load_tokenizer
-
-    tokenizer = load_tokenizer(str(tiny_model_dir))
-    return TextSide(tokenizer, ChatTemplate.from_tokenizer(tokenizer), 2048, frozenset({2}))
+    return load_text_side(str(tiny_model_dir))
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +187,7 @@ def test_a_prompt_that_starts_like_an_earlier_one_reuses_its_cache_and_answers_t
 
 
 def test_the_prefix_cache_keeps_to_its_token_budget(engine, text, tiny_model_dir, monkeypatch):
-    import tuneforge.api.engine as engine_module
+    import tuneforge.inference.engine as engine_module
 
     base = str(tiny_model_dir)
     first, second, third = (prompt(text, i) for i in (8, 9, 10))  # all different

@@ -9,7 +9,7 @@ running batch between two decode steps; finished or cancelled rows leave between
 Two things make a batched step cheap on a CPU, both measured (BENCHMARKS.md, "Serving
 throughput"): the base model's linear layers run with weights packed once for a few-row GEMM
 (`inference/prepack.py`: our AVX2 kernel, else oneDNN; MKL's few-row GEMMs are slow on our
-EPYC), and the KV cache grows in place in a buffer with room to spare (`_GrowingLayer`)
+EPYC), and the KV cache grows in place in a buffer with room to spare (`GrowingLayer`)
 instead of being copied whole by `torch.cat` at every step.
 
 LoRA: every base model is loaded once. Fine-tuned models are peft adapters on it, and one batch
@@ -36,29 +36,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
-from tuneforge.data.chat_template import ChatTemplate
 from tuneforge.inference import small_gemm
+from tuneforge.inference.kv_cache import BatchCache, full_attention_only, left_pad
 from tuneforge.inference.prepack import prepack_linears
+from tuneforge.models.text import TextSide
 
-log = logging.getLogger("tuneforge.api")
+log = logging.getLogger(__name__)
 
 BASE_ADAPTER = "__base__"  # peft's name for "no adapter" in a mixed batch
 MAX_BATCH_SIZE = 32
 PREFIX_ENTRIES = 8  # prompts whose KV cache each base model keeps for reuse
 PREFIX_TOKENS = 8192  # and at most this many of their tokens in all (135M model: 46 KB a token)
 MIN_PREFIX = 8  # shorter shared prefixes are not worth a lookup
-
-
-@dataclass(frozen=True)
-class TextSide:
-    """What a request needs of a model before its weights: tokens in, text out, limits."""
-
-    tokenizer: Any
-    template: ChatTemplate
-    context_length: int
-    eos_ids: frozenset[int]
 
 
 @dataclass(frozen=True)
@@ -169,7 +159,7 @@ class _Slot:
     """A base model in memory, its adapters, and the batch running on it."""
 
     model: Any
-    growing_cache: bool = False  # every layer full attention: use `_BatchCache`
+    growing_cache: bool = False  # every layer full attention: use `BatchCache`
     adapters: dict[str, str] = field(default_factory=dict)  # model id → peft adapter name
     unloaded: set[str] = field(default_factory=set)  # adapters to delete once no row uses them
     rows: list[_Row] = field(default_factory=list)
@@ -182,81 +172,6 @@ class _Slot:
         from peft import PeftModel
 
         return isinstance(self.model, PeftModel)
-
-
-class _GrowingLayer(DynamicLayer):
-    """A `DynamicLayer` whose `keys`/`values` are views of a buffer with room for more columns:
-    a decode step writes its column in place, where `DynamicLayer` copies the whole cache
-    (`torch.cat`, ~15-20% of a batch-8 step of the 135M model here). The engine may assign
-    `keys`/`values` directly (rows joining or leaving); the next update then starts a new buffer
-    from them."""
-
-    ROOM = 64  # columns of headroom per (re)allocation: one copy every 64 decode steps
-
-    _key_buffer: torch.Tensor | None = None
-    _value_buffer: torch.Tensor | None = None
-
-    def _owns(self, new_states: torch.Tensor, length: int) -> bool:
-        buffer = self._key_buffer
-        return (
-            buffer is not None
-            and self._value_buffer is not None
-            and self.keys.data_ptr() == buffer.data_ptr()
-            and self.values.data_ptr() == self._value_buffer.data_ptr()
-            and self.keys.shape[:2] == new_states.shape[:2] == buffer.shape[:2]
-            and length <= buffer.shape[2]
-        )
-
-    def update(
-        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-        old = self.keys.shape[2] if self.keys.numel() else 0
-        new = old + key_states.shape[2]
-        if not self._owns(key_states, new):
-            batch, heads, _, dim = key_states.shape
-            keys = key_states.new_empty(batch, heads, new + self.ROOM, dim)
-            values = value_states.new_empty(batch, heads, new + self.ROOM, value_states.shape[3])
-            if old:
-                keys[:, :, :old] = self.keys
-                values[:, :, :old] = self.values
-            self._key_buffer, self._value_buffer = keys, values
-        assert self._key_buffer is not None and self._value_buffer is not None
-        self._key_buffer[:, :, old:new] = key_states
-        self._value_buffer[:, :, old:new] = value_states
-        self.keys = self._key_buffer[:, :, :new]
-        self.values = self._value_buffer[:, :, :new]
-        return self.keys, self.values
-
-
-class _BatchCache(DynamicCache):
-    """A `DynamicCache` made of `_GrowingLayer`s (for models whose every layer attends to the
-    whole context; others keep transformers' own cache)."""
-
-    def __init__(self) -> None:
-        Cache.__init__(self, layer_class_to_replicate=_GrowingLayer)
-
-
-def _full_attention_only(config: Any) -> bool:
-    """True when transformers would give every layer a plain `DynamicLayer` (no sliding
-    windows, no linear attention): then `_GrowingLayer` is a drop-in replacement."""
-    try:
-        from transformers.cache_utils import DYNAMIC_LAYER_TYPE_MAPPING, get_layer_types_and_kwargs
-
-        layer_types, _ = get_layer_types_and_kwargs(config.get_text_config(decoder=True))
-        return all(DYNAMIC_LAYER_TYPE_MAPPING.get(t) is DynamicLayer for t in layer_types)
-    except Exception:  # an unknown architecture: keep transformers' cache
-        return False
-
-
-def _left_pad(t: torch.Tensor, length: int, dim: int) -> torch.Tensor:
-    missing = length - t.shape[dim]
-    if missing == 0:
-        return t
-    shape = list(t.shape)
-    shape[dim] = missing
-    return torch.cat([t.new_zeros(shape), t], dim=dim)
 
 
 def _holdback(text: str, stops: tuple[str, ...]) -> int:
@@ -288,7 +203,14 @@ def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Genera
 
 
 class InferenceEngine:
-    """The generation thread. `submit` from any thread; results arrive on its `Generation`."""
+    """The generation thread: continuous batching over every model the server answers for.
+
+    It owns the loaded base models, their peft adapters, each base model's running batch and KV
+    cache, and the prompt-prefix caches; only its own thread ("tuneforge-engine") touches them.
+    The server's lifespan (`api/app.py`) starts and stops it, and `api/chat.py` calls `submit`
+    (`api/models.py` calls `unload` for a deleted model) from any thread; results arrive on the
+    request's `Generation`.
+    """
 
     def __init__(self, max_batch_size: int = MAX_BATCH_SIZE, *, prepack: bool = True) -> None:
         self.max_batch_size = max_batch_size
@@ -394,7 +316,7 @@ class InferenceEngine:
                 packed = prepack_linears(model)
                 kind = "our AVX2 kernel" if small_gemm.available() else "oneDNN"
                 log.info("%s: %d linear layers packed for %s", base, packed, kind)
-            self._slots[base] = _Slot(model, growing_cache=_full_attention_only(model.config))
+            self._slots[base] = _Slot(model, growing_cache=full_attention_only(model.config))
         return self._slots[base]
 
     def _adapter(self, slot: _Slot, target: Target) -> str:
@@ -453,7 +375,7 @@ class InferenceEngine:
             inputs["adapter_names"] = [row.adapter for row in rows]
         return slot.model(use_cache=True, logits_to_keep=1, **inputs)
 
-    def _reusable_prefix(self, slot: _Slot, row: _Row) -> tuple[int, _BatchCache | None]:
+    def _reusable_prefix(self, slot: _Slot, row: _Row) -> tuple[int, BatchCache | None]:
         """The longest cached prefix of this prompt on this adapter, as a cache to continue
         from (at least the last prompt token is always computed: its logits are needed)."""
         if not slot.growing_cache:
@@ -464,7 +386,7 @@ class InferenceEngine:
                 common = min(entry.common_length(row.prompt), len(row.prompt) - 1)
                 if common > length:
                     best, length = entry, common
-        cache = _BatchCache()
+        cache = BatchCache()
         if best is None or length < MIN_PREFIX:
             return 0, cache
         slot.prefixes.remove(best)
@@ -507,13 +429,11 @@ class InferenceEngine:
         else:
             width = max(slot.mask.shape[1], mask.shape[1])
             for mine, new in zip(slot.cache.layers, out.cache.layers, strict=True):
-                mine.keys = torch.cat(
-                    [_left_pad(mine.keys, width, 2), _left_pad(new.keys, width, 2)]
-                )
+                mine.keys = torch.cat([left_pad(mine.keys, width, 2), left_pad(new.keys, width, 2)])
                 mine.values = torch.cat(
-                    [_left_pad(mine.values, width, 2), _left_pad(new.values, width, 2)]
+                    [left_pad(mine.values, width, 2), left_pad(new.values, width, 2)]
                 )
-            slot.mask = torch.cat([_left_pad(slot.mask, width, 1), _left_pad(mask, width, 1)])
+            slot.mask = torch.cat([left_pad(slot.mask, width, 1), left_pad(mask, width, 1)])
         slot.rows.append(row)
 
     # -- one decode step for a whole batch ---------------------------------------------------

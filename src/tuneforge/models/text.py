@@ -1,0 +1,83 @@
+"""A model's text side: its tokenizer, chat template, context length and stop tokens, no weights.
+
+Training (the plan), job validation, the quickstart, `tuneforge generate/chat/eval/compare` and
+the server all load it with `load_text_side`, so they render, tokenize, truncate and stop alike.
+The stop tokens are the tokenizer's eos token plus every `eos_token_id` of the model folder's
+`generation_config.json` (some models end a turn with a token the tokenizer does not call its
+eos): a path that stopped on the tokenizer's alone could run on past the answer.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tuneforge.data.chat_template import ChatTemplate
+from tuneforge.data.conversation import Conversation, Message
+
+DEFAULT_CONTEXT = 2048  # for a model whose config names no context length; also `auto`'s cap
+
+
+def auto_max_seq_len(context: int | None) -> int:
+    """`max_seq_len=auto` (TrainConfig: "min(context, 2048)"): the model's context length, at
+    most DEFAULT_CONTEXT; DEFAULT_CONTEXT when the model names none."""
+    return min(context or DEFAULT_CONTEXT, DEFAULT_CONTEXT)
+
+
+@dataclass(frozen=True)
+class TextSide:
+    """What a request needs of a model before its weights: tokens in, text out, limits."""
+
+    tokenizer: Any
+    template: ChatTemplate
+    context_length: int  # the model's, or DEFAULT_CONTEXT when its config names none
+    eos_ids: frozenset[int]  # generation stops on any of these (not part of the answer)
+    # The context length the model's config names, None when it names none: the plan checks an
+    # explicit max_seq_len only against a real limit, never against DEFAULT_CONTEXT.
+    config_context: int | None = None
+
+    def prompt_ids(self, messages: Sequence[Message]) -> list[int]:
+        """Token ids of a chat to answer: the messages rendered with the model's template (the
+        path training uses) and the assistant's generation prompt. Raises TemplateError."""
+        rendered = self.template.render_conversation(
+            Conversation(tuple(messages)), add_generation_prompt=True
+        )
+        return self.tokenizer(rendered, add_special_tokens=False)["input_ids"]
+
+
+def load_text_side(model: str, *, require_fast: bool = True) -> TextSide:
+    """The text side of a registry name, model folder or hub id (a registry model is converted
+    into the cache on first use; no weights are loaded).
+
+    `require_fast`: raise ModelError for a tokenizer with no fast (Rust) version, which
+    training and data validation need to map trained text to tokens; generation does not.
+    """
+    from tuneforge.data.tokenize import require_fast_tokenizer
+    from tuneforge.models.registry import load_tokenizer, model_context_length, resolve_model
+
+    tokenizer = load_tokenizer(model)
+    if require_fast:
+        require_fast_tokenizer(tokenizer)
+    template = ChatTemplate.from_tokenizer(tokenizer)
+    context = model_context_length(model)
+    return TextSide(
+        tokenizer=tokenizer,
+        template=template,
+        context_length=context or DEFAULT_CONTEXT,
+        eos_ids=_eos_ids(tokenizer, resolve_model(model)),
+        config_context=context,
+    )
+
+
+def _eos_ids(tokenizer: Any, source: Path | str) -> frozenset[int]:
+    """The tokenizer's eos id and those of the model folder's generation_config.json."""
+    eos = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    generation_config = Path(source) / "generation_config.json"
+    if isinstance(source, Path) and generation_config.is_file():
+        configured = json.loads(generation_config.read_text()).get("eos_token_id")
+        if configured is not None:
+            eos |= set(configured) if isinstance(configured, list) else {configured}
+    return frozenset(eos)
