@@ -20,12 +20,15 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from tuneforge.atomic import atomic_write_text
 from tuneforge.errors import UsageError
+
+if TYPE_CHECKING:
+    from tuneforge.config import TrainConfig
 
 COMPLETE = "COMPLETE"
 STATUSES = ("running", "succeeded", "failed", "cancelled", "interrupted")
@@ -43,6 +46,13 @@ def read_config(run_dir: Path) -> dict[str, Any]:
             hint="name a folder that `tuneforge train` wrote",
         )
     return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+def load_config(run_dir: Path) -> TrainConfig:
+    """config.yaml back as the `TrainConfig` it was written from (to resume the run)."""
+    from tuneforge.config import build_config
+
+    return build_config(read_config(run_dir))
 
 
 def write_status(run_dir: Path, **fields: Any) -> dict[str, Any]:
@@ -128,17 +138,50 @@ def runs_root() -> Path:
 
 
 def list_runs(root: Path | None = None) -> list[Path]:
-    root = root or runs_root()
-    if not root.exists():
-        return []
-    runs = [p for p in root.iterdir() if (p / "config.yaml").exists()]
+    """Runs under `root` (default: those of `tuneforge train` in `$TUNEFORGE_HOME/runs` and
+    those of fine-tuning jobs in `$TUNEFORGE_HOME/jobs/<job id>/run`), oldest first."""
+    from tuneforge.paths import tuneforge_home
+
+    if root is not None:
+        found = list(root.iterdir()) if root.exists() else []
+    else:
+        found = list(runs_root().glob("*")) + list((tuneforge_home() / "jobs").glob("*/run"))
+    runs = [p for p in found if (p / "config.yaml").exists()]
     return sorted(runs, key=lambda p: p.stat().st_mtime)
+
+
+def run_name(run_dir: Path) -> str:
+    """How a person names a run: its folder's name, or its job's id for a job's run."""
+    run_dir = Path(run_dir)
+    return run_dir.parent.name if run_dir.name == "run" else run_dir.name
+
+
+def summary(run_dir: Path) -> dict[str, Any]:
+    """One run at a glance (what `tuneforge runs list` shows)."""
+    status = read_status(run_dir) or {}
+    config = read_config(run_dir)
+    return {
+        "run": run_name(run_dir),
+        "path": str(run_dir),
+        "status": status.get("status", "?"),
+        "step": status.get("step"),
+        "total_steps": status.get("total_steps"),
+        "model": config.get("model"),
+        "method": config.get("method"),
+        "final_metrics": status.get("final_metrics") or {},
+    }
 
 
 def find_run(name_or_path: str | Path) -> Path | None:
     """A run by its folder (any path) or by its name under `$TUNEFORGE_HOME/runs`; None if
     neither holds a run. The CLI and the server share this lookup."""
-    for candidate in (Path(name_or_path).expanduser(), runs_root() / str(name_or_path)):
+    from tuneforge.paths import tuneforge_home
+
+    name = str(name_or_path)
+    candidates = [Path(name).expanduser()]
+    if "/" not in name and name not in ("", ".", ".."):
+        candidates += [runs_root() / name, tuneforge_home() / "jobs" / name / "run"]
+    for candidate in candidates:
         if (candidate / "config.yaml").is_file():
             return candidate
     return None

@@ -35,6 +35,8 @@ class Encoded:
     # Token count before truncation, so callers can report what was cut.
     full_length: int
     full_trained: int
+    # Character span [start, end) of each kept token in `text`.
+    offsets: tuple[tuple[int, int], ...] = ()
 
     @property
     def n_tokens(self) -> int:
@@ -105,7 +107,22 @@ def encode(
     full_trained = sum(1 for label in labels if label != IGNORE_INDEX)
     if max_seq_len is not None and full_length > max_seq_len:
         input_ids, labels = input_ids[:max_seq_len], labels[:max_seq_len]
-    return Encoded(input_ids, labels, text, tuple(spans), full_length, full_trained)
+    kept = tuple(map(tuple, offsets[: len(input_ids)]))
+    return Encoded(input_ids, labels, text, tuple(spans), full_length, full_trained, kept)
+
+
+def trained_runs(enc: Encoded) -> list[tuple[str, bool]]:
+    """The kept text as consecutive (piece, trained) runs, token by token: what a preview marks
+    (`tuneforge data preview`, and the Studio's trained-token view)."""
+    runs: list[tuple[str, bool]] = []
+    for (start, end), label in zip(enc.offsets, enc.labels, strict=True):
+        trained = label != IGNORE_INDEX
+        piece = enc.text[start:end]
+        if runs and runs[-1][1] == trained:
+            runs[-1] = (runs[-1][0] + piece, trained)
+        else:
+            runs.append((piece, trained))
+    return runs
 
 
 def require_fast_tokenizer(tokenizer: Any) -> None:

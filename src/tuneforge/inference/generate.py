@@ -145,10 +145,9 @@ def stream(
         thread.join()
         if finish is not None:
             new = result["out"][0, len(ids) :].tolist() if "out" in result else []
-            eos = loaded.tokenizer.eos_token_id
             if cancelled.is_set():
                 reason = "cancelled"
-            elif len(new) >= max_new_tokens and (not new or new[-1] != eos):
+            elif len(new) >= max_new_tokens and (not new or new[-1] not in loaded.text.eos_ids):
                 reason = "length"
             else:
                 reason = "stop"
