@@ -11,6 +11,16 @@ from pathlib import Path
 from typing import TextIO
 
 
+def _file_mode() -> int:
+    """What a plain `open(path, "w")` would create: 0666 less the umask (mkstemp makes 0600)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+FILE_MODE = _file_mode()  # read once, at import: changing the umask is process-wide
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | Path) -> Iterator[TextIO]:
     """A UTF-8 text file that appears at `path` only once the `with` block completes."""
@@ -18,6 +28,7 @@ def atomic_open(path: str | Path) -> Iterator[TextIO]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
             yield f
             f.flush()
