@@ -368,10 +368,10 @@ def test_cli_compare_and_eval_errors_are_messages(run_cli, tiny_run, tmp_path):
     data, run = tiny_run
     code, _, err = run_cli("compare", "--train", data / "train.jsonl", "--test", tmp_path / "nope")
     assert code == 2 and "no such test file" in err and "Traceback" not in err
-    code, _, err = run_cli("eval", run, "--data", data / "test.jsonl", "--metric", "bad")
+    code, _, err = run_cli("eval", run, "--test", data / "test.jsonl", "--metric", "bad")
     assert code == 2 and "module:function" in err
     code, out, err = run_cli(
-        "eval", run, "--data", data / "test.jsonl", "--limit", "2", "--max-tokens", "4",
+        "eval", run, "--test", data / "test.jsonl", "--limit", "2", "--max-tokens", "4",
         "--json",
     )  # fmt: skip
     assert code == 0, err

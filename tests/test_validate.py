@@ -224,8 +224,13 @@ def test_human_report_and_time_estimate(tmp_path, run_cli, tiny_model_dir):
     assert code == 0, err
     assert "No errors found" in out
     assert "suggested epochs: 8" in out
+    assert "estimated training time here" not in out and "--estimate" in out  # opt-in
+    code, out, err = run_cli("data", "validate", path, "--model", tiny_model_dir, "--estimate")
+    assert code == 0, err
     assert "estimated training time here" in out
-    code, out, _ = run_cli("data", "validate", path, "--model", tiny_model_dir, "--json")
+    code, out, _ = run_cli(
+        "data", "validate", path, "--model", tiny_model_dir, "--json", "--estimate"
+    )
     estimate = json.loads(out)["training_time_estimate"]
     assert estimate["tokens_per_second"] > 0 and estimate["epochs"] == 8
     # Reported values are rounded (seconds to 0.1, tokens/s to 0.1).

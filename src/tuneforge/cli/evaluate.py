@@ -1,0 +1,275 @@
+"""`tuneforge eval`, `tuneforge compare`, `tuneforge quickstart`: is fine-tuning worth it?"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+from tuneforge.cli._common import (
+    FormatOpt,
+    ModelOrRunArg,
+    duration,
+    err,
+    load_model_arg,
+    note,
+    out,
+    progress,
+    working,
+)
+from tuneforge.errors import UsageError
+
+MetricOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--metric",
+        help="An extra metric `module:function(answer, reference) -> float`; repeatable.",
+    ),
+]
+
+
+class _ApproachProgress:
+    """One progress bar per approach on a terminal; a line per finished approach otherwise."""
+
+    def __init__(self) -> None:
+        self.progress = progress("{task.description}")
+        self.tasks: dict[str, Any] = {}
+
+    def __call__(self, name: str, done: int, total: int) -> None:
+        if name not in self.tasks:
+            self.tasks[name] = self.progress.add_task(name, total=total)
+        self.progress.update(self.tasks[name], completed=done)
+        if done == total and not err.is_terminal:
+            note(f"{name}: {done}/{total} done")
+
+    def __enter__(self) -> _ApproachProgress:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.progress.__exit__(*exc)
+
+
+def eval_cmd(
+    model_or_run: ModelOrRunArg,
+    data: Annotated[Path, typer.Option("--test", help="Held-out test examples.")],
+    metric: MetricOpt = None,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="First N examples.")] = None,
+    max_new_tokens: Annotated[
+        int | None,
+        typer.Option(
+            "--max-tokens",
+            min=1,
+            help="Most tokens per answer (default: the longest reference answer + 25%).",
+        ),
+    ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 8,
+    loss: Annotated[bool, typer.Option(help="Also the loss of the reference answers.")] = True,
+    fmt: FormatOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Score a model's answers on test data. Greedy answers scored by set-F1, exact match,
+    token F1, JSON validity and the loss of the reference answers, with tokens and latency."""
+    from tuneforge.data.formats import load_conversations
+    from tuneforge.eval.evaluate import answer_room, evaluate, to_request
+    from tuneforge.eval.metrics import BUILTIN, load_user_metric
+
+    if not data.is_file():
+        raise UsageError(f"{data}: no such file", hint="check the path")
+    metrics = dict(BUILTIN)
+    for spec in metric or []:
+        name, fn = load_user_metric(spec)
+        metrics[name] = fn
+    requests = [to_request(e, str(data)) for e in load_conversations(data, fmt)][:limit]
+    with working(f"loading {model_or_run} …"):
+        loaded = load_model_arg(model_or_run)
+    if max_new_tokens is None:
+        max_new_tokens = answer_room(loaded.tokenizer, [r.reference for r in requests])
+    with _ApproachProgress() as bars:
+        evaluation = evaluate(
+            loaded,
+            requests,
+            metrics,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            with_loss=loss,
+            on_progress=lambda d, t: bars("answering", d, t),
+        )
+    result = {"model": model_or_run, "data": str(data), "n": len(requests)}
+    result |= evaluation.summary()
+    result["notes"] = evaluation.notes
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    for remark in evaluation.notes:
+        note(f"note: {remark}", style="yellow")
+    table = Table(title=f"{escape(model_or_run)} on {escape(str(data))} ({len(requests)} examples)")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for name, value in result["metrics"].items():
+        table.add_row(name, f"{value:.4f}")
+    table.add_row("prompt tokens / request", f"{result['prompt_tokens_per_request']:.1f}")
+    table.add_row("output tokens / request", f"{result['output_tokens_per_request']:.1f}")
+    for q in ("p50", "p95"):
+        value = result[f"latency_{q}_s"]
+        table.add_row(f"latency {q} (s, one request at a time)", f"{value:.2f}" if value else "-")
+    out.print(table)
+
+
+def _print_summary(summary: dict[str, Any], md: Path, html: Path) -> None:
+    verdict = {
+        "fine_tune": "fine-tune",
+        "prompt_engineering": "stay with prompt engineering",
+        "undecided": "undecided",
+    }[summary["recommendation"]]
+    out.print(Text(f"recommendation: {verdict}", style="bold"))
+    for reason in summary["reasons"]:
+        out.print(Text(f"  - {reason}"))
+    out.print(f"report: {escape(str(html))} (and {escape(md.name)})")
+
+
+def compare_cmd(
+    train_file: Annotated[Path, typer.Option("--train", help="Training examples (the shots).")],
+    test_file: Annotated[Path, typer.Option("--test", help="Held-out test examples.")],
+    model: Annotated[
+        str | None,
+        typer.Option("--model", "-m", help="Base model (default: the runs' base, or the default)."),
+    ] = None,
+    runs: Annotated[
+        list[Path] | None, typer.Option("--run", help="A fine-tuned run directory; repeatable.")
+    ] = None,
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for the results.")] = Path(
+        "tuneforge-compare"
+    ),
+    k: Annotated[int, typer.Option("--k", min=1, help="Examples in few-shot/RAG prompts.")] = 4,
+    retriever: Annotated[
+        str, typer.Option(help="auto (embeddings if installed), embeddings, or bm25.")
+    ] = "auto",
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="First N test examples.")] = (
+        None
+    ),
+    max_new_tokens: Annotated[
+        int | None,
+        typer.Option("--max-tokens", min=1, help="Most tokens per answer (default: as eval)."),
+    ] = None,
+    latency_requests: Annotated[
+        int, typer.Option("--latency-requests", min=0, help="Requests timed one at a time.")
+    ] = 8,
+    loss: Annotated[bool, typer.Option(help="Also the loss of the reference answers.")] = True,
+    metric: MetricOpt = None,
+    primary_metric: Annotated[str | None, typer.Option("--primary-metric")] = None,
+    baselines: Annotated[bool, typer.Option(help="Measure zero-shot, few-shot and RAG.")] = True,
+    title: Annotated[
+        str | None, typer.Option("--title", help="The use case, as the report names it.")
+    ] = None,
+    fmt: FormatOpt = None,
+) -> None:
+    """Is fine-tuning worth it? Measure it against prompting.
+
+    Zero-shot, few-shot, retrieval (RAG) and each fine-tuned run on the same held-out data:
+    quality, prompt tokens, latency, training cost, and a recommendation. Writes compare.json,
+    report.md and report.html."""
+    if retriever not in ("auto", "embeddings", "bm25"):
+        raise UsageError(f"--retriever {retriever!r}", hint="use auto, embeddings or bm25")
+    from tuneforge.eval.compare import CompareOptions, Comparison
+
+    options = CompareOptions(
+        train_file=train_file,
+        test_file=test_file,
+        out_dir=out_dir,
+        model=model,
+        runs=list(runs or []),
+        k=k,
+        retriever=retriever,
+        limit=limit,
+        max_new_tokens=max_new_tokens,
+        latency_requests=latency_requests,
+        with_loss=loss,
+        user_metrics=list(metric or []),
+        primary_metric=primary_metric,
+        data_format=fmt,
+        title=title,
+    )
+    if not baselines and not options.runs:
+        raise UsageError("--no-baselines leaves nothing to compare", hint="add --run RUN_DIR")
+    with _ApproachProgress() as bars:
+        comparison = Comparison(options, on_event=lambda m: err.print(Text(m)), on_progress=bars)
+        if baselines:
+            comparison.run_baselines()
+        for run in options.runs:
+            comparison.run_fine_tuned(run)
+    path, md, html = comparison.finish()
+    out.print(f"wrote {escape(str(path))}")
+    _print_summary(comparison.to_json()["summary"], md, html)
+    failed = [a["name"] for a in comparison.approaches if a["status"] != "ok"]
+    if failed:
+        err.print(Text(f"failed: {', '.join(failed)} (see compare.json)", style="red"))
+        raise typer.Exit(1)
+
+
+def quickstart_cmd(
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for everything.")] = Path(
+        "tuneforge-out"
+    ),
+    fast: Annotated[
+        bool, typer.Option("--fast", help="A smoke version in about 3 minutes (tiny sizes).")
+    ] = False,
+) -> None:
+    """The whole journey on the embedded default model.
+
+    Demo data → validation → baselines → LoRA fine-tune → evaluation → report (about 10
+    minutes on a 2-core CPU; --fast: a few)."""
+    import time
+
+    from tuneforge.quickstart import quickstart
+
+    start = time.time()
+
+    def say(message: str) -> None:
+        note(f"[{time.time() - start:5.0f}s] {message}")
+
+    bars = _ApproachProgress()
+    training = progress(
+        "training step {task.completed}/{task.total}", total_column="remaining", info=True
+    )
+    task: dict[str, Any] = {}
+
+    def on_train_start(total: int) -> None:
+        training.start()
+        task["id"] = training.add_task("train", total=total, info="")
+
+    def on_step(m: dict[str, Any]) -> None:
+        info = f"loss {m['train_loss']:.3f}" + (
+            f" valid {m['valid_loss']:.3f}" if "valid_loss" in m else ""
+        )
+        training.update(task["id"], completed=m["step"], info=info)
+        if not err.is_terminal:
+            say(f"    step {m['step']}: {info}")
+
+    with bars:
+        try:
+            result = quickstart(
+                out_dir,
+                fast=fast,
+                on_event=say,
+                on_progress=bars,
+                on_step=on_step,
+                on_train_start=on_train_start,
+            )
+        finally:
+            training.stop()
+    out.print(f"done in {duration(time.time() - start)}")
+    _print_summary(result.summary, result.report_md, result.report_html)
+    out.print(f"compare.json: {escape(str(result.compare_json))}")
+    out.print(f"fine-tuned run: {escape(str(result.run_dir))}")
+    out.print(f"  chat with it:  tuneforge chat {escape(str(result.run_dir))}")
+    out.print(
+        "  serve it:      tuneforge serve, then fine-tune through the OpenAI API "
+        f"(files.create({escape(str(result.data_dir / 'train.jsonl'))}), "
+        "fine_tuning.jobs.create, chat.completions.create); see the README"
+    )

@@ -1,0 +1,145 @@
+"""`tuneforge generate`, `tuneforge chat`, `tuneforge export`: use a model or a run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from tuneforge.cli._common import (
+    MaxTokensOpt,
+    ModelOrRunArg,
+    err,
+    load_model_arg,
+    note,
+    out,
+    working,
+)
+
+
+def _system_for(loaded: Any, system: str | None) -> str | None:
+    """--system as given; for a run without --system, the training data's system prompt (what
+    `eval` and `compare` measured the model with)."""
+    if system is not None or loaded.run_dir is None:
+        return system or None
+    from tuneforge import run_dir as rd
+
+    recorded = (rd.read_status(loaded.run_dir) or {}).get("system_prompt")
+    if recorded:
+        note(f"system prompt from the training data: {recorded[:100]!r} (--system '' drops it)")
+    return recorded
+
+
+def _messages(prompt: str, system: str | None) -> list[Any]:
+    from tuneforge.data.conversation import Message
+
+    return ([Message("system", system)] if system else []) + [Message("user", prompt)]
+
+
+ChatSystemOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--system", help="System message (default for a run: the training data's; '' for none)."
+    ),
+]
+TemperatureOpt = Annotated[
+    float, typer.Option(min=0.0, help="0 answers greedily (reproducible); higher samples.")
+]
+
+
+def generate_cmd(
+    model_or_run: ModelOrRunArg,
+    prompt: Annotated[str, typer.Argument(help="The user message.")],
+    system: ChatSystemOpt = None,
+    max_tokens: MaxTokensOpt = 512,
+    temperature: TemperatureOpt = 0.0,
+) -> None:
+    """Answer one prompt with a run or a model. Greedy by default."""
+    from tuneforge.inference.generate import generate
+
+    with working("loading …"):
+        loaded = load_model_arg(model_or_run)
+    system = _system_for(loaded, system)
+    text, ids = generate(
+        loaded, _messages(prompt, system), max_new_tokens=max_tokens, temperature=temperature
+    )
+    print(text)
+    if len(ids) >= max_tokens and ids[-1] != loaded.tokenizer.eos_token_id:
+        note(f"(cut at --max-tokens {max_tokens})", style="yellow")
+
+
+CHAT_HELP = """commands:
+  /reset   forget the conversation (keeps the system prompt)
+  /help    this list
+  an empty line or Ctrl-D ends the chat; Ctrl-C stops an answer"""
+
+
+def chat_cmd(
+    model_or_run: ModelOrRunArg,
+    system: ChatSystemOpt = None,
+    max_tokens: MaxTokensOpt = 512,
+    temperature: TemperatureOpt = 0.0,
+) -> None:
+    """Chat in the terminal, streamed. Empty line or Ctrl-D ends; Ctrl-C stops an answer;
+    /reset forgets the history; /help lists the commands."""
+    from tuneforge.data.conversation import Message
+    from tuneforge.inference.generate import stream
+
+    with working("loading …"):
+        loaded = load_model_arg(model_or_run)
+    system = _system_for(loaded, system)
+    start: list[Any] = [Message("system", system)] if system else []
+    history = list(start)
+    err.print(f"chatting with {loaded.name} (empty line to quit, /help for commands)")
+    while True:
+        try:
+            line = input("you> ")
+        except EOFError:
+            break
+        command = line.strip()
+        if not command:
+            break
+        if command == "/reset":
+            history = list(start)
+            err.print("(conversation cleared)")
+            continue
+        if command == "/help":
+            err.print(CHAT_HELP)
+            continue
+        if command.startswith("/") and " " not in command:
+            err.print(f"unknown command {command}; /help lists them (a message can't start with /)")
+            continue
+        history.append(Message("user", line))
+        pieces: list[str] = []
+        finish: dict[str, Any] = {}
+        print("assistant> ", end="", flush=True)
+        answer = stream(
+            loaded, history, max_new_tokens=max_tokens, temperature=temperature, finish=finish
+        )
+        try:
+            for piece in answer:
+                print(piece, end="", flush=True)
+                pieces.append(piece)
+        except KeyboardInterrupt:
+            answer.close()  # stops the generation thread and waits for it
+            finish["reason"] = "cancelled"
+        print()
+        if finish.get("reason") == "cancelled":
+            err.print("(stopped)")
+        elif finish.get("reason") == "length":
+            note(f"(cut at --max-tokens {max_tokens})", style="yellow")
+        history.append(Message("assistant", "".join(pieces)))
+
+
+def export_cmd(
+    run: Annotated[Path, typer.Argument(help="A run directory.")],
+    merged: Annotated[Path, typer.Option("--merged", help="Write a merged HF model folder.")],
+    overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+) -> None:
+    """Merge a run's adapter into its base model. The folder loads in plain transformers."""
+    from tuneforge.inference.export import export_merged
+
+    with working("merging …"):
+        path = export_merged(run, merged, overwrite=overwrite)
+    out.print(f"wrote {path} (load it with AutoModelForCausalLM.from_pretrained)")
