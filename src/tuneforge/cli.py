@@ -665,7 +665,7 @@ def _load_model_arg(model_or_run: str) -> Any:
     from tuneforge.inference.load import load_for_inference
 
     if model_or_run.startswith("ft:"):
-        from tuneforge.jobs.store import resolve_model_id
+        from tuneforge.jobs.model_ids import resolve_model_id
 
         run_dir, weights = resolve_model_id(model_or_run)
         return load_for_inference(run_dir, weights=weights, packed=True)

@@ -19,15 +19,9 @@ from tuneforge.api.errors import APIError, not_found
 from tuneforge.api.schemas import CheckpointList, EventList, Job, JobCreate, JobList
 from tuneforge.errors import ConfigError
 from tuneforge.jobs.manager import JobManager
+from tuneforge.jobs.model_ids import ORGANIZATION, checkpoint_folders, checkpoint_model_id
 from tuneforge.jobs.spec import check_training_config
-from tuneforge.jobs.store import (
-    ORGANIZATION,
-    Store,
-    checkpoint_folders,
-    checkpoint_model_id,
-    jobs_dir,
-    new_id,
-)
+from tuneforge.jobs.store import Store, jobs_dir, new_id
 from tuneforge.models import REGISTRY
 
 router = APIRouter()

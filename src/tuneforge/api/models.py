@@ -13,7 +13,7 @@ from fastapi import APIRouter, Request
 from tuneforge.api.catalog import Catalog
 from tuneforge.api.errors import APIError
 from tuneforge.api.schemas import Deleted, ModelList, ModelObject
-from tuneforge.jobs.store import fine_tuned_model_id, parse_model_id
+from tuneforge.jobs.model_ids import fine_tuned_model_id, parse_model_id
 
 router = APIRouter()
 

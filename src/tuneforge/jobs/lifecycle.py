@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge import run_dir as rd
-from tuneforge.jobs.store import Store, fine_tuned_model_id, jobs_dir
+from tuneforge.jobs.model_ids import fine_tuned_model_id
+from tuneforge.jobs.store import Store, jobs_dir
 
 MAX_CRASH_RESTARTS = 3  # a worker killed this many times fails the job instead of looping
 LEASE_WAIT_SECONDS = 10.0
