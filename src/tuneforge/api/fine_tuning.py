@@ -242,21 +242,13 @@ def _checkpoint(
         created = int(folder.stat().st_mtime)
     except FileNotFoundError:  # rotated away (keep_last) while we listed
         return None
-    keys = (
-        "train_loss",
-        "train_mean_token_accuracy",
-        "valid_loss",
-        "valid_mean_token_accuracy",
-        "full_valid_loss",
-        "full_valid_mean_token_accuracy",
-    )
     return {
         "id": f"ftckpt-{job['id'].removeprefix('ftjob-')}-{step}",
         "object": "fine_tuning.job.checkpoint",
         "created_at": created,
         "fine_tuned_model_checkpoint": checkpoint_model_id(job, step),
         "step_number": step,
-        "metrics": {"step": float(step)} | {k: metrics.get(k) for k in keys},
+        "metrics": {"step": float(step)} | {k: metrics.get(k) for k in rd.METRIC_KEYS},
         "fine_tuning_job_id": job["id"],
     }
 

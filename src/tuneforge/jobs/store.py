@@ -14,7 +14,6 @@ table only points at it.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import secrets
@@ -25,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from tuneforge.locks import file_lock
 from tuneforge.paths import tuneforge_home
 
 BUSY_TIMEOUT_MS = 5000
@@ -107,17 +107,6 @@ def _row(row: sqlite3.Row | None) -> dict[str, Any] | None:
     return out
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 class Store:
     """The database, with one connection per thread (sqlite3 connections are not shared)."""
 
@@ -157,7 +146,7 @@ class Store:
     def _migrate(self) -> None:
         # A file lock, not only a transaction: two processes starting at once must not both run
         # CREATE TABLE.
-        with _file_lock(self.path.with_name(self.path.name + ".migrate.lock")):
+        with file_lock(self.path.with_name(self.path.name + ".migrate.lock")):
             conn = self.conn
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             for number, sql in enumerate(MIGRATIONS[version:], start=version + 1):
