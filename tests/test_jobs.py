@@ -18,15 +18,9 @@ from tuneforge import run_dir as rd
 from tuneforge.errors import ConfigError, UsageError
 from tuneforge.jobs import lifecycle
 from tuneforge.jobs.manager import JobManager
+from tuneforge.jobs.model_ids import base_label, fine_tuned_model_id, resolve_model_id
 from tuneforge.jobs.spec import check_training_config
-from tuneforge.jobs.store import (
-    MIGRATIONS,
-    Store,
-    base_label,
-    fine_tuned_model_id,
-    new_id,
-    resolve_model_id,
-)
+from tuneforge.jobs.store import MIGRATIONS, Store, new_id
 
 
 @pytest.fixture

@@ -32,6 +32,16 @@ if TYPE_CHECKING:
 
 COMPLETE = "COMPLETE"
 STATUSES = ("running", "succeeded", "failed", "cancelled", "interrupted")
+# The metric names of OpenAI's fine-tuning API, which the jobs API reports from a run's metrics
+# (checkpoint `metrics`, `metrics` events); a step has only those it measured.
+METRIC_KEYS = (
+    "train_loss",
+    "train_mean_token_accuracy",
+    "valid_loss",
+    "valid_mean_token_accuracy",
+    "full_valid_loss",
+    "full_valid_mean_token_accuracy",
+)
 
 
 def write_config(run_dir: Path, config_dict: dict[str, Any]) -> None:

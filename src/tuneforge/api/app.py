@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tuneforge.api import chat, files, fine_tuning, models
 from tuneforge.api.catalog import Catalog
+from tuneforge.api.deps import get_engine
 from tuneforge.api.errors import APIError, error_body, install_error_handlers
 from tuneforge.api.schemas import ErrorResponse
 from tuneforge.inference.engine import InferenceEngine
@@ -193,7 +194,7 @@ def create_app(
     @app.get("/health")
     def health(request: Request) -> dict[str, Any]:
         """Liveness, open without the API key; `generating` counts choices in flight."""
-        return {"status": "ok", "generating": request.app.state.engine.active}
+        return {"status": "ok", "generating": get_engine(request).active}
 
     for module in (files, fine_tuning, models, chat):
         app.include_router(module.router)

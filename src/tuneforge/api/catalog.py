@@ -15,7 +15,8 @@ from pathlib import Path
 from tuneforge.api.errors import APIError, model_not_found
 from tuneforge.errors import TuneforgeError
 from tuneforge.inference.engine import Target
-from tuneforge.jobs.store import ORGANIZATION, Store, parse_model_id, resolve_model_id
+from tuneforge.jobs.model_ids import ORGANIZATION, parse_model_id, resolve_model_id
+from tuneforge.jobs.store import Store
 from tuneforge.models import REGISTRY
 from tuneforge.models.text import TextSide, load_text_side
 

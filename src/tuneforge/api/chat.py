@@ -20,6 +20,7 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response, StreamingResponse
 
+from tuneforge.api.deps import get_catalog, get_engine
 from tuneforge.api.errors import APIError, error_body
 from tuneforge.api.schemas import ChatCompletion, ChatCompletionRequest
 from tuneforge.data.chat_template import TemplateError
@@ -31,7 +32,6 @@ from tuneforge.inference.engine import (
     Failed,
     Finished,
     Generation,
-    InferenceEngine,
     SamplingParams,
 )
 from tuneforge.models.text import TextSide
@@ -134,8 +134,8 @@ def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     responses={200: {"content": {"text/event-stream": {}}}},
 )
 async def chat_completions(request: Request, body: ChatCompletionRequest) -> Any:
-    catalog = request.app.state.catalog
-    engine: InferenceEngine = request.app.state.engine
+    catalog = get_catalog(request)
+    engine = get_engine(request)
     served = await run_in_threadpool(catalog.get, body.model)
     text = await run_in_threadpool(catalog.text_side, served.target.base)
     prompt = await run_in_threadpool(_prompt_ids, text, to_messages(body))

@@ -15,32 +15,18 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 
 from tuneforge import run_dir as rd
+from tuneforge.api.deps import get_manager, get_store
 from tuneforge.api.errors import APIError, not_found
 from tuneforge.api.schemas import CheckpointList, EventList, Job, JobCreate, JobList
 from tuneforge.errors import ConfigError
-from tuneforge.jobs.manager import JobManager
+from tuneforge.jobs.model_ids import ORGANIZATION, checkpoint_folders, checkpoint_model_id
 from tuneforge.jobs.spec import check_training_config
-from tuneforge.jobs.store import (
-    ORGANIZATION,
-    Store,
-    checkpoint_folders,
-    checkpoint_model_id,
-    jobs_dir,
-    new_id,
-)
+from tuneforge.jobs.store import jobs_dir, new_id
 from tuneforge.models import REGISTRY
 
 router = APIRouter()
 
 MAX_SEED = 2**31 - 1
-
-
-def _store(request: Request) -> Store:
-    return request.app.state.store
-
-
-def _manager(request: Request) -> JobManager:
-    return request.app.state.manager
 
 
 def _estimated_finish(job: dict[str, Any]) -> int | None:
@@ -134,7 +120,7 @@ def _hyperparameters(body: JobCreate) -> dict[str, Any]:
 
 @router.post("/v1/fine_tuning/jobs", response_model=Job)
 def create_job(request: Request, body: JobCreate) -> dict[str, Any]:
-    store = _store(request)
+    store = get_store(request)
     for param in ("training_file", "validation_file"):
         file_id = getattr(body, param)
         if file_id is not None and store.get_file(file_id) is None:
@@ -169,7 +155,7 @@ def create_job(request: Request, body: JobCreate) -> dict[str, Any]:
         }
     )
     store.add_event(job_id, f"Created fine-tuning job: {job_id}")
-    _manager(request).wake()
+    get_manager(request).wake()
     return job_object(job)
 
 
@@ -179,7 +165,7 @@ def list_jobs(
     after: Annotated[str | None, Query(max_length=512)] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> dict[str, Any]:
-    rows = _store(request).list_jobs(after=after, limit=limit + 1)
+    rows = get_store(request).list_jobs(after=after, limit=limit + 1)
     return {
         "object": "list",
         "data": [job_object(j) for j in rows[:limit]],
@@ -188,7 +174,7 @@ def list_jobs(
 
 
 def _get(request: Request, job_id: str) -> dict[str, Any]:
-    job = _store(request).get_job(job_id)
+    job = get_store(request).get_job(job_id)
     if job is None:
         raise not_found("fine-tuning job", job_id, param="fine_tuning_job_id")
     return job
@@ -204,7 +190,7 @@ PAST = {"cancel": "cancelled", "pause": "paused", "resume": "resumed"}
 
 def _transition(request: Request, job_id: str, action: str, allowed: str) -> dict[str, Any]:
     _get(request, job_id)
-    manager = _manager(request)
+    manager = get_manager(request)
     if not getattr(manager, action)(job_id):
         job = _get(request, job_id)
         raise APIError(
@@ -240,7 +226,7 @@ def list_events(
     limit: Annotated[int, Query(ge=1, le=1000)] = 20,
 ) -> dict[str, Any]:
     _get(request, fine_tuning_job_id)
-    rows = _store(request).list_events(fine_tuning_job_id, after=after, limit=limit + 1)
+    rows = get_store(request).list_events(fine_tuning_job_id, after=after, limit=limit + 1)
     data = [
         {k: e[k] for k in ("id", "created_at", "level", "message", "type", "data")}
         | {"object": "fine_tuning.job.event"}
@@ -256,21 +242,13 @@ def _checkpoint(
         created = int(folder.stat().st_mtime)
     except FileNotFoundError:  # rotated away (keep_last) while we listed
         return None
-    keys = (
-        "train_loss",
-        "train_mean_token_accuracy",
-        "valid_loss",
-        "valid_mean_token_accuracy",
-        "full_valid_loss",
-        "full_valid_mean_token_accuracy",
-    )
     return {
         "id": f"ftckpt-{job['id'].removeprefix('ftjob-')}-{step}",
         "object": "fine_tuning.job.checkpoint",
         "created_at": created,
         "fine_tuned_model_checkpoint": checkpoint_model_id(job, step),
         "step_number": step,
-        "metrics": {"step": float(step)} | {k: metrics.get(k) for k in keys},
+        "metrics": {"step": float(step)} | {k: metrics.get(k) for k in rd.METRIC_KEYS},
         "fine_tuning_job_id": job["id"],
     }
 

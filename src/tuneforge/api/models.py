@@ -10,31 +10,27 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from tuneforge.api.catalog import Catalog
+from tuneforge.api.deps import get_catalog, get_engine
 from tuneforge.api.errors import APIError
 from tuneforge.api.schemas import Deleted, ModelList, ModelObject
-from tuneforge.jobs.store import fine_tuned_model_id, parse_model_id
+from tuneforge.jobs.model_ids import fine_tuned_model_id, parse_model_id
 
 router = APIRouter()
 
 
-def _catalog(request: Request) -> Catalog:
-    return request.app.state.catalog
-
-
 @router.get("/v1/models", response_model=ModelList)
 def list_models(request: Request) -> dict[str, Any]:
-    return {"object": "list", "data": [m.to_json() for m in _catalog(request).list()]}
+    return {"object": "list", "data": [m.to_json() for m in get_catalog(request).list()]}
 
 
 @router.get("/v1/models/{model_id:path}", response_model=ModelObject)
 def retrieve_model(request: Request, model_id: str) -> dict[str, Any]:
-    return _catalog(request).get(model_id).to_json()
+    return get_catalog(request).get(model_id).to_json()
 
 
 @router.delete("/v1/models/{model_id:path}", response_model=Deleted)
 def delete_model(request: Request, model_id: str) -> dict[str, Any]:
-    catalog = _catalog(request)
+    catalog = get_catalog(request)
     served = catalog.get(model_id)
     if not served.fine_tuned:
         raise APIError(
@@ -54,5 +50,5 @@ def delete_model(request: Request, model_id: str) -> dict[str, Any]:
             code="model_not_deletable",
         )
     catalog.store.update_job(job["id"], model_deleted=1)
-    request.app.state.engine.unload(model_id)
+    get_engine(request).unload(model_id)
     return {"id": model_id, "object": "model", "deleted": True}

@@ -13,7 +13,6 @@ system may have reused.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import time
 from collections.abc import Iterator
@@ -21,7 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge import run_dir as rd
-from tuneforge.jobs.store import Store, fine_tuned_model_id, jobs_dir
+from tuneforge.jobs.model_ids import fine_tuned_model_id
+from tuneforge.jobs.store import Store, jobs_dir
+from tuneforge.locks import file_lock, is_locked
 
 MAX_CRASH_RESTARTS = 3  # a worker killed this many times fails the job instead of looping
 LEASE_WAIT_SECONDS = 10.0
@@ -36,38 +37,17 @@ def lease_path(job_id: str) -> Path:
 
 
 def lease_free(job_id: str) -> bool:
-    path = lease_path(job_id)
-    if not path.exists():
-        return True
-    with path.open("a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
-        fcntl.flock(f, fcntl.LOCK_UN)
-        return True
+    return not is_locked(lease_path(job_id))
 
 
 @contextlib.contextmanager
 def hold_lease(job_id: str, wait: float = LEASE_WAIT_SECONDS) -> Iterator[None]:
     """Hold the job's lease for the life of the block; wait briefly because the scheduler's
     liveness probe takes the lock for an instant."""
-    path = lease_path(job_id)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as f:
-        deadline = time.monotonic() + wait
-        while True:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise LeaseHeld(f"job {job_id} already has a live worker") from None
-                time.sleep(0.05)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    with file_lock(lease_path(job_id), wait=wait) as acquired:
+        if not acquired:
+            raise LeaseHeld(f"job {job_id} already has a live worker")
+        yield
 
 
 def error(code: str, message: str, param: str | None = None) -> dict[str, Any]:

@@ -12,7 +12,7 @@ two workers on one job; the per-job lease (see lifecycle.py) guards the rest.
 
 from __future__ import annotations
 
-import fcntl
+import contextlib
 import logging
 import os
 import signal
@@ -21,11 +21,12 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from tuneforge.errors import TuneforgeError, UsageError
 from tuneforge.jobs import lifecycle
 from tuneforge.jobs.store import Store, jobs_dir
+from tuneforge.locks import file_lock
 from tuneforge.models.text import TextSide, auto_max_seq_len, load_text_side
 from tuneforge.paths import tuneforge_home
 
@@ -51,7 +52,7 @@ class JobManager:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
-        self._home_lock: IO[str] | None = None
+        self._home_lock: contextlib.ExitStack | None = None
 
     # -- life --------------------------------------------------------------------------------
     def start(self) -> None:
@@ -85,17 +86,14 @@ class JobManager:
 
     def _lock_home(self) -> None:
         path = tuneforge_home() / "serve.lock"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle = path.open("a")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
+        held = contextlib.ExitStack()  # the lock lives until stop() closes it
+        if not held.enter_context(file_lock(path, wait=0)):
+            held.close()
             raise UsageError(
                 f"another `tuneforge serve` already schedules the jobs in {path.parent}",
                 hint="stop it, or point TUNEFORGE_HOME at another folder",
-            ) from None
-        self._home_lock = handle
+            )
+        self._home_lock = held
 
     def recover(self) -> None:
         for job in self.store.jobs_with_status("running"):

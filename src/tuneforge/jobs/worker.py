@@ -33,15 +33,7 @@ def _file_path(store: Store, file_id: str | None, param: str) -> Path | None:
 
 
 def _metrics_event(store: Store, job_id: str, total_steps: int, m: dict[str, Any]) -> None:
-    keys = (
-        "step",
-        "train_loss",
-        "train_mean_token_accuracy",
-        "valid_loss",
-        "valid_mean_token_accuracy",
-        "full_valid_loss",
-        "full_valid_mean_token_accuracy",
-    )
+    keys = ("step", *rd.METRIC_KEYS)
     data = {k: m[k] for k in keys if m.get(k) is not None} | {"total_steps": total_steps}
     message = f"Step {m['step']}/{total_steps}: training loss={m['train_loss']:.4f}"
     if "valid_loss" in m:

@@ -10,7 +10,6 @@ id when a network exists.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import importlib.util
 import io
 import json
@@ -18,12 +17,12 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tuneforge.errors import ModelError
+from tuneforge.locks import file_lock
 from tuneforge.paths import models_dir
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -69,17 +68,6 @@ def cached_path(name: str) -> Path:
 
 def is_cached(name: str) -> bool:
     return (cached_path(name) / MARKER).exists()
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _convert_gguf(entry: RegisteredModel, target: Path) -> None:
@@ -154,7 +142,7 @@ def resolve_model(model: str) -> Path | str:
         target = cached_path(model)
         if (target / MARKER).exists():
             return target
-        with _file_lock(models_dir() / f".{model}.lock"):
+        with file_lock(models_dir() / f".{model}.lock"):
             if not (target / MARKER).exists():
                 if target.exists():  # a folder without the marker is not ours to trust
                     shutil.rmtree(target)
