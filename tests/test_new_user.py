@@ -342,3 +342,117 @@ def test_every_command_in_the_readme_exists():
             assert len(words) == 2 and words[1] in command.commands, (
                 f"README names `tuneforge {' '.join(words)}`, which does not exist"
             )
+
+
+# -- friction -------------------------------------------------------------------------------------
+
+
+def test_a_worse_fine_tune_is_never_said_to_pay_back():
+    from tuneforge.eval.compare import summarize
+
+    def approach(name, kind, score, prompt_tokens, training_tokens=None):
+        return {
+            "name": name,
+            "kind": kind,
+            "status": "ok",
+            "metrics": {"set_f1": score},
+            "prompt_tokens_per_request": prompt_tokens,
+            "latency_p50_s": 1.0,
+            "training_tokens": training_tokens,
+        }
+
+    s = summarize(
+        [
+            approach("few_shot", "few_shot", 0.7, 600),
+            approach("fine_tuned:r", "fine_tuned", 0.5, 100, training_tokens=1000),
+        ],
+        "set_f1",
+    )
+    assert s["recommendation"] == "prompt_engineering"
+    assert s["break_even_requests"] is None
+    assert not any("paid back" in r for r in s["reasons"])
+
+
+def test_model_card_says_what_really_ran(demo_dir, tiny_model_dir, tmp_path):
+    from tuneforge.train.plan import make_plan
+    from tuneforge.train.recipe import train
+
+    config = tiny(demo_dir, tiny_model_dir, tmp_path / "run", epochs=3, max_steps=2)
+    plan = make_plan(config)
+    assert "stopped by max_steps=2" in plan.describe()
+    run, _ = train(config, plan=plan)
+    card = (run / "README.md").read_text()
+    assert f"| epochs trained | {plan.epochs_trained:g} |" in card and plan.epochs_trained < 1
+    assert "None" not in card
+    copy = (run / "model" / "README.md").read_text()
+    assert "More Information Needed" not in copy and "Fine-tuned" in copy
+
+
+def test_data_commands_refuse_to_overwrite(tmp_path, run_cli):
+    out = tmp_path / "demo"
+    assert run_cli("data", "demo", out, "--n", "20")[0] == 0
+    before = (out / "train.jsonl").read_bytes()
+    code, _, err = run_cli("data", "demo", out, "--n", "30", "--seed", "1")
+    assert code == 2 and "already exists" in err and "--overwrite" in err
+    assert (out / "train.jsonl").read_bytes() == before
+    assert run_cli("data", "demo", out, "--n", "30", "--seed", "1", "--overwrite")[0] == 0
+    assert (out / "train.jsonl").read_bytes() != before
+    dst = tmp_path / "c.jsonl"
+    assert run_cli("data", "convert", out / "test.jsonl", dst)[0] == 0
+    code, _, err = run_cli("data", "convert", out / "train.jsonl", dst)
+    assert code == 2 and "--overwrite" in err
+    code, _, err = run_cli("data", "split", out / "train.jsonl", out)
+    assert code == 2 and "already exists" in err
+
+
+def test_written_files_follow_the_umask(tmp_path):
+    from tuneforge.atomic import FILE_MODE, atomic_write_text
+
+    path = tmp_path / "x.txt"
+    atomic_write_text(path, "hi")
+    plain = tmp_path / "plain.txt"
+    plain.write_text("hi")
+    assert path.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777 == FILE_MODE
+
+
+def test_runs_list_names_whole_runs_and_jobs_runs(isolated_home, run_cli, monkeypatch):
+    long_name = "smollm2-135m-instruct-a-rather-long-suffix-for-my-recipes-20261201-101010"
+    for folder in (rd.runs_root() / long_name, isolated_home / "jobs" / "ftjob-abc123" / "run"):
+        folder.mkdir(parents=True)
+        rd.write_config(folder, {"model": "smollm2-135m-instruct", "method": "lora"})
+        rd.write_status(folder, status="succeeded", step=2, total_steps=2)
+    code, out, _ = run_cli("runs", "list", "--json")
+    assert code == 0
+    assert {r["run"] for r in json.loads(out)} == {long_name, "ftjob-abc123"}
+    monkeypatch.setenv("COLUMNS", "80")
+    code, out, _ = run_cli("runs", "list")
+    assert [line.split()[0] for line in out.splitlines()] == ["run", long_name, "ftjob-abc123"]
+    assert rd.find_run("ftjob-abc123") == isolated_home / "jobs" / "ftjob-abc123" / "run"
+
+
+def test_an_openai_field_name_gets_a_did_you_mean(run_cli, demo_dir):
+    code, _, err = run_cli("train", "-t", demo_dir / "train.jsonl", "n_epochs=2")
+    assert code == 2
+    assert "`n_epochs`: unknown key; did you mean `epochs`?" in err
+    assert err.count("config show --defaults") == 1  # the hint, once
+
+
+def test_train_takes_a_column_map_for_csv(tiny_model_dir, tmp_path, run_cli):
+    csv = tmp_path / "recipes.csv"
+    csv.write_bytes(CSV)
+    code, _, err = run_cli(
+        "train",
+        "-t",
+        csv,
+        "-m",
+        tiny_model_dir,
+        "-o",
+        tmp_path / "run",
+        "max_steps=1",
+        "--map",
+        "prompt=title+ingredients,completion=NER",
+    )
+    assert code == 0, err
+    assert (
+        rd.read_config(tmp_path / "run")["column_map"] == "prompt=title+ingredients,completion=NER"
+    )

@@ -148,14 +148,28 @@ class TrainConfig(BaseModel):
         return value
 
 
+# OpenAI's names for our fields (the jobs API takes OpenAI's; a config file takes ours).
+OPENAI_NAMES = {"n_epochs": "epochs", "training_file": "train_file", "model_name": "model"}
+
+
+def _did_you_mean(key: str) -> str | None:
+    import difflib
+
+    if key in OPENAI_NAMES:
+        return OPENAI_NAMES[key]
+    close = difflib.get_close_matches(key, list(TrainConfig.model_fields), n=1, cutoff=0.75)
+    return close[0] if close else None
+
+
 def _format_pydantic(exc: ValidationError) -> list[str]:
     problems = []
     for error in exc.errors():
         # Union fields report one error per branch (loc = (field, "int")): name the field only.
         where = str(error["loc"][0]) if error["loc"] else "config"
         if error["type"] == "extra_forbidden":
+            guess = _did_you_mean(where)
             problems.append(
-                f"`{where}`: unknown key; see `tuneforge config show --defaults` for the fields"
+                f"`{where}`: unknown key" + (f"; did you mean `{guess}`?" if guess else "")
             )
         elif error["type"] == "missing" or (
             error.get("input") is None

@@ -10,7 +10,6 @@ from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
 from tuneforge.cli._common import MapOpt, SystemOpt, err, note, out, progress, working
 from tuneforge.errors import UsageError
@@ -164,10 +163,7 @@ def _train_here(config: Any, run_dir: Path | None, resume: bool, show: bool) -> 
     if show:
         lr = f"lr {plan.learning_rate:g}"
         c = plan.config
-        note(
-            f"{len(plan.train)} examples, {c.epochs} epoch(s), {plan.total_steps} steps of "
-            f"{c.batch_size}, {lr}, {c.method} on {plan.device}; loading {c.model} …"
-        )
+        note(f"{plan.describe()}, {lr}, {c.method} on {plan.device}; loading {c.model} …")
     with bar:
         state["task"] = bar.add_task("train", total=plan.total_steps, info="loading …")
         state["t0"] = time.time()
@@ -207,19 +203,25 @@ def runs_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON."
     if as_json:
         print(json.dumps(rows, indent=2))
         return
-    table = Table()
-    table.add_column("run", overflow="fold")  # names are what people type: never cut them
-    for col in ("status", "step", "model", "method", "valid loss"):
-        table.add_column(col, overflow="fold")
+    if not rows:
+        out.print("no runs yet: start one with `tuneforge train`")
+        return
+    # Plain aligned columns, never cut or folded to fit the terminal: names are what people type.
+    header = ("run", "status", "step", "model", "method", "valid loss")
+    lines = [header]
     for r in rows:
         fm = r["final_metrics"]
         loss = fm.get("full_valid_loss", fm.get("valid_loss"))
-        table.add_row(
-            r["run"],
-            r["status"],
-            f"{r['step']}/{r['total_steps']}",
-            str(r["model"]),
-            str(r["method"]),
-            f"{loss:.4f}" if loss is not None else "-",
+        lines.append(
+            (
+                r["run"],
+                r["status"],
+                f"{r['step']}/{r['total_steps']}",
+                str(r["model"]),
+                str(r["method"]),
+                f"{loss:.4f}" if loss is not None else "-",
+            )
         )
-    out.print(table if rows else "no runs yet: start one with `tuneforge train`")
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    for line in lines:
+        print("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())

@@ -412,7 +412,12 @@ def summarize(approaches: list[dict[str, Any]], primary: str) -> dict[str, Any]:
         f"{tuned['name']} scores {primary} {q_tuned:.3f} against {q_base:.3f} for the best "
         f"alternative, {baseline['name']} ({gain:+.3f})"
     )
-    if saved > 0 and tuned.get("training_tokens"):
+    if saved > 0 and gain <= -TIE:
+        reasons.append(
+            f"it sends fewer prompt tokens ({p_tuned:.0f} vs {p_base:.0f} per request), but it "
+            "answers worse, so the saving does not pay for the training"
+        )
+    elif saved > 0 and tuned.get("training_tokens"):
         cost = TRAIN_FORWARD_EQUIVALENTS * tuned["training_tokens"]
         summary["break_even_requests"] = math.ceil(cost / saved)
         reasons.append(

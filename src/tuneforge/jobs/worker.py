@@ -83,8 +83,7 @@ def run_job(store: Store, job_id: str) -> None:
         else:
             store.add_event(
                 job_id,
-                f"Fine-tuning job started: {plan.total_steps} steps "
-                f"({plan.config.epochs} epoch(s) of {len(plan.train)} examples)",
+                f"Fine-tuning job started: {plan.describe()}",
             )
             train(plan.config, plan=plan, **callbacks)
     except KeyboardInterrupt:

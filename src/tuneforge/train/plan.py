@@ -55,6 +55,22 @@ class Plan:
         (OpenAI's knob scales whatever rate was chosen, `auto` or explicit)."""
         return float(self.config.learning_rate) * self.config.learning_rate_multiplier
 
+    @property
+    def epochs_trained(self) -> float:
+        """Passes over the data the run makes: `epochs`, or fewer when `max_steps` stops it."""
+        return round(self.total_steps / self.steps_per_epoch, 2)
+
+    def describe(self) -> str:
+        """One line for people: "60 steps of 8 (1 epoch of 480 examples)"."""
+        epochs = self.epochs_trained
+        amount = f"{epochs:g} epoch{'s' if epochs != 1 else ''}"
+        if self.config.max_steps and self.total_steps == self.config.max_steps:
+            amount += f", stopped by max_steps={self.config.max_steps}"
+        return (
+            f"{self.total_steps} steps of {self.config.batch_size} "
+            f"({amount} of {len(self.train)} examples)"
+        )
+
 
 def cuda_available() -> bool:
     import torch

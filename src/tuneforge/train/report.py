@@ -39,18 +39,43 @@ def write_loss_plot(run_dir: Path) -> Path | None:
 
 
 def write_model_card(run_dir: Path, config: Any, plan: Any, final: dict[str, Any]) -> Path:
+    """`README.md` of the run, and the same card in `model/` (in place of peft's template, so
+    the folder that travels describes itself)."""
+    path = Path(run_dir) / "README.md"
+    rd.atomic_write_text(path, model_card(run_dir, config, plan, final, loss_plot="loss.png"))
+    model_dir = Path(run_dir) / "model"
+    if model_dir.is_dir():
+        rd.atomic_write_text(
+            model_dir / "README.md", model_card(run_dir, config, plan, final, loss_plot=None)
+        )
+    return path
+
+
+def _shown(value: Any) -> str:
+    """A config value as a person reads it: `-` for unset, lists joined, never a Python repr."""
+    if value is None:
+        return "-"
+    if isinstance(value, list | tuple):
+        return ", ".join(map(str, value))
+    return str(value)
+
+
+def model_card(
+    run_dir: Path, config: Any, plan: Any, final: dict[str, Any], *, loss_plot: str | None
+) -> str:
     train_tokens = sum(len(e.input_ids) for e in plan.train)
     trained = sum(e.n_trained for e in plan.train)
     metrics = "\n".join(f"| {k} | {v:.4f} |" for k, v in final.items()) or "| (none) | |"
     hyper = "\n".join(
-        f"| {k} | {v} |"
+        f"| {k} | {_shown(v)} |"
         for k, v in config.model_dump(mode="json").items()
         if k not in ("train_file", "validation_file", "output_dir")
     )
-    text = f"""# Fine-tuned {config.model}{f" ({config.suffix})" if config.suffix else ""}
+    plot = f"\n![loss]({loss_plot})\n" if loss_plot else ""
+    return f"""# Fine-tuned {config.model}{f" ({config.suffix})" if config.suffix else ""}
 
 Trained with [tuneforge](https://pypi.org/project/tuneforge/) by supervised fine-tuning
-({config.method}) on `{config.train_file}`.
+({config.method}) on `{Path(config.train_file).name}`.
 
 ## Data
 | | |
@@ -59,16 +84,16 @@ Trained with [tuneforge](https://pypi.org/project/tuneforge/) by supervised fine
 | validation examples | {len(plan.validation)} |
 | tokens per epoch | {train_tokens:,} |
 | trained (assistant) tokens per epoch | {trained:,} |
-| epochs | {config.epochs} |
+| epochs trained | {plan.epochs_trained:g} |
 | optimizer steps | {plan.total_steps} |
+| peak learning rate | {plan.learning_rate:g} |
+| system prompt of the data | {_shown(plan.system_prompt)} |
 
 ## Final metrics
 | metric | value |
 |---|---|
 {metrics}
-
-![loss](loss.png)
-
+{plot}
 ## Hyperparameters
 | field | value |
 |---|---|
@@ -82,6 +107,3 @@ tuneforge export {run_dir} --merged merged-model/   # a plain transformers folde
 ```
 The chat template used in training is saved with the tokenizer in `model/`; prompts must use it.
 """
-    path = Path(run_dir) / "README.md"
-    rd.atomic_write_text(path, text)
-    return path
