@@ -288,8 +288,8 @@ def data_split(
 ) -> None:
     """Shuffle with a seed and split into train/validation/test (OpenAI chat JSONL), so the test
     examples stay unseen by training and by the few-shot and retrieval prompts."""
-    from tuneforge.data.demo import split_examples
     from tuneforge.data.formats import load_conversations, parse_mapping, write_jsonl
+    from tuneforge.data.split import split_examples
 
     if validation + test >= 1:
         raise UsageError(
