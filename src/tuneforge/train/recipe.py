@@ -228,6 +228,15 @@ def lr_lambda(config: TrainConfig, total_steps: int) -> Callable[[int], float]:
 
 
 class SFTRecipe:
+    """One supervised fine-tuning run of a Plan, torchtune's shape: setup, train, save.
+
+    It owns the model (LoRA, QLoRA or full), optimizer and scheduler, and every write to the run
+    directory (status.json, metrics.jsonl, checkpoints, the final model). It runs on the main
+    thread of its process (its SIGINT/SIGTERM handlers finish the step and checkpoint), one per
+    rank under torchrun. `train()` and `resume()` below build it; the CLI, the jobs worker and
+    the quickstart call those.
+    """
+
     def __init__(
         self,
         plan: Plan,
