@@ -10,24 +10,13 @@ Run (after bench/train_throughput.py, whose work dir holds the data and the tune
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from pathlib import Path
 
 from tuneforge.data.formats import load_conversations
+from tuneforge.eval.metrics import json_valid, set_f1
 from tuneforge.inference.generate import generate
 from tuneforge.inference.load import load_for_inference
-
-
-def set_f1(answer: str, reference: str) -> tuple[float, bool]:
-    """F1 of the answer's JSON list against the reference list, as sets of lowercased strings."""
-    try:
-        got = {str(x).strip().lower() for x in json.loads(answer)}
-    except (json.JSONDecodeError, TypeError):
-        return 0.0, False
-    want = {x.strip().lower() for x in json.loads(reference)}
-    hits = len(got & want)
-    return (2 * hits / (len(got) + len(want)) if hits else 0.0), True
 
 
 def main() -> None:
@@ -54,9 +43,9 @@ def main() -> None:
             system, user, reference = ex.conversation.messages
             messages = [system, *(shots if with_shots else []), user]
             answer, _ = generate(model, messages, max_new_tokens=120)
-            score, ok = set_f1(answer.strip(), reference.content)
-            scores.append(score)
-            parsed += ok
+            # Scored as `tuneforge compare` scores (the references are JSON lists).
+            scores.append(set_f1(answer, reference.content) or 0.0)
+            parsed += json_valid(answer, reference.content) == 1.0
         print(
             f"{name:>10}: mean set-F1 {statistics.mean(scores):.2f}, "
             f"JSON lists {parsed}/{len(test)}",

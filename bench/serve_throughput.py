@@ -84,11 +84,6 @@ def prompts(n: int) -> list[list[dict[str, str]]]:
     return out
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
 # ----------------------------------------------------------------------------------------------
 # 1. Sequential transformers generate
 # ----------------------------------------------------------------------------------------------
@@ -193,6 +188,8 @@ async def one_request(client: Any, url: str, body: dict) -> tuple[float | None, 
 async def load_test(url: str, model: str, conversations: list, max_tokens: int, clients: int):
     import httpx
 
+    from tuneforge.eval.evaluate import percentile
+
     queue = list(enumerate(conversations))
     results: dict[int, tuple[float | None, int, str]] = {}
 
@@ -222,7 +219,7 @@ async def load_test(url: str, model: str, conversations: list, max_tokens: int, 
         "seconds": round(seconds, 3),
         "output_tokens_per_s": round(tokens / seconds, 2),
         "ttft_p50_s": round(statistics.median(ttft), 4) if ttft else None,
-        "ttft_p95_s": round(percentile(ttft, 0.95), 4) if ttft else None,
+        "ttft_p95_s": round(percentile(ttft, 95), 4) if ttft else None,
         "answers": [results[i][2] for i in range(len(conversations))],
     }
 

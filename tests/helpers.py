@@ -22,6 +22,18 @@ def good_examples(n: int = 12) -> list[dict[str, Any]]:
     return [chat_example(i) for i in range(n)]
 
 
+def tiny_training(demo_dir: Path, model: Path | str, out: Path, **settings: Any) -> dict[str, Any]:
+    """TrainConfig fields for a few seconds' run on the demo data (`write_demo`'s folder)."""
+    return {
+        "model": str(model),
+        "train_file": str(demo_dir / "train.jsonl"),
+        "validation_file": str(demo_dir / "validation.jsonl"),
+        "output_dir": str(out),
+        "batch_size": 4,
+        "learning_rate": 1e-3,
+    } | settings
+
+
 def write_lines(path: Path, rows: list[Any]) -> Path:
     """Write rows as JSONL; a `str` row is written verbatim (for malformed lines)."""
     with path.open("w", encoding="utf-8") as f:

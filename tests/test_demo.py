@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from tuneforge.data import demo
-from tuneforge.data.demo import SYSTEM_PROMPT, generate_examples, split_examples, write_demo
+from tuneforge.data.demo import SYSTEM_PROMPT, generate_examples, write_demo
+from tuneforge.data.split import split_examples
 
 N = 600
 USER_RE = re.compile(r"\ATitle: (.+)\n\nIngredients: (\[.*\])\n\nGeneric ingredients: \Z", re.S)

@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tuneforge.eval.compare import _empty as empty_approach
 from tuneforge.eval.report import NULL, report_numbers, write_report
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,27 +61,9 @@ def _samples(answers: dict[int, tuple[str, float | None]]) -> list[dict[str, Any
 
 
 def _approach(name: str, kind: str, **fields: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {
-        "name": name,
-        "kind": kind,
-        "status": "ok",
-        "error": None,
-        "description": "",
-        "examples_in_prompt": 0,
-        "notes": [],
-        "metrics": {},
-        "prompt_tokens_per_request": None,
-        "output_tokens_per_request": None,
-        "latency_p50_s": None,
-        "latency_p95_s": None,
-        "training_seconds": None,
-        "trained_tokens": None,
-        "train_examples_used": 0,
-        "run_dir": None,
-        "loss_curve": None,
-        "samples": [],
-    }
-    return base | fields
+    """An approach as `compare.json` holds it (compare's own skeleton), succeeded by default."""
+    ok = {"status": "ok", "description": "", "examples_in_prompt": 0, "train_examples_used": 0}
+    return empty_approach(name, kind) | ok | fields
 
 
 def make_compare() -> dict[str, Any]:

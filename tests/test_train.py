@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import tiny_training
 
 from tuneforge.config import build_config
 from tuneforge.errors import ConfigError
@@ -23,18 +24,8 @@ def demo_dir(tmp_path_factory) -> Path:
 
 
 def tiny_config(demo_dir: Path, tiny_model_dir: Path, out: Path, **kw):
-    data = {
-        "model": str(tiny_model_dir),
-        "train_file": str(demo_dir / "train.jsonl"),
-        "validation_file": str(demo_dir / "validation.jsonl"),
-        "output_dir": str(out),
-        "batch_size": 4,
-        "max_steps": 4,
-        "learning_rate": 1e-3,
-        "eval_every": 2,
-        "checkpoint_every": 2,
-    } | kw
-    return build_config(data)
+    settings = {"max_steps": 4, "eval_every": 2, "checkpoint_every": 2} | kw
+    return build_config(tiny_training(demo_dir, tiny_model_dir, out, **settings))
 
 
 def test_packed_logits_equal_unpacked(tiny_model_dir):

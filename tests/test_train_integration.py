@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import tiny_training
 
 from tuneforge import run_dir as rd
 
@@ -30,18 +31,12 @@ def demo_dir(tmp_path_factory) -> Path:
 
 def args_for(demo_dir: Path, model: Path | str, out: Path, **kw) -> list[str]:
     settings = {
-        "model": str(model),
-        "train_file": str(demo_dir / "train.jsonl"),
-        "validation_file": str(demo_dir / "validation.jsonl"),
-        "output_dir": str(out),
-        "batch_size": 4,
         "max_steps": 8,
-        "learning_rate": 1e-3,
         "lora_dropout": 0.1,  # dropout draws random numbers: resume must restore the RNG
         "eval_every": 3,
         "checkpoint_every": 1,
     } | kw
-    return [f"{k}={v}" for k, v in settings.items()]
+    return [f"{k}={v}" for k, v in tiny_training(demo_dir, model, out, **settings).items()]
 
 
 def cli(*args: str) -> list[str]:

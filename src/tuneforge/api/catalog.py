@@ -39,6 +39,13 @@ class ServedModel:
 
 
 class Catalog:
+    """The served models of the module docstring, read from the store on every call.
+
+    It owns the cache of base models' text sides (each loaded once, under a lock, since requests
+    arrive on FastAPI's threadpool). The lifespan (`api/app.py`) builds it on the store; the chat
+    and models routes call `get`, `list` and `text_side`.
+    """
+
     def __init__(self, store: Store) -> None:
         self.store = store
         self._text: dict[str, TextSide] = {}

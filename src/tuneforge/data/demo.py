@@ -23,14 +23,14 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tuneforge.data.formats import write_jsonl
+from tuneforge.data.split import split_examples
 
-__all__ = ["BRANDS", "SYSTEM_PROMPT", "generate_examples", "split_examples", "write_demo"]
+__all__ = ["BRANDS", "SYSTEM_PROMPT", "generate_examples", "write_demo"]
 
 SYSTEM_PROMPT = (
     "You are a helpful recipe assistant. You are to extract the generic ingredients from each "
@@ -1089,38 +1089,6 @@ def generate_examples(n: int, seed: int = 0) -> list[dict[str, Any]]:
     if len(examples) < n:
         raise RuntimeError(f"could only generate {len(examples)} distinct examples of {n}")
     return examples
-
-
-def split_examples(
-    examples: list[dict[str, Any]],
-    seed: int = 0,
-    fractions: Sequence[float] = (0.8, 0.1, 0.1),
-) -> dict[str, list[dict[str, Any]]]:
-    """Shuffle deterministically and split into "train", "validation" and "test".
-
-    Validation and test sizes round down and train takes the rest; a held-out split with a
-    non-zero fraction still gets one example from a small set, so it evaluates something.
-    The input list is not modified.
-    """
-    if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
-        raise ValueError(
-            f"fractions must be three non-negative numbers summing to 1, got {tuple(fractions)}"
-        )
-    order = list(examples)
-    random.Random(seed).shuffle(order)
-    total = len(order)
-    n_val = int(total * fractions[1])
-    n_test = int(total * fractions[2])
-    if fractions[1] > 0 and n_val == 0 and total >= 3:
-        n_val = 1
-    if fractions[2] > 0 and n_test == 0 and total >= 3:
-        n_test = 1
-    n_train = total - n_val - n_test
-    return {
-        "train": order[:n_train],
-        "validation": order[n_train : n_train + n_val],
-        "test": order[n_train + n_val :],
-    }
 
 
 def write_demo(out_dir: str | Path, seed: int = 0, n: int = DEFAULT_N) -> dict[str, Path]:

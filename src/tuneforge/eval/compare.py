@@ -64,7 +64,7 @@ def _now() -> str:
 def machine() -> str:
     import torch
 
-    from tuneforge.train.plan import cuda_available
+    from tuneforge.models.device import cuda_available
 
     where = torch.cuda.get_device_name(0) if cuda_available() else "CPU"
     cpu = platform.processor() or platform.machine()

@@ -43,6 +43,14 @@ def describe_exit(returncode: int) -> str:
 
 
 class JobManager:
+    """The scheduler of the module docstring, for one TUNEFORGE_HOME.
+
+    It owns the worker processes it started (`children`), the home's serve.lock and the text
+    sides it validates files with. Its loop runs on its own thread ("tuneforge-jobs"); the
+    server's lifespan (`api/app.py`) calls `start`/`stop`, and the fine-tuning routes call
+    `cancel`/`pause`/`resume` and `wake` (after a new job, so the next tick comes at once).
+    """
+
     def __init__(self, store: Store, max_concurrent_jobs: int = 1) -> None:
         self.store = store
         self.max_concurrent_jobs = max_concurrent_jobs

@@ -37,31 +37,17 @@ def calibrate_tokens_per_second(
 ) -> tuple[float, int]:
     """Tokens/s of LoRA training steps on a packed row of `examples` (TokenizedExample)."""
     import torch
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
 
     from tuneforge.config import TrainConfig
     from tuneforge.models import load_model
     from tuneforge.models.attention import use_varlen_attention
-    from tuneforge.train.recipe import forward_sums, make_micro_batch
+    from tuneforge.train.recipe import forward_sums, group_examples, lora_config, make_micro_batch
 
-    defaults = TrainConfig(train_file="-")
-    row, size = [], 0
-    for ex in examples:
-        if size and size + len(ex.input_ids) > CALIBRATION_TOKENS:
-            break
-        row.append(ex)
-        size += len(ex.input_ids)
+    row = group_examples(examples, packing=True, micro_batch_tokens=CALIBRATION_TOKENS)[0]
+    size = sum(len(ex.input_ids) for ex in row)
     torch.manual_seed(0)
-    model = get_peft_model(
-        load_model(model_name),
-        LoraConfig(
-            r=defaults.lora_rank,
-            lora_alpha=defaults.lora_alpha,
-            lora_dropout=defaults.lora_dropout,
-            target_modules=defaults.lora_target_modules,
-            task_type="CAUSAL_LM",
-        ),
-    )
+    model = get_peft_model(load_model(model_name), lora_config(TrainConfig(train_file="-")))
     use_varlen_attention(model)
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)

@@ -18,6 +18,7 @@ from tuneforge.data.formats import detect_format, load_conversations, parse_mapp
 from tuneforge.data.tokenize import encode
 from tuneforge.data.validate import suggested_epochs
 from tuneforge.errors import ConfigError, TuneforgeError
+from tuneforge.models.device import cuda_available
 from tuneforge.models.text import auto_max_seq_len, load_text_side
 
 LORA_LEARNING_RATE = 2e-4  # the usual LoRA range is 1e-4..3e-4 (LoRA/QLoRA papers)
@@ -70,12 +71,6 @@ class Plan:
             f"{self.total_steps} steps of {self.config.batch_size} "
             f"({amount} of {len(self.train)} examples)"
         )
-
-
-def cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def _slug(text: str) -> str:

@@ -151,6 +151,19 @@ def forward_sums(model: Any, mb: MicroBatch, device: torch.device) -> tuple[torc
     return loss_sum, correct
 
 
+def lora_config(config: TrainConfig) -> Any:
+    """peft's LoraConfig for a config's lora_* fields (training and the time estimate)."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=config.lora_rank,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=config.lora_target_modules,
+        task_type="CAUSAL_LM",
+    )
+
+
 def build_model(plan: Plan) -> Any:
     from tuneforge.models import load_model
     from tuneforge.models.attention import use_varlen_attention
@@ -161,20 +174,13 @@ def build_model(plan: Plan) -> Any:
     else:
         model = load_model(config.model, dtype=torch.float32)
     if config.method in ("lora", "qlora"):
-        from peft import LoraConfig, get_peft_model
+        from peft import get_peft_model
 
         if config.method == "qlora":
             from peft import prepare_model_for_kbit_training
 
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-        lora = LoraConfig(
-            r=config.lora_rank,
-            lora_alpha=config.lora_alpha,
-            lora_dropout=config.lora_dropout,
-            target_modules=config.lora_target_modules,
-            task_type="CAUSAL_LM",
-        )
-        model = get_peft_model(model, lora)
+        model = get_peft_model(model, lora_config(config))
     use_varlen_attention(model)
     return model
 
@@ -222,6 +228,15 @@ def lr_lambda(config: TrainConfig, total_steps: int) -> Callable[[int], float]:
 
 
 class SFTRecipe:
+    """One supervised fine-tuning run of a Plan, torchtune's shape: setup, train, save.
+
+    It owns the model (LoRA, QLoRA or full), optimizer and scheduler, and every write to the run
+    directory (status.json, metrics.jsonl, checkpoints, the final model). It runs on the main
+    thread of its process (its SIGINT/SIGTERM handlers finish the step and checkpoint), one per
+    rank under torchrun. `train()` and `resume()` below build it; the CLI, the jobs worker and
+    the quickstart call those.
+    """
+
     def __init__(
         self,
         plan: Plan,
