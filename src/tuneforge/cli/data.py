@@ -214,8 +214,8 @@ def data_split(
 
     Shuffles with the seed and writes OpenAI chat JSONL, so the test examples stay unseen by
     training and by the few-shot and retrieval prompts."""
-    from tuneforge.data.demo import SPLITS, split_examples
     from tuneforge.data.formats import load_conversations, parse_mapping, write_jsonl
+    from tuneforge.data.split import SPLITS, split_examples
 
     if validation + test >= 1:
         raise UsageError(
@@ -283,7 +283,8 @@ def data_demo(
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Write the recipe-assistant demo data set. OpenAI chat JSONL, split three ways."""
-    from tuneforge.data.demo import SPLITS, write_demo
+    from tuneforge.data.demo import write_demo
+    from tuneforge.data.split import SPLITS
 
     refuse_to_overwrite([out_dir / f"{name}.jsonl" for name in SPLITS], overwrite)
     paths = write_demo(out_dir, seed=seed, n=n)

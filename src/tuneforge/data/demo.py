@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.data.formats import write_jsonl
-from tuneforge.data.split import split_examples
+from tuneforge.data.split import SPLITS, split_examples
 
 __all__ = ["BRANDS", "SYSTEM_PROMPT", "generate_examples", "write_demo"]
 
@@ -39,7 +39,6 @@ SYSTEM_PROMPT = (
 
 DEFAULT_N = 600  # "several hundred": enough to show a fine-tuning gain, small enough for a CPU
 MIN_N = 10  # below this the validation and test splits would be empty or a single row
-SPLITS = ("train", "validation", "test")
 
 
 # --------------------------------------------------------------------------------------------

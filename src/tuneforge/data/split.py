@@ -6,6 +6,8 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
+SPLITS = ("train", "validation", "test")  # also the file names: train.jsonl, …
+
 
 def split_examples(
     examples: list[dict[str, Any]],
