@@ -204,9 +204,10 @@ def test_job_object_is_shaped_like_openais(api, training_file, tiny):
         ({"seed": -1}, "seed", None),
         ({"metadata": {"k": 1}}, "metadata.k", None),
         ({"integrations": [{"type": "wandb"}]}, "integrations", None),
-        ({"training_config": {"epochs": 2}}, "training_config", None),
-        ({"training_config": {"lora_rnak": 8}}, "training_config", None),
-        ({"training_config": {"lora_rank": -1}}, "training_config", None),
+        # The problem's field, under the object that holds it:
+        ({"training_config": {"epochs": 2}}, "training_config.epochs", None),
+        ({"training_config": {"lora_rnak": 8}}, "training_config.lora_rnak", None),
+        ({"training_config": {"lora_rank": -1}}, "training_config.lora_rank", None),
         ({"extra_field": 1}, "extra_field", None),
         ({"model": 7}, "model", None),
     ],

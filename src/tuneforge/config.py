@@ -14,7 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from tuneforge.errors import ConfigError
+from tuneforge.errors import ConfigError, Problem
 
 Auto = Literal["auto"]
 
@@ -161,35 +161,28 @@ def _did_you_mean(key: str) -> str | None:
     return close[0] if close else None
 
 
-def _format_pydantic(exc: ValidationError) -> list[str]:
-    problems = []
+def _format_pydantic(exc: ValidationError) -> list[Problem]:
+    problems: dict[str, Problem] = {}  # a Literal union reports once per branch: keep the first
     for error in exc.errors():
         # Union fields report one error per branch (loc = (field, "int")): name the field only.
-        where = str(error["loc"][0]) if error["loc"] else "config"
+        where = str(error["loc"][0]) if error["loc"] else None
+        if where in problems:
+            continue
         if error["type"] == "extra_forbidden":
-            guess = _did_you_mean(where)
-            problems.append(
-                f"`{where}`: unknown key" + (f"; did you mean `{guess}`?" if guess else "")
-            )
+            guess = _did_you_mean(str(where))
+            message = "unknown key" + (f"; did you mean `{guess}`?" if guess else "")
         elif error["type"] == "missing" or (
             error.get("input") is None
             and where in TrainConfig.model_fields
             and TrainConfig.model_fields[where].is_required()
         ):
-            problems.append(f"`{where}`: required")
+            message = "required"
         else:
             got = error.get("input")
             shown = repr(got)[:60] if not isinstance(got, dict) else "an object"
-            problems.append(f"`{where}`: {error['msg']} (got {shown})")
-    # Literal unions produce one message per branch; keep each field's first.
-    seen: set[str] = set()
-    unique = []
-    for p in problems:
-        key = p.split(":", 1)[0]
-        if key not in seen:
-            seen.add(key)
-            unique.append(p)
-    return unique
+            message = f"{error['msg']} (got {shown})"
+        problems[str(where)] = Problem(where, message)
+    return list(problems.values())
 
 
 def parse_value(text: str) -> Any:
@@ -213,10 +206,8 @@ def build_config(
     try:
         return TrainConfig(**merged)
     except ValidationError as exc:
-        problems = _format_pydantic(exc)
         raise ConfigError(
-            f"{len(problems)} problem(s) in the training config:\n"
-            + "\n".join(f"  - {p}" for p in problems),
+            problems=_format_pydantic(exc),
             hint="fix the fields above; `tuneforge config show --defaults` lists every field",
         ) from None
 
@@ -234,7 +225,12 @@ def load_config_file(path: str | Path, overrides: list[str] | None = None) -> Tr
     try:
         return build_config(data, overrides)
     except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc.message}", hint=exc.hint) from None
+        raise ConfigError(
+            None if exc.problems else f"{path}: {exc.message}",
+            problems=exc.problems,
+            subject=str(path),
+            hint=exc.hint,
+        ) from None
 
 
 def defaults_yaml() -> str:

@@ -21,7 +21,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response, StreamingResponse
 
 from tuneforge.api.deps import get_catalog, get_engine
-from tuneforge.api.errors import APIError, error_body
+from tuneforge.api.errors import APIError, error_body, from_tuneforge
 from tuneforge.api.schemas import ChatCompletion, ChatCompletionRequest
 from tuneforge.data.chat_template import TemplateError
 from tuneforge.data.conversation import Message
@@ -99,8 +99,7 @@ def completion_budget(body: ChatCompletionRequest, prompt_tokens: int, context: 
 
 def _failure(error: BaseException) -> APIError:
     if isinstance(error, TuneforgeError):
-        message = f"{error.message} (fix: {error.hint})" if error.hint else error.message
-        return APIError(400, message, param="model")
+        return from_tuneforge(error, param="model")
     return APIError(
         500,
         f"Generation failed on the server ({error.__class__.__name__}); it is logged",

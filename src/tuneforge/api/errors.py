@@ -137,8 +137,13 @@ async def _api(_: Request, exc: APIError) -> JSONResponse:
 
 
 async def _tuneforge(_: Request, exc: TuneforgeError) -> JSONResponse:
-    message = f"{exc.message} (fix: {exc.hint})" if exc.hint else exc.message
-    return error_response(APIError(400, message))
+    return error_response(from_tuneforge(exc))
+
+
+def from_tuneforge(exc: TuneforgeError, *, param: str | None = None) -> APIError:
+    """Our error kinds in OpenAI's shape: the kind's status and code, the message on one line,
+    `param` the field it names (or the caller's)."""
+    return APIError(exc.http_status, exc.inline(), param=exc.param or param, code=exc.code)
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -16,10 +16,11 @@ from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 
+from tuneforge.api.deps import get_store
 from tuneforge.api.errors import APIError, not_found
 from tuneforge.api.schemas import Deleted, FileList, FileObject
 from tuneforge.errors import TuneforgeError
-from tuneforge.jobs.store import Store, files_dir, new_id
+from tuneforge.jobs.store import files_dir, new_id
 
 router = APIRouter()
 
@@ -33,10 +34,6 @@ def file_object(row: dict) -> dict:
     return {k: row[k] for k in ("id", "bytes", "created_at", "filename", "purpose", "status")} | {
         "object": "file"
     }
-
-
-def _store(request: Request) -> Store:
-    return request.app.state.store
 
 
 def _extension(filename: str) -> str:
@@ -64,9 +61,8 @@ def check_format(path: Path, filename: str, column_map: str | None = None) -> Pa
     from tuneforge.data.formats import is_csv, iter_parsed, parse_mapping
 
     def for_client(exc: TuneforgeError) -> APIError:
-        text = f"{exc.message} (fix: {exc.hint})" if exc.hint else exc.message
         return APIError(
-            400, text.replace(str(path), filename), param="file", code="invalid_file_format"
+            400, exc.inline().replace(str(path), filename), param="file", code="invalid_file_format"
         )
 
     try:
@@ -188,7 +184,7 @@ async def upload_file(
     try:
         stored = await run_in_threadpool(check_format, tmp, filename, column_map)
         row = await run_in_threadpool(
-            _store(request).add_file, new_id("file"), stored, filename=filename, purpose=purpose
+            get_store(request).add_file, new_id("file"), stored, filename=filename, purpose=purpose
         )
     finally:
         tmp.unlink(missing_ok=True)  # renamed away on success
@@ -203,7 +199,7 @@ def list_files(
     after: Annotated[str | None, Query(max_length=512)] = None,
     limit: Annotated[int, Query(ge=1, le=10000)] = 10000,
 ) -> dict:
-    rows = _store(request).list_files(purpose=purpose, after=after, limit=limit + 1)
+    rows = get_store(request).list_files(purpose=purpose, after=after, limit=limit + 1)
     return {
         "object": "list",
         "data": [file_object(r) for r in rows[:limit]],
@@ -212,7 +208,7 @@ def list_files(
 
 
 def _get(request: Request, file_id: str) -> dict:
-    row = _store(request).get_file(file_id)
+    row = get_store(request).get_file(file_id)
     if row is None:
         raise not_found("File", file_id, param="file_id")
     return row
@@ -235,7 +231,7 @@ def file_content(request: Request, file_id: str) -> FileResponse:
 
 @router.delete("/v1/files/{file_id}", response_model=Deleted)
 def delete_file(request: Request, file_id: str) -> dict:
-    store = _store(request)
+    store = get_store(request)
     _get(request, file_id)
     users = store.jobs_using_file(file_id)
     if users:

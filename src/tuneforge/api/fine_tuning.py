@@ -136,7 +136,8 @@ def create_job(request: Request, body: JobCreate) -> dict[str, Any]:
     try:
         check_training_config(training_config)
     except ConfigError as exc:
-        raise APIError(400, f"{exc.message}\n  fix: {exc.hint}", param="training_config") from None
+        where = f"training_config.{exc.param}" if exc.param else "training_config"
+        raise APIError(400, exc.inline(), param=where, code=exc.code) from None
     job_id = new_id("ftjob")
     job = store.add_job(
         {

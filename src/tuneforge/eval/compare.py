@@ -236,7 +236,7 @@ class Comparison:
                 entry["description"] = _run_description(training)
             entry["status"] = "ok"
         except TuneforgeError as exc:
-            entry["error"] = exc.message + (f" (fix: {exc.hint})" if exc.hint else "")
+            entry["error"] = exc.inline()
         except Exception as exc:  # one broken approach must not lose the others' results
             entry["error"] = f"{exc.__class__.__name__}: {exc}"
         if entry["status"] != "ok":

@@ -228,7 +228,7 @@ class JobManager:
             lifecycle.fail(self.store, job_id, exc.error, expect=("validating_files",))
             return
         except TuneforgeError as exc:
-            text = f"{exc.message} (fix: {exc.hint})" if exc.hint else exc.message
+            text = exc.inline()
             lifecycle.fail(
                 self.store,
                 job_id,

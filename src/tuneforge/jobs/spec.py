@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.config import TrainConfig, build_config
-from tuneforge.errors import ConfigError
+from tuneforge.errors import ConfigError, Problem
 
 HYPERPARAMETER_FIELDS = {
     "n_epochs": "epochs",
@@ -39,14 +39,14 @@ KEEP_CHECKPOINTS = 2  # + the final model = the three checkpoints OpenAI keeps (
 def check_training_config(extra: dict[str, Any]) -> None:
     """Raise ConfigError naming every reserved or invalid key of a job's `training_config`."""
     reserved = [
-        f"`{key}`: set by {owner}, not training_config"
+        Problem(key, f"set by {owner}, not training_config")
         for key, owner in RESERVED_CONFIG_KEYS.items()
         if key in extra
     ]
     if reserved:
         raise ConfigError(
-            f"{len(reserved)} problem(s) in training_config:\n"
-            + "\n".join(f"  - {p}" for p in reserved),
+            problems=reserved,
+            subject="training_config",
             hint="move these values to the job's own fields",
         )
     build_config({**extra, "train_file": "unchecked.jsonl"})

@@ -42,7 +42,7 @@ def _metrics_event(store: Store, job_id: str, total_steps: int, m: dict[str, Any
 
 
 def _error_for(exc: TuneforgeError) -> dict[str, Any]:
-    text = f"{exc.message} (fix: {exc.hint})" if exc.hint else exc.message
+    text = exc.inline()
     if isinstance(exc, ModelError):
         return lifecycle.error("invalid_model", text, "model")
     if isinstance(exc, DataError):
@@ -54,7 +54,6 @@ def _error_for(exc: TuneforgeError) -> dict[str, Any]:
 
 def run_job(store: Store, job_id: str) -> None:
     """Train (or resume) the job's run, then settle its status. Holds the job's lease."""
-    from tuneforge.config import build_config
     from tuneforge.train.plan import make_plan
     from tuneforge.train.recipe import resume, train
 
@@ -65,7 +64,7 @@ def run_job(store: Store, job_id: str) -> None:
     run_dir = Path(job["run_dir"])
     try:
         if (run_dir / "config.yaml").exists():
-            plan = make_plan(build_config(rd.read_config(run_dir)), run_dir)
+            plan = make_plan(rd.load_config(run_dir), run_dir)
         else:
             config = job_config(
                 job,

@@ -17,7 +17,7 @@ from tuneforge.data.chat_template import ChatTemplate, TemplateError
 from tuneforge.data.formats import detect_format, load_conversations, parse_mapping
 from tuneforge.data.tokenize import encode
 from tuneforge.data.validate import suggested_epochs
-from tuneforge.errors import ConfigError, TuneforgeError
+from tuneforge.errors import ConfigError, Problem, TuneforgeError
 from tuneforge.models.device import cuda_available
 from tuneforge.models.text import auto_max_seq_len, load_text_side
 
@@ -91,14 +91,14 @@ def _tokenize(
     template: ChatTemplate,
     max_len: int,
     label: str,
-    problems: list[str],
+    problems: list[Problem],
 ) -> list[TokenizedExample]:
     out = []
     for example in examples:
         try:
             enc = encode(example.conversation, tokenizer, template, max_len)
         except TemplateError as exc:
-            problems.append(f"`{label}` line {example.line}: {exc.message}")
+            problems.append(Problem(label, f"line {example.line}: {exc.message}"))
             continue
         if enc.n_trained:
             out.append(TokenizedExample(enc.input_ids, enc.labels))
@@ -107,35 +107,46 @@ def _tokenize(
 
 def make_plan(config: TrainConfig, run_dir: Path | None = None) -> Plan:
     """Check everything that can be checked without weights; raise ConfigError listing all."""
-    problems: list[str] = []
+    problems: list[Problem] = []
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not (run_dir or config.output_dir):
         problems.append(
-            "`output_dir`: several processes need one run directory named up front; "
-            "pass --out DIR (or output_dir=DIR)"
+            Problem(
+                "output_dir",
+                "several processes need one run directory named up front; "
+                "pass --out DIR (or output_dir=DIR)",
+            )
         )
     device = config.device
     if device == "auto":
         device = "cuda" if cuda_available() else "cpu"
     if device == "cuda" and not cuda_available():
-        problems.append("`device`: cuda was asked for but no CUDA GPU is visible; use device=cpu")
+        problems.append(
+            Problem("device", "cuda was asked for but no CUDA GPU is visible; use device=cpu")
+        )
     if config.method == "qlora" and device != "cuda":
         problems.append(
-            "`method`: qlora quantizes the base model to 4 bits with bitsandbytes, which needs a "
-            "CUDA GPU; use method=lora on CPU"
+            Problem(
+                "method",
+                "qlora quantizes the base model to 4 bits with bitsandbytes, which needs a "
+                "CUDA GPU; use method=lora on CPU",
+            )
         )
     use_bf16 = config.precision == "bf16" or (
         config.precision == "auto" and device == "cuda" and _cuda_bf16()
     )
     if config.precision == "bf16" and device != "cuda":
         problems.append(
-            "`precision`: bf16 on this CPU has no hardware support and is slower than fp32; "
-            "use precision=fp32 (or auto)"
+            Problem(
+                "precision",
+                "bf16 on this CPU has no hardware support and is slower than fp32; "
+                "use precision=fp32 (or auto)",
+            )
         )
     mapping = None
     try:
-        mapping = parse_mapping(config.column_map)
+        mapping = parse_mapping(config.column_map, option="column_map")
     except TuneforgeError as exc:
-        problems.append(f"`column_map`: {exc.message}")
+        problems.append(Problem("column_map", exc.inline().removeprefix("column_map: ")))
 
     # Data files: exist, parse, same format.
     formats: dict[str, str] = {}
@@ -146,7 +157,7 @@ def make_plan(config: TrainConfig, run_dir: Path | None = None) -> Plan:
             continue
         path = Path(value)
         if not path.is_file():
-            problems.append(f"`{key}`: {value}: no such file")
+            problems.append(Problem(key, f"{value}: no such file"))
             continue
         try:
             fmt = config.data_format or ("columns" if mapping else detect_format(path))
@@ -155,13 +166,15 @@ def make_plan(config: TrainConfig, run_dir: Path | None = None) -> Plan:
                 path, config.data_format, mapping, config.system_prompt
             )
         except TuneforgeError as exc:
-            problems.append(
-                f"`{key}`: {exc.message.splitlines()[0]}" + (f" ({exc.hint})" if exc.hint else "")
-            )
+            first_line = TuneforgeError(exc.message.splitlines()[0], hint=exc.hint)
+            problems.append(Problem(key, first_line.inline()))
     if len(set(formats.values())) > 1:
         problems.append(
-            f"`validation_file`: its format is {formats['validation_file']} but the training "
-            f"file's is {formats['train_file']}; convert it with `tuneforge data convert`"
+            Problem(
+                "validation_file",
+                f"its format is {formats['validation_file']} but the training file's is "
+                f"{formats['train_file']}; convert it with `tuneforge data convert`",
+            )
         )
 
     # The model's text side (tokenizer, template, context) — no weights.
@@ -171,22 +184,30 @@ def make_plan(config: TrainConfig, run_dir: Path | None = None) -> Plan:
         text = load_text_side(config.model)
         tokenizer, template, context = text.tokenizer, text.template, text.config_context
     except TuneforgeError as exc:
-        problems.append(f"`model`: {exc.message}" + (f" ({exc.hint})" if exc.hint else ""))
+        problems.append(Problem("model", exc.inline()))
     max_len = config.max_seq_len
     if max_len == "auto":
         max_len = auto_max_seq_len(context)
     elif context and max_len > context:
         problems.append(
-            f"`max_seq_len`: {max_len} is over the model's context length ({context}); "
-            f"use max_seq_len={context} or less"
+            Problem(
+                "max_seq_len",
+                f"{max_len} is over the model's context length ({context}); "
+                f"use max_seq_len={context} or less",
+            )
         )
     if config.packing and isinstance(max_len, int) and config.micro_batch_tokens < max_len:
         problems.append(
-            f"`micro_batch_tokens`: {config.micro_batch_tokens} is below max_seq_len ({max_len}); "
-            "a long example would not fit a forward pass — raise it or lower max_seq_len"
+            Problem(
+                "micro_batch_tokens",
+                f"{config.micro_batch_tokens} is below max_seq_len ({max_len}); a long example "
+                "would not fit a forward pass — raise it or lower max_seq_len",
+            )
         )
     if config.method == "full" and config.lora_target_modules != "all-linear":
-        problems.append("`lora_target_modules`: only applies to method=lora/qlora; remove it")
+        problems.append(
+            Problem("lora_target_modules", "only applies to method=lora/qlora; remove it")
+        )
 
     train: list[TokenizedExample] = []
     validation: list[TokenizedExample] = []
@@ -199,13 +220,16 @@ def make_plan(config: TrainConfig, run_dir: Path | None = None) -> Plan:
         )
         if examples["train_file"] and not train:
             problems.append(
-                "`train_file`: no example has a trained token after truncation; "
-                "raise max_seq_len or check the assistant messages"
+                Problem(
+                    "train_file",
+                    "no example has a trained token after truncation; "
+                    "raise max_seq_len or check the assistant messages",
+                )
             )
     if problems:
         raise ConfigError(
-            f"{len(problems)} problem(s) before training could start:\n"
-            + "\n".join(f"  - {p}" for p in problems),
+            problems=problems,
+            subject="the config (checked against the data and the model)",
             hint="fix the fields named above (nothing was loaded or written)",
         )
 

@@ -643,13 +643,12 @@ def resume(
     on_event: Callable[[str], None] | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """Continue a run from its latest complete checkpoint, exactly."""
-    from tuneforge.config import build_config
 
     run_dir = Path(run_dir)
     status = rd.read_status(run_dir) or {}
     if status.get("status") == "succeeded":
         raise TuneforgeError(f"{run_dir} already finished", hint="start a new run instead")
-    plan = plan or make_plan(build_config(rd.read_config(run_dir)), run_dir)
+    plan = plan or make_plan(rd.load_config(run_dir), run_dir)
     return _run(plan, resume=True, on_step=on_step, on_event=on_event)
 
 
