@@ -703,7 +703,7 @@ def run_tuneforge(spec: dict[str, Any]) -> dict[str, Any]:
             }
         )
 
-    run_path, last = recipe.train(cfg, plan=plan, on_step=on_step)
+    run_path, last = recipe.train(plan, on_step=on_step)
     rss = peak_rss_mb()
     status = rd.read_status(run_path) or {}
     if status.get("status") != "succeeded":

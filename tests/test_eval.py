@@ -25,6 +25,7 @@ from tuneforge.eval.metrics import (
     token_f1,
 )
 from tuneforge.inference.generate import generate_batch
+from tuneforge.train.plan import make_plan
 
 # -- metrics ---------------------------------------------------------------------------------
 
@@ -287,7 +288,7 @@ def tiny_run(tiny_model_dir, tmp_path_factory):
             "eval_every": 1,
         }
     )
-    train(config)
+    train(make_plan(config))
     return data, run
 
 

@@ -17,6 +17,7 @@ from helpers import good_examples, write_lines
 
 from tuneforge import run_dir as rd
 from tuneforge.config import build_config
+from tuneforge.train.plan import make_plan
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -61,7 +62,7 @@ def test_learning_rate_multiplier_scales_the_rate_the_optimizer_uses(
             tmp_path / f"x{multiplier}",
             learning_rate_multiplier=multiplier,
         )
-        run, _ = train(config)
+        run, _ = train(make_plan(config))
         runs[multiplier] = rd.read_metrics(run)
     assert [m["learning_rate"] for m in runs[1.0]] == [1e-3, 1e-3]
     assert [m["learning_rate"] for m in runs[2.0]] == [2e-3, 2e-3]
@@ -74,7 +75,6 @@ def test_config_validate_and_jobs_use_the_multiplied_rate(
     demo_dir, tiny_model_dir, tmp_path, run_cli
 ):
     from tuneforge.jobs.spec import job_config
-    from tuneforge.train.plan import make_plan
 
     config_file = tmp_path / "run.yaml"
     config_file.write_text(
@@ -172,7 +172,7 @@ def test_resume_from_another_folder_and_its_status(
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train(config, on_step=crash_at_step_3)
+        train(make_plan(config), on_step=crash_at_step_3)
     run = work / "runs" / "a"
     saved = rd.read_config(run)
     assert saved["train_file"] == str(work / "small.jsonl")
@@ -238,7 +238,7 @@ def test_generate_finds_a_run_by_its_name(demo_dir, tiny_model_dir, isolated_hom
     ]
     data = write_lines(isolated_home.parent / "sys.jsonl", rows)
     config = tiny(demo_dir, tiny_model_dir, rd.runs_root() / "named-run", train_file=str(data))
-    train(config)
+    train(make_plan(config))
     code, out, err = run_cli("generate", "named-run", "What is the capital of country 3?")
     assert code == 0, err
     assert out.strip() or True  # a random model may answer with nothing printable
@@ -374,13 +374,12 @@ def test_a_worse_fine_tune_is_never_said_to_pay_back():
 
 
 def test_model_card_says_what_really_ran(demo_dir, tiny_model_dir, tmp_path):
-    from tuneforge.train.plan import make_plan
     from tuneforge.train.recipe import train
 
     config = tiny(demo_dir, tiny_model_dir, tmp_path / "run", epochs=3, max_steps=2)
     plan = make_plan(config)
     assert "stopped by max_steps=2" in plan.describe()
-    run, _ = train(config, plan=plan)
+    run, _ = train(plan)
     card = (run / "README.md").read_text()
     assert f"| epochs trained | {plan.epochs_trained:g} |" in card and plan.epochs_trained < 1
     assert "None" not in card

@@ -11,7 +11,7 @@ from helpers import tiny_training
 
 from tuneforge.config import build_config
 from tuneforge.errors import ConfigError
-from tuneforge.train.plan import TokenizedExample
+from tuneforge.train.plan import TokenizedExample, make_plan
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +91,9 @@ def test_run_directory_contract(demo_dir, tiny_model_dir, tmp_path):
     from tuneforge.train.recipe import train
 
     out = tmp_path / "run"
-    run, last = train(tiny_config(demo_dir, tiny_model_dir, out, keep_last=1, max_steps=5))
+    run, last = train(
+        make_plan(tiny_config(demo_dir, tiny_model_dir, out, keep_last=1, max_steps=5))
+    )
     assert run == out
     assert sorted(p.name for p in out.iterdir()) == [
         "README.md",
@@ -146,8 +148,6 @@ def test_config_errors_are_all_reported_before_weights_load(
         build_config({"train_file": "x.jsonl", "epochs": "many", "lora_rank": -1, "colour": "red"})
     text = str(exc.value)
     assert "`epochs`" in text and "`lora_rank`" in text and "`colour`: unknown key" in text
-
-    from tuneforge.train.plan import make_plan
 
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
@@ -215,7 +215,7 @@ def test_nan_loss_stops_with_a_clear_failure(demo_dir, tiny_model_dir, tmp_path,
         micro_batch_tokens=100_000,
     )
     with pytest.raises(recipe.TrainingFailed, match="loss became nan"):
-        recipe.train(config)
+        recipe.train(make_plan(config))
     status = rd.read_status(out)
     assert status["status"] == "failed" and status["error"]["code"] == "nan_loss"
     assert "step 4" in status["error"]["message"]
@@ -226,7 +226,7 @@ def test_runs_list_and_generate_cli(demo_dir, tiny_model_dir, tmp_path, isolated
     from tuneforge.train.recipe import train
 
     out = isolated_home / "runs" / "tiny-run"
-    train(tiny_config(demo_dir, tiny_model_dir, out, max_steps=2))
+    train(make_plan(tiny_config(demo_dir, tiny_model_dir, out, max_steps=2)))
     code, listing, _ = run_cli("runs", "list", "--json")
     rows = json.loads(listing)
     assert code == 0 and [r["run"] for r in rows] == ["tiny-run"]

@@ -153,7 +153,7 @@ def quickstart(
     plan = make_plan(config)
     if on_train_start:
         on_train_start(plan.total_steps)
-    train(config, plan=plan, on_step=on_step, on_event=say)
+    train(plan, on_step=on_step, on_event=say)
 
     say("5/5 evaluating the fine-tuned model and writing the report …")
     comparison.run_fine_tuned(run_dir)

@@ -168,9 +168,9 @@ def _train_here(config: Any, run_dir: Path | None, resume: bool, show: bool) -> 
         state["task"] = bar.add_task("train", total=plan.total_steps, info="loading …")
         state["t0"] = time.time()
         if resume:
-            run, last = resume_run(plan.run_dir, plan=plan, on_step=on_step, on_event=on_event)
+            run, last = resume_run(plan, on_step=on_step, on_event=on_event)
         else:
-            run, last = train(config, plan=plan, on_step=on_step, on_event=on_event)
+            run, last = train(plan, on_step=on_step, on_event=on_event)
     if show:
         _say_how_it_ended(run, last)
 

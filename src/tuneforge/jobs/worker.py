@@ -78,13 +78,13 @@ def run_job(store: Store, job_id: str) -> None:
             "on_event": lambda message: store.add_event(job_id, message),
         }
         if (run_dir / "config.yaml").exists():
-            resume(run_dir, plan=plan, **callbacks)
+            resume(plan, **callbacks)
         else:
             store.add_event(
                 job_id,
                 f"Fine-tuning job started: {plan.describe()}",
             )
-            train(plan.config, plan=plan, **callbacks)
+            train(plan, **callbacks)
     except KeyboardInterrupt:
         pass  # a second signal: stopped without a new checkpoint; settle() requeues or keeps
     except TuneforgeError as exc:

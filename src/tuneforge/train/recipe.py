@@ -1,5 +1,5 @@
 """The supervised fine-tuning recipe: one loop, read top to bottom. The CLI, the jobs worker and
-the UI all run this (`train(config)`); the run directory is what they read back.
+the UI all run this (`train(make_plan(config))`); the run directory is what they read back.
 
 Why our own loop rather than TRL's SFTTrainer (measured in bench/train_throughput.py):
 - The LM head runs only at trained positions. For SmolLM2-135M the head (49152 × 576) is a fifth of
@@ -34,7 +34,7 @@ from tuneforge import run_dir as rd
 from tuneforge.config import TrainConfig
 from tuneforge.data.tokenize import IGNORE_INDEX
 from tuneforge.errors import TuneforgeError
-from tuneforge.train.plan import Plan, TokenizedExample, make_plan
+from tuneforge.train.plan import Plan, TokenizedExample
 
 StepCallback = Callable[[dict[str, Any]], None]
 
@@ -617,15 +617,12 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 def train(
-    config: TrainConfig,
+    plan: Plan,
     *,
-    run_dir: Path | None = None,
-    plan: Plan | None = None,
     on_step: StepCallback | None = None,
     on_event: Callable[[str], None] | None = None,
 ) -> tuple[Path, dict[str, Any]]:
-    """Run a training from a config (or a plan made from it). Returns (run dir, last metrics)."""
-    plan = plan or make_plan(config, run_dir)
+    """Run a new training from its plan (`make_plan(config)`). Returns (run dir, last metrics)."""
     if plan.run_dir.exists() and (plan.run_dir / "config.yaml").exists():
         raise TuneforgeError(
             f"{plan.run_dir} already holds a run",
@@ -636,19 +633,16 @@ def train(
 
 
 def resume(
-    run_dir: Path,
+    plan: Plan,
     *,
-    plan: Plan | None = None,
     on_step: StepCallback | None = None,
     on_event: Callable[[str], None] | None = None,
 ) -> tuple[Path, dict[str, Any]]:
-    """Continue a run from its latest complete checkpoint, exactly."""
-
-    run_dir = Path(run_dir)
-    status = rd.read_status(run_dir) or {}
+    """Continue the run in `plan.run_dir` (planned from its `config.yaml`, `run_dir.load_config`)
+    from its latest complete checkpoint, exactly."""
+    status = rd.read_status(plan.run_dir) or {}
     if status.get("status") == "succeeded":
-        raise TuneforgeError(f"{run_dir} already finished", hint="start a new run instead")
-    plan = plan or make_plan(rd.load_config(run_dir), run_dir)
+        raise TuneforgeError(f"{plan.run_dir} already finished", hint="start a new run instead")
     return _run(plan, resume=True, on_step=on_step, on_event=on_event)
 
 
