@@ -18,6 +18,7 @@ from helpers import good_examples, write_lines
 from tuneforge import run_dir as rd
 from tuneforge.config import build_config
 from tuneforge.train.plan import make_plan
+from tuneforge.train.recipe import train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -52,7 +53,6 @@ def tiny(demo_dir: Path, tiny_model_dir: Path, out: Path, **kw):
 def test_learning_rate_multiplier_scales_the_rate_the_optimizer_uses(
     demo_dir, tiny_model_dir, tmp_path
 ):
-    from tuneforge.train.recipe import train
 
     runs = {}
     for multiplier in (1.0, 2.0):
@@ -152,7 +152,6 @@ def test_ctrl_c_while_chat_streams_stops_the_answer_not_the_program(tiny_model_d
 def test_resume_from_another_folder_and_its_status(
     demo_dir, tiny_model_dir, tmp_path, monkeypatch, run_cli
 ):
-    from tuneforge.train.recipe import train
 
     work = tmp_path / "work"
     work.mkdir()
@@ -229,7 +228,6 @@ def test_a_missing_path_is_a_local_error(name, tmp_path, monkeypatch, run_cli):
 
 
 def test_generate_finds_a_run_by_its_name(demo_dir, tiny_model_dir, isolated_home, run_cli):
-    from tuneforge.train.recipe import train
 
     system = "You are a careful recipe assistant."
     rows = [
@@ -374,7 +372,6 @@ def test_a_worse_fine_tune_is_never_said_to_pay_back():
 
 
 def test_model_card_says_what_really_ran(demo_dir, tiny_model_dir, tmp_path):
-    from tuneforge.train.recipe import train
 
     config = tiny(demo_dir, tiny_model_dir, tmp_path / "run", epochs=3, max_steps=2)
     plan = make_plan(config)
@@ -455,3 +452,27 @@ def test_train_takes_a_column_map_for_csv(tiny_model_dir, tmp_path, run_cli):
     assert (
         rd.read_config(tmp_path / "run")["column_map"] == "prompt=title+ingredients,completion=NER"
     )
+
+
+def test_serve_answers_for_a_run_made_by_tuneforge_train(demo_dir, tiny_model_dir, api):
+    config = tiny(demo_dir, tiny_model_dir, rd.runs_root() / "my-recipes", max_steps=1)
+    train(make_plan(config))
+    assert "my-recipes" in [m["id"] for m in api.get("/v1/models").json()["data"]]
+    assert api.get("/v1/models/my-recipes").json()["owned_by"] == "user"
+    answer = api.post(
+        "/v1/chat/completions",
+        json={
+            "model": "my-recipes",
+            "messages": [{"role": "user", "content": "Title: Soup"}],
+            "max_tokens": 3,
+            "temperature": 0,
+        },
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["model"] == "my-recipes"
+    deleted = api.delete("/v1/models/my-recipes")
+    assert (
+        deleted.status_code == 400 and "tuneforge runs list" in deleted.json()["error"]["message"]
+    )
+    for name in ("../my-recipes", "no-such-run"):
+        assert api.get(f"/v1/models/{name}").status_code == 404

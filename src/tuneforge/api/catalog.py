@@ -1,8 +1,10 @@
 """Which models the server answers for, and their text side (tokenizer, template, context).
 
 Served: the registry's models, every base model a job has named, every fine-tuned model of a
-succeeded job, and each of its checkpoints (`…:ckpt-step-N`, not listed, like OpenAI). Arbitrary
-folders on the server's disk are not: a chat request cannot make the server load a path it names.
+succeeded job, and each of its checkpoints (`…:ckpt-step-N`, not listed, like OpenAI), and every
+finished LoRA run that `tuneforge train` wrote to `$TUNEFORGE_HOME/runs`, by its run name (what
+`tuneforge runs list` shows and `tuneforge generate` takes). Arbitrary folders on the server's
+disk are not: a chat request cannot make the server load a path it names.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tuneforge import run_dir as rd
 from tuneforge.api.errors import APIError, model_not_found
 from tuneforge.errors import TuneforgeError
 from tuneforge.inference.engine import Target
@@ -28,6 +31,7 @@ class ServedModel:
     owned_by: str
     target: Target
     fine_tuned: bool
+    run: bool = False  # a run of `tuneforge train`, served by its name (not a job's model)
 
     def to_json(self) -> dict:
         return {
@@ -76,14 +80,34 @@ class Catalog:
                 models.append(self.get(model_id))
             except APIError:
                 continue  # its run directory was removed by hand
+        for path in rd.list_runs(rd.runs_root()):
+            served = self._run(path.name)
+            if served is not None:
+                models.append(served)
         return models
+
+    def _run(self, name: str) -> ServedModel | None:
+        """A finished LoRA run of `tuneforge train`, by its name under the runs folder only."""
+        if not name or "/" in name or name.startswith("."):
+            return None
+        path = rd.runs_root() / name
+        adapter = path / "model"
+        status = rd.read_status(path) or {}
+        if status.get("status") != "succeeded" or not (adapter / "adapter_config.json").is_file():
+            return None
+        base = rd.read_config(path)["model"]
+        created = int(status.get("finished_at") or adapter.stat().st_mtime)
+        return ServedModel(name, created, "user", Target(name, base, adapter), True, run=True)
 
     def get(self, model_id: str) -> ServedModel:
         """A served model by id, or a 404 in OpenAI's shape."""
         if not model_id.startswith("ft:"):
             created = self._base_models().get(model_id)
             if created is None:
-                raise model_not_found(model_id)
+                served = self._run(model_id)
+                if served is None:
+                    raise model_not_found(model_id)
+                return served
             return ServedModel(model_id, created, "tuneforge", Target(model_id, model_id), False)
         try:
             job, _ = parse_model_id(self.store, model_id)

@@ -40,6 +40,14 @@ def delete_model(request: Request, model_id: str) -> dict[str, Any]:
             param="model",
             code="model_not_deletable",
         )
+    if served.run:
+        raise APIError(
+            400,
+            f"`{model_id}` is a run made by `tuneforge train`; it is served while it is in the "
+            "runs folder (`tuneforge runs list`): move or remove that folder to stop serving it",
+            param="model",
+            code="model_not_deletable",
+        )
     job, step = parse_model_id(catalog.store, model_id)
     if step is not None:
         raise APIError(
