@@ -20,6 +20,9 @@ TEST_HOME = Path(os.environ.get("TUNEFORGE_TEST_HOME", REPO / ".tuneforge-test-h
 os.environ["TUNEFORGE_HOME"] = str(TEST_HOME)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# CLI commands pick torch threads from the cores idle right now; tests fix the count instead, so
+# the suite runs alike on a busy or an idle machine (tests/test_device.py covers the choice).
+os.environ.setdefault("TUNEFORGE_THREADS", str(os.cpu_count() or 1))
 
 DEFAULT = "smollm2-135m-instruct"
 

@@ -88,6 +88,19 @@ def load_model_arg(model_or_run: str) -> Any:
     return load_for_inference(rd.find_run(model_or_run) or model_or_run, packed=True)
 
 
+def use_free_cores() -> None:
+    """torch threads = the cores idle right now (or TUNEFORGE_THREADS), said when fewer than all:
+    OpenMP threads next to a busy process wait on each other (BENCHMARKS.md, "CPU threads")."""
+    import torch
+
+    from tuneforge.models.device import choose_threads
+
+    threads, why = choose_threads()
+    torch.set_num_threads(threads)
+    if why != "all cores":
+        note(f"using {threads} CPU thread(s): {why} (set TUNEFORGE_THREADS to choose)")
+
+
 def refuse_to_overwrite(paths: list[Path], overwrite: bool) -> None:
     """One rule for every command that writes files: existing ones are kept unless --overwrite."""
     from tuneforge.errors import UsageError

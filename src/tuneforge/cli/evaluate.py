@@ -20,6 +20,7 @@ from tuneforge.cli._common import (
     note,
     out,
     progress,
+    use_free_cores,
     working,
 )
 from tuneforge.errors import UsageError
@@ -86,6 +87,7 @@ def eval_cmd(
         name, fn = load_user_metric(spec)
         metrics[name] = fn
     requests = [to_request(e, str(data)) for e in load_conversations(data, fmt)][:limit]
+    use_free_cores()
     with working(f"loading {model_or_run} …"):
         loaded = load_model_arg(model_or_run)
     if max_new_tokens is None:
@@ -197,6 +199,7 @@ def compare_cmd(
     )
     if not baselines and not options.runs:
         raise UsageError("--no-baselines leaves nothing to compare", hint="add --run RUN_DIR")
+    use_free_cores()
     with _ApproachProgress() as bars:
         comparison = Comparison(options, on_event=lambda m: err.print(Text(m)), on_progress=bars)
         if baselines:
@@ -228,6 +231,7 @@ def quickstart_cmd(
 
     from tuneforge.quickstart import quickstart
 
+    use_free_cores()
     start = time.time()
 
     def say(message: str) -> None:

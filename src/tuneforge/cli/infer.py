@@ -14,6 +14,7 @@ from tuneforge.cli._common import (
     load_model_arg,
     note,
     out,
+    use_free_cores,
     working,
 )
 
@@ -58,7 +59,8 @@ def generate_cmd(
     """Answer one prompt with a run or a model. Greedy by default."""
     from tuneforge.inference.generate import generate
 
-    with working("loading …"):
+    use_free_cores()
+    with working(f"loading {model_or_run} …"):
         loaded = load_model_arg(model_or_run)
     system = _system_for(loaded, system)
     text, ids = generate(
@@ -86,7 +88,8 @@ def chat_cmd(
     from tuneforge.data.conversation import Message
     from tuneforge.inference.generate import stream
 
-    with working("loading …"):
+    use_free_cores()
+    with working(f"loading {model_or_run} …"):
         loaded = load_model_arg(model_or_run)
     system = _system_for(loaded, system)
     start: list[Any] = [Message("system", system)] if system else []

@@ -26,5 +26,8 @@ def serve_cmd(
 ) -> None:
     """An OpenAI-compatible server. Files, fine-tuning jobs, models and chat completions."""
     from tuneforge.api.server import run_server
+    from tuneforge.cli._common import use_free_cores
+
+    use_free_cores()
 
     run_server(host=host, port=port, api_key=api_key, max_concurrent_jobs=max_concurrent_jobs)

@@ -11,7 +11,16 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from tuneforge.cli._common import MapOpt, SystemOpt, err, note, out, progress, working
+from tuneforge.cli._common import (
+    MapOpt,
+    SystemOpt,
+    err,
+    note,
+    out,
+    progress,
+    use_free_cores,
+    working,
+)
 from tuneforge.errors import UsageError
 
 config_app = typer.Typer(
@@ -128,6 +137,8 @@ def train_cmd(
         return
     # Under torchrun every process runs this; only the first one prints.
     show = int(os.environ.get("RANK", "0")) == 0
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        use_free_cores()  # (torchrun gives each of N processes its own share)
     _train_here(config, run_dir, resume=resume_dir is not None, show=show)
 
 

@@ -1,0 +1,46 @@
+"""How many CPU threads the CLI gives torch: the cores idle right now, or TUNEFORGE_THREADS."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tuneforge.errors import UsageError
+from tuneforge.models import device
+
+
+def test_free_cores_sees_a_busy_process():
+    usable = os.cpu_count() or 1
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        free = device.free_cores(sample_seconds=0.5)
+    finally:
+        busy.kill()
+        busy.wait()
+    assert free is not None
+    assert free <= usable - 0.5  # one core is taken by the loop
+
+
+def test_threads_follow_the_idle_cores(monkeypatch):
+    monkeypatch.delenv("TUNEFORGE_THREADS", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _: {0, 1}, raising=False)
+    monkeypatch.setattr(device, "free_cores", lambda: 0.9)
+    assert device.choose_threads() == (1, "1 of 2 cores busy with other work")
+    monkeypatch.setattr(device, "free_cores", lambda: 0.1)
+    assert device.choose_threads()[0] == 1  # never 0
+    monkeypatch.setattr(device, "free_cores", lambda: 1.8)
+    assert device.choose_threads() == (2, "all cores")
+    monkeypatch.setattr(device, "free_cores", lambda: None)  # no /proc/stat
+    assert device.choose_threads() == (2, "all cores")
+
+
+def test_tuneforge_threads_wins_and_is_checked(monkeypatch):
+    monkeypatch.setattr(device, "free_cores", lambda: pytest.fail("must not sample"))
+    monkeypatch.setenv("TUNEFORGE_THREADS", "3")
+    assert device.choose_threads() == (3, "TUNEFORGE_THREADS")
+    monkeypatch.setenv("TUNEFORGE_THREADS", "many")
+    with pytest.raises(UsageError, match="TUNEFORGE_THREADS='many'"):
+        device.choose_threads()
