@@ -123,6 +123,18 @@ def eval_cmd(
     out.print(table)
 
 
+def _run_folder(name_or_path: str) -> Path:
+    from tuneforge import run_dir as rd
+
+    found = rd.find_run(name_or_path)
+    if found is None:
+        raise UsageError(
+            f"--run {name_or_path}: no such run",
+            hint="name a run from `tuneforge runs list`, or its folder",
+        )
+    return found
+
+
 def _print_summary(summary: dict[str, Any], md: Path, html: Path) -> None:
     verdict = {
         "fine_tune": "fine-tune",
@@ -143,7 +155,8 @@ def compare_cmd(
         typer.Option("--model", "-m", help="Base model (default: the runs' base, or the default)."),
     ] = None,
     runs: Annotated[
-        list[Path] | None, typer.Option("--run", help="A fine-tuned run directory; repeatable.")
+        list[str] | None,
+        typer.Option("--run", help="A fine-tuned run (its name or folder); repeatable."),
     ] = None,
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for the results.")] = Path(
         "tuneforge-compare"
@@ -185,7 +198,7 @@ def compare_cmd(
         test_file=test_file,
         out_dir=out_dir,
         model=model,
-        runs=list(runs or []),
+        runs=[_run_folder(r) for r in runs or []],
         k=k,
         retriever=retriever,
         limit=limit,

@@ -94,13 +94,15 @@ def train_cmd(
     suffix: Annotated[str | None, typer.Option("--suffix")] = None,
     mapping: MapOpt = None,
     system: SystemOpt = None,
-    resume_dir: Annotated[Path | None, typer.Option("--resume", help="Continue this run.")] = None,
+    resume_run: Annotated[
+        str | None, typer.Option("--resume", help="Continue this run (its name or folder).")
+    ] = None,
     nproc: Annotated[int, typer.Option("--nproc", min=1, help="Data-parallel processes.")] = 1,
 ) -> None:
     """Fine-tune a model (LoRA by default). Ctrl-C saves a checkpoint; --resume continues.
 
     Examples: `tuneforge train -t train.jsonl -v valid.jsonl epochs=2`,
-    `tuneforge train -c run.yaml learning_rate_multiplier=2`, `tuneforge train --resume RUN_DIR`.
+    `tuneforge train -c run.yaml learning_rate_multiplier=2`, `tuneforge train --resume RUN`.
     Every config field (`tuneforge config show --defaults`) can be given as key=value.
     """
     from tuneforge import run_dir as rd
@@ -115,9 +117,16 @@ def train_cmd(
         "column_map": mapping,
         "system_prompt": system,
     }
-    if resume_dir is not None:
+    resume_dir = None
+    if resume_run is not None:
         if any(flags.values()) or overrides or config_file:
             raise UsageError("--resume takes no other config", hint="the run's config.yaml is used")
+        resume_dir = rd.find_run(resume_run)
+        if resume_dir is None:
+            raise UsageError(
+                f"--resume {resume_run}: no such run",
+                hint="name a run from `tuneforge runs list`, or its folder",
+            )
         config = rd.load_config(resume_dir)
         run_dir = resume_dir
     else:
