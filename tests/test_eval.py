@@ -265,6 +265,20 @@ def test_summary_recommends_prompting_when_fine_tuning_is_worse():
     assert summarize(approaches[:1], "set_f1")["recommendation"] == "undecided"
 
 
+def test_a_worse_fine_tune_is_never_said_to_pay_back():
+    """It sends fewer prompt tokens, but a worse answer is not paid for by them (issue 17)."""
+    s = summarize(
+        [
+            _approach("few_shot", "few_shot", 0.7, 600),
+            _approach("fine_tuned:r", "fine_tuned", 0.5, 100, training_tokens=1000),
+        ],
+        "set_f1",
+    )
+    assert s["recommendation"] == "prompt_engineering"
+    assert s["break_even_requests"] is None
+    assert not any("paid back" in r for r in s["reasons"])
+
+
 # -- compare end to end (tiny model) ---------------------------------------------------------
 
 

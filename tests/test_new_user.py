@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import good_examples, write_lines
+from helpers import good_examples, tiny_training, write_lines
 
 from tuneforge import run_dir as rd
 from tuneforge.config import build_config
@@ -33,18 +33,9 @@ def demo_dir(tmp_path_factory) -> Path:
 
 
 def tiny(demo_dir: Path, tiny_model_dir: Path, out: Path, **kw):
-    data = {
-        "model": str(tiny_model_dir),
-        "train_file": str(demo_dir / "train.jsonl"),
-        "output_dir": str(out),
-        "batch_size": 4,
-        "max_steps": 2,
-        "learning_rate": 1e-3,
-        "warmup_ratio": 0.0,
-        "lr_schedule": "constant",
-        "eval_every": 100,
-    } | kw
-    return build_config(data)
+    """Two steps at a constant rate, no periodic evaluation: runs whose rates are easy to read."""
+    settings = {"max_steps": 2, "warmup_ratio": 0.0, "lr_schedule": "constant", "eval_every": 100}
+    return build_config(tiny_training(demo_dir, tiny_model_dir, out, **settings) | kw)
 
 
 # -- 1. learning_rate_multiplier ------------------------------------------------------------
@@ -343,32 +334,6 @@ def test_every_command_in_the_readme_exists():
 
 
 # -- friction -------------------------------------------------------------------------------------
-
-
-def test_a_worse_fine_tune_is_never_said_to_pay_back():
-    from tuneforge.eval.compare import summarize
-
-    def approach(name, kind, score, prompt_tokens, training_tokens=None):
-        return {
-            "name": name,
-            "kind": kind,
-            "status": "ok",
-            "metrics": {"set_f1": score},
-            "prompt_tokens_per_request": prompt_tokens,
-            "latency_p50_s": 1.0,
-            "training_tokens": training_tokens,
-        }
-
-    s = summarize(
-        [
-            approach("few_shot", "few_shot", 0.7, 600),
-            approach("fine_tuned:r", "fine_tuned", 0.5, 100, training_tokens=1000),
-        ],
-        "set_f1",
-    )
-    assert s["recommendation"] == "prompt_engineering"
-    assert s["break_even_requests"] is None
-    assert not any("paid back" in r for r in s["reasons"])
 
 
 def test_model_card_says_what_really_ran(demo_dir, tiny_model_dir, tmp_path):

@@ -53,6 +53,12 @@ ModelOrRunArg = Annotated[
 MaxTokensOpt = Annotated[int, typer.Option("--max-tokens", min=1, help="Most tokens to answer.")]
 
 
+def command_group(help: str) -> typer.Typer:
+    """A `tuneforge <group>` app: plain help text (rich's panels cut long option help at 80
+    columns), and the group's help when run without a subcommand."""
+    return typer.Typer(rich_markup_mode=None, help=help, no_args_is_help=True)
+
+
 def default_model() -> str:
     from tuneforge.models import DEFAULT_MODEL
 

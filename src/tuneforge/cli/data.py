@@ -17,6 +17,7 @@ from tuneforge.cli._common import (
     ModelOpt,
     OverwriteOpt,
     SystemOpt,
+    command_group,
     count_lines,
     default_model,
     duration,
@@ -29,11 +30,7 @@ from tuneforge.cli._common import (
 )
 from tuneforge.errors import UsageError
 
-app = typer.Typer(
-    rich_markup_mode=None,
-    help="Inspect, validate, convert and generate training data.",
-    no_args_is_help=True,
-)
+app = command_group("Inspect, validate, convert and generate training data.")
 
 
 @app.command("validate")

@@ -8,9 +8,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from tuneforge.cli._common import default_model, out, working
+from tuneforge.cli._common import command_group, default_model, out, working
 
-app = typer.Typer(rich_markup_mode=None, help="The models tuneforge can use.", no_args_is_help=True)
+app = command_group("The models tuneforge can use.")
 
 
 @app.command("list")

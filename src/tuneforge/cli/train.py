@@ -14,6 +14,7 @@ from rich.markup import escape
 from tuneforge.cli._common import (
     MapOpt,
     SystemOpt,
+    command_group,
     err,
     note,
     out,
@@ -23,14 +24,8 @@ from tuneforge.cli._common import (
 )
 from tuneforge.errors import UsageError
 
-config_app = typer.Typer(
-    rich_markup_mode=None, help="Training configs: defaults and validation.", no_args_is_help=True
-)
-runs_app = typer.Typer(
-    rich_markup_mode=None,
-    help="Training runs, of `tuneforge train` and of jobs.",
-    no_args_is_help=True,
-)
+config_app = command_group("Training configs: defaults and validation.")
+runs_app = command_group("Training runs, of `tuneforge train` and of jobs.")
 
 
 @config_app.command("show")
