@@ -80,6 +80,16 @@ def tiny_model_dir(default_model_dir: Path) -> Path:
     return target
 
 
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory) -> Path:
+    """60 demo examples (seed 1) split three ways, shared by the training tests."""
+    from tuneforge.data.demo import write_demo
+
+    out = tmp_path_factory.mktemp("demo")
+    write_demo(out, seed=1, n=60)
+    return out
+
+
 @pytest.fixture
 def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "home"

@@ -23,15 +23,6 @@ from tuneforge.train.recipe import train
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def demo_dir(tmp_path_factory) -> Path:
-    from tuneforge.data.demo import write_demo
-
-    out = tmp_path_factory.mktemp("demo")
-    write_demo(out, seed=3, n=40)
-    return out
-
-
 def tiny(demo_dir: Path, tiny_model_dir: Path, out: Path, **kw):
     """Two steps at a constant rate, no periodic evaluation: runs whose rates are easy to read."""
     settings = {"max_steps": 2, "warmup_ratio": 0.0, "lr_schedule": "constant", "eval_every": 100}

@@ -14,15 +14,6 @@ from tuneforge.errors import ConfigError
 from tuneforge.train.plan import TokenizedExample, make_plan
 
 
-@pytest.fixture(scope="module")
-def demo_dir(tmp_path_factory) -> Path:
-    from tuneforge.data.demo import write_demo
-
-    out = tmp_path_factory.mktemp("demo")
-    write_demo(out, seed=1, n=60)
-    return out
-
-
 def tiny_config(demo_dir: Path, tiny_model_dir: Path, out: Path, **kw):
     settings = {"max_steps": 4, "eval_every": 2, "checkpoint_every": 2} | kw
     return build_config(tiny_training(demo_dir, tiny_model_dir, out, **settings))
