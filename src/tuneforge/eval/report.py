@@ -32,11 +32,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jinja2 import Environment, StrictUndefined
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup
 
 from tuneforge.atomic import atomic_write_text
 from tuneforge.errors import DataError
+
+TEMPLATES = Path(__file__).parent / "templates"  # report.md.j2, report.html.j2
 
 NULL = "—"
 MAX_EXAMPLES = 3  # side-by-side answers: enough to see the difference, short enough to read
@@ -353,6 +355,7 @@ def _context(compare: dict[str, Any]) -> dict[str, Any]:
 def render_markdown(compare: dict[str, Any]) -> str:
     numbers = report_numbers(compare)
     env = Environment(
+        loader=FileSystemLoader(TEMPLATES),
         autoescape=False,
         undefined=StrictUndefined,
         trim_blocks=True,
@@ -360,7 +363,7 @@ def render_markdown(compare: dict[str, Any]) -> str:
         keep_trailing_newline=True,
     )
     env.filters.update(text=_md_text, fence=_md_fence)
-    template = env.from_string(MARKDOWN_TEMPLATE)
+    template = env.get_template("report.md.j2")
     return template.render(_context(compare), num=lambda *parts: numbers[_key(*parts)])
 
 
@@ -372,9 +375,13 @@ def render_html(compare: dict[str, Any]) -> str:
         return Markup('<span class="n" data-key="{}">{}</span>').format(key, numbers[key])
 
     env = Environment(
-        autoescape=True, undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True
+        loader=FileSystemLoader(TEMPLATES),
+        autoescape=True,
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
     )
-    template = env.from_string(HTML_TEMPLATE)
+    template = env.get_template("report.html.j2")
     plots = {"quality": quality_plot(compare), "loss": loss_plot(compare)}
     return template.render(_context(compare), num=num, plots=plots)
 
@@ -386,285 +393,3 @@ def write_report(compare: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
     atomic_write_text(md_path, markdown)
     atomic_write_text(html_path, html)
     return md_path, html_path
-
-
-MARKDOWN_TEMPLATE = """\
-# Fine-tune or not? {{ title | text }}
-
-**Recommendation: {{ recommendation_label }}**
-{%- if summary.get("best_fine_tuned") %} ({{ summary.best_fine_tuned | text }}
-{%- if summary.get("best_baseline") %} vs {{ summary.best_baseline | text }}{% endif %}){% endif %}
-
-
-{% for reason in summary.get("reasons") or [] %}
-- {{ reason | text }}
-{% endfor %}
-
-Quality gain {{ num("summary", "quality_gain") }} {{ primary | text }}, \
-{{ num("summary", "prompt_tokens_saved_per_request") }} prompt tokens saved per request, \
-break-even after {{ num("summary", "break_even_requests") }} requests.
-
-## Use case
-
-| | |
-|---|---|
-| task | {{ title | text }} |
-| model | {{ use_case.get("model") | text }} |
-| train file | {{ use_case.get("train_file") | text }} |
-| test file | {{ use_case.get("test_file") | text }} |
-{% for f in use_case_fields %}
-| {{ f.label }} | {{ num("use_case", f.name) }} |
-{% endfor %}
-| primary metric | {{ primary | text }} |
-| machine | {{ compare.get("machine") | text }} |
-| created | {{ compare.get("created_at") | text }} |
-
-System prompt:
-
-{{ (use_case.get("system_prompt") or null) | fence }}
-
-## Alternatives and how each scored
-
-| approach |
-{%- for m in metrics %} {{ m | text }}{% if m == primary %} (primary){% endif %} |{% endfor %}
-
-|---|{% for m in metrics %}---:|{% endfor %}
-
-{% for a in ok %}
-| {{ a.name | text }} |
-{%- for m in metrics %} {{ num("approaches", a.name, "metrics", m) }} |{% endfor %}
-
-{% endfor %}
-
-{% for a in ok %}
-- **{{ a.name | text }}**: {{ a.get("description") | text }}
-{%- for note in a.get("notes") or [] %}; note: {{ note | text }}{% endfor %}
-
-{% endfor %}
-{% for a in not_ok %}
-- **{{ a.name | text }}: {{ a.get("status") | text }}**: {{ a.get("error") | text }}
-{% endfor %}
-
-## Costs
-
-| approach |{% for f in cost_fields %} {{ f.label }} |{% endfor %}
-
-|---|{% for f in cost_fields %}---:|{% endfor %}
-
-{% for a in ok %}
-| {{ a.name | text }} |
-{%- for f in cost_fields %} {{ num("approaches", a.name, f.name) }} |{% endfor %}
-
-{% endfor %}
-
-## Benefits of fine-tuning
-
-Best fine-tuned run: {{ summary.get("best_fine_tuned") | text }}; \
-best alternative: {{ summary.get("best_baseline") | text }}.
-
-| | value | meaning |
-|---|---:|---|
-{% for f in benefit_fields %}
-| {{ f.label }} | {{ num("summary", f.name) }} | {{ f.meaning }} |
-{% endfor %}
-
-Plots (quality against prompt tokens, loss curves) are in `report.html`.
-
-## Example answers
-{% for e in examples %}
-
-### Test example {{ e.index }}
-
-Request:
-
-{{ e.request | fence }}
-
-Reference:
-
-{{ e.reference | fence }}
-{% for ans in e.answers %}
-
-**{{ ans.approach | text }}**
-{%- if ans.text is none %}: no answer for this example
-{% else %}, score {{ num(ans.score_key) }}:
-
-{{ ans.text | fence }}
-{% endif %}
-{% endfor %}
-{% endfor %}
-
----
-Rounding: metrics and scores 3 decimals, tokens per request 1, latency seconds 2, training
-seconds 1, counts whole; {{ null }} means no value (e.g. no training for a prompting approach).
-"""
-
-
-HTML_TEMPLATE = """\
-<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>Fine-tune or not? {{ title }}</title>
-<style>
-body { font: 15px/1.45 system-ui, "Segoe UI", Roboto, "DejaVu Sans", sans-serif; color: #1d232a;
-       background: #eef0f3; margin: 0; }
-main { max-width: 1180px; margin: 0 auto; padding: 24px 32px 40px; background: #fff; }
-h1 { font-size: 26px; margin: 0 0 2px; }
-h2 { font-size: 19px; margin: 28px 0 8px; border-bottom: 1px solid #e3e6ea; padding-bottom: 4px; }
-h3 { font-size: 15px; margin: 18px 0 6px; }
-.meta, .muted { color: #5b6570; font-size: 13px; }
-.rec { border-left: 8px solid; border-radius: 8px; padding: 14px 20px; margin: 16px 0 8px; }
-.rec h2 { border: 0; margin: 0 0 6px; font-size: 23px; }
-.rec ul { margin: 6px 0; padding-left: 20px; }
-.rec-fine_tune { background: #e7f5ec; border-color: #1f8a4c; }
-.rec-prompt_engineering { background: #e8f0fb; border-color: #2f6fca; }
-.rec-undecided { background: #fdf4e3; border-color: #c98a12; }
-.headline { font-size: 16px; }
-.headline .n { font-weight: 700; }
-table { border-collapse: collapse; width: 100%; margin: 6px 0 12px; font-size: 14px; }
-th, td { border-bottom: 1px solid #e3e6ea; padding: 5px 8px; text-align: left;
-         vertical-align: top; }
-th { background: #f1f3f6; font-weight: 600; }
-th.num { text-align: right; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
-.primary { font-weight: 700; }
-.failed td { color: #b42318; }
-.badge { display: inline-block; border-radius: 4px; padding: 0 6px; font-size: 12px;
-         background: #fde7e5; color: #b42318; font-weight: 600; }
-pre { white-space: pre-wrap; word-break: break-word; background: #f6f8fa; margin: 4px 0;
-      border: 1px solid #e3e6ea; border-radius: 6px; padding: 6px 8px; font-size: 12.5px;
-      max-height: 14em; overflow: auto; }
-.plots { display: grid; grid-template-columns: 1fr 1fr; gap: 16px; }
-figure { margin: 0; }
-figure img { width: 100%; height: auto; border: 1px solid #e3e6ea; border-radius: 6px; }
-figcaption { font-size: 13px; color: #5b6570; }
-.answers { display: grid; grid-template-columns: repeat(auto-fit, minmax(210px, 1fr)); gap: 10px; }
-.card { border: 1px solid #e3e6ea; border-radius: 8px; padding: 6px 8px; }
-.card h4 { margin: 0 0 2px; font-size: 13px; }
-.pair { display: grid; grid-template-columns: 1fr 1fr; gap: 10px; }
-</style>
-</head>
-<body>
-<main>
-<h1>Fine-tune or not? {{ title }}</h1>
-<div class="meta">{{ compare.get("created_at") or null }} ·
- {{ compare.get("machine") or null }}</div>
-
-<section class="rec rec-{{ recommendation }}">
-<h2>Recommendation: {{ recommendation_label }}
-{%- if summary.get("best_fine_tuned") %} ({{ summary.best_fine_tuned }}
-{%- if summary.get("best_baseline") %} vs {{ summary.best_baseline }}{% endif %}){% endif %}</h2>
-<div class="headline">Quality gain {{ num("summary", "quality_gain") }} {{ primary }} ·
-{{ num("summary", "prompt_tokens_saved_per_request") }} prompt tokens saved per request ·
-break-even after {{ num("summary", "break_even_requests") }} requests</div>
-{% if summary.get("reasons") %}
-<ul>{% for reason in summary.reasons %}<li>{{ reason }}</li>{% endfor %}</ul>
-{% endif %}
-</section>
-
-<h2>Use case</h2>
-<div class="pair">
-<table>
-<tr><th>task</th><td>{{ title }}</td></tr>
-<tr><th>model</th><td>{{ use_case.get("model") or null }}</td></tr>
-<tr><th>train / test file</th><td>{{ use_case.get("train_file") or null }} /
- {{ use_case.get("test_file") or null }}</td></tr>
-{% for f in use_case_fields %}
-<tr><th>{{ f.label }}</th><td class="num">{{ num("use_case", f.name) }}</td></tr>
-{% endfor %}
-<tr><th>primary metric</th><td>{{ primary or null }}</td></tr>
-</table>
-<div><div class="muted">system prompt</div>
-<pre>{{ use_case.get("system_prompt") or null }}</pre></div>
-</div>
-
-<h2>Alternatives and how each scored</h2>
-<table>
-<tr><th>approach</th><th>what it is</th>
-{% for m in metrics %}
-<th class="num{% if m == primary %} primary{% endif %}">{{ m }}</th>
-{% endfor %}
-</tr>
-{% for a in ok %}
-<tr><td><b>{{ a.name }}</b></td><td>{{ a.get("description") or null }}
-{% for note in a.get("notes") or [] %}<div class="muted">note: {{ note }}</div>{% endfor %}</td>
-{% for m in metrics %}
-<td class="num{% if m == primary %} primary{% endif %}">
-{{- num("approaches", a.name, "metrics", m) }}</td>
-{% endfor %}
-</tr>
-{% endfor %}
-{% for a in not_ok %}
-<tr class="failed"><td><b>{{ a.name }}</b></td>
-<td colspan="{{ metrics | length + 1 }}">
-<span class="badge">{{ a.get("status") or "failed" }}</span>
- {{ a.get("error") or null }}</td></tr>
-{% endfor %}
-</table>
-
-<div class="plots">
-{% if plots.quality %}
-<figure><img alt="{{ primary }} against prompt tokens per request"
- src="data:image/png;base64,{{ plots.quality }}">
-<figcaption>Quality against prompt tokens per request, one point per approach that ran.</figcaption>
-</figure>
-{% else %}<p class="muted">No approach has both a {{ primary }} and a prompt size to plot.</p>
-{% endif %}
-{% if plots.loss %}
-<figure><img alt="training and validation loss of each fine-tuned run"
- src="data:image/png;base64,{{ plots.loss }}">
-<figcaption>Training (line) and validation (dots) loss of each fine-tuned run;
- validation at step 0, where present, is the base model.</figcaption></figure>
-{% else %}<p class="muted">No fine-tuned run has a loss curve.</p>
-{% endif %}
-</div>
-
-<h2>Costs</h2>
-<table>
-<tr><th>approach</th>{% for f in cost_fields %}<th class="num">{{ f.label }}</th>{% endfor %}</tr>
-{% for a in ok %}
-<tr><td><b>{{ a.name }}</b></td>
-{% for f in cost_fields %}<td class="num">{{ num("approaches", a.name, f.name) }}</td>{% endfor %}
-</tr>
-{% endfor %}
-</table>
-
-<h2>Benefits of fine-tuning</h2>
-<p>Best fine-tuned run: <b>{{ summary.get("best_fine_tuned") or null }}</b>;
-best alternative: <b>{{ summary.get("best_baseline") or null }}</b>.</p>
-<table>
-<tr><th></th><th class="num">value</th><th>meaning</th></tr>
-{% for f in benefit_fields %}
-<tr><th>{{ f.label }}</th><td class="num">{{ num("summary", f.name) }}</td>
-<td>{{ f.meaning }}</td></tr>
-{% endfor %}
-</table>
-
-<h2>Example answers</h2>
-{% for e in examples %}
-<h3>Test example {{ e.index }}</h3>
-<div class="pair">
-<div><div class="muted">request</div><pre>{{ e.request }}</pre></div>
-<div><div class="muted">reference</div><pre>{{ e.reference }}</pre></div>
-</div>
-<div class="answers">
-{% for ans in e.answers %}
-<div class="card"><h4>{{ ans.approach }}
-{%- if ans.text is not none %} · score {{ num(ans.score_key) }}{% endif %}</h4>
-{% if ans.text is none %}<div class="muted">no answer for this example</div>
-{% else %}<pre>{{ ans.text }}</pre>{% endif %}
-</div>
-{% endfor %}
-</div>
-{% else %}
-<p class="muted">compare.json holds no sample answers.</p>
-{% endfor %}
-
-<p class="muted">Rounding: metrics and scores 3 decimals, tokens per request 1, latency seconds 2,
-training seconds 1, counts whole; {{ null }} means no value (e.g. no training for a prompting
-approach). Schema version {{ compare.get("schema_version") or null }}.</p>
-</main>
-</body>
-</html>
-"""
