@@ -12,14 +12,16 @@ from hypothesis import strategies as st
 
 from tuneforge.data.conversation import Message
 from tuneforge.errors import DataError, UsageError
-from tuneforge.eval import baselines
-from tuneforge.eval.compare import CompareOptions, Comparison, summarize
+from tuneforge.eval import baselines, stats
+from tuneforge.eval.compare import CompareOptions, Comparison, leaked, summarize
 from tuneforge.eval.evaluate import Request, evaluate, percentile, reference_loss
 from tuneforge.eval.metrics import (
     BUILTIN,
     exact_match,
     json_valid,
     load_user_metric,
+    per_label,
+    primary_metric_for,
     score_all,
     set_f1,
     token_f1,
@@ -223,15 +225,26 @@ def test_embedding_retriever_finds_paraphrases():
 # -- recommendation --------------------------------------------------------------------------
 
 
-def _approach(name, kind, score, prompt_tokens, latency=1.0, training_tokens=None):
+def _approach(name, kind, score, prompt_tokens, latency=1.0, training_tokens=None, n=40):
+    """An approach whose `n` requests score `score` on average: the first round(score·n) get 1."""
+    hits = round(score * n)
+    return _scored(name, kind, [1.0] * hits + [0.0] * (n - hits), prompt_tokens, latency)[
+        "approach"
+    ] | {"training_tokens": training_tokens}
+
+
+def _scored(name, kind, scores, prompt_tokens, latency=1.0, training_tokens=None):
     return {
-        "name": name,
-        "kind": kind,
-        "status": "ok",
-        "metrics": {"set_f1": score},
-        "prompt_tokens_per_request": prompt_tokens,
-        "latency_p50_s": latency,
-        "training_tokens": training_tokens,
+        "approach": {
+            "name": name,
+            "kind": kind,
+            "status": "ok",
+            "metrics": {"set_f1": sum(scores) / len(scores)},
+            "per_request_scores": {"set_f1": list(scores)},
+            "prompt_tokens_per_request": prompt_tokens,
+            "latency_p50_s": latency,
+            "training_tokens": training_tokens,
+        }
     }
 
 
@@ -249,20 +262,27 @@ def test_summary_recommends_fine_tuning_with_numbers():
     assert s["prompt_token_ratio"] == pytest.approx(1 / 7)
     assert s["latency_saved_per_request_s"] == pytest.approx(3.0)
     assert s["break_even_requests"] == 50  # 3 × 10,000 training tokens / 600 saved per request
-    assert s["recommendation"] == "fine_tune"
+    assert s["recommendation"] == "fine_tune" and s["decided_by"] == "quality"
+    lo, hi = s["quality_gain_ci95"]
+    assert s["margin"] < lo < 0.6 < hi
+    # the first 10 requests are right for both; 24 only fine-tuned gets right, none only retrieval
+    assert s["quality_gain_test"] == "mcnemar_exact"
+    assert s["quality_gain_p_value"] == pytest.approx(2 * 0.5**24)
+    assert s["decision"].startswith("Fine-tune, decided by quality")
     assert any("0.850 against 0.250" in r for r in s["reasons"])
 
 
 def test_summary_recommends_prompting_when_fine_tuning_is_worse():
     approaches = [
         _approach("few_shot", "few_shot", 0.7, 600),
-        _approach("fine_tuned:r", "fine_tuned", 0.5, 100, training_tokens=1000),
+        _approach("fine_tuned:r", "fine_tuned", 0.2, 100, training_tokens=1000),
         {**_approach("fine_tuned:x", "fine_tuned", 0.99, 10), "status": "failed"},
     ]
     s = summarize(approaches, "set_f1")
     assert s["best_fine_tuned"] == "fine_tuned:r"  # a failed run never counts
-    assert s["recommendation"] == "prompt_engineering"
-    assert summarize(approaches[:1], "set_f1")["recommendation"] == "undecided"
+    assert s["recommendation"] == "prompt_engineering" and s["decided_by"] == "quality"
+    alone = summarize(approaches[:1], "set_f1")
+    assert alone["recommendation"] == "undecided" and alone["decided_by"] == "undecided"
 
 
 def test_a_worse_fine_tune_is_never_said_to_pay_back():
@@ -270,13 +290,116 @@ def test_a_worse_fine_tune_is_never_said_to_pay_back():
     s = summarize(
         [
             _approach("few_shot", "few_shot", 0.7, 600),
-            _approach("fine_tuned:r", "fine_tuned", 0.5, 100, training_tokens=1000),
+            _approach("fine_tuned:r", "fine_tuned", 0.3, 100, training_tokens=1000),
         ],
         "set_f1",
     )
     assert s["recommendation"] == "prompt_engineering"
     assert s["break_even_requests"] is None
-    assert not any("paid back" in r for r in s["reasons"])
+    assert not any("paid back" in r for r in s["reasons"] + [s["decision"]])
+
+
+def test_two_identical_approaches_are_not_told_apart_by_quality():
+    scores = [1.0, 0.0, 1.0, 1.0, 0.0, 0.5, 1.0, 0.0] * 5
+    s = summarize(
+        [
+            _scored("few_shot", "few_shot", scores, 500)["approach"],
+            _scored("fine_tuned:r", "fine_tuned", scores, 500, training_tokens=1000)["approach"],
+        ],
+        "set_f1",
+    )
+    lo, hi = s["quality_gain_ci95"]
+    assert lo <= 0 <= hi
+    assert s["decided_by"] != "quality"
+    assert s["decided_by"] == "cost" and s["recommendation"] == "prompt_engineering"
+    assert "not significant" in s["decision"]
+
+
+def test_equal_quality_with_fewer_prompt_tokens_is_decided_by_cost():
+    scores = [0.8, 0.6, 1.0, 0.9, 0.7] * 8
+    s = summarize(
+        [
+            _scored("retrieval", "retrieval", scores, 600, 2.0)["approach"],
+            _scored("fine_tuned:r", "fine_tuned", scores, 100, 1.0, 5000)["approach"],
+        ],
+        "set_f1",
+    )
+    assert s["decided_by"] == "cost" and s["recommendation"] == "fine_tune"
+    assert s["quality_gain_ci95"] == [0.0, 0.0]
+    assert s["break_even_requests"] == 30  # 3 × 5000 / 500
+    assert "the quality difference is not significant" in s["decision"]
+    assert "500 fewer prompt tokens" in s["decision"] and "30 requests" in s["decision"]
+
+
+def test_a_noisy_small_difference_is_undecided_with_the_requests_that_would_settle_it():
+    rng = __import__("random").Random(1)
+    base = [float(rng.random() < 0.5) for _ in range(40)]
+    tuned = [b if rng.random() < 0.7 else 1 - b for b in base]  # ~12 flips either way
+    s = summarize(
+        [
+            _scored("few_shot", "few_shot", base, 100)["approach"],
+            _scored("fine_tuned:r", "fine_tuned", tuned, 400, training_tokens=1000)["approach"],
+        ],
+        "set_f1",
+    )
+    lo, hi = s["quality_gain_ci95"]
+    assert lo < -0.05 < 0.05 < hi  # straddles the margin on both sides
+    assert s["decided_by"] == "undecided" and s["recommendation"] == "undecided"
+    assert s["more_requests_needed"] > 0
+    assert f"About {s['more_requests_needed']} more test requests" in s["decision"]
+    # …and a wider margin makes the same numbers equivalent, so cost decides
+    wide = summarize(
+        [
+            _scored("few_shot", "few_shot", base, 100)["approach"],
+            _scored("fine_tuned:r", "fine_tuned", tuned, 400, training_tokens=1000)["approach"],
+        ],
+        "set_f1",
+        margin=0.5,
+    )
+    assert wide["decided_by"] == "cost" and wide["margin"] == 0.5
+
+
+def test_the_bootstrap_is_reproducible_by_seed():
+    rng = __import__("random").Random(0)
+    a = [rng.random() for _ in range(30)]
+    b = [min(1.0, x + rng.uniform(-0.1, 0.3)) for x in a]
+    first = stats.paired_gain(b, a, seed=7)
+    assert first == stats.paired_gain(b, a, seed=7)
+    assert first.test == "paired_bootstrap" and 0 < first.p_value < 0.05
+    assert first.ci95 != stats.paired_gain(b, a, seed=8).ci95
+    assert stats.interval(a, seed=3) == stats.interval(a, seed=3)
+    lo, hi = stats.interval(a, seed=3)
+    assert lo < sum(a) / len(a) < hi
+    assert stats.interval([None, None]) is None
+    assert stats.paired_gain([1.0, None], [None, 0.0]) is None
+
+
+def test_mcnemar_exact_is_a_two_sided_binomial_test():
+    assert stats.mcnemar_exact(0, 0) == 1.0
+    assert stats.mcnemar_exact(5, 5) == 1.0
+    assert stats.mcnemar_exact(6, 0) == pytest.approx(2 / 64)
+    # 8 vs 2 discordant pairs: 2 · P(X ≤ 2), X ~ Binomial(10, 1/2) = 2 · 56 / 1024
+    assert stats.mcnemar_exact(8, 2) == pytest.approx(112 / 1024)
+    assert stats.mcnemar_exact(2, 8) == stats.mcnemar_exact(8, 2)
+
+
+def test_requests_to_settle_follow_the_observed_spread():
+    # gain 0.15, margin 0.05: settled when 1.96·sd/√n < 0.10, sd 0.5 → n ≥ 97
+    assert stats.requests_to_settle(0.15, 0.5, 0.05, 40) == 97
+    assert stats.requests_to_settle(0.05, 0.5, 0.05, 40) is None  # on the margin: never
+
+
+def test_a_label_task_is_scored_by_exact_match_with_per_label_numbers():
+    labels = ["positive", "negative", "neutral"]
+    refs = [labels[i % 3] for i in range(30)]
+    metric, why = primary_metric_for(refs[:9], refs)
+    assert metric == "exact_match" and "3 short labels" in why
+    assert primary_metric_for(['["a", "b"]'], ['["a", "b"]'])[0] == "set_f1"
+    sentences = [f"The capital of country {i} is City{i}." for i in range(30)]
+    assert primary_metric_for(sentences[:5], sentences)[0] == "token_f1"
+    table = per_label(["Positive.", "negative", "positive"], ["positive", "negative", "neutral"])
+    assert table["positive"] == {"precision": 0.5, "recall": 1.0, "support": 1}
+    assert table["neutral"] == {"precision": None, "recall": 0.0, "support": 1}
 
 
 # -- compare end to end (tiny model) ---------------------------------------------------------

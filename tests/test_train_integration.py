@@ -205,6 +205,59 @@ def test_real_model_short_lora_run(demo_dir, default_model_dir, tmp_path, run_cl
         "generate", run, 'Title: Toast\n\nIngredients: ["2 slices bread"]', "--max-tokens", "16"
     )
     assert code == 0 and out.strip()
+    _loads_with_plain_peft_by_public_id(run, default_model_dir, tmp_path)
+
+
+def _loads_with_plain_peft_by_public_id(run: Path, default_model_dir: Path, tmp_path: Path):
+    """On "another machine": a fresh process with its own Hugging Face cache, where the base is
+    only the public id (a local copy stands in for the hub), loads `model/` with plain peft and
+    computes the same logits as tuneforge."""
+    import json
+
+    from tuneforge.inference.load import load_for_inference
+
+    public = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    adapter = run / "model"
+    assert (
+        json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
+        == public
+    )
+    assert json.loads((adapter / "tuneforge-adapter.json").read_text())["base_model"] == (
+        "smollm2-135m-instruct"
+    )
+    assert f"# Fine-tuned {public}" in (run / "README.md").read_text()
+    revision = "0" * 40
+    repo = tmp_path / "hf" / "hub" / "models--HuggingFaceTB--SmolLM2-135M-Instruct"
+    snapshot = repo / "snapshots" / revision
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    for file in default_model_dir.iterdir():
+        (snapshot / file.name).symlink_to(file)
+    script = (
+        "import json, sys, torch\n"
+        "from peft import AutoPeftModelForCausalLM\n"
+        "from transformers import AutoTokenizer\n"
+        "model = AutoPeftModelForCausalLM.from_pretrained(sys.argv[1]).eval()\n"
+        "ids = AutoTokenizer.from_pretrained(sys.argv[1])('Title: Toast', return_tensors='pt')\n"
+        "with torch.no_grad():\n"
+        "    print(json.dumps(model(**ids).logits[0, -1, :8].tolist()))\n"
+    )
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TUNEFORGE_"))}
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(adapter)],
+        env=clean | {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    theirs = torch.tensor(json.loads(done.stdout.strip().splitlines()[-1]))
+    loaded = load_for_inference(run)
+    ids = loaded.tokenizer("Title: Toast", return_tensors="pt")
+    with torch.no_grad():
+        ours = loaded.model(**ids).logits[0, -1, :8]
+    assert torch.allclose(ours, theirs, atol=1e-4), (ours, theirs)
 
 
 def test_chat_streams_and_keeps_history(demo_dir, tiny_model_dir, tmp_path):

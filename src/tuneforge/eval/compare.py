@@ -1,7 +1,9 @@
 """`tuneforge compare`: is fine-tuning worth it on this data? Every approach answers the same
-held-out requests; `compare.json` records quality, prompt and output tokens, latency and training
-cost for each, and a summary with a recommendation. The report (`report.md`, `report.html`) is
-rendered from `compare.json` alone.
+held-out requests; `compare.json` records quality (the mean and every request's score, with a
+bootstrap interval), prompt and output tokens, latency and training cost for each, and a summary
+that decides by quality when the difference is clear, by cost when the approaches are
+equivalent, and says "undecided" (with how many more requests would settle it) otherwise. The
+report (`report.md`, `report.html`) is rendered from `compare.json` alone.
 
 `compare.json` is rewritten (atomically) after every approach, so an interrupted comparison keeps
 what it measured, and one approach failing never loses the others' results.
@@ -20,17 +22,25 @@ from typing import Any
 
 from tuneforge.atomic import atomic_write_text
 from tuneforge.errors import DataError, TuneforgeError, UsageError
-from tuneforge.eval import baselines
+from tuneforge.eval import baselines, stats
 from tuneforge.eval.evaluate import Evaluation, Request, answer_room, evaluate, to_request
-from tuneforge.eval.metrics import BUILTIN, Metric, load_user_metric
+from tuneforge.eval.metrics import BUILTIN, Metric, load_user_metric, per_label, primary_metric_for
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: per-request scores, intervals, decided_by, leakage, warnings
 N_SAMPLES = 5  # side-by-side answers kept per approach (the same test examples for all)
 # A training step costs about three forward passes over its tokens (forward + backward); a
 # request saves one forward pass over the prompt tokens it no longer sends.
 TRAIN_FORWARD_EQUIVALENTS = 3
-# Quality differences smaller than this (on a 0-1 metric) are treated as a tie.
-TIE = 0.02
+# The smallest quality difference that matters, in the primary metric's units (0-1 for the
+# built-in metrics): a gain whose whole 95 % interval lies beyond ±MARGIN decides by quality; one
+# whose interval lies inside it is "equivalent", and cost decides. 0.05 is one answer in twenty
+# on accuracy: below that, users rarely notice a difference, and proving a smaller one takes
+# several hundred test requests.
+DEFAULT_MARGIN = 0.05
+# Below this many test requests a 95 % interval on a 0-1 metric is wider than about ±0.25
+# (half-width ≈ 1/√n at worst), too wide for most questions: the report warns up front.
+MIN_TEST_REQUESTS = 16
+MAX_LEAKS_LISTED = 20
 
 Event = Callable[[str], None]
 Progress = Callable[[str, int, int], None]
@@ -53,7 +63,8 @@ class CompareOptions:
     user_metrics: list[str] = field(default_factory=list)
     primary_metric: str | None = None
     data_format: str | None = None
-    seed: int = 0
+    seed: int = 0  # few-shot example choice and the bootstrap resamples
+    margin: float = DEFAULT_MARGIN
     title: str | None = None
 
 
@@ -111,16 +122,38 @@ class Comparison:
                 hint=f"convert the test file: tuneforge data convert {o.test_file} TEST.jsonl "
                 "--to openai-chat (and the same for the training file)",
             )
+        if not 0 <= o.margin < 1:
+            raise UsageError(
+                f"--margin {o.margin}: the margin is a quality difference on the primary metric",
+                hint="give a number from 0 up to 1, e.g. --margin 0.05 (the default)",
+            )
         self.train = [
             to_request(e, str(o.train_file)) for e in load_conversations(o.train_file, fmt_train)
         ]
-        test = [to_request(e, str(o.test_file)) for e in load_conversations(o.test_file, fmt_test)]
+        examples = load_conversations(o.test_file, fmt_test)
+        test = [to_request(e, str(o.test_file)) for e in examples]
+        self.leaked_lines = leaked(self.train, test, [e.line for e in examples])
+        self.nothing_held_out = len(self.leaked_lines) == len(test)
+        if self.leaked_lines and not self.nothing_held_out:
+            lines = set(self.leaked_lines)
+            test = [r for r, e in zip(test, examples, strict=True) if e.line not in lines]
+        # else: every test example is also a training example; excluding them all would leave
+        # nothing to measure, so they stay and the report warns that nothing is held out.
         self.test = test[: o.limit] if o.limit else test
         self.metrics: dict[str, Metric] = dict(BUILTIN)
         for spec in o.user_metrics:
             name, fn = load_user_metric(spec)
             self.metrics[name] = fn
-        self.primary = o.primary_metric or self._default_primary()
+        detected, why = primary_metric_for(
+            [r.reference for r in self.test], [r.reference for r in self.train + self.test]
+        )
+        self.label_task = detected == "exact_match"
+        self.primary = o.primary_metric or detected
+        self.primary_reason = (
+            f"chosen with --primary-metric (detected: {why})"
+            if (o.primary_metric and o.primary_metric != detected)
+            else why
+        )
         if self.primary not in self.metrics:
             raise UsageError(
                 f"--primary-metric {self.primary!r} is not one of {', '.join(self.metrics)}",
@@ -132,11 +165,6 @@ class Comparison:
             o.model = rd.read_config(o.runs[0])["model"] if o.runs else DEFAULT_MODEL
         self.max_new_tokens = o.max_new_tokens or self._answer_room()
         self.samples = list(range(min(N_SAMPLES, len(self.test))))
-
-    def _default_primary(self) -> str:
-        """set-F1 when every reference is a JSON list (ingredient lists, tags), else token F1."""
-        lists = [BUILTIN["set_f1"](r.reference, r.reference) for r in self.test]
-        return "set_f1" if all(v is not None for v in lists) else "token_f1"
 
     def _answer_room(self) -> int:
         from tuneforge.models import load_tokenizer
@@ -227,6 +255,16 @@ class Comparison:
             )
             entry.update(evaluation.summary())
             entry["notes"] += evaluation.notes
+            entry["per_request_scores"] = {
+                name: [s.get(name) for s in evaluation.scores] for name in self.metrics
+            }
+            entry["primary_ci95"] = stats.interval(
+                entry["per_request_scores"][self.primary], seed=self.options.seed
+            )
+            if self.label_task:
+                entry["labels"] = per_label(
+                    evaluation.answers, [r.reference for r in built.requests]
+                )
             entry["samples"] = self._samples(built.requests, evaluation)
             entry["train_examples_used"] = (
                 len(self.train) if kind == "retrieval" else built.examples_in_prompt
@@ -243,7 +281,9 @@ class Comparison:
             self.on_event(f"{name}: failed — {entry['error']}")
         else:
             score = entry["metrics"].get(self.primary)
+            ci = entry["primary_ci95"]
             shown = f"{score:.3f}" if score is not None else "n/a"
+            shown += f" (95% interval {ci[0]:.3f}–{ci[1]:.3f})" if ci else ""
             self.on_event(
                 f"{name}: {self.primary} {shown}, "
                 f"{entry['prompt_tokens_per_request']:.0f} prompt tokens per request"
@@ -284,12 +324,42 @@ class Comparison:
                 "test_file": str(o.test_file),
                 "n_train_examples": len(self.train),
                 "n_test_examples": len(self.test),
+                "n_leaked_test_examples": len(self.leaked_lines),
+                "leaked_test_lines": self.leaked_lines[:MAX_LEAKS_LISTED],
                 "max_new_tokens": self.max_new_tokens,
             },
             "primary_metric": self.primary,
+            "primary_metric_reason": self.primary_reason,
+            "warnings": self.warnings(),
             "approaches": self.approaches,
-            "summary": summarize(self.approaches, self.primary),
+            "summary": summarize(self.approaches, self.primary, margin=o.margin, seed=o.seed),
         }
+
+    def warnings(self) -> list[str]:
+        """What makes the numbers less trustworthy, to be read before them."""
+        out = []
+        n_leaked = len(self.leaked_lines)
+        if self.nothing_held_out:
+            out.append(
+                f"every one of the {n_leaked} test examples is also in the training file: "
+                "nothing is held out, so the scores measure memory, not generalisation; "
+                "use a test file with examples the training file does not have"
+            )
+        elif n_leaked:
+            listed = ", ".join(map(str, self.leaked_lines[:MAX_LEAKS_LISTED]))
+            more = " …" if n_leaked > MAX_LEAKS_LISTED else ""
+            out.append(
+                f"{n_leaked} test example(s) also appear in the training file (same request "
+                f"after normalising whitespace and case; test file lines {listed}{more}): they "
+                "are left out of every score; remove them from one of the files"
+            )
+        if len(self.test) < MIN_TEST_REQUESTS:
+            out.append(
+                f"only {len(self.test)} test requests: a 95% interval on a 0-1 metric is about "
+                f"±{1 / math.sqrt(max(len(self.test), 1)):.2f} wide at worst, too wide for most "
+                f"conclusions; use at least {MIN_TEST_REQUESTS} (better 50 or more)"
+            )
+        return out
 
     def save(self) -> Path:
         self.options.out_dir.mkdir(parents=True, exist_ok=True)
@@ -327,6 +397,8 @@ def _empty(name: str, kind: str) -> dict[str, Any]:
         "run_dir": None,
         "loss_curve": None,
         "samples": [],
+        "per_request_scores": {},
+        "primary_ci95": None,
     }
 
 
@@ -369,6 +441,23 @@ def _training_cost(run: Path) -> dict[str, Any]:
     }
 
 
+def _request_key(request: Request) -> tuple[tuple[str, str], ...]:
+    """A request as leakage sees it: its turns (the system prompt aside, which every example
+    shares) with case and whitespace normalised, so a re-typed copy still matches."""
+    return tuple(
+        (m.role, " ".join((m.content or "").lower().split()))
+        for m in request.messages
+        if m.role != "system"
+    )
+
+
+def leaked(train: list[Request], test: list[Request], test_lines: list[int]) -> list[int]:
+    """Test-file lines whose request is also a training request (answer equal or not: a model
+    trained on the question has seen it)."""
+    seen = {_request_key(r) for r in train}
+    return [line for r, line in zip(test, test_lines, strict=True) if _request_key(r) in seen]
+
+
 def _best(approaches: list[dict[str, Any]], primary: str) -> dict[str, Any] | None:
     scored = [a for a in approaches if a["status"] == "ok" and primary in a["metrics"]]
     # Highest quality; among ties, the cheaper prompt.
@@ -379,24 +468,49 @@ def _best(approaches: list[dict[str, Any]], primary: str) -> dict[str, Any] | No
     )
 
 
-def summarize(approaches: list[dict[str, Any]], primary: str) -> dict[str, Any]:
-    """The benefits of the best fine-tuned run over the best alternative, and a recommendation."""
+TESTS = {"mcnemar_exact": "McNemar's exact test", "paired_bootstrap": "a paired bootstrap test"}
+
+
+def summarize(
+    approaches: list[dict[str, Any]],
+    primary: str,
+    *,
+    margin: float = DEFAULT_MARGIN,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The best fine-tuned run against the best alternative: the quality gain with its 95 %
+    interval, the costs, and a decision.
+
+    Quality decides when the gain's whole interval is beyond ±margin. Cost decides when quality
+    cannot change the choice: the interval lies inside ±margin (equivalent), or fine-tuning is at
+    most `margin` worse and cheaper, or at most `margin` better and not cheaper. Otherwise the
+    answer is "undecided", with the number of test requests that would settle it."""
     baseline = _best([a for a in approaches if a["kind"] != "fine_tuned"], primary)
     tuned = _best([a for a in approaches if a["kind"] == "fine_tuned"], primary)
     summary: dict[str, Any] = {
         "best_baseline": baseline and baseline["name"],
         "best_fine_tuned": tuned and tuned["name"],
         "quality_gain": None,
+        "quality_gain_ci95": None,
+        "quality_gain_p_value": None,
+        "quality_gain_test": None,
+        "paired_requests": None,
+        "margin": margin,
         "prompt_tokens_saved_per_request": None,
         "prompt_token_ratio": None,
         "latency_saved_per_request_s": None,
         "break_even_requests": None,
+        "more_requests_needed": None,
         "recommendation": "undecided",
+        "decided_by": "undecided",
+        "decision": None,
         "reasons": [],
     }
+    reasons = summary["reasons"]
     if baseline is None or tuned is None:
         missing = "no fine-tuned run" if tuned is None else "no prompt baseline"
-        summary["reasons"].append(f"{missing} was measured, so there is nothing to weigh")
+        summary["decision"] = f"Undecided: {missing} was measured, so there is nothing to weigh."
+        reasons.append(f"{missing} was measured, so there is nothing to weigh")
         return summary
     q_tuned, q_base = tuned["metrics"][primary], baseline["metrics"][primary]
     gain = q_tuned - q_base
@@ -407,40 +521,185 @@ def summarize(approaches: list[dict[str, Any]], primary: str) -> dict[str, Any]:
     summary["prompt_token_ratio"] = p_tuned / p_base if p_base else None
     if tuned["latency_p50_s"] is not None and baseline["latency_p50_s"] is not None:
         summary["latency_saved_per_request_s"] = baseline["latency_p50_s"] - tuned["latency_p50_s"]
-    reasons = summary["reasons"]
-    reasons.append(
+    paired = _paired(tuned, baseline, primary, seed)
+    quality = (
         f"{tuned['name']} scores {primary} {q_tuned:.3f} against {q_base:.3f} for the best "
-        f"alternative, {baseline['name']} ({gain:+.3f})"
+        f"alternative, {baseline['name']} ({gain:+.3f}"
     )
-    if saved > 0 and gain <= -TIE:
+    if paired is None:
+        reasons.append(quality + "; no per-request scores to tell how sure that is)")
+    else:
+        lo, hi = paired.ci95
+        summary["quality_gain_ci95"] = paired.ci95
+        summary["quality_gain_p_value"] = paired.p_value
+        summary["quality_gain_test"] = paired.test
+        summary["paired_requests"] = paired.n
         reasons.append(
-            f"it sends fewer prompt tokens ({p_tuned:.0f} vs {p_base:.0f} per request), but it "
-            "answers worse, so the saving does not pay for the training"
+            quality + f", 95% interval {lo:+.3f} to {hi:+.3f} over {paired.n} paired requests; "
+            f"p = {paired.p_value:.3g} by {TESTS[paired.test]})"
         )
-    elif saved > 0 and tuned.get("training_tokens"):
+    cheaper = saved > 0
+    worse = paired is not None and paired.ci95[1] < -margin
+    if cheaper and not worse and tuned.get("training_tokens"):
         cost = TRAIN_FORWARD_EQUIVALENTS * tuned["training_tokens"]
         summary["break_even_requests"] = math.ceil(cost / saved)
-        reasons.append(
-            f"it sends {p_tuned:.0f} prompt tokens per request instead of {p_base:.0f} "
-            f"({p_tuned / p_base:.0%}); the training compute ({tuned['training_tokens']} tokens "
-            f"× {TRAIN_FORWARD_EQUIVALENTS} forward passes) is paid back after "
+    reasons.append(_cost_reason(summary, tuned, baseline))
+    decided_by, recommendation, decision = _decide(summary, paired, primary, margin, cheaper)
+    summary["decided_by"], summary["recommendation"] = decided_by, recommendation
+    if decided_by == "undecided" and paired is not None:
+        total = stats.requests_to_settle(paired.gain, paired.sd, margin, paired.n)
+        if total is not None:
+            summary["more_requests_needed"] = total - paired.n
+            decision += (
+                f" About {total - paired.n} more test requests ({total} in all) would settle "
+                "it, if the per-request differences keep the spread observed here."
+            )
+        else:
+            decision += (
+                " No number of test requests is sure to settle it: the gain sits on the margin."
+            )
+    summary["decision"] = decision
+    return summary
+
+
+def _paired(
+    tuned: dict[str, Any], baseline: dict[str, Any], primary: str, seed: int
+) -> stats.PairedGain | None:
+    a = (tuned.get("per_request_scores") or {}).get(primary)
+    b = (baseline.get("per_request_scores") or {}).get(primary)
+    if not a or not b or len(a) != len(b):
+        return None
+    return stats.paired_gain(a, b, seed=seed)
+
+
+def _cost_reason(summary: dict[str, Any], tuned: dict[str, Any], baseline: dict[str, Any]) -> str:
+    p_tuned, p_base = tuned["prompt_tokens_per_request"], baseline["prompt_tokens_per_request"]
+    latency = summary["latency_saved_per_request_s"]
+    faster = (
+        f"; median latency {latency:+.2f} s per request saved on this machine"
+        if latency is not None
+        else ""
+    )
+    if p_tuned >= p_base:
+        return (
+            f"it sends no fewer prompt tokens ({p_tuned:.0f} vs {p_base:.0f} per request), so "
+            f"the training cost is never paid back in prompt tokens{faster}"
+        )
+    text = (
+        f"it sends {p_tuned:.0f} prompt tokens per request instead of {p_base:.0f} "
+        f"({p_tuned / p_base:.0%}){faster}"
+    )
+    if summary["break_even_requests"] is not None:
+        text += (
+            f"; the training compute ({tuned['training_tokens']} tokens × "
+            f"{TRAIN_FORWARD_EQUIVALENTS} forward passes) is paid back after "
             f"{summary['break_even_requests']} requests"
         )
-    elif saved <= 0:
-        reasons.append(
-            f"it sends no fewer prompt tokens ({p_tuned:.0f} vs {p_base:.0f} per request), so "
-            "the training cost is never paid back in prompt tokens"
+    elif summary["quality_gain_ci95"] and summary["quality_gain_ci95"][1] < -summary["margin"]:
+        text += ", but it answers worse, so the saving does not pay for the training"
+    return text
+
+
+def _decide(
+    summary: dict[str, Any],
+    paired: stats.PairedGain | None,
+    primary: str,
+    margin: float,
+    cheaper: bool,
+) -> tuple[str, str, str]:
+    """(decided_by, recommendation, the decision in one or two sentences)."""
+    tuned, base = summary["best_fine_tuned"], summary["best_baseline"]
+    if paired is None:
+        return (
+            "undecided",
+            "undecided",
+            (f"Undecided: without per-request {primary} scores there is no interval to weigh."),
         )
-    if gain >= TIE:
-        summary["recommendation"] = "fine_tune"
-        reasons.append(f"fine-tuning is better on {primary} by more than {TIE}")
-    elif gain > -TIE and saved > 0:
-        summary["recommendation"] = "fine_tune"
-        reasons.append(f"quality is a tie (within {TIE}) and fine-tuning needs shorter prompts")
-    else:
-        summary["recommendation"] = "prompt_engineering"
-        reasons.append(
-            f"the fine-tuned model is not better on {primary}: keep {baseline['name']}, and "
-            "improve the data or training before trying again"
+    lo, hi = paired.ci95
+    band = f"95% interval of the gain {lo:+.3f} to {hi:+.3f}"
+    significance = (
+        f"the quality difference is not significant (p = {paired.p_value:.3g})"
+        if lo <= 0 <= hi
+        else f"the quality difference is smaller than the margin ±{margin:g}"
+    )
+    saving = (
+        f"{tuned} sends {summary['prompt_tokens_saved_per_request']:.0f} fewer prompt tokens "
+        "per request"
+        + (
+            f" and pays back its training after {summary['break_even_requests']} requests"
+            if summary["break_even_requests"] is not None
+            else ""
         )
-    return summary
+    )
+    if lo > margin:
+        return (
+            "quality",
+            "fine_tune",
+            (
+                f"Fine-tune, decided by quality: {tuned} is better on {primary} by more than the "
+                f"margin {margin:g} ({band}, all above +{margin:g})."
+            ),
+        )
+    if hi < -margin:
+        return (
+            "quality",
+            "prompt_engineering",
+            (
+                f"Stay with prompt engineering, decided by quality: {tuned} is worse on {primary} "
+                f"than {base} by more than the margin {margin:g} ({band}, all below -{margin:g}); "
+                "improve the data or training before trying again."
+            ),
+        )
+    if -margin <= lo and hi <= margin:
+        if cheaper:
+            return (
+                "cost",
+                "fine_tune",
+                (
+                    f"Fine-tune, decided by cost: {significance} ({band}, inside ±{margin:g}: "
+                    f"equivalent), and {saving}."
+                ),
+            )
+        return (
+            "cost",
+            "prompt_engineering",
+            (
+                f"Stay with prompt engineering, decided by cost: {significance} ({band}, inside "
+                f"±{margin:g}: equivalent), and fine-tuning sends no fewer prompt tokens, so its "
+                "training is never paid back."
+            ),
+        )
+    if lo >= -margin and cheaper:
+        return (
+            "cost",
+            "fine_tune",
+            (
+                f"Fine-tune, decided by cost: quality does not settle it ({band}), but "
+                f"{tuned} is at most {margin:g} worse whichever way it falls, and {saving}."
+            ),
+        )
+    if hi <= margin and not cheaper:
+        return (
+            "cost",
+            "prompt_engineering",
+            (
+                f"Stay with prompt engineering, decided by cost: quality does not settle it "
+                f"({band}), but fine-tuning is at most {margin:g} better whichever way it "
+                "falls, and it sends no fewer prompt tokens, so its training is never paid back."
+            ),
+        )
+    sure = "not significant" if lo <= 0 <= hi else "significant, but maybe smaller than the margin"
+    return (
+        "undecided",
+        "undecided",
+        (
+            f"Undecided: the {band} straddles the margin ±{margin:g}, so quality does not "
+            f"decide (the difference is {sure}; p = {paired.p_value:.3g}), and cost cannot "
+            "settle it alone "
+            + (
+                f"({saving}, but it may answer worse)."
+                if cheaper
+                else "(fine-tuning is not cheaper, but it may answer better)."
+            )
+        ),
+    )

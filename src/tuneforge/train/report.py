@@ -71,8 +71,23 @@ def model_card(
         for k, v in config.model_dump(mode="json").items()
         if k not in ("train_file", "validation_file", "output_dir")
     )
+    from tuneforge.models.registry import public_id
+
     plot = f"\n![loss]({loss_plot})\n" if loss_plot else ""
-    return f"""# Fine-tuned {config.model}{f" ({config.suffix})" if config.suffix else ""}
+    base = public_id(config.model) or config.model
+    elsewhere = ""
+    if config.method != "full":
+        elsewhere = f"""
+## Load it elsewhere
+`model/` is a peft LoRA adapter whose `adapter_config.json` names its base as `{base}`:
+```python
+from peft import AutoPeftModelForCausalLM
+model = AutoPeftModelForCausalLM.from_pretrained("path/to/model")  # fetches {base}
+```
+vLLM serves it with `--enable-lora --lora-modules name=path/to/model`; `tuneforge export RUN
+--merged DIR` writes a plain transformers folder for runtimes without LoRA support.
+"""
+    return f"""# Fine-tuned {base}{f" ({config.suffix})" if config.suffix else ""}
 
 Trained with [tuneforge](https://pypi.org/project/tuneforge/) by supervised fine-tuning
 ({config.method}) on `{Path(config.train_file).name}`.
@@ -106,4 +121,4 @@ tuneforge chat {run_dir}
 tuneforge export {run_dir} --merged merged-model/   # a plain transformers folder
 ```
 The chat template used in training is saved with the tokenizer in `model/`; prompts must use it.
-"""
+{elsewhere}"""
