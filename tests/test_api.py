@@ -160,6 +160,46 @@ def test_file_in_use_by_an_unfinished_job_is_kept(api, tiny):
 # ---------------------------------------------------------------------------------------------
 
 
+def test_a_succeeded_job_lists_its_step_metrics_csv(api, training_file, tiny):
+    """OpenAI's `result_files`: one file of purpose fine-tune-results, `step` + the metric names."""
+    from tuneforge import run_dir as rd
+    from tuneforge.jobs import lifecycle
+
+    job = api.post("/v1/fine_tuning/jobs", json={"model": tiny, "training_file": training_file})
+    job_id = job.json()["id"]
+    assert api.post(f"/v1/fine_tuning/jobs/{job_id}/pause").status_code == 200
+    store = api.app.state.store
+    row = store.get_job(job_id)
+    run = Path(row["run_dir"])
+    run.mkdir(parents=True, exist_ok=True)
+    rows = [
+        {"step": 1, "train_loss": 2.5, "train_mean_token_accuracy": 0.25, "tokens": 10},
+        {
+            "step": 2,
+            "train_loss": 2.0,
+            "train_mean_token_accuracy": 0.5,
+            "valid_loss": 2.25,
+            "valid_mean_token_accuracy": 0.4,
+            "full_valid_loss": 2.2,
+            "full_valid_mean_token_accuracy": 0.45,
+            "tokens": 10,
+        },
+    ]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    rd.write_status(run, status="succeeded", step=2)
+    assert store.update_job(job_id, expect=("paused",), status="running")
+    assert lifecycle.succeed(store, store.get_job(job_id))
+    [file_id] = api.get(f"/v1/fine_tuning/jobs/{job_id}").json()["result_files"]
+    file = api.get(f"/v1/files/{file_id}").json()
+    assert file["purpose"] == "fine-tune-results" and file["filename"] == "step_metrics.csv"
+    assert api.get(f"/v1/files/{file_id}/content").text.splitlines() == [
+        "step,train_loss,train_mean_token_accuracy,valid_loss,valid_mean_token_accuracy,"
+        "full_valid_loss,full_valid_mean_token_accuracy",
+        "1,2.5,0.25,,,,",
+        "2,2.0,0.5,2.25,0.4,2.2,0.45",
+    ]
+
+
 def test_job_object_is_shaped_like_openais(api, training_file, tiny):
     body = {
         "model": tiny,

@@ -52,7 +52,7 @@ def job_object(job: dict[str, Any]) -> dict[str, Any]:
         "model": job["model"],
         "fine_tuned_model": None if job["model_deleted"] else job["fine_tuned_model"],
         "organization_id": f"org-{ORGANIZATION}",
-        "result_files": [],
+        "result_files": job.get("result_files") or [],
         "status": job["status"],
         "validation_file": job["validation_file"],
         "training_file": job["training_file"],

@@ -78,8 +78,39 @@ def succeed(store: Store, job: dict[str, Any]) -> bool:
     ):
         return False
     store.add_event(job["id"], f"New fine-tuned model created: {model_id}")
+    results = write_results_file(store, job["id"], run_dir)
+    store.update_job(job["id"], expect=("succeeded",), result_files=[results])
     store.add_event(job["id"], "The job has successfully completed")
     return True
+
+
+RESULTS_FILENAME = "step_metrics.csv"  # OpenAI's name for a job's results file
+RESULTS_PURPOSE = "fine-tune-results"
+
+
+def write_results_file(store: Store, job_id: str, run_dir: Path) -> str:
+    """The run's metrics as OpenAI's results file (`step` and the OpenAI metric names, one row
+    per step, empty where a step has no value), stored as a file of purpose fine-tune-results;
+    returns its id."""
+    import csv
+    import io
+    import tempfile
+
+    from tuneforge.jobs.store import files_dir, new_id
+
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["step", *rd.METRIC_KEYS])
+    for row in rd.read_metrics(run_dir):
+        writer.writerow([row["step"], *(row.get(key, "") for key in rd.METRIC_KEYS)])
+    folder = files_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".results-", suffix=".csv", dir=folder)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text.getvalue())
+    file_id = new_id("file")
+    store.add_file(file_id, Path(tmp), filename=RESULTS_FILENAME, purpose=RESULTS_PURPOSE)
+    return file_id
 
 
 def _checkpoint_note(run_dir: Path) -> str:

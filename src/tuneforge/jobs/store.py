@@ -76,9 +76,13 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX events_job ON events(job_id, seq);
     """,
+    # m002: a succeeded job's result files (OpenAI's `result_files`: the step metrics CSV)
+    """
+    ALTER TABLE jobs ADD COLUMN result_files TEXT;
+    """,
 ]
 
-_JSON_COLUMNS = ("hyperparameters", "training_config", "metadata", "error", "data")
+_JSON_COLUMNS = ("hyperparameters", "training_config", "metadata", "error", "data", "result_files")
 
 
 def db_path() -> Path:
