@@ -470,6 +470,11 @@ def test_compare_writes_every_approach_and_survives_a_failing_one(
         assert a["prompt_tokens_per_request"] > 0 and a["output_tokens_per_request"] > 0
         assert a["latency_p50_s"] > 0 and a["latency_p95_s"] >= a["latency_p50_s"]
         assert [s["index"] for s in a["samples"]] == [0, 1, 2, 3]
+        per_request = a["per_request_scores"]["set_f1"]
+        assert len(per_request) == 4
+        assert a["metrics"]["set_f1"] == pytest.approx(sum(per_request) / 4)
+        lo, hi = a["primary_ci95"]
+        assert lo <= a["metrics"]["set_f1"] <= hi
     assert by_name["zero_shot"]["training_seconds"] is None
     assert by_name["few_shot"]["examples_in_prompt"] == 2
     assert (
@@ -484,9 +489,54 @@ def test_compare_writes_every_approach_and_survives_a_failing_one(
     failed = by_name["fine_tuned:broken-run"]
     assert failed["status"] == "failed" and "no model yet" in failed["error"]
     assert result["summary"]["best_fine_tuned"] == "fine_tuned:run"
+    assert result["summary"]["decided_by"] in ("quality", "cost", "undecided")
+    assert result["summary"]["margin"] == 0.05
     assert result["primary_metric"] == "set_f1"
+    assert "JSON list" in result["primary_metric_reason"]
     assert result["use_case"]["n_test_examples"] == 4
     assert "Recommendation" in md.read_text() and html.exists()
+
+
+def test_leaked_test_examples_are_reported_and_left_out(tiny_model_dir, tmp_path):
+    def chat(question, answer, system="Answer briefly."):
+        return {
+            "messages": [
+                {"role": "system", "content": system},
+                {"role": "user", "content": question},
+                {"role": "assistant", "content": answer},
+            ]
+        }
+
+    train = [chat(f"What is {i} plus {i}?", str(2 * i)) for i in range(12)]
+    test = [
+        chat("what is 3   PLUS 3?", "6", system="Another system prompt."),  # a re-typed copy
+        chat("What is 20 plus 20?", "40"),
+        chat("What is 5 plus 5?", "ten"),  # same question, other answer: still seen in training
+        chat("What is 21 plus 21?", "42"),
+    ]
+    options = CompareOptions(
+        train_file=write_lines(tmp_path / "train.jsonl", train),
+        test_file=write_lines(tmp_path / "test.jsonl", test),
+        out_dir=tmp_path / "out",
+        model=str(tiny_model_dir),
+        max_new_tokens=4,
+    )
+    assert leaked(
+        [Request((Message("user", "Hi  there"),), "x")],
+        [Request((Message("user", "hi there"),), "y"), Request((Message("user", "hi"),), "x")],
+        [7, 8],
+    ) == [7]
+    comparison = Comparison(options)
+    assert comparison.leaked_lines == [1, 3]
+    assert [r.reference for r in comparison.test] == ["40", "42"]
+    result = comparison.to_json()
+    assert result["use_case"]["n_leaked_test_examples"] == 2
+    assert result["use_case"]["n_test_examples"] == 2
+    assert result["schema_version"] == 2
+    assert "2 test example(s) also appear in the training file" in result["warnings"][0]
+    assert "lines 1, 3" in result["warnings"][0]
+    assert "only 2 test requests" in result["warnings"][1]  # too small: said up front
+    assert result["primary_metric"] == "token_f1"
 
 
 def test_compare_refuses_mismatched_or_empty_test_files(tiny_run, tmp_path):

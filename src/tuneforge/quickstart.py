@@ -68,6 +68,7 @@ class Result:
     report_md: Path
     report_html: Path
     summary: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)  # compare.json's: leakage, a small test set
 
 
 def _fresh(path: Path) -> Path:
@@ -158,5 +159,13 @@ def quickstart(
     say("5/5 evaluating the fine-tuned model and writing the report …")
     comparison.run_fine_tuned(run_dir)
     compare_json, md, html = comparison.finish()
-    summary = comparison.to_json()["summary"]
-    return Result(paths["train"].parent, run_dir, compare_json, md, html, summary)
+    result = comparison.to_json()
+    return Result(
+        paths["train"].parent,
+        run_dir,
+        compare_json,
+        md,
+        html,
+        result["summary"],
+        result["warnings"],
+    )

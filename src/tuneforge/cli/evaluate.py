@@ -24,6 +24,7 @@ from tuneforge.cli._common import (
     working,
 )
 from tuneforge.errors import UsageError
+from tuneforge.eval.metrics import DEFAULT_MARGIN
 
 MetricOpt = Annotated[
     list[str] | None,
@@ -135,13 +136,23 @@ def _run_folder(name_or_path: str) -> Path:
     return found
 
 
+def _print_warnings(warnings: list[str]) -> None:
+    for warning in warnings:
+        err.print(Text(f"warning: {warning}", style="yellow"))
+
+
 def _print_summary(summary: dict[str, Any], md: Path, html: Path) -> None:
     verdict = {
         "fine_tune": "fine-tune",
         "prompt_engineering": "stay with prompt engineering",
         "undecided": "undecided",
     }[summary["recommendation"]]
-    out.print(Text(f"recommendation: {verdict}", style="bold"))
+    decided = {"quality": " (decided by quality)", "cost": " (decided by cost)"}.get(
+        summary.get("decided_by") or "", ""
+    )
+    out.print(Text(f"recommendation: {verdict}{decided}", style="bold"))
+    if summary.get("decision"):
+        out.print(Text(f"  {summary['decision']}"))
     for reason in summary["reasons"]:
         out.print(Text(f"  - {reason}"))
     out.print(f"report: {escape(str(html))} (and {escape(md.name)})")
@@ -177,7 +188,27 @@ def compare_cmd(
     ] = 8,
     loss: Annotated[bool, typer.Option(help="Also the loss of the reference answers.")] = True,
     metric: MetricOpt = None,
-    primary_metric: Annotated[str | None, typer.Option("--primary-metric")] = None,
+    primary_metric: Annotated[
+        str | None,
+        typer.Option(
+            "--primary-metric",
+            help="The metric that decides (default: by task: set_f1 for JSON lists, exact_match "
+            "for short labels, token_f1 for free text).",
+        ),
+    ] = None,
+    margin: Annotated[
+        float,
+        typer.Option(
+            "--margin",
+            min=0.0,
+            max=1.0,
+            help="The smallest quality difference that matters, on the primary metric: quality "
+            "decides only when the gain's 95% interval is beyond ±margin; inside it, cost does.",
+        ),
+    ] = DEFAULT_MARGIN,
+    seed: Annotated[
+        int, typer.Option("--seed", help="Seed of the few-shot examples and the bootstrap.")
+    ] = 0,
     baselines: Annotated[bool, typer.Option(help="Measure zero-shot, few-shot and RAG.")] = True,
     title: Annotated[
         str | None, typer.Option("--title", help="The use case, as the report names it.")
@@ -208,6 +239,8 @@ def compare_cmd(
         user_metrics=list(metric or []),
         primary_metric=primary_metric,
         data_format=fmt,
+        seed=seed,
+        margin=margin,
         title=title,
     )
     if not baselines and not options.runs:
@@ -221,7 +254,9 @@ def compare_cmd(
             comparison.run_fine_tuned(run)
     path, md, html = comparison.finish()
     out.print(f"wrote {escape(str(path))}")
-    _print_summary(comparison.to_json()["summary"], md, html)
+    result = comparison.to_json()
+    _print_warnings(result["warnings"])
+    _print_summary(result["summary"], md, html)
     failed = [a["name"] for a in comparison.approaches if a["status"] != "ok"]
     if failed:
         err.print(Text(f"failed: {', '.join(failed)} (see compare.json)", style="red"))
@@ -281,6 +316,7 @@ def quickstart_cmd(
         finally:
             training.stop()
     out.print(f"done in {duration(time.time() - start)}")
+    _print_warnings(result.warnings)
     _print_summary(result.summary, result.report_md, result.report_html)
     out.print(f"compare.json: {escape(str(result.compare_json))}")
     out.print(f"fine-tuned run: {escape(str(result.run_dir))}")

@@ -24,19 +24,20 @@ from tuneforge.atomic import atomic_write_text
 from tuneforge.errors import DataError, TuneforgeError, UsageError
 from tuneforge.eval import baselines, stats
 from tuneforge.eval.evaluate import Evaluation, Request, answer_room, evaluate, to_request
-from tuneforge.eval.metrics import BUILTIN, Metric, load_user_metric, per_label, primary_metric_for
+from tuneforge.eval.metrics import (
+    BUILTIN,
+    DEFAULT_MARGIN,
+    Metric,
+    load_user_metric,
+    per_label,
+    primary_metric_for,
+)
 
 SCHEMA_VERSION = 2  # 2: per-request scores, intervals, decided_by, leakage, warnings
 N_SAMPLES = 5  # side-by-side answers kept per approach (the same test examples for all)
 # A training step costs about three forward passes over its tokens (forward + backward); a
 # request saves one forward pass over the prompt tokens it no longer sends.
 TRAIN_FORWARD_EQUIVALENTS = 3
-# The smallest quality difference that matters, in the primary metric's units (0-1 for the
-# built-in metrics): a gain whose whole 95 % interval lies beyond ±MARGIN decides by quality; one
-# whose interval lies inside it is "equivalent", and cost decides. 0.05 is one answer in twenty
-# on accuracy: below that, users rarely notice a difference, and proving a smaller one takes
-# several hundred test requests.
-DEFAULT_MARGIN = 0.05
 # Below this many test requests a 95 % interval on a 0-1 metric is wider than about ±0.25
 # (half-width ≈ 1/√n at worst), too wide for most questions: the report warns up front.
 MIN_TEST_REQUESTS = 16
