@@ -7,8 +7,11 @@ Checks, all reported at once:
    `report_numbers` gives appears in the HTML (a number the report should show is not missing);
 2. every such number is a correct rounding of the raw value in compare.json, at the precision
    shown: this part does not trust report.py's own formatting;
-3. the HTML is self-contained: no scripts, no http(s) sources or links, images are data URIs;
-4. if Chromium is installed, a headless render is a real page: a PNG of the window's size with
+3. the summary's decision agrees with its own numbers, recomputed here: decided by quality
+   exactly when the gain's 95 % interval clears ±margin, each interval is ordered and holds its
+   point estimate, the p-value is a probability, "undecided" says how many more requests;
+4. the HTML is self-contained: no scripts, no http(s) sources or links, images are data URIs;
+5. if Chromium is installed, a headless render is a real page: a PNG of the window's size with
    a meaningful share of non-white pixels (a blank or crashed page has almost none).
 
 Exit 0 with a one-line summary; 1 with one line per problem, naming the key; 2 when the
@@ -77,6 +80,9 @@ def raw_value(compare: dict[str, Any], key: str) -> Any:
     """The value in compare.json a report key stands for. Approach names may hold dots, so the
     longest name the key starts with wins; sample keys carry the example's `index`."""
     head, _, rest = key.partition(".")
+    if head == "summary" and rest.startswith("quality_gain_ci95."):
+        ci = (compare.get("summary") or {}).get("quality_gain_ci95")
+        return ci[int(rest.rpartition(".")[2])] if ci else None
     if head in ("use_case", "summary"):
         return (compare.get(head) or {}).get(rest)
     approaches = compare.get("approaches") or []
@@ -88,6 +94,12 @@ def raw_value(compare: dict[str, Any], key: str) -> Any:
     field = key[len(f"approaches.{name}.") :]
     if field.startswith("metrics."):
         return (approach.get("metrics") or {}).get(field[len("metrics.") :])
+    if field == "primary_ci95.half_width":  # the report's ±: half the interval, recomputed
+        ci = approach.get("primary_ci95")
+        return (ci[1] - ci[0]) / 2 if ci else None
+    if field.startswith("labels."):
+        label, _, measure = field[len("labels.") :].rpartition(".")
+        return ((approach.get("labels") or {}).get(label) or {}).get(measure)
     if field.startswith("samples."):
         index = field[len("samples.") :].rpartition(".")[0]
         samples = [s for s in approach.get("samples") or [] if str(s["index"]) == index]
@@ -117,6 +129,73 @@ def check_against_compare(compare: dict[str, Any], numbers: dict[str, str]) -> l
             continue
         if not agrees(shown, raw):
             problems.append(f"{key}: shown {shown!r}, compare.json has {raw!r}")
+    return problems
+
+
+def check_decision(compare: dict[str, Any]) -> list[str]:
+    """Problems with the summary's intervals and decision, recomputed from compare.json alone."""
+    summary = compare.get("summary") or {}
+    problems = []
+    intervals = [
+        ("summary.quality_gain_ci95", summary.get("quality_gain_ci95"), summary.get("quality_gain"))
+    ]
+    for approach in compare.get("approaches") or []:
+        if approach.get("status") == "ok":
+            intervals.append(
+                (
+                    f"approaches.{approach['name']}.primary_ci95",
+                    approach.get("primary_ci95"),
+                    (approach.get("metrics") or {}).get(compare.get("primary_metric")),
+                )
+            )
+    for key, ci, point in intervals:
+        if ci is None:
+            continue
+        if len(ci) != 2 or ci[0] > ci[1] + 1e-12:
+            problems.append(f"{key}: {ci!r} is not an interval [low, high]")
+        elif point is not None and not ci[0] - 1e-9 <= point <= ci[1] + 1e-9:
+            problems.append(f"{key}: {ci!r} does not contain the point estimate {point!r}")
+    p = summary.get("quality_gain_p_value")
+    if p is not None and not 0 <= p <= 1:
+        problems.append(f"summary.quality_gain_p_value: {p!r} is not a probability")
+    decided_by, ci, margin = (
+        summary.get("decided_by"),
+        summary.get("quality_gain_ci95"),
+        summary.get("margin"),
+    )
+    if decided_by is None:
+        return problems  # a compare.json from before schema 2: nothing to recompute
+    clears = bool(ci) and margin is not None and (ci[0] > margin or ci[1] < -margin)
+    if (decided_by == "quality") != clears:
+        problems.append(
+            f"summary.decided_by: {decided_by!r}, but the gain's interval {ci!r} "
+            f"{'clears' if clears else 'does not clear'} the margin ±{margin}"
+        )
+    expected = {
+        "undecided": {"undecided"},
+        "quality": {"fine_tune", "prompt_engineering"},
+        "cost": {"fine_tune", "prompt_engineering"},
+    }.get(decided_by, set())
+    if summary.get("recommendation") not in expected:
+        problems.append(
+            f"summary.recommendation: {summary.get('recommendation')!r} does not go with "
+            f"decided_by {decided_by!r}"
+        )
+    if clears and ci is not None:
+        direction = "fine_tune" if ci[0] > margin else "prompt_engineering"
+        if summary.get("recommendation") != direction:
+            problems.append(
+                f"summary.recommendation: {summary.get('recommendation')!r}, but the interval "
+                f"{ci!r} says {direction}"
+            )
+    never = "No number of test requests" in (summary.get("decision") or "")  # gain on the margin
+    if (
+        decided_by == "undecided"
+        and ci
+        and summary.get("more_requests_needed") is None
+        and not never
+    ):
+        problems.append("summary.more_requests_needed: undecided, but not how many more")
     return problems
 
 
@@ -241,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     compare = json.loads(compare_path.read_text(encoding="utf-8"))
     html = html_path.read_text(encoding="utf-8")
-    problems = check_numbers(compare, html) + check_self_contained(html)
+    problems = check_numbers(compare, html) + check_decision(compare) + check_self_contained(html)
     rendered = "not rendered (no Chromium)"
     if chromium:
         with tempfile.TemporaryDirectory(prefix="check-report-") as tmp:
@@ -256,7 +335,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {problem}", file=sys.stderr)
         return 1
     count = len(report_numbers(compare))
-    print(f"{html_path}: {count} numbers match compare.json, self-contained, {rendered}")
+    decided = (compare.get("summary") or {}).get("decided_by") or "not recorded"
+    print(
+        f"{html_path}: {count} numbers match compare.json, decision ({decided}) agrees with "
+        f"its interval, self-contained, {rendered}"
+    )
     return 0
 
 

@@ -70,7 +70,7 @@ def make_compare() -> dict[str, Any]:
     """A realistic compare.json: three prompting approaches, one good fine-tuned run, one failed
     run, a user metric (`calorie_guess`) and model output that tries HTML injection."""
     return {
-        "schema_version": 1,
+        "schema_version": 2,
         "created_at": "2026-11-28T04:00:00Z",
         "machine": "2-core AMD EPYC 7B13, CPU, torch 2.13.0",
         "use_case": {
@@ -82,14 +82,19 @@ def make_compare() -> dict[str, Any]:
             "n_train_examples": 480,
             "n_test_examples": 40,
             "max_new_tokens": 96,
+            "n_leaked_test_examples": 1,
+            "leaked_test_lines": [12],
         },
         "primary_metric": "set_f1",
+        "primary_metric_reason": "every reference is a JSON list, compared as a set (set-F1)",
+        "warnings": ["1 test example(s) also appear in the training file (test file lines 12)"],
         "approaches": [
             _approach(
                 "zero_shot",
                 "zero_shot",
                 description="the base model with the data's system prompt",
                 metrics={"set_f1": 0.0, "exact_match": 0.0, "token_f1": 0.1234, "json_valid": 0.0},
+                primary_ci95=[0.0, 0.0],
                 prompt_tokens_per_request=71.325,
                 output_tokens_per_request=60.2,
                 latency_p50_s=1.8049,
@@ -115,6 +120,7 @@ def make_compare() -> dict[str, Any]:
                     "token_f1": 0.31,
                     "json_valid": 0.6,
                 },
+                primary_ci95=[0.15, 0.2704],
                 prompt_tokens_per_request=402.95,
                 output_tokens_per_request=22.4,
                 latency_p50_s=2.4,
@@ -130,6 +136,7 @@ def make_compare() -> dict[str, Any]:
                 examples_in_prompt=6,
                 train_examples_used=480,
                 metrics={"set_f1": 0.25, "exact_match": 0.1, "token_f1": 0.35, "json_valid": 0.7},
+                primary_ci95=[0.18, 0.33],
                 prompt_tokens_per_request=473.35,
                 output_tokens_per_request=20.1,
                 latency_p50_s=2.9,
@@ -151,6 +158,7 @@ def make_compare() -> dict[str, Any]:
                     "json_valid": 1.0,
                     "calorie_guess": 12.3456,
                 },
+                primary_ci95=[0.7912, 0.92],
                 prompt_tokens_per_request=71.3,
                 output_tokens_per_request=12.0,
                 latency_p50_s=1.8,
@@ -179,11 +187,20 @@ def make_compare() -> dict[str, Any]:
             "best_baseline": "retrieval",
             "best_fine_tuned": FT,
             "quality_gain": 0.61,
+            "quality_gain_ci95": [0.5123, 0.7],
+            "quality_gain_p_value": 0.0004,
+            "quality_gain_test": "mcnemar_exact",
+            "paired_requests": 40,
+            "margin": 0.05,
+            "more_requests_needed": None,
             "prompt_tokens_saved_per_request": 402.05,
             "prompt_token_ratio": 0.1506,
             "latency_saved_per_request_s": None,
             "break_even_requests": 275,
             "recommendation": "fine_tune",
+            "decided_by": "quality",
+            "decision": "Fine-tune, decided by quality: fine_tuned:run-abc is better on set_f1 by "
+            "more than the margin 0.05 (95% interval of the gain +0.512 to +0.700).",
             "reasons": [
                 "fine-tuned set_f1 0.860 vs 0.250 for retrieval (+0.610)",
                 "402 fewer prompt tokens per request: training pays back after 275 requests",
@@ -294,11 +311,70 @@ def test_markdown_answers_the_questions_with_the_numbers(written: tuple[str, str
     header = next(line for line in markdown.splitlines() if line.startswith("| approach | set_f1"))
     assert header.index("set_f1 (primary)") < header.index("exact_match")
     assert "calorie_guess" in header
-    assert f"| {FT} | 0.860 | 0.550 | 0.900 | 1.000 | 12.346 |" in markdown
+    assert f"| {FT} | 0.860 ± 0.064 | 0.550 | 0.900 | 1.000 | 12.346 |" in markdown
     assert "| zero_shot | 0 | 0 | — | — | 71.3 | 60.2 | 1.80 | 2.90 |" in markdown
+    assert "| 95% interval of the gain | +0.512 to +0.700 |" in markdown
+    assert "| p-value of the gain | 0.000 |" in markdown and "| margin | 0.050 |" in markdown
     assert "- **fine_tuned:run-broken: failed**: run-broken: the run has no model yet" in markdown
     assert "k shrank from 8 to 6" in markdown
     assert "**few_shot**, score 0.667:" in markdown
+
+
+def test_the_decision_and_the_warnings_come_first(written: tuple[str, str]) -> None:
+    markdown, html = written
+    head = markdown.split("## Use case")[0]
+    assert f"**Recommendation: fine-tune** ({FT} vs retrieval), decided by quality" in head
+    lines = [line for line in head.splitlines() if line]
+    assert lines[2].startswith("Fine-tune, decided by quality:")  # the decision sentence
+    assert lines[3].startswith("> **Warning:** 1 test example(s) also appear in the training")
+    assert "(95% interval +0.512 to +0.700, p = 0.000, margin 0.050)" in head
+    assert html.index("Fine-tune, decided by quality:") < html.index("Warning:")
+    assert html.index("Warning:") < html.index("<h2>Use case</h2>")
+    assert f'data-key="approaches.{FT}.primary_ci95.half_width">0.064<' in html
+
+
+def test_a_label_task_shows_precision_and_recall_per_label(
+    compare: dict[str, Any], tmp_path: Path
+) -> None:
+    compare["primary_metric"] = "exact_match"
+    compare["approaches"][3]["labels"] = {
+        "negative": {"precision": 0.75, "recall": 0.6, "support": 5},
+        "positive": {"precision": None, "recall": 0.0, "support": 2},
+    }
+    compare["approaches"][0]["labels"] = {
+        "negative": {"precision": 1.0, "recall": 0.2, "support": 5}
+    }
+    md_path, html_path = write_report(compare, tmp_path)
+    markdown, html = md_path.read_text(encoding="utf-8"), html_path.read_text(encoding="utf-8")
+    assert "| negative | 1.000 / 0.200 (5) | — | — | 0.750 / 0.600 (5) |" in markdown
+    assert "| positive | — | — | — | — / 0.000 (2) |" in markdown
+    assert check_report.check_numbers(compare, html) == []
+    key = f"approaches.{FT}.labels.negative.recall"
+    tampered = html.replace(f'data-key="{key}">0.600<', f'data-key="{key}">0.700<')
+    assert tampered != html
+    assert check_report.check_numbers(compare, tampered) == [
+        f"approaches.{FT}.labels.negative.recall: report.html shows '0.700', compare.json gives "
+        "'0.600'"
+    ]
+
+
+def test_checker_recomputes_the_decision_from_the_interval(compare: dict[str, Any]) -> None:
+    assert check_report.check_decision(compare) == []
+    compare["summary"]["quality_gain_ci95"] = [0.01, 0.7]  # no longer clears the 0.05 margin
+    assert check_report.check_decision(compare) == [
+        "summary.decided_by: 'quality', but the gain's interval [0.01, 0.7] does not clear the "
+        "margin ±0.05"
+    ]
+    compare["summary"] |= {"decided_by": "undecided", "recommendation": "fine_tune"}
+    assert check_report.check_decision(compare) == [
+        "summary.recommendation: 'fine_tune' does not go with decided_by 'undecided'",
+        "summary.more_requests_needed: undecided, but not how many more",
+    ]
+    compare["approaches"][3]["primary_ci95"] = [0.9, 0.95]
+    assert (
+        f"approaches.{FT}.primary_ci95: [0.9, 0.95] does not contain the point estimate 0.86"
+        in (check_report.check_decision(compare))
+    )
 
 
 def test_markdown_keeps_model_output_inert(written: tuple[str, str]) -> None:

@@ -1,11 +1,14 @@
 """`report.md` and `report.html` from `compare.json`: the answer to "should I fine-tune?", with
 the numbers behind it.
 
-The report shows, in this order: the recommendation and its reasons; the use case; every
-approach and how it scored (failed ones with their error); the costs (examples, training time,
-tokens, latency); the benefits of the best fine-tuned run over the best alternative; plots; and a
-few answers side by side. The HTML is one self-contained file (inline CSS, plots as `data:` URIs,
-no scripts) so it can be mailed or archived and still open years later.
+The report shows, in this order: the recommendation with the decision sentence (decided by
+quality, by cost, or undecided), the warnings (leaked test examples, a test set too small) and
+the reasons; the use case; every approach and how it scored, the primary metric with `±` half
+its 95 % interval (failed ones with their error), per-label precision and recall on a label
+task; the costs (examples, training time, tokens, latency); the benefits of the best fine-tuned
+run over the best alternative, with the gain's interval and p-value; plots (error bars: the
+intervals); and a few answers side by side. The HTML is one self-contained file (inline CSS,
+plots as `data:` URIs, no scripts) so it can be mailed or archived and still open years later.
 
 Every number the report shows comes from `report_numbers`, and the HTML wraps each one in
 `<span data-key="…">` so `scripts/check_report.py` can read them back and compare them with
@@ -14,11 +17,16 @@ Every number the report shows comes from `report_numbers`, and the HTML wraps ea
 | kind | example key | shown as |
 |---|---|---|
 | metrics, per-example scores, ratios | `approaches.<name>.metrics.set_f1` | 3 decimals (`0.860`) |
-| quality gain | `summary.quality_gain` | 3 decimals with sign (`+0.610`) |
+| quality gain and its interval | `summary.quality_gain_ci95.0` | 3 decimals with sign (`+0.610`) |
+| ± (half an approach's interval) | `approaches.<name>.primary_ci95.half_width` | 3 decimals |
+| p-value, margin | `summary.quality_gain_p_value` | 3 decimals (`0.004`) |
 | tokens per request | `approaches.<name>.prompt_tokens_per_request` | 1 decimal (`402.0`) |
 | latency seconds | `approaches.<name>.latency_p50_s` | 2 decimals (`1.80`) |
 | training seconds | `approaches.<name>.training_seconds` | 1 decimal (`301.5`) |
 | counts (examples, tokens, requests) | `summary.break_even_requests` | whole number (`275`) |
+
+`primary_ci95.half_width` is the one number not stored as such: (high - low) / 2 of the
+approach's `primary_ci95`; the interval itself may be asymmetric, and the plot draws it exactly.
 | null or missing | any | `—` |
 """
 
@@ -47,6 +55,8 @@ RECOMMENDATIONS = {
     "prompt_engineering": "stay with prompt engineering",
     "undecided": "undecided",
 }
+DECIDED_BY = {"quality": "decided by quality", "cost": "decided by cost", "undecided": ""}
+LABEL_FIELDS = ("precision", "recall", "support")
 KIND_COLORS = {
     "zero_shot": "#7a828c",
     "few_shot": "#d9822b",
@@ -88,6 +98,7 @@ USE_CASE_FIELDS = (
     Field("n_train_examples", "training examples", _count),
     Field("n_test_examples", "held-out test examples", _count),
     Field("max_new_tokens", "max new tokens per answer", _count),
+    Field("n_leaked_test_examples", "test examples left out (also in training)", _count),
 )
 COST_FIELDS = (
     Field("examples_in_prompt", "examples in prompt", _count),
@@ -105,6 +116,27 @@ BENEFIT_FIELDS = (
         "quality gain",
         GAIN,
         "primary metric of the best fine-tuned run minus that of the best alternative",
+    ),
+    Field(
+        "quality_gain_p_value",
+        "p-value of the gain",
+        METRIC,
+        "chance of a gain this large if the two answered equally well (McNemar's exact test "
+        "for 0/1 scores, else a paired bootstrap test)",
+    ),
+    Field(
+        "margin",
+        "margin",
+        METRIC,
+        "the smallest quality difference that matters (`--margin`): quality decides only when "
+        "the whole interval is beyond ± this",
+    ),
+    Field("paired_requests", "paired requests", _count, "test requests both approaches scored"),
+    Field(
+        "more_requests_needed",
+        "more test requests needed",
+        _count,
+        "when undecided: about how many more requests would settle it (from the observed spread)",
     ),
     Field(
         "prompt_tokens_saved_per_request",
@@ -228,11 +260,45 @@ def report_numbers(compare: dict[str, Any]) -> dict[str, str]:
     summary = compare.get("summary") or {}
     for field in BENEFIT_FIELDS:
         put(summary.get(field.name), field.fmt, "summary", field.name)
+    gain_ci = summary.get("quality_gain_ci95") or [None, None]
+    for end, value in enumerate(gain_ci):
+        put(value, GAIN, "summary", "quality_gain_ci95", end)
+    for approach in _ok(compare):
+        if approach.get("primary_ci95"):  # ± only where there is an interval
+            put(
+                _half_width(approach),
+                METRIC,
+                "approaches",
+                approach["name"],
+                "primary_ci95",
+                "half_width",
+            )
+        for label, values in (approach.get("labels") or {}).items():
+            for measure, fmt in zip(LABEL_FIELDS, (METRIC, METRIC, _count), strict=True):
+                put(
+                    values.get(measure),
+                    fmt,
+                    "approaches",
+                    approach["name"],
+                    "labels",
+                    label,
+                    measure,
+                )
     for example in _examples(compare):
         for answer in example.answers:
             if answer.text is not None:
                 numbers[answer.score_key] = _shown(answer.score_key, answer.score, METRIC)
     return numbers
+
+
+def _half_width(approach: dict[str, Any]) -> float | None:
+    ci = approach.get("primary_ci95")
+    return (ci[1] - ci[0]) / 2 if ci else None
+
+
+def label_names(compare: dict[str, Any]) -> list[str]:
+    """The reference labels of a label task, in the order the first approach lists them."""
+    return list(dict.fromkeys(label for a in _ok(compare) for label in a.get("labels") or {}))
 
 
 # --- plots ------------------------------------------------------------------------------------
@@ -261,7 +327,13 @@ def quality_plot(compare: dict[str, Any]) -> str | None:
     trade-off in one picture (up and to the left is better)."""
     metric = compare.get("primary_metric")
     points = [
-        (a["name"], a.get("kind"), a.get("prompt_tokens_per_request"), a["metrics"].get(metric))
+        (
+            a["name"],
+            a.get("kind"),
+            a.get("prompt_tokens_per_request"),
+            a["metrics"].get(metric),
+            a.get("primary_ci95"),
+        )
         for a in _ok(compare)
         if a.get("metrics")
     ]
@@ -272,8 +344,12 @@ def quality_plot(compare: dict[str, Any]) -> str | None:
     right = max(p[2] for p in points) * 1.35 or 1  # room on the right for the labels
     # Labels centred on their point, alternately above and below in order of prompt size, so
     # neighbours don't cover each other; near the y axis they start at the point instead.
-    for i, (name, kind, tokens, score) in enumerate(sorted(points, key=lambda p: p[2])):
-        ax.scatter([tokens], [score], s=70, color=KIND_COLORS.get(kind, "#444"), zorder=3)
+    for i, (name, kind, tokens, score, ci) in enumerate(sorted(points, key=lambda p: p[2])):
+        color = KIND_COLORS.get(kind, "#444")
+        ax.scatter([tokens], [score], s=70, color=color, zorder=3)
+        if ci:  # the 95 % interval, drawn as it is (it need not be symmetric)
+            below, above = max(score - ci[0], 0.0), max(ci[1] - score, 0.0)
+            ax.errorbar([tokens], [score], yerr=[[below], [above]], color=color, capsize=4)
         ax.annotate(
             name,
             (tokens, score),
@@ -282,13 +358,13 @@ def quality_plot(compare: dict[str, Any]) -> str | None:
             ha="left" if tokens < 0.2 * right else "center",
             fontsize=9,
         )
-    scores = [p[3] for p in points]
+    scores = [p[3] for p in points] + [end for p in points if p[4] for end in p[4]]
     low, high = min(0.0, *scores), max(1.0, *scores)
     ax.set_xlim(0, right)
     ax.set_ylim(low - 0.1 * (high - low), high + 0.08 * (high - low))
     ax.set_xlabel("prompt tokens per request")
     ax.set_ylabel(metric)
-    ax.set_title(f"{metric} vs prompt size (up and left is better)", fontsize=11)
+    ax.set_title(f"{metric} (95% interval) vs prompt size (up and left is better)", fontsize=11)
     return _png_base64(fig)
 
 
@@ -340,6 +416,10 @@ def _context(compare: dict[str, Any]) -> dict[str, Any]:
         "summary": summary,
         "recommendation": recommendation,
         "recommendation_label": RECOMMENDATIONS.get(recommendation, recommendation),
+        "decided_by_label": DECIDED_BY.get(summary.get("decided_by") or "undecided", ""),
+        "warnings": compare.get("warnings") or [],
+        "labels": label_names(compare),
+        "label_fields": LABEL_FIELDS,
         "primary": compare.get("primary_metric"),
         "metrics": metric_names(compare),
         "ok": _ok(compare),
