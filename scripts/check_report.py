@@ -111,6 +111,11 @@ def agrees(shown: str, raw: Any) -> bool:
     """Whether `shown` is `raw` rounded to the decimals `shown` has (or "—" for null)."""
     if raw is None or shown == NULL:
         return raw is None and shown == NULL
+    if shown.startswith("<"):  # a p-value too small to show: `<0.001`
+        try:
+            return raw < float(shown[1:])
+        except ValueError:
+            return False
     try:
         value = float(shown)
     except ValueError:

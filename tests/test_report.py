@@ -290,10 +290,16 @@ def test_the_raw_value_check_catches_a_wrong_rounding(compare: dict[str, Any]) -
     numbers = report_numbers(compare)
     numbers[f"approaches.{FT}.metrics.set_f1"] = "0.861"
     numbers["approaches.zero_shot.training_seconds"] = "0.0"
+    numbers["approaches.few_shot.primary_ci95.half_width"] = "0.061"  # (0.2704 - 0.15) / 2
+    numbers["summary.quality_gain_ci95.1"] = "+0.710"
     assert check_report.check_against_compare(compare, numbers) == [
         "approaches.zero_shot.training_seconds: shown '0.0', compare.json has None",
         f"approaches.{FT}.metrics.set_f1: shown '0.861', compare.json has 0.86",
+        "summary.quality_gain_ci95.1: shown '+0.710', compare.json has 0.7",
+        "approaches.few_shot.primary_ci95.half_width: shown '0.061', compare.json has "
+        f"{(0.2704 - 0.15) / 2!r}",
     ]
+    assert check_report.agrees("<0.001", 0.0004) and not check_report.agrees("<0.001", 0.002)
 
 
 # --- markdown ---------------------------------------------------------------------------------
@@ -314,7 +320,7 @@ def test_markdown_answers_the_questions_with_the_numbers(written: tuple[str, str
     assert f"| {FT} | 0.860 ± 0.064 | 0.550 | 0.900 | 1.000 | 12.346 |" in markdown
     assert "| zero_shot | 0 | 0 | — | — | 71.3 | 60.2 | 1.80 | 2.90 |" in markdown
     assert "| 95% interval of the gain | +0.512 to +0.700 |" in markdown
-    assert "| p-value of the gain | 0.000 |" in markdown and "| margin | 0.050 |" in markdown
+    assert "| p-value of the gain | <0.001 |" in markdown and "| margin | 0.050 |" in markdown
     assert "- **fine_tuned:run-broken: failed**: run-broken: the run has no model yet" in markdown
     assert "k shrank from 8 to 6" in markdown
     assert "**few_shot**, score 0.667:" in markdown
@@ -327,7 +333,7 @@ def test_the_decision_and_the_warnings_come_first(written: tuple[str, str]) -> N
     lines = [line for line in head.splitlines() if line]
     assert lines[2].startswith("Fine-tune, decided by quality:")  # the decision sentence
     assert lines[3].startswith("> **Warning:** 1 test example(s) also appear in the training")
-    assert "(95% interval +0.512 to +0.700, p = 0.000, margin 0.050)" in head
+    assert "(95% interval +0.512 to +0.700, p = <0.001, margin 0.050)" in head
     assert html.index("Fine-tune, decided by quality:") < html.index("Warning:")
     assert html.index("Warning:") < html.index("<h2>Use case</h2>")
     assert f'data-key="approaches.{FT}.primary_ci95.half_width">0.064<' in html

@@ -19,7 +19,8 @@ Every number the report shows comes from `report_numbers`, and the HTML wraps ea
 | metrics, per-example scores, ratios | `approaches.<name>.metrics.set_f1` | 3 decimals (`0.860`) |
 | quality gain and its interval | `summary.quality_gain_ci95.0` | 3 decimals with sign (`+0.610`) |
 | ± (half an approach's interval) | `approaches.<name>.primary_ci95.half_width` | 3 decimals |
-| p-value, margin | `summary.quality_gain_p_value` | 3 decimals (`0.004`) |
+| p-value | `summary.quality_gain_p_value` | 3 decimals (`0.004`), below 0.001 `<0.001` |
+| margin | `summary.margin` | 3 decimals (`0.050`) |
 | tokens per request | `approaches.<name>.prompt_tokens_per_request` | 1 decimal (`402.0`) |
 | latency seconds | `approaches.<name>.latency_p50_s` | 2 decimals (`1.80`) |
 | training seconds | `approaches.<name>.training_seconds` | 1 decimal (`301.5`) |
@@ -78,6 +79,13 @@ def _count(value: int | float) -> str:
 
 
 METRIC = _fixed(3)
+
+
+def P_VALUE(value: float) -> str:  # upper case: a formatter, like METRIC and GAIN
+    """3 decimals; below 0.001 as `<0.001`, since "0.000" would read as impossible."""
+    return "<0.001" if value < 0.001 else format(value, ".3f")
+
+
 GAIN = _fixed(3, signed=True)
 TOKENS = _fixed(1)
 LATENCY = _fixed(2)
@@ -120,7 +128,7 @@ BENEFIT_FIELDS = (
     Field(
         "quality_gain_p_value",
         "p-value of the gain",
-        METRIC,
+        P_VALUE,
         "chance of a gain this large if the two answered equally well (McNemar's exact test "
         "for 0/1 scores, else a paired bootstrap test)",
     ),
