@@ -539,6 +539,28 @@ def test_leaked_test_examples_are_reported_and_left_out(tiny_model_dir, tmp_path
     assert result["primary_metric"] == "token_f1"
 
 
+def test_compare_scores_a_label_task_by_exact_match(tiny_model_dir, tmp_path):
+    def chat(i, label):
+        return {
+            "messages": [
+                {"role": "user", "content": f"Review {i}: it was {label} in every way"},
+                {"role": "assistant", "content": label.capitalize()},
+            ]
+        }
+
+    labels = ["good", "bad", "so-so"]
+    train = write_lines(tmp_path / "train.jsonl", [chat(i, labels[i % 3]) for i in range(18)])
+    test = write_lines(tmp_path / "test.jsonl", [chat(100 + i, labels[i % 3]) for i in range(6)])
+    options = CompareOptions(train, test, tmp_path / "out", model=str(tiny_model_dir))
+    comparison = Comparison(options)
+    assert comparison.primary == "exact_match" and comparison.label_task
+    assert "one of 3 short labels" in comparison.primary_reason
+    options.primary_metric = "token_f1"
+    chosen = Comparison(options)
+    assert chosen.primary == "token_f1"
+    assert chosen.primary_reason.startswith("chosen with --primary-metric (detected: every")
+
+
 def test_compare_refuses_mismatched_or_empty_test_files(tiny_run, tmp_path):
     data, _ = tiny_run
     alpaca = write_lines(tmp_path / "test.jsonl", [{"instruction": "x", "output": "y"}] * 3)
