@@ -17,6 +17,7 @@ from tuneforge.cli._common import (
     use_free_cores,
     working,
 )
+from tuneforge.errors import UsageError
 
 
 def _system_for(loaded: Any, system: str | None) -> str | None:
@@ -136,13 +137,61 @@ def chat_cmd(
 
 
 def export_cmd(
-    run: Annotated[Path, typer.Argument(help="A run directory.")],
-    merged: Annotated[Path, typer.Option("--merged", help="Write a merged HF model folder.")],
-    overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+    model_or_run: ModelOrRunArg,
+    merged: Annotated[
+        Path | None, typer.Option("--merged", help="Write a merged Hugging Face model folder.")
+    ] = None,
+    gguf: Annotated[
+        Path | None,
+        typer.Option("--gguf", help="Write one GGUF file (llama.cpp, Ollama, LM Studio)."),
+    ] = None,
+    quant: Annotated[
+        str,
+        typer.Option(
+            "--quant", help="GGUF tensor type: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1."
+        ),
+    ] = "f16",
+    ollama: Annotated[
+        Path | None,
+        typer.Option("--ollama", help="Also write an Ollama Modelfile (and the GGUF) in DIR."),
+    ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = (
+        False
+    ),
 ) -> None:
-    """Merge a run's adapter into its base model. The folder loads in plain transformers."""
-    from tuneforge.inference.export import export_merged
+    """Export a run (its adapter merged) or a model. A merged folder for transformers, a GGUF for
+    llama.cpp and Ollama (with --ollama, a Modelfile that renders the training template)."""
+    if merged is None and gguf is None and ollama is None:
+        raise UsageError(
+            "nothing to export to", hint="pass --merged DIR, --gguf OUT.gguf or --ollama DIR"
+        )
+    weights = None
+    source: str | Path = model_or_run
+    if model_or_run.startswith("ft:"):
+        from tuneforge.jobs.model_ids import resolve_model_id
 
-    with working("merging …"):
-        path = export_merged(run, merged, overwrite=overwrite)
-    out.print(f"wrote {path} (load it with AutoModelForCausalLM.from_pretrained)")
+        source, weights = resolve_model_id(model_or_run)
+    else:
+        from tuneforge import run_dir as rd
+
+        source = rd.find_run(model_or_run) or model_or_run
+    if merged is not None:
+        from tuneforge.inference.export import export_merged
+
+        with working("merging …"):
+            path = export_merged(Path(source), merged, overwrite=overwrite)
+        out.print(f"wrote {path} (load it with AutoModelForCausalLM.from_pretrained)")
+    if gguf is not None or ollama is not None:
+        from tuneforge.inference.gguf_export import export_gguf
+
+        with working(f"writing GGUF ({quant}) …"):
+            result, modelfile = export_gguf(
+                source, gguf, quant=quant, ollama=ollama, overwrite=overwrite, weights=weights
+            )
+        out.print(
+            f"wrote {result.path} ({result.architecture}, {quant}, {result.tensors} tensors, "
+            f"{result.bytes / 1e6:.0f} MB)"
+        )
+        if modelfile is not None:
+            out.print(f"wrote {modelfile}; create the model with:")
+            out.print(f"  ollama create my-model -f {modelfile}")
