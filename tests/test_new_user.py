@@ -432,3 +432,39 @@ def test_serve_answers_for_a_run_made_by_tuneforge_train(demo_dir, tiny_model_di
     )
     for name in ("../my-recipes", "no-such-run"):
         assert api.get(f"/v1/models/{name}").status_code == 404
+
+
+def test_report_to_tensorboard_logs_the_metrics_jsonl_lines(demo_dir, tiny_model_dir, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run, _ = train(
+        make_plan(tiny(demo_dir, tiny_model_dir, tmp_path / "tb", report_to="tensorboard"))
+    )
+    events = list((run / "trackers").rglob("events.out.tfevents.*"))
+    assert events
+    scalars: dict[str, list[tuple[int, float]]] = {}
+    for path in events:
+        acc = EventAccumulator(str(path.parent))
+        acc.Reload()
+        for tag in acc.Tags()["scalars"]:
+            scalars.setdefault(tag, []).extend((e.step, e.value) for e in acc.Scalars(tag))
+    rows = rd.read_metrics(run)
+    for key in ("train_loss", "train_mean_token_accuracy", "learning_rate", "valid_loss"):
+        expected = [(r["step"], r[key]) for r in rows if key in r]
+        assert [(s, pytest.approx(v, rel=1e-6)) for s, v in sorted(scalars[key])] == expected, key
+
+
+def test_report_to_a_tracker_that_is_not_installed_is_a_config_error(
+    demo_dir, tmp_path, run_cli, monkeypatch
+):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a)
+    )
+    config = tmp_path / "run.yaml"
+    config.write_text("report_to: [tensorboard, wandb]\n")
+    code, _, err = run_cli("config", "validate", config, f"train_file={demo_dir / 'train.jsonl'}")
+    assert code == 2
+    assert "`report_to`: wandb needs the wandb package" in err and "pip install wandb" in err

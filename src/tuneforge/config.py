@@ -129,6 +129,13 @@ class TrainConfig(BaseModel):
         None, max_length=64, description="Name suffix for the run and the fine-tuned model id."
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train.")
+    report_to: list[Literal["tensorboard", "wandb", "mlflow", "trackio"]] = Field(
+        default_factory=list,
+        description="Experiment trackers that also get every metrics.jsonl line, through "
+        "accelerate: tensorboard (event files in RUN/trackers), wandb, mlflow, trackio. Each "
+        "needs its package installed; wandb/mlflow/trackio follow their own env settings "
+        "(e.g. WANDB_MODE=offline).",
+    )
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="auto: bf16 autocast on CUDA with bf16 support, fp32 otherwise."
     )
@@ -137,6 +144,13 @@ class TrainConfig(BaseModel):
     @classmethod
     def _split_modules(cls, value: Any) -> Any:
         if isinstance(value, str) and value != "all-linear":
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _split_trackers(cls, value: Any) -> Any:
+        if isinstance(value, str):
             return [v.strip() for v in value.split(",") if v.strip()]
         return value
 

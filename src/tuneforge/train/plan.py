@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import re
@@ -21,6 +22,12 @@ from tuneforge.errors import ConfigError, Problem, TuneforgeError
 from tuneforge.models.device import cuda_available
 from tuneforge.models.text import auto_max_seq_len, load_text_side
 
+TRACKER_PACKAGES = {
+    "tensorboard": "tensorboard",
+    "wandb": "wandb",
+    "mlflow": "mlflow",
+    "trackio": "trackio",
+}
 LORA_LEARNING_RATE = 2e-4  # the usual LoRA range is 1e-4..3e-4 (LoRA/QLoRA papers)
 FULL_LEARNING_RATE = 2e-5  # full fine-tuning moves every weight: 10x smaller
 
@@ -142,6 +149,16 @@ def make_plan(config: TrainConfig, run_dir: Path | None = None) -> Plan:
                 "use precision=fp32 (or auto)",
             )
         )
+    for tracker in config.report_to:
+        package = TRACKER_PACKAGES[tracker]
+        if importlib.util.find_spec(package) is None:
+            problems.append(
+                Problem(
+                    "report_to",
+                    f"{tracker} needs the {package} package, which is not installed; "
+                    f"pip install {package} (or remove {tracker})",
+                )
+            )
     mapping = None
     try:
         mapping = parse_mapping(config.column_map, option="column_map")

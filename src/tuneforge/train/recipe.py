@@ -286,6 +286,9 @@ class SFTRecipe:
         self.accelerator = Accelerator(
             cpu=self.plan.device == "cpu",
             mixed_precision="bf16" if self.plan.use_bf16 else "no",
+            # Trackers get the same lines as metrics.jsonl (accelerate's tracker API).
+            log_with=list(config.report_to) or None,
+            project_dir=self.run_dir / "trackers" if config.report_to else None,
         )
         self.device = self.accelerator.device
         self.rank = self.accelerator.process_index
@@ -301,6 +304,10 @@ class SFTRecipe:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda(config, self.plan.total_steps)
         )
+        if config.report_to:
+            self.accelerator.init_trackers(
+                self.run_dir.name, config=_tracker_config(config.model_dump(mode="json"))
+            )
         if resume:
             self._load_latest_checkpoint()
         elif self.is_main:
@@ -507,6 +514,11 @@ class SFTRecipe:
         with (self.run_dir / "metrics.jsonl").open("a", encoding="utf-8") as f:
             f.write(json.dumps(metrics) + "\n")
         rd.write_status(self.run_dir, step=self.step)
+        if self.config.report_to:
+            numbers = {
+                k: v for k, v in metrics.items() if isinstance(v, int | float) and k != "step"
+            }
+            self.accelerator.log(numbers, step=metrics["step"])
 
     # -- checkpoints -----------------------------------------------------------------------
     def save_checkpoint(self, elapsed: float) -> None:
@@ -619,8 +631,20 @@ class SFTRecipe:
         )
 
     def cleanup(self) -> None:
+        if self.config.report_to:
+            self.accelerator.end_training()  # flushes the trackers' files
         if self.world > 1 and torch.distributed.is_initialized():
             self.accelerator.wait_for_everyone()
+
+
+def _tracker_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The run's config as trackers store hyperparameters: scalars only (lists joined)."""
+    shown = {}
+    for key, value in config.items():
+        if isinstance(value, list):
+            value = ", ".join(map(str, value))
+        shown[key] = "-" if value is None else value
+    return shown
 
 
 def _rng_state() -> dict[str, Any]:
