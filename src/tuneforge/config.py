@@ -256,6 +256,6 @@ def defaults_yaml() -> str:
     ]
     for name, field in TrainConfig.model_fields.items():
         lines.append(f"# {field.description}" + (" (required)" if field.is_required() else ""))
-        default = None if field.is_required() else field.default
+        default = None if field.is_required() else field.get_default(call_default_factory=True)
         lines.append(yaml.safe_dump({name: default}, default_flow_style=False).strip())
     return "\n".join(lines) + "\n"
