@@ -27,7 +27,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-# name → command, in the order `tuneforge --help` lists them.
+# name → command; `tuneforge --help` lists the commands in this order, then the groups.
 GROUPS = {
     "data": data.app,
     "models": models.app,
