@@ -270,6 +270,7 @@ def test_summary_recommends_fine_tuning_with_numbers():
     assert s["quality_gain_p_value"] == pytest.approx(2 * 0.5**24)
     assert s["decision"].startswith("Fine-tune, decided by quality")
     assert any("0.850 against 0.250" in r for r in s["reasons"])
+    assert any("median latency is 3.00 s per request shorter" in r for r in s["reasons"])
 
 
 def test_summary_recommends_prompting_when_fine_tuning_is_worse():

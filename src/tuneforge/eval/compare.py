@@ -257,7 +257,7 @@ class Comparison:
             entry.update(evaluation.summary())
             entry["notes"] += evaluation.notes
             entry["per_request_scores"] = {
-                name: [s.get(name) for s in evaluation.scores] for name in self.metrics
+                metric: [s.get(metric) for s in evaluation.scores] for metric in self.metrics
             }
             entry["primary_ci95"] = stats.interval(
                 entry["per_request_scores"][self.primary], seed=self.options.seed
@@ -576,11 +576,12 @@ def _paired(
 def _cost_reason(summary: dict[str, Any], tuned: dict[str, Any], baseline: dict[str, Any]) -> str:
     p_tuned, p_base = tuned["prompt_tokens_per_request"], baseline["prompt_tokens_per_request"]
     latency = summary["latency_saved_per_request_s"]
-    faster = (
-        f"; median latency {latency:+.2f} s per request saved on this machine"
-        if latency is not None
-        else ""
-    )
+    if latency is None:
+        faster = ""
+    elif latency >= 0:
+        faster = f"; its median latency is {latency:.2f} s per request shorter on this machine"
+    else:
+        faster = f"; its median latency is {-latency:.2f} s per request longer on this machine"
     if p_tuned >= p_base:
         return (
             f"it sends no fewer prompt tokens ({p_tuned:.0f} vs {p_base:.0f} per request), so "
