@@ -607,7 +607,15 @@ def test_quickstart_fast_end_to_end(tmp_path):
     names = [a["name"] for a in result["approaches"]]
     assert names == ["zero_shot", "few_shot", "retrieval", "fine_tuned:run"]
     assert all(a["status"] == "ok" for a in result["approaches"])
-    assert result["summary"]["recommendation"] in ("fine_tune", "prompt_engineering", "undecided")
+    summary = result["summary"]
+    assert summary["recommendation"] in ("fine_tune", "prompt_engineering", "undecided")
+    assert summary["decided_by"] in ("quality", "cost", "undecided")
+    lo, hi = summary["quality_gain_ci95"]
+    assert lo <= summary["quality_gain"] <= hi and 0 <= summary["quality_gain_p_value"] <= 1
+    assert all(len(a["per_request_scores"]["set_f1"]) == 6 for a in result["approaches"])
+    assert "only 6 test requests" in result["warnings"][0]  # the smoke size is warned about
+    report = (out / "report.md").read_text()
+    assert summary["decision"] in report and " ± " in report
     assert (out / "report.html").exists() and (out / "run" / "model").is_dir()
     assert "recommendation:" in proc.stdout and "tuneforge chat" in proc.stdout
     for step in ("1/5", "2/5", "3/5", "4/5", "5/5"):
