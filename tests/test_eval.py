@@ -538,6 +538,11 @@ def test_leaked_test_examples_are_reported_and_left_out(tiny_model_dir, tmp_path
     assert "lines 1, 3" in result["warnings"][0]
     assert "only 2 test requests" in result["warnings"][1]  # too small: said up front
     assert result["primary_metric"] == "token_f1"
+    # the same file for both: excluding every example would leave nothing, so they stay, warned
+    options.test_file = options.train_file
+    same = Comparison(options)
+    assert len(same.test) == 12 and same.nothing_held_out
+    assert same.warnings()[0].startswith("every one of the 12 test examples is also in the")
 
 
 def test_compare_scores_a_label_task_by_exact_match(tiny_model_dir, tmp_path):

@@ -123,7 +123,7 @@ class Comparison:
                 hint=f"convert the test file: tuneforge data convert {o.test_file} TEST.jsonl "
                 "--to openai-chat (and the same for the training file)",
             )
-        if not 0 <= o.margin < 1:
+        if not 0 <= o.margin <= 1:
             raise UsageError(
                 f"--margin {o.margin}: the margin is a quality difference on the primary metric",
                 hint="give a number from 0 up to 1, e.g. --margin 0.05 (the default)",
@@ -134,7 +134,7 @@ class Comparison:
         examples = load_conversations(o.test_file, fmt_test)
         test = [to_request(e, str(o.test_file)) for e in examples]
         self.leaked_lines = leaked(self.train, test, [e.line for e in examples])
-        self.nothing_held_out = len(self.leaked_lines) == len(test)
+        self.nothing_held_out = bool(test) and len(self.leaked_lines) == len(test)
         if self.leaked_lines and not self.nothing_held_out:
             lines = set(self.leaked_lines)
             test = [r for r, e in zip(test, examples, strict=True) if e.line not in lines]
