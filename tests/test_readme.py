@@ -70,9 +70,10 @@ SERVE_TIMEOUT = 120  # seconds for `GET /health` to answer 200
 # what is appended to each subcommand's line, and why.
 TIME_CAPS: dict[str, tuple[str, str]] = {
     "train": (
-        "max_steps=2 eval_examples=4",
+        "max_steps=1 eval_examples=4",
         "a new run on the demo data trains 3 epochs of 480 examples by default (15+ minutes on "
-        "2 cores); 2 steps run the same loop. The per-step validation sample shrinks to 4 "
+        "2 cores); 1 step runs the same loop (setup, step, evaluation, final save). The "
+        "per-step validation sample shrinks to 4 "
         "examples (the final full validation still runs): 60 examples at every step cost more "
         "than the steps. Not added to `--resume`: it continues a run as it was configured.",
     ),
@@ -84,7 +85,7 @@ TIME_CAPS: dict[str, tuple[str, str]] = {
     "compare": ("--limit 2 --max-tokens 16", "as eval, for each of the four approaches"),
     "generate": (
         "--max-tokens 16",
-        "a 2-step run rambles up to the 512-token default (about 70 s on 2 cores)",
+        "a 1-step run rambles up to the 512-token default (about 70 s on 2 cores)",
     ),
     "chat": ("--max-tokens 16", "as generate"),
 }
@@ -93,9 +94,9 @@ CHAT_INPUT = "Title: Pancakes\n\n"
 
 # Outcomes other than exit 0 that the README implies: (exit code, text in the output).
 EXPECTED_OUTCOMES: dict[str, tuple[int, str]] = {
-    # The README's first `train` made a run that finished; resuming it is refused with a message
-    # (exit 1, a plain TuneforgeError: src/tuneforge/train/recipe.py).
-    "tuneforge train --resume": (1, "already finished"),
+    # The README's first `train` made a run that finished; resuming it is refused before anything
+    # loads (exit 2: the command could not run).
+    "tuneforge train --resume": (2, "already finished"),
 }
 
 

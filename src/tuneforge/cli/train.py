@@ -122,6 +122,11 @@ def train_cmd(
                 f"--resume {resume_run}: no such run",
                 hint="name a run from `tuneforge runs list`, or its folder",
             )
+        if (rd.read_status(resume_dir) or {}).get("status") == "succeeded":
+            raise UsageError(
+                f"{resume_dir} already finished",
+                hint="start a new run instead (its model is in model/)",
+            )
         config = rd.load_config(resume_dir)
         run_dir = resume_dir
     else:

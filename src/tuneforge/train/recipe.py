@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from tuneforge import run_dir as rd
 from tuneforge.config import TrainConfig
 from tuneforge.data.tokenize import IGNORE_INDEX
-from tuneforge.errors import TuneforgeError
+from tuneforge.errors import TuneforgeError, UsageError
 from tuneforge.train.plan import Plan, TokenizedExample
 
 StepCallback = Callable[[dict[str, Any]], None]
@@ -476,7 +476,14 @@ class SFTRecipe:
                         f"resume with: tuneforge train --resume {self.run_dir}"
                     )
                     return last
-            final = self.evaluate(plan.validation)
+            # The last step's evaluation already covered the whole set when the sample is all
+            # of it: the same numbers, without a second pass.
+            whole = len(valid_sample) == len(plan.validation) and "valid_loss" in last
+            final = (
+                (last["valid_loss"], last["valid_mean_token_accuracy"])
+                if whole
+                else self.evaluate(plan.validation)
+            )
             if final:
                 last["full_valid_loss"], last["full_valid_mean_token_accuracy"] = final
             if self.is_main:
@@ -692,7 +699,7 @@ def resume(
     from its latest complete checkpoint, exactly."""
     status = rd.read_status(plan.run_dir) or {}
     if status.get("status") == "succeeded":
-        raise TuneforgeError(f"{plan.run_dir} already finished", hint="start a new run instead")
+        raise UsageError(f"{plan.run_dir} already finished", hint="start a new run instead")
     return _run(plan, resume=True, on_step=on_step, on_event=on_event)
 
 
