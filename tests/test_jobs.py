@@ -315,8 +315,10 @@ def test_kill_9_of_server_and_worker_then_restart_resumes(tiny_model_dir, tmp_pa
         assert any("no live worker when the server started" in m for m in log), log
         assert any(m.startswith("resumed from checkpoint step-") for m in log), log
         assert metric_steps(server, job["id"]) == list(range(1, 46))
-        files = api_get(server, "/v1/files")["data"]
-        assert [f["id"] for f in files] == [done["training_file"]]  # nothing lost
+        files = api_get(server, "/v1/files")["data"]  # newest first
+        # Nothing lost, and the one results file of the one success (not one per restart):
+        assert [f["id"] for f in files] == [*done["result_files"], done["training_file"]]
+        assert [f["purpose"] for f in files] == ["fine-tune-results", "fine-tune"]
     finally:
         server.stop()
 
