@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -514,6 +515,8 @@ def test_report_without_fine_tuned_runs_or_summary(compare: dict[str, Any], tmp_
 def test_chromium_renders_a_non_blank_report(written: tuple[str, str], tmp_path: Path) -> None:
     chromium = check_report.find_chromium()
     if chromium is None:
+        if os.environ.get("CI") == "true":  # .ci/run installs it: a missing browser is a failure
+            pytest.fail("no Chromium on this CI machine (apt-get install chromium)")
         pytest.skip("no Chromium on this machine")
     png = tmp_path / "shot.png"
     check_report.screenshot(chromium, tmp_path / "report.html", png)
