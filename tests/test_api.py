@@ -286,7 +286,9 @@ def test_transitions_only_from_their_states(api, training_file, tiny):
     assert_error(api.post(f"/v1/fine_tuning/jobs/{job_id}/resume"), 400, code="invalid_job_state")
     assert api.post(f"/v1/fine_tuning/jobs/{job_id}/pause").json()["status"] == "paused"
     resumed = api.post(f"/v1/fine_tuning/jobs/{job_id}/resume").json()
-    assert resumed["status"] == "validating_files"
+    # Resume validates the files again; the scheduler thread may already have moved on by the
+    # time the answer is read back (the tokenizer is cached, so validation takes milliseconds).
+    assert resumed["status"] in ("validating_files", "queued", "running")
     assert api.post(f"/v1/fine_tuning/jobs/{job_id}/cancel").json()["status"] == "cancelled"
     assert_error(api.post(f"/v1/fine_tuning/jobs/{job_id}/cancel"), 400, code="invalid_job_state")
     events = api.get(f"/v1/fine_tuning/jobs/{job_id}/events").json()["data"]
