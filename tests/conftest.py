@@ -58,19 +58,9 @@ def tiny_model_dir(default_model_dir: Path) -> Path:
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=49152,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        tie_word_embeddings=True,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=2,
-    )
+    from helpers import TINY_SHAPE
+
+    config = LlamaConfig(**TINY_SHAPE, bos_token_id=1, eos_token_id=2, pad_token_id=2)
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     LlamaForCausalLM(config).save_pretrained(tmp)

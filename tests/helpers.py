@@ -6,6 +6,18 @@ import json
 from pathlib import Path
 from typing import Any
 
+# The tiny random models' shape: SmolLM2's vocabulary (its real tokenizer), 2 layers of 64, GQA.
+TINY_SHAPE = {
+    "vocab_size": 49152,
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 2048,
+    "tie_word_embeddings": True,
+}
+
 
 def chat_example(i: int, system: bool = True) -> dict[str, Any]:
     messages = (

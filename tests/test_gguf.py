@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import TINY_SHAPE
 
 from tuneforge.data.conversation import Conversation, Message
 from tuneforge.errors import ModelError, UsageError
@@ -51,16 +52,7 @@ def tiny_qwen2_dir(tiny_model_dir, tmp_path_factory) -> Path:
     from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(1)
-    config = Qwen2Config(
-        vocab_size=49152,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        tie_word_embeddings=True,
-    )
+    config = Qwen2Config(**TINY_SHAPE)
     out = tmp_path_factory.mktemp("qwen2")
     model = Qwen2ForCausalLM(config)
     with torch.no_grad():  # random biases: a round trip that dropped them would show
