@@ -335,3 +335,27 @@ def test_real_model_matches_the_shipped_gguf_and_answers_alike(default_model_dir
         agree += int((ours.argmax(-1) == theirs.argmax(-1)).sum())
         total += len(answer)
     assert agree / total >= 0.95, agree / total
+
+
+def test_merged_export_of_a_checkpoint_uses_that_checkpoint(tiny_model_dir, demo_dir, tmp_path):
+    from helpers import tiny_training
+    from transformers import AutoModelForCausalLM
+
+    from tuneforge import run_dir as rd
+    from tuneforge.config import build_config
+    from tuneforge.inference.export import export_merged
+    from tuneforge.train.plan import make_plan
+    from tuneforge.train.recipe import train
+
+    settings = tiny_training(
+        demo_dir, tiny_model_dir, tmp_path / "run", max_steps=3, checkpoint_every=1, keep_last=3
+    )
+    run, _ = train(make_plan(build_config(settings)))
+    step, folder = rd.checkpoints(run)[0]
+    out = export_merged(run, tmp_path / "merged", weights=folder)
+    merged = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    ids = load_for_inference(run).tokenizer(PROMPT)["input_ids"]
+    at_step = load_for_inference(run, weights=folder).model
+    final = load_for_inference(run).model
+    assert (logits(merged, ids) - logits(at_step, ids)).abs().max().item() <= 1e-4
+    assert (logits(merged, ids) - logits(final, ids)).abs().max().item() > 1e-4, step

@@ -280,6 +280,15 @@ def test_csv_upload_with_a_column_map_is_stored_as_chat_jsonl(api):
     assert bad.status_code == 400
     message = bad.json()["error"]["message"]
     assert "recipes.csv" in message and "'nope'" in message and ".upload-" not in message
+    malformed = api.post(
+        "/v1/files",
+        files={"file": ("recipes.csv", CSV)},
+        data={"purpose": "fine-tune", "column_map": "prompt:title"},
+    )
+    error = malformed.json()["error"]
+    assert malformed.status_code == 400 and error["param"] == "column_map"
+    assert "column_map: `prompt:title` is not KEY=COLUMN" in error["message"]
+    assert "(fix: write e.g. column_map=prompt=" in error["message"]
 
 
 # -- 7. broken JSON: the column where the parser stopped ----------------------------------------

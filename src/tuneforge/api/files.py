@@ -68,7 +68,7 @@ def check_format(path: Path, filename: str, column_map: str | None = None) -> Pa
     try:
         mapping = parse_mapping(column_map, option="column_map")
     except TuneforgeError as exc:
-        raise APIError(400, exc.message, param="column_map") from None
+        raise APIError(400, exc.inline(), param="column_map") from None
     problems = []
     rows = []
     count = 0

@@ -23,6 +23,7 @@ from tuneforge.jobs.model_ids import ORGANIZATION, checkpoint_folders, checkpoin
 from tuneforge.jobs.spec import check_training_config
 from tuneforge.jobs.store import jobs_dir, new_id
 from tuneforge.models import REGISTRY
+from tuneforge.models.registry import looks_like_path
 
 router = APIRouter()
 
@@ -82,7 +83,7 @@ def _check_model(model: str) -> None:
     folder = Path(model).expanduser()
     if folder.is_dir() and (folder / "config.json").is_file():
         return
-    if model.count("/") == 1 and not model.startswith((".", "/", "~")) and not folder.exists():
+    if model.count("/") == 1 and not looks_like_path(model):
         return  # a hub id; loading it (with a network) is checked while validating files
     raise APIError(
         400,

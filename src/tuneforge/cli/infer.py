@@ -179,7 +179,7 @@ def export_cmd(
         from tuneforge.inference.export import export_merged
 
         with working("merging …"):
-            path = export_merged(Path(source), merged, overwrite=overwrite)
+            path = export_merged(Path(source), merged, overwrite=overwrite, weights=weights)
         out.print(f"wrote {path} (load it with AutoModelForCausalLM.from_pretrained)")
     if gguf is not None or ollama is not None:
         from tuneforge.inference.gguf_export import export_gguf

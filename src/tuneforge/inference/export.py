@@ -11,11 +11,14 @@ from tuneforge.errors import UsageError
 from tuneforge.inference.load import load_for_inference
 
 
-def export_merged(run_dir: Path, out: Path, *, overwrite: bool = False) -> Path:
+def export_merged(
+    run_dir: Path, out: Path, *, overwrite: bool = False, weights: Path | None = None
+) -> Path:
+    """`weights`: one checkpoint of the run instead of its final model (an `ft:…:ckpt-step-N`)."""
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise UsageError(f"{out} exists and is not empty", hint="pick a new folder or --overwrite")
-    loaded = load_for_inference(run_dir)
+    loaded = load_for_inference(run_dir, weights=weights)
     model = loaded.model
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
