@@ -546,4 +546,4 @@ def test_serving_beyond_loopback_needs_an_api_key():
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0")
     with pytest.raises(UsageError, match="api-key"):
-        run_server(host="0.0.0.0", port=0, api_key=None)
+        run_server(create_app, host="0.0.0.0", port=0, api_key=None)

@@ -136,7 +136,7 @@ def test_settle_a_killed_worker_requeues_from_the_checkpoint(store):
     after = store.get_job(job["id"])
     assert (after["status"], after["crashes"], after["worker_pid"]) == ("queued", 1, None)
     message = store.list_events(job["id"])[0]["message"]
-    assert "killed by SIGKILL" in message and "resuming from checkpoint step-4" in message
+    assert "killed by SIGKILL" in message and "resuming from step 4" in message
 
 
 def test_settle_a_clean_stop_is_not_a_crash(store):

@@ -16,12 +16,13 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tuneforge.api import chat, files, fine_tuning, models
+from tuneforge.api import chat, comparisons, file_views, files, fine_tuning, forms, models
 from tuneforge.api.catalog import Catalog
 from tuneforge.api.deps import get_engine
 from tuneforge.api.errors import APIError, error_body, install_error_handlers
 from tuneforge.api.schemas import ErrorResponse
 from tuneforge.inference.engine import InferenceEngine
+from tuneforge.jobs.comparisons import ComparisonRunner
 from tuneforge.jobs.manager import JobManager
 from tuneforge.jobs.store import Store
 
@@ -38,24 +39,57 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 class Guard:
-    """ASGI middleware: the API key on every route but /health, and a cap on body sizes.
+    """ASGI middleware: the Host check, the API key on every route but the open ones, and a
+    cap on body sizes.
 
     Pure ASGI rather than BaseHTTPMiddleware, so streamed responses and client disconnects pass
     through untouched. Bodies are capped both by Content-Length and while they arrive (chunked
-    uploads have no Content-Length).
+    uploads have no Content-Length). With `allowed_hosts`, a request whose `Host` header names
+    another host is refused: a web page elsewhere cannot reach a loopback server by pointing
+    its own DNS name at 127.0.0.1 (DNS rebinding). `open_prefixes`: paths served without the
+    key (the Studio's pages and assets, which hold no data; the data comes from the API).
     """
 
-    def __init__(self, app: ASGIApp, api_key: str | None, max_upload_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        api_key: str | None,
+        max_upload_bytes: int,
+        allowed_hosts: frozenset[str] | None = None,
+        open_prefixes: tuple[str, ...] = (),
+    ) -> None:
         self.app = app
         self.api_key = api_key
         self.max_upload_bytes = max_upload_bytes
+        self.allowed_hosts = allowed_hosts
+        self.open_prefixes = open_prefixes
+
+    def _open(self, path: str) -> bool:
+        return path in OPEN_PATHS or any(
+            path == p or (p != "/" and path.startswith(p.rstrip("/") + "/"))
+            for p in self.open_prefixes
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         path = scope["path"]
-        if self.api_key and path not in OPEN_PATHS and not self._authorized(scope):
+        if self.allowed_hosts is not None:
+            host = host_name(_header(scope, b"host") or "")
+            if host not in self.allowed_hosts:
+                await _reject(
+                    send,
+                    APIError(
+                        403,
+                        f"Host {host[:100]!r} is not this server's name; open it as "
+                        f"http://{sorted(self.allowed_hosts)[0]}:PORT (requests naming other "
+                        "hosts are refused against DNS rebinding)",
+                        code="host_not_allowed",
+                    ),
+                )
+                return
+        if self.api_key and not self._open(path) and not self._authorized(scope):
             await _reject(
                 send,
                 APIError(
@@ -113,6 +147,14 @@ class _BodyTooLarge(StarletteHTTPException):
         super().__init__(413, _too_large(limit).message)
 
 
+def host_name(header: str) -> str:
+    """The host of a `Host` header, without the port; IPv6 literals keep their brackets."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header.split("]", 1)[0] + "]"
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
 def _header(scope: Scope, name: bytes) -> str | None:
     for key, value in scope.get("headers", []):
         if key.lower() == name:
@@ -162,7 +204,12 @@ def create_app(
     api_key: str | None = None,
     max_concurrent_jobs: int = 1,
     max_upload_bytes: int = MAX_UPLOAD_BYTES,
+    allowed_hosts: frozenset[str] | None = None,
+    open_prefixes: tuple[str, ...] = (),
 ) -> FastAPI:
+    """The API. `allowed_hosts`: the names the `Host` header may carry (None: any, as in tests
+    that call the app in-process); `open_prefixes`: paths outside /v1 served without the key."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         _preload_libraries()
@@ -175,6 +222,7 @@ def create_app(
         app.state.manager = manager
         app.state.engine = engine
         app.state.catalog = Catalog(store)
+        app.state.comparisons = ComparisonRunner()
         try:
             yield
         finally:
@@ -196,7 +244,13 @@ def create_app(
         """Liveness, open without the API key; `generating` counts choices in flight."""
         return {"status": "ok", "generating": get_engine(request).active}
 
-    for module in (files, fine_tuning, models, chat):
+    for module in (files, file_views, fine_tuning, forms, comparisons, models, chat):
         app.include_router(module.router)
-    app.add_middleware(Guard, api_key=api_key, max_upload_bytes=max_upload_bytes)  # type: ignore[arg-type]
+    app.add_middleware(
+        Guard,  # type: ignore[arg-type]
+        api_key=api_key,
+        max_upload_bytes=max_upload_bytes,
+        allowed_hosts=allowed_hosts,
+        open_prefixes=open_prefixes,
+    )
     return app

@@ -69,7 +69,7 @@ def job_object(job: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _check_model(model: str) -> None:
+def check_base_model(model: str) -> None:
     if model.startswith("ft:"):
         raise APIError(
             400,
@@ -131,7 +131,7 @@ def create_job(request: Request, body: JobCreate) -> dict[str, Any]:
                 param=param,
                 code="invalid_file_id",
             )
-    _check_model(body.model)
+    check_base_model(body.model)
     hyperparameters = _hyperparameters(body)
     training_config = body.training_config or {}
     try:
@@ -220,20 +220,49 @@ def resume_job(request: Request, fine_tuning_job_id: str) -> dict[str, Any]:
     return _transition(request, fine_tuning_job_id, "resume", "paused")
 
 
-@router.get("/v1/fine_tuning/jobs/{fine_tuning_job_id}/events", response_model=EventList)
+def event_object(e: dict[str, Any]) -> dict[str, Any]:
+    return {k: e[k] for k in ("id", "created_at", "level", "message", "type", "data")} | {
+        "object": "fine_tuning.job.event"
+    }
+
+
+@router.get(
+    "/v1/fine_tuning/jobs/{fine_tuning_job_id}/events",
+    response_model=EventList,
+    responses={
+        200: {
+            "content": {"text/event-stream": {}},
+            "description": "The page of events, or with `stream=true` (a tuneforge extension) "
+            "server-sent events; see `stream`.",
+        }
+    },
+)
 def list_events(
     request: Request,
     fine_tuning_job_id: str,
     after: Annotated[str | None, Query(max_length=512)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 20,
-) -> dict[str, Any]:
+    stream: Annotated[
+        bool,
+        Query(
+            description="tuneforge extension: instead of a page, a `text/event-stream` of every "
+            "event oldest first, then new ones as they happen. Each frame has `id:` (the event "
+            "id), `event:` (`message` or `metrics`) and `data:` (the event object); a reconnect "
+            "that sends `Last-Event-ID` (or `after`) gets the events after that one. An "
+            "`event: status` frame with the job object comes at the start and on every change, "
+            "a `: heartbeat` comment every 15 s, and the stream ends after the job's final status."
+        ),
+    ] = False,
+) -> Any:
     _get(request, fine_tuning_job_id)
+    if stream:
+        from tuneforge.api.streams import job_event_stream
+
+        return job_event_stream(
+            request, fine_tuning_job_id, request.headers.get("last-event-id") or after
+        )
     rows = get_store(request).list_events(fine_tuning_job_id, after=after, limit=limit + 1)
-    data = [
-        {k: e[k] for k in ("id", "created_at", "level", "message", "type", "data")}
-        | {"object": "fine_tuning.job.event"}
-        for e in rows[:limit]
-    ]
+    data = [event_object(e) for e in rows[:limit]]
     return {"object": "list", "data": data, "has_more": len(rows) > limit}
 
 

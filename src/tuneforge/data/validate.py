@@ -118,6 +118,19 @@ class ValidationReport:
             "max_seq_len": self.max_seq_len,
         }
 
+    def length_histogram(self, bins: int = 20) -> dict[str, list[int]]:
+        """Examples per token-length bin: `edges` has one more entry than `counts`; the last
+        bin includes its upper edge. The maximum length is marked by the caller."""
+        if not self.tokens:
+            return {"edges": [], "counts": []}
+        top = max(self.tokens)
+        width = max(1, -(-top // bins))  # ceil
+        edges = [i * width for i in range(bins + 1)]
+        counts = [0] * bins
+        for n in self.tokens:
+            counts[min(n // width, bins - 1)] += 1
+        return {"edges": edges, "counts": counts}
+
     def to_json(self) -> dict[str, Any]:
         return {
             "path": self.path,
@@ -136,6 +149,7 @@ class ValidationReport:
             | dict(self.warnings),
             "warning_details": [w.to_dict() for w in self.warning_list],
             "token_stats": self.token_stats(),
+            "length_histogram": self.length_histogram(),
             "suggested_epochs": self.suggested_epochs,
             "billed_tokens": self.billed_tokens,
             "training_time_estimate": self.estimate,

@@ -213,11 +213,12 @@ class Comparison:
 
         self._add("retrieval", "retrieval", rag, base)
 
-    def run_fine_tuned(self, run: Path) -> None:
+    def run_fine_tuned(self, run: Path, label: str | None = None) -> None:
+        """Add the run's final model, named `fine_tuned:<label>` (default: the run's name)."""
         from tuneforge.inference.load import load_for_inference
 
         run = Path(run)
-        name = f"fine_tuned:{run.name}"
+        name = f"fine_tuned:{label or run.name}"
 
         def load() -> Any:
             self.on_event(f"loading {run} …")

@@ -117,7 +117,7 @@ def _checkpoint_note(run_dir: Path) -> str:
     latest = rd.latest_checkpoint(run_dir)
     if latest is None:
         return "no complete checkpoint yet, so training restarts from step 0"
-    return f"resuming from checkpoint step-{latest[0]}"
+    return f"resuming from step {latest[0]} (its last complete checkpoint)"
 
 
 def settle(store: Store, job_id: str, cause: str) -> None:
@@ -162,9 +162,10 @@ def settle(store: Store, job_id: str, cause: str) -> None:
                 expect=("running",),
             )
         elif store.update_job(job_id, expect=("running",), status="queued", crashes=crashes):
+            at = f" at step {run['step']}" if run.get("step") else ""
             store.add_event(
                 job_id,
-                f"The training process stopped ({cause}); {_checkpoint_note(run_dir)}",
+                f"The training process stopped{at} ({cause}); {_checkpoint_note(run_dir)}",
                 level="warn",
             )
     store.update_job(job_id, worker_pid=None)

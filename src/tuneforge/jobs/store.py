@@ -326,3 +326,17 @@ class Store:
         query += " ORDER BY seq DESC LIMIT ?"
         params.append(limit)
         return [_row(r) for r in self.conn.execute(query, params)]
+
+    def events_since(
+        self, job_id: str, *, after: str | None = None, limit: int = 500
+    ) -> list[dict[str, Any]]:
+        """Oldest first, those after the event `after` (all of them when it is None or unknown):
+        what a live stream sends next, and what it replays from a `Last-Event-ID`."""
+        query = "SELECT * FROM events WHERE job_id = ?"
+        params: list[Any] = [job_id]
+        if after:
+            query += " AND seq > COALESCE((SELECT seq FROM events WHERE id = ? AND job_id = ?), 0)"
+            params += [after, job_id]
+        query += " ORDER BY seq ASC LIMIT ?"
+        params.append(limit)
+        return [_row(r) for r in self.conn.execute(query, params)]

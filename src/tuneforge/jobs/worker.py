@@ -33,7 +33,7 @@ def _file_path(store: Store, file_id: str | None, param: str) -> Path | None:
 
 
 def _metrics_event(store: Store, job_id: str, total_steps: int, m: dict[str, Any]) -> None:
-    keys = ("step", *rd.METRIC_KEYS)
+    keys = ("step", *rd.METRIC_KEYS, "learning_rate", "grad_norm", "elapsed_seconds")
     data = {k: m[k] for k in keys if m.get(k) is not None} | {"total_steps": total_steps}
     message = f"Step {m['step']}/{total_steps}: training loss={m['train_loss']:.4f}"
     if "valid_loss" in m:
