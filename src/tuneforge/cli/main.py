@@ -43,6 +43,7 @@ COMMANDS = {
     "compare": evaluate.compare_cmd,
     "quickstart": evaluate.quickstart_cmd,
     "serve": serve.serve_cmd,
+    "studio": serve.studio_cmd,
 }
 for _name, _group in GROUPS.items():
     app.add_typer(_group, name=_name)

@@ -6,28 +6,67 @@ from typing import Annotated
 
 import typer
 
-
-def serve_cmd(
-    host: Annotated[str, typer.Option(help="Interface to listen on (loopback by default).")] = (
-        "127.0.0.1"
+HostOpt = Annotated[str, typer.Option(help="Interface to listen on (loopback by default).")]
+PortOpt = Annotated[int, typer.Option(min=0, max=65535)]
+ApiKeyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--api-key",
+        envvar="TUNEFORGE_API_KEY",
+        help="Require `Authorization: Bearer KEY` on every API route but /health.",
     ),
-    port: Annotated[int, typer.Option(min=0, max=65535)] = 8000,
-    api_key: Annotated[
-        str | None,
-        typer.Option(
-            "--api-key",
-            envvar="TUNEFORGE_API_KEY",
-            help="Require `Authorization: Bearer KEY` on every route but /health.",
-        ),
-    ] = None,
-    max_concurrent_jobs: Annotated[
-        int, typer.Option("--max-concurrent-jobs", min=1, help="Fine-tuning jobs run at once.")
-    ] = 1,
-) -> None:
-    """An OpenAI-compatible server. Files, fine-tuning jobs, models and chat completions."""
+]
+JobsOpt = Annotated[
+    int, typer.Option("--max-concurrent-jobs", min=1, help="Fine-tuning jobs run at once.")
+]
+
+
+def _serve(host: str, port: int, api_key: str | None, jobs: int, on_ready=None) -> None:
     from tuneforge.api.server import run_server
     from tuneforge.cli._common import use_free_cores
+    from tuneforge.ui import create_app
 
     use_free_cores()
+    run_server(
+        create_app,
+        host=host,
+        port=port,
+        api_key=api_key,
+        max_concurrent_jobs=jobs,
+        on_ready=on_ready,
+    )
 
-    run_server(host=host, port=port, api_key=api_key, max_concurrent_jobs=max_concurrent_jobs)
+
+def serve_cmd(
+    host: HostOpt = "127.0.0.1",
+    port: PortOpt = 8000,
+    api_key: ApiKeyOpt = None,
+    max_concurrent_jobs: JobsOpt = 1,
+) -> None:
+    """An OpenAI-compatible server, with the Studio web UI at /.
+
+    Files, fine-tuning jobs, models and chat completions under /v1.
+    """
+    _serve(host, port, api_key, max_concurrent_jobs)
+
+
+def studio_cmd(
+    host: HostOpt = "127.0.0.1",
+    port: PortOpt = 8000,
+    api_key: ApiKeyOpt = None,
+    max_concurrent_jobs: JobsOpt = 1,
+    open_browser: Annotated[
+        bool, typer.Option("--open/--no-open", help="Open the Studio in a web browser.")
+    ] = True,
+) -> None:
+    """The Studio: `tuneforge serve`, then the web UI opened in your browser."""
+
+    def ready(url: str) -> None:
+        studio = f"{url}/studio/"
+        print(f"tuneforge Studio: {studio}", flush=True)
+        if open_browser:
+            import webbrowser
+
+            webbrowser.open(studio)
+
+    _serve(host, port, api_key, max_concurrent_jobs, on_ready=ready)

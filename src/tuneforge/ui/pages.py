@@ -1,0 +1,155 @@
+"""The Studio's page routes: one Jinja shell per page, plus the static files.
+
+A shell carries only what its URL says (a file, job or comparison id, as a `data-` attribute);
+its module in `static/js/<page>.js` asks the API for everything else.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, FastAPI
+from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+from tuneforge.api.errors import not_found
+
+HERE = Path(__file__).parent
+STUDIO = "/studio"
+STATIC = f"{STUDIO}/static"
+NAV = (
+    ("/", "Home"),
+    ("/data", "Data"),
+    ("/jobs", "Jobs"),
+    ("/jobs/new", "New job"),
+    ("/compare", "Compare"),
+    ("/playground", "Playground"),
+    ("/models", "Models"),
+)
+# Only this server: scripts and styles from its files, requests to its API. Inline styles are
+# allowed for the chart library's computed sizes; inline scripts are not.
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data: blob:; connect-src 'self'; frame-src 'self'; object-src 'none'; "
+    "base-uri 'none'; form-action 'self'; frame-ancestors 'self'"
+)
+HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+
+env = Environment(
+    loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(default=True)
+)
+router = APIRouter(include_in_schema=False)
+
+
+def render(page: str, title: str, active: str, **data: Any) -> HTMLResponse:
+    html = env.get_template(f"{page}.html.j2").render(
+        page=page,
+        title=title,
+        nav=NAV,
+        active=active,
+        root=STUDIO,
+        static=STATIC,
+        data=data,
+    )
+    return HTMLResponse(html, headers=HEADERS)
+
+
+def _id(value: str, what: str) -> str:
+    if not ID.match(value):
+        raise not_found(what, value[:64])
+    return value
+
+
+@router.get("/")
+def root() -> RedirectResponse:
+    return RedirectResponse(f"{STUDIO}/", status_code=307)
+
+
+@router.get("/favicon.ico")
+def favicon() -> RedirectResponse:
+    return RedirectResponse(f"{STATIC}/icon.svg", status_code=307)
+
+
+@router.get(STUDIO)
+def studio_no_slash() -> RedirectResponse:
+    return RedirectResponse(f"{STUDIO}/", status_code=307)
+
+
+@router.get(f"{STUDIO}/")
+def home() -> HTMLResponse:
+    return render("home", "Fine-tune on your own machine", "/")
+
+
+@router.get(f"{STUDIO}/data")
+def data() -> HTMLResponse:
+    return render("data", "Data", "/data")
+
+
+@router.get(f"{STUDIO}/data/{{file_id}}")
+def data_file(file_id: str) -> HTMLResponse:
+    return render("file", "Data file", "/data", file=_id(file_id, "file"))
+
+
+@router.get(f"{STUDIO}/jobs")
+def jobs() -> HTMLResponse:
+    return render("jobs", "Fine-tuning jobs", "/jobs")
+
+
+@router.get(f"{STUDIO}/jobs/new")
+def new_job() -> HTMLResponse:
+    return render("newjob", "New fine-tuning job", "/jobs/new")
+
+
+@router.get(f"{STUDIO}/jobs/{{job_id}}")
+def job(job_id: str) -> HTMLResponse:
+    return render("job", "Fine-tuning job", "/jobs", job=_id(job_id, "fine-tuning job"))
+
+
+@router.get(f"{STUDIO}/compare")
+def compare() -> HTMLResponse:
+    return render("compare", "Compare", "/compare")
+
+
+@router.get(f"{STUDIO}/compare/{{comparison_id}}")
+def comparison(comparison_id: str) -> HTMLResponse:
+    return render(
+        "comparison", "Comparison", "/compare", comparison=_id(comparison_id, "comparison")
+    )
+
+
+@router.get(f"{STUDIO}/playground")
+def playground() -> HTMLResponse:
+    return render("playground", "Playground", "/playground")
+
+
+@router.get(f"{STUDIO}/models")
+def models() -> HTMLResponse:
+    return render("models", "Models", "/models")
+
+
+class _StaticFiles(StaticFiles):
+    """Static files with the pages' security headers."""
+
+    async def get_response(self, path: str, scope: Any) -> Any:
+        response = await super().get_response(path, scope)
+        response.headers.update({"X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"})
+        return response
+
+
+def mount(app: FastAPI) -> None:
+    app.include_router(router)
+    app.mount(STATIC, _StaticFiles(directory=HERE / "static"), name="studio-static")
+
+
+def page_paths() -> list[str]:
+    """Every page without an id, for tests and screenshots."""
+    return [f"{STUDIO}{href}" for href, _ in NAV]

@@ -1,0 +1,112 @@
+// Playground: chat with one to three served models side by side, streamed from
+// POST /v1/chat/completions (stream: true). Each pane keeps its own conversation; the system
+// prompt and sampling settings are shown and sent with every request.
+import { $, api, el, notice, params, replace, sseFrames } from "./lib.js";
+
+let models = [];
+let panes = [];
+let controllers = [];
+
+function paneView(index, modelId) {
+  const id = `pane-${index}`;
+  const select = el("select", { id: `${id}-model`, "aria-label": `Model of pane ${index + 1}` },
+    models.map((m) => el("option", { value: m.id, selected: m.id === modelId }, m.id)));
+  const system = el("textarea", { id: `${id}-system`, rows: 2, placeholder: "(the shared system prompt)" });
+  const turns = el("div", { class: "turns", id: `${id}-turns`, "aria-live": "polite" });
+  const meta = el("p", { class: "meta", id: `${id}-meta` });
+  const node = el("section", { class: "pane", "aria-label": `Pane ${index + 1}` },
+    el("div", { class: "field" }, el("label", { for: select.id }, `Model ${index + 1}`), select),
+    el("details", {}, el("summary", {}, "This pane's own system prompt (e.g. a few-shot prompt)"),
+      el("label", { for: system.id, class: "sr-only" }, `System prompt of pane ${index + 1}`), system),
+    turns, meta);
+  return { node, select, system, turns, meta, history: [] };
+}
+
+function renderPanes() {
+  const q = params();
+  const count = Number($("#panes").value);
+  const wanted = [q.get("model"), q.get("model2"), q.get("model3")];
+  const old = panes;
+  panes = [];
+  for (let i = 0; i < count; i++) {
+    const keep = old[i];
+    const fallback = models[i % Math.max(1, models.length)];
+    const chosen = keep ? keep.select.value : wanted[i] || (fallback && fallback.id);
+    const pane = paneView(i, chosen);
+    if (keep) { pane.history = keep.history; pane.system.value = keep.system.value; pane.turns.replaceChildren(...keep.turns.childNodes); }
+    panes.push(pane);
+  }
+  replace("#pane-list", panes.map((p) => p.node));
+}
+
+function turn(who, text) {
+  const body = el("div", { class: "text" }, text);
+  return { node: el("div", { class: "turn" }, el("div", { class: "who" }, who), body), body };
+}
+
+async function ask(pane, prompt, settings, signal) {
+  const system = pane.system.value.trim() || $("#system").value.trim();
+  const messages = [...(system ? [{ role: "system", content: system }] : []), ...pane.history, { role: "user", content: prompt }];
+  pane.turns.append(turn("You", prompt).node);
+  const answer = turn(pane.select.value, "");
+  pane.turns.append(answer.node);
+  const started = performance.now();
+  let first = null, text = "", count = 0, finish = null;
+  try {
+    const response = await api("/v1/chat/completions", {
+      method: "POST", raw: true, signal,
+      json: { model: pane.select.value, messages, stream: true, stream_options: { include_usage: true }, ...settings },
+    });
+    for await (const frame of sseFrames(response, signal)) {
+      if (frame.data === "[DONE]") break;
+      const chunk = JSON.parse(frame.data);
+      const choice = chunk.choices && chunk.choices[0];
+      if (chunk.usage) count = chunk.usage.completion_tokens;
+      if (!choice) continue;
+      const piece = (choice.delta && choice.delta.content) || "";
+      if (piece && first === null) first = performance.now() - started;
+      text += piece;
+      answer.body.textContent = text;  // model output is text, never HTML
+      if (choice.finish_reason) finish = choice.finish_reason;
+    }
+    pane.history.push({ role: "user", content: prompt }, { role: "assistant", content: text });
+    const secs = (performance.now() - started) / 1000;
+    pane.meta.textContent = `${count || "?"} tokens in ${secs.toFixed(1)} s` +
+      (first !== null ? `, first token after ${(first / 1000).toFixed(2)} s` : "") + (finish ? ` · stopped: ${finish}` : "");
+  } catch (err) {
+    if (err.name === "AbortError") { answer.body.textContent = text + " (stopped)"; return; }
+    answer.body.textContent = "";
+    answer.body.append(el("span", { class: "error" }, err.message));
+  }
+}
+
+async function main() {
+  models = (await api("/v1/models")).data;
+  renderPanes();
+  $("#panes").addEventListener("change", renderPanes);
+  $("#reset-btn").addEventListener("click", () => {
+    for (const p of panes) { p.history = []; p.turns.replaceChildren(); p.meta.textContent = ""; }
+    notice("New conversation.");
+  });
+  $("#stop-btn").addEventListener("click", () => controllers.forEach((c) => c.abort()));
+  $("#chat-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const prompt = $("#prompt").value.trim();
+    if (!prompt) { notice("Write a message first."); $("#prompt").focus(); return; }
+    const settings = {
+      temperature: Number($("#temperature").value),
+      top_p: Number($("#top_p").value),
+      max_tokens: Number($("#max_tokens").value),
+    };
+    $("#prompt").value = "";
+    $("#send-btn").disabled = true;
+    $("#stop-btn").disabled = false;
+    controllers = panes.map(() => new AbortController());
+    await Promise.all(panes.map((p, i) => ask(p, prompt, settings, controllers[i].signal)));
+    $("#send-btn").disabled = false;
+    $("#stop-btn").disabled = true;
+    notice("Answered.");
+  });
+}
+
+main().catch((err) => notice(err.message));

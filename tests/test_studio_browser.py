@@ -1,0 +1,512 @@
+"""The Studio in a real browser: Debian's Chromium driven by playwright, against a real
+`tuneforge serve` on loopback, training the tiny model.
+
+Every test fails on any request to another host (the UI is offline by construction), on any
+console error, and on axe-core findings of serious or critical impact. Without Chromium or
+playwright these tests skip on a developer machine and fail under CI=true (`.ci/run` installs
+Debian's chromium; playwright 1.64.x is the release built for Chromium 156).
+
+Screenshots of every page at 1280 and 390 px go to $TUNEFORGE_STUDIO_SHOTS when it is set, else
+to the test's temporary folder. docs/studio/ is made with
+`TUNEFORGE_STUDIO_SHOTS=docs/studio pytest tests/test_studio_browser.py -k newcomer`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = "/usr/bin/chromium"
+LOOPBACK = {"127.0.0.1", "localhost"}
+WIDTHS = (1280, 390)
+
+
+def _need(condition: bool, why: str) -> None:
+    if not condition:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{why} on this CI machine: the browser tests must run in CI")
+        pytest.skip(why)
+
+
+def _load_check_report():
+    spec = importlib.util.spec_from_file_location("check_report", REPO / "scripts/check_report.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["check_report"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait(condition, timeout: float, what: str, poll: float = 0.25):
+    """Poll `condition` (the pages' CSP forbids the eval that page.wait_for_function needs)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+class Server:
+    """`tuneforge serve` in a subprocess on a free loopback port, with its own home."""
+
+    def __init__(self, home: Path, port: int | None = None) -> None:
+        self.home = home
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+        self.log = home / f"serve-{self.port}.log"
+
+    def start(self) -> Server:
+        env = os.environ | {"TUNEFORGE_HOME": str(self.home), "HF_HUB_OFFLINE": "1"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tuneforge", "serve", "--port", str(self.port)],
+            env=env,
+            stdout=self.log.open("ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        wait(self._healthy, 120, "the server to answer /health")
+        return self
+
+    def _healthy(self) -> bool:
+        assert self.proc.poll() is None, self.log.read_text()[-3000:]
+        try:
+            return httpx.get(f"{self.url}/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+    def api(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=120)
+
+
+def make_home(tmp_path_factory, default_model_dir, name: str) -> Path:
+    home = tmp_path_factory.mktemp(name)
+    (home / "models").symlink_to(default_model_dir.parent, target_is_directory=True)
+    return home
+
+
+def upload(client: httpx.Client, path: Path, name: str | None = None) -> str:
+    response = client.post(
+        "/v1/files",
+        files={"file": (name or path.name, path.read_bytes())},
+        data={"purpose": "fine-tune"},
+    )
+    assert response.status_code == 200, response.text
+    return response.json()["id"]
+
+
+def register_base(client: httpx.Client, model: str, file_id: str) -> None:
+    """A base model is listed once a job names it (as in test_api): create one and cancel it."""
+    job = client.post("/v1/fine_tuning/jobs", json={"model": model, "training_file": file_id})
+    assert job.status_code == 200, job.text
+    assert client.post(f"/v1/fine_tuning/jobs/{job.json()['id']}/cancel").status_code == 200
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, default_model_dir, tiny_model_dir, demo_dir):
+    server = Server(make_home(tmp_path_factory, default_model_dir, "studio-browser")).start()
+    with server.api() as client:
+        register_base(client, str(tiny_model_dir), upload(client, demo_dir / "validation.jsonl"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def playwright_browser():
+    _need(Path(CHROMIUM).exists(), f"no Chromium at {CHROMIUM} (apt-get install chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _need(False, "playwright is not installed (pip install -e '.[dev]')")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=["--disable-background-networking", "--disable-gpu", "--no-first-run"],
+        )
+        yield browser
+        browser.close()
+
+
+class Watch:
+    """What a page did that a test must not accept: other hosts, console errors, JS errors."""
+
+    def __init__(self) -> None:
+        self.foreign: list[str] = []
+        self.errors: list[str] = []
+
+    def attach(self, context) -> None:
+        def route(route):
+            host = urlsplit(route.request.url).hostname
+            if host not in LOOPBACK:
+                self.foreign.append(route.request.url)
+                route.abort()
+            else:
+                route.continue_()
+
+        context.route("**/*", route)
+        context.on("page", self._page)
+
+    def _page(self, page) -> None:
+        page.on("console", lambda m: m.type == "error" and self.errors.append(m.text))
+        page.on("pageerror", lambda e: self.errors.append(f"uncaught: {e}"))
+
+    def check(self) -> None:
+        assert not self.foreign, f"requests to other hosts: {self.foreign}"
+        assert not self.errors, f"console errors: {self.errors}"
+
+
+@pytest.fixture
+def browse(playwright_browser):
+    """A new browser context (no shared storage) with the Watch attached; checked at the end."""
+    watch = Watch()
+    contexts = []
+
+    def new_page(width: int = 1280):
+        context = playwright_browser.new_context(viewport={"width": width, "height": 900})
+        watch.attach(context)
+        contexts.append(context)
+        return context.new_page()
+
+    yield new_page, watch
+    for context in contexts:
+        context.close()
+    watch.check()
+
+
+def shots_dir(tmp_path: Path) -> Path:
+    folder = Path(os.environ.get("TUNEFORGE_STUDIO_SHOTS") or tmp_path / "shots")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def check_accessibility(page, name: str) -> None:
+    from axe_playwright_python.sync_playwright import Axe
+
+    results = Axe().run(page)
+    bad = [
+        f"{v['id']} ({v['impact']}): {v['help']} — {[n['target'] for n in v['nodes']][:3]}"
+        for v in results.response["violations"]
+        if v["impact"] in ("serious", "critical")
+    ]
+    assert not bad, f"{name}: {bad}"
+
+
+def snapshot(page, folder: Path, name: str) -> None:
+    """Screenshots at both widths (the page is reloaded at each), then the axe check."""
+    for width in WIDTHS:
+        page.set_viewport_size({"width": width, "height": 900})
+        time.sleep(0.3)  # let the charts take the new width
+        page.screenshot(path=str(folder / f"{name}-{width}.png"), full_page=True)
+    page.set_viewport_size({"width": 1280, "height": 900})
+    check_accessibility(page, name)
+
+
+def steps_shown(page) -> list[int]:
+    text = page.get_attribute("#loss-chart", "data-steps") or ""
+    return [int(s) for s in text.split(",") if s]
+
+
+def metric_steps(client: httpx.Client, job_id: str) -> list[int]:
+    events = client.get(f"/v1/fine_tuning/jobs/{job_id}/events", params={"limit": 1000}).json()
+    return sorted(e["data"]["step"] for e in events["data"] if e["type"] == "metrics")
+
+
+def test_a_newcomers_whole_flow(server, browse, demo_dir, tiny_model_dir, tmp_path):
+    """upload → validation and trained tokens → new job → live chart → reload mid-run, same
+    points → succeeded → chat streams → compare shows compare.json's numbers."""
+    new_page, watch = browse
+    folder = shots_dir(tmp_path)
+    client = server.api()
+    tiny = str(tiny_model_dir)
+    validation_id = upload(client, demo_dir / "validation.jsonl", "validation.jsonl")
+    test_id = upload(client, demo_dir / "test.jsonl", "test.jsonl")
+    page = new_page()
+
+    page.goto(f"{server.url}/studio/")
+    page.wait_for_selector("#jobs table, #jobs p:not(.muted)")
+    snapshot(page, folder, "home")
+
+    # 1. Upload through the page; the file's page shows the validator's report and the tokens.
+    page.goto(f"{server.url}/studio/data")
+    page.wait_for_selector("#files table")
+    page.set_input_files("#file-input", str(demo_dir / "train.jsonl"))
+    page.click("#upload-btn")
+    page.wait_for_url("**/studio/data/file-*")
+    file_id = page.url.rsplit("/", 1)[1]
+    page.select_option("#model", tiny)
+    page.wait_for_selector("#validation-verdict")
+    wait(
+        lambda: "48 of 48" in page.inner_text("#validation-verdict"),
+        60,
+        "the report of the tiny model",
+    )
+    report = client.get(f"/v1/files/{file_id}/validation", params={"model": tiny}).json()
+    assert page.inner_text("#billed").startswith(f"{report['billed_tokens']:,}")
+    page.wait_for_selector("mark.trained")
+    first = json.loads((demo_dir / "train.jsonl").read_text().splitlines()[0])
+    marked = page.locator(".example").first.locator("mark.trained").first.inner_text()
+    assert marked.startswith("trained:") and first["messages"][-1]["content"] in marked
+    assert page.locator("#histogram svg rect").count() > 0
+    snapshot(page, folder, "data-file")
+    page.goto(f"{server.url}/studio/data")
+    page.wait_for_selector("#files table")
+    snapshot(page, folder, "data")
+
+    # 2. The new-job form, generated from the API's schema; "show as code" matches the form.
+    page.goto(f"{server.url}/studio/data/{file_id}?model={tiny}")
+    page.click("#train-link")
+    page.wait_for_url("**/studio/jobs/new*")
+    page.wait_for_selector("#tc-lora_rank", state="attached")
+    page.select_option("#job-model", tiny)
+    page.select_option("#job-validation_file", validation_id)
+    page.fill("#hp-n_epochs", "8")
+    page.click("#advanced summary")
+    page.fill("#tc-eval_every", "4")
+    page.click("#code summary")
+    code = page.inner_text("#code-python")
+    assert '"n_epochs": 8' in code and '"eval_every": 4' in code and file_id in code
+    assert "epochs: 8" in page.inner_text("#code-yaml")
+    snapshot(page, folder, "new-job")
+    page.click("#create-btn")
+    page.wait_for_url("**/studio/jobs/ftjob-*")
+    job_id = page.url.rsplit("/", 1)[1]
+
+    # 3. The chart gains points live; a reload mid-run shows the same points, then more.
+    wait(lambda: len(steps_shown(page)) >= 3, 240, "three points on the loss chart")
+    before = steps_shown(page)
+    page.reload()
+    wait(lambda: len(steps_shown(page)) >= len(before), 60, "the chart to refill after a reload")
+    after = steps_shown(page)
+    assert after[: len(before)] == before
+    assert client.get(f"/v1/fine_tuning/jobs/{job_id}").json()["status"] == "running", (
+        "the run ended before the reload: it must be long enough to reload mid-run"
+    )
+    second = new_page()  # another tab shows the same job
+    second.goto(f"{server.url}/studio/jobs/{job_id}")
+    snapshot(page, folder, "job-running")
+    wait(lambda: "succeeded" in page.inner_text("#job-status"), 600, "the job to succeed")
+    wait(lambda: steps_shown(page) == metric_steps(client, job_id), 30, "every metrics point")
+    wait(lambda: steps_shown(second) == steps_shown(page), 30, "the second tab to agree")
+    assert "validation loss" in page.inner_text("#loss-caption")
+    wait(lambda: page.locator("#checkpoints table tbody tr").count() >= 1, 30, "checkpoints")
+    snapshot(page, folder, "job")
+    page.goto(f"{server.url}/studio/jobs")
+    page.wait_for_selector("#jobs table")
+    snapshot(page, folder, "jobs")
+
+    # 4. Chat streams from the fine-tuned model and the base, side by side.
+    page.goto(f"{server.url}/studio/jobs/{job_id}")
+    page.wait_for_selector("#chat-link:not([hidden])")
+    page.click("#chat-link")
+    page.wait_for_url("**/studio/playground*")
+    page.wait_for_selector("#pane-1-model", state="attached")
+    prompt = "hi"
+    page.fill("#max_tokens", "12")
+    page.fill("#prompt", prompt)
+    page.click("#send-btn")
+    wait(
+        lambda: all("tokens in" in page.inner_text(f"#pane-{i}-meta") for i in (0, 1)),
+        120,
+        "both panes to finish",
+    )
+    ft_model = page.input_value("#pane-0-model")
+    assert ft_model == client.get(f"/v1/fine_tuning/jobs/{job_id}").json()["fine_tuned_model"]
+    for i, model in enumerate((ft_model, tiny)):
+        expected = client.post(
+            "/v1/chat/completions",
+            json={
+                "model": model,
+                "messages": [{"role": "user", "content": prompt}],
+                "max_tokens": 12,
+                "temperature": 0,
+            },
+        ).json()["choices"][0]["message"]["content"]
+        shown = page.locator(f"#pane-{i}-turns .turn .text").nth(1).text_content()
+        assert shown == expected, (model, shown, expected)
+    snapshot(page, folder, "playground")
+
+    # 5. Compare: a background comparison whose report shows compare.json's numbers.
+    page.goto(f"{server.url}/studio/jobs/{job_id}")
+    page.click("#compare-link")
+    page.wait_for_url("**/studio/compare*")
+    page.wait_for_selector("#models input", state="attached")
+    page.select_option("#test_file", test_id)
+    assert page.input_value("#training_file") == file_id
+    assert page.is_checked(f"#models input[value='{ft_model}']")
+    page.fill("#limit", "3")
+    snapshot(page, folder, "compare")
+    page.click("#compare-form button[type=submit]")
+    page.wait_for_url("**/studio/compare/cmp-*")
+    comparison_id = page.url.rsplit("/", 1)[1]
+    wait(
+        lambda: page.is_visible("#result-section") or page.is_visible("#cmp-error"),
+        600,
+        "the comparison to finish",
+        poll=1,
+    )
+    assert not page.is_visible("#cmp-error"), page.inner_text("#cmp-error")
+    result = client.get(f"/v1/tuneforge/comparisons/{comparison_id}").json()["result"]
+    html = page.frame_locator("#report").locator("html").evaluate("e => e.outerHTML")
+    check_report = _load_check_report()
+    assert check_report.check_numbers(result, html) == []
+    assert len(check_report.parse_report(html).numbers) > 20
+    snapshot(page, folder, "comparison")
+
+    # 6. Models: the fine-tuned model's adapter downloads as a zip that peft can read.
+    page.goto(f"{server.url}/studio/models")
+    page.wait_for_selector("#models table")
+    snapshot(page, folder, "models")
+    with page.expect_download() as download:
+        page.click(f"button[aria-label='Download the adapter of {ft_model}']")
+    names = zipfile.ZipFile(download.value.path()).namelist()
+    assert any(n.endswith("/adapter_config.json") for n in names), names
+    assert any(n.endswith("/adapter_model.safetensors") for n in names), names
+    second.close()
+    watch.check()
+
+
+def test_keyboard_only_upload_and_launch(server, browse, demo_dir, tiny_model_dir):
+    """The main flow without a mouse: choose and upload a file, open the job form, create the
+    job, and cancel it — Tab, Enter, arrow keys and Space only."""
+    new_page, _ = browse
+    page = new_page()
+    page.goto(f"{server.url}/studio/data")
+    page.wait_for_selector("#files")
+
+    def tab_to(selector: str, limit: int = 60) -> None:
+        for _ in range(limit):
+            page.keyboard.press("Tab")
+            if page.evaluate(f"document.activeElement === document.querySelector({selector!r})"):
+                return
+        raise AssertionError(f"Tab never reached {selector}")
+
+    tab_to("#file-input")
+    with page.expect_file_chooser() as chooser:
+        page.keyboard.press("Space")
+    chooser.value.set_files(str(demo_dir / "train.jsonl"))
+    tab_to("#upload-btn")
+    page.keyboard.press("Enter")
+    page.wait_for_url("**/studio/data/file-*")
+    page.wait_for_selector("#validation-verdict")
+    tab_to("#train-link")
+    page.keyboard.press("Enter")
+    page.wait_for_url("**/studio/jobs/new*")
+    page.wait_for_selector("#job-model option", state="attached")
+    tab_to("#job-model")
+    options = page.eval_on_selector_all("#job-model option", "os => os.map(o => o.value)")
+    for _ in range(
+        options.index(str(tiny_model_dir)) - options.index(page.input_value("#job-model"))
+    ):
+        page.keyboard.press("ArrowDown")
+    assert page.input_value("#job-model") == str(tiny_model_dir)
+    tab_to("#create-btn")
+    page.keyboard.press("Enter")
+    page.wait_for_url("**/studio/jobs/ftjob-*")
+    page.once("dialog", lambda dialog: dialog.accept())
+    wait(lambda: page.is_enabled("#cancel-btn"), 30, "the cancel button")
+    tab_to("#cancel-btn")
+    page.keyboard.press("Enter")
+    wait(lambda: "cancelled" in page.inner_text("#job-status"), 60, "the job to be cancelled")
+
+
+def test_bad_input_is_shown_in_words(server, browse, tmp_path, tiny_model_dir):
+    """A broken upload shows the validator's messages and stores nothing; a bad field in the
+    job form is marked with the API's own message."""
+    new_page, watch = browse
+    page = new_page()
+    client = server.api()
+    files_before = client.get("/v1/files").json()["data"]
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n{"messages": [\n')
+    page.goto(f"{server.url}/studio/data")
+    page.set_input_files("#file-input", str(broken))
+    page.click("#upload-btn")
+    error = page.wait_for_selector("#upload-result .error")
+    text = error.inner_text()
+    assert "broken.jsonl was not stored" in text and "line 2" in text and "line 1" in text
+    assert client.get("/v1/files").json()["data"] == files_before
+
+    page.goto(f"{server.url}/studio/jobs/new?training_file={files_before[0]['id']}")
+    page.wait_for_selector("#tc-lora_rank", state="attached")
+    page.select_option("#job-model", str(tiny_model_dir))
+    page.click("#advanced summary")
+    page.fill("#tc-lora_rank", "0")
+    page.click("#create-btn")
+    wait(lambda: page.get_attribute("#tc-lora_rank", "aria-invalid") == "true", 20, "the mark")
+    assert "lora_rank" in page.inner_text("#tc-lora_rank-error")
+    assert page.url.endswith(f"training_file={files_before[0]['id']}")  # no job was created
+    # The browser logged the API's 400 answers for these two requests; nothing else.
+    assert all("400" in e for e in watch.errors), watch.errors
+    watch.errors.clear()
+
+
+def test_server_restart_mid_job_shows_the_resumed_job(
+    tmp_path_factory, default_model_dir, tiny_model_dir, demo_dir, browse
+):
+    """The server stops mid-job: the page says the connection is lost; the server starts
+    again on the same port: the page reconnects, keeps its points and shows the job resume."""
+    new_page, watch = browse
+    server = Server(make_home(tmp_path_factory, default_model_dir, "studio-restart")).start()
+    try:
+        client = server.api()
+        train = upload(client, demo_dir / "train.jsonl")
+        job = client.post(
+            "/v1/fine_tuning/jobs",
+            json={
+                "model": str(tiny_model_dir),
+                "training_file": train,
+                "method": {
+                    "type": "supervised",
+                    "supervised": {"hyperparameters": {"n_epochs": 8}},
+                },
+                "training_config": {"checkpoint_every": 5},
+            },
+        ).json()
+        page = new_page()
+        page.goto(f"{server.url}/studio/jobs/{job['id']}")
+        wait(lambda: len(steps_shown(page)) >= 6, 240, "six points")
+        server.stop()
+        wait(lambda: "lost" in page.inner_text("#connection"), 30, "the lost-connection notice")
+        shown = steps_shown(page)
+        server.start()
+        wait(lambda: "Reconnected" in page.inner_text("#connection"), 60, "the reconnection")
+        wait(lambda: len(steps_shown(page)) > len(shown), 240, "new points after the restart")
+        assert steps_shown(page)[: len(shown)] == shown
+        wait(lambda: page.is_visible("#resume-note"), 60, "the resume note")
+        assert "resum" in page.inner_text("#resume-note")
+    finally:
+        server.stop()
+    # Fetches that died with the server are logged as network errors; nothing else may be.
+    watch.errors[:] = [e for e in watch.errors if "ERR_" not in e and "Failed to fetch" not in e]
