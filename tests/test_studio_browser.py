@@ -506,6 +506,7 @@ def test_server_restart_mid_job_shows_the_resumed_job(
         assert steps_shown(page)[: len(shown)] == shown
         wait(lambda: page.is_visible("#resume-note"), 60, "the resume note")
         assert "resum" in page.inner_text("#resume-note")
+        page.close()  # before the server stops again, so that no stream is cut
     finally:
         server.stop()
     # Fetches that died with the server are logged as network errors; nothing else may be.
