@@ -34,6 +34,7 @@ failure names the README line and shows the command run and its output.
 `tuneforge serve …` lines start in the background on a free loopback port (`--port N` replaced,
 or `--port` added; every other flag kept; `--host 0.0.0.0` becomes 127.0.0.1: a test never
 listens beyond loopback), must answer `GET /health` with 200, and are then terminated.
+`tuneforge studio …` lines the same, with `--no-open`, and `/studio/` must answer too.
 
 Not run here: the README's Python `openai` block; tests/test_api_openai_client.py follows the
 same steps against a real `tuneforge serve`.
@@ -289,7 +290,8 @@ def run_line(line: Line, session: Session) -> Result:
 
 
 def serve_command(text: str, port: int) -> tuple[str, list[str]]:
-    """`tuneforge serve …` on loopback at `port`, every other flag kept."""
+    """`tuneforge serve|studio …` on loopback at `port`, every other flag kept (studio: no
+    browser opened)."""
     words = shlex.split(text, posix=False)  # keeps "$KEY" quoted for bash
     changes = []
     if "--port" in words:
@@ -299,6 +301,9 @@ def serve_command(text: str, port: int) -> tuple[str, list[str]]:
     else:
         words += ["--port", str(port)]
         changes.append(f"+ --port {port}")
+    if words[1] == "studio" and "--no-open" not in words:
+        words.append("--no-open")
+        changes.append("+ --no-open (no browser to open in a test)")
     if "--host" in words:
         at = words.index("--host")
         if words[at + 1] != "127.0.0.1":
@@ -333,6 +338,10 @@ def run_serve(line: Line, session: Session) -> Result:
                 status = None
             if status == 200:
                 problem = None
+                if " studio" in command:  # the Studio answers at /studio/
+                    page = httpx.get(f"http://127.0.0.1:{port}/studio/", timeout=10)
+                    if page.status_code != 200 or "tuneforge" not in page.text:
+                        problem = f"/studio/ answered {page.status_code}"
                 if "--api-key" in command:  # the key is required on the other routes
                     denied = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=10)
                     if denied.status_code != 401:
@@ -362,7 +371,7 @@ def run_block(block: Block, session: Session) -> list[Result]:
         if "<run>" in line.text and session.run is None:
             problem = "no run to name: the README's first `tuneforge train` made none"
             result = Result(line, line.text, [], None, 0.0, "", problem)
-        elif line.text.startswith("tuneforge serve"):
+        elif line.text.startswith(("tuneforge serve", "tuneforge studio")):
             result = run_serve(line, session)
         else:
             result = run_line(line, session)

@@ -121,6 +121,12 @@ def test_vendored_assets_match_their_recorded_hashes():
         assert hashlib.sha256((vendor / name).read_bytes()).hexdigest() == digest, name
 
 
+def test_no_page_of_the_server_loads_from_a_cdn(client):
+    # FastAPI's Swagger and ReDoc pages load scripts from a CDN; they are switched off.
+    assert client.get("/docs").status_code == 404 and client.get("/redoc").status_code == 404
+    assert client.get("/openapi.json").status_code == 200
+
+
 def test_static_files_are_served(client):
     for path in ("/studio/static/js/lib.js", "/studio/static/studio.css", "/favicon.ico"):
         response = client.get(path)
@@ -340,3 +346,12 @@ def test_a_base_model_has_nothing_to_download(client):
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "model_not_downloadable"
     assert client.get("/v1/models/no-such/content").status_code == 404
+
+
+def test_imports_point_one_way_the_api_never_imports_the_ui():
+    api = Path(__file__).resolve().parents[1] / "src/tuneforge/api"
+    for path in api.glob("*.py"):
+        assert "tuneforge.ui" not in path.read_text(), path.name
+    ui = HERE.glob("*.py")
+    for path in ui:
+        assert "tuneforge.cli" not in path.read_text(), path.name

@@ -235,6 +235,10 @@ def create_app(
         version="1",
         lifespan=lifespan,
         responses=ERROR_RESPONSES,
+        # FastAPI's /docs and /redoc pages load their scripts from a CDN: off, so that nothing
+        # this server serves reaches past it. The schema stays at /openapi.json.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.max_upload_bytes = max_upload_bytes
     install_error_handlers(app)

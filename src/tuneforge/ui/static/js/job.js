@@ -21,7 +21,8 @@ const SERIES = {
   lr: [["learning_rate", "learning rate", "#0f766e"], ["grad_norm", "gradient norm", "#9d174d"]],
 };
 
-const tick = (u, values) => values.map((v) => (v === null ? "" : Math.abs(v) > 0 && Math.abs(v) < 0.01 ? v.toExponential(0) : fmt(v, 3)));
+const tick = (u, values) => values.map((v) => (v === null ? ""
+  : Math.abs(v) > 0 && Math.abs(v) < 0.01 ? v.toExponential(1).replace(".0e", "e") : String(Number(v.toPrecision(6)))));
 
 function makeChart(target, series, extra = [], twoScales = false, range = null) {
   const width = Math.max(280, $(target).clientWidth || 600);
@@ -124,7 +125,10 @@ function renderProgress() {
     text = job ? `${job.status.replace("_", " ")}…` : "";
   }
   $("#progress-text").textContent = text;
-  if (Date.now() - lastLive > 15000 && text) {  // throttled for screen readers
+  const final = job && TERMINAL.includes(job.status);
+  if (final) text = job.status === "succeeded" ? "Finished." : `The job is ${job.status}.`;
+  $("#progress-text").textContent = text;
+  if ((Date.now() - lastLive > 15000 || final) && text) {  // throttled for screen readers
     lastLive = Date.now();
     $("#notice").textContent = text;
   }
