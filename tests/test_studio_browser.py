@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from helpers import good_examples
 
 pytestmark = pytest.mark.integration
 
@@ -467,6 +468,17 @@ def test_bad_input_is_shown_in_words(server, browse, tmp_path, tiny_model_dir):
     wait(lambda: page.get_attribute("#tc-lora_rank", "aria-invalid") == "true", 20, "the mark")
     assert "lora_rank" in page.inner_text("#tc-lora_rank-error")
     assert page.url.endswith(f"training_file={files_before[0]['id']}")  # no job was created
+    # A job that fails while validating its file shows the error in words, with the fix.
+    few = tmp_path / "few.jsonl"
+    few.write_text("".join(json.dumps(r) + "\n" for r in good_examples(4)))
+    few_id = upload(client, few)
+    job = client.post(
+        "/v1/fine_tuning/jobs", json={"model": str(tiny_model_dir), "training_file": few_id}
+    ).json()
+    page.goto(f"{server.url}/studio/jobs/{job['id']}")
+    wait(lambda: "failed" in page.inner_text("#job-status"), 120, "the job to fail")
+    shown = page.inner_text("#job-error")
+    assert "at least 10" in shown and "(field: training_file)" in shown, shown
     # The browser logged the API's 400 answers for these two requests; nothing else.
     assert all("400" in e for e in watch.errors), watch.errors
     watch.errors.clear()

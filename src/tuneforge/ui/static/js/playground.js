@@ -89,6 +89,9 @@ async function main() {
     notice("New conversation.");
   });
   $("#stop-btn").addEventListener("click", () => controllers.forEach((c) => c.abort()));
+  $("#prompt").addEventListener("keydown", (e) => {  // Ctrl+Enter (or Cmd+Enter) sends
+    if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) { e.preventDefault(); $("#chat-form").requestSubmit(); }
+  });
   $("#chat-form").addEventListener("submit", async (e) => {
     e.preventDefault();
     const prompt = $("#prompt").value.trim();
