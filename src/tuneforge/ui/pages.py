@@ -84,14 +84,28 @@ def studio_no_slash() -> RedirectResponse:
     return RedirectResponse(f"{STUDIO}/", status_code=307)
 
 
-@router.get(f"{STUDIO}/")
-def home() -> HTMLResponse:
-    return render("home", "Fine-tune on your own machine", "/")
+# Pages without an id: (path under /studio, template, title, the nav entry it belongs to).
+PAGES = (
+    ("/", "home", "Fine-tune on your own machine", "/"),
+    ("/data", "data", "Data", "/data"),
+    ("/jobs", "jobs", "Fine-tuning jobs", "/jobs"),
+    ("/jobs/new", "newjob", "New fine-tuning job", "/jobs/new"),
+    ("/compare", "compare", "Compare", "/compare"),
+    ("/playground", "playground", "Playground", "/playground"),
+    ("/models", "models", "Models", "/models"),
+)
 
 
-@router.get(f"{STUDIO}/data")
-def data() -> HTMLResponse:
-    return render("data", "Data", "/data")
+def _page_route(page: str, title: str, active: str):
+    def route() -> HTMLResponse:
+        return render(page, title, active)
+
+    route.__name__ = f"page_{page}"
+    return route
+
+
+for _path, _page, _title, _active in PAGES:
+    router.get(f"{STUDIO}{_path}")(_page_route(_page, _title, _active))
 
 
 @router.get(f"{STUDIO}/data/{{file_id}}")
@@ -99,24 +113,9 @@ def data_file(file_id: str) -> HTMLResponse:
     return render("file", "Data file", "/data", file=_id(file_id, "file"))
 
 
-@router.get(f"{STUDIO}/jobs")
-def jobs() -> HTMLResponse:
-    return render("jobs", "Fine-tuning jobs", "/jobs")
-
-
-@router.get(f"{STUDIO}/jobs/new")
-def new_job() -> HTMLResponse:
-    return render("newjob", "New fine-tuning job", "/jobs/new")
-
-
 @router.get(f"{STUDIO}/jobs/{{job_id}}")
 def job(job_id: str) -> HTMLResponse:
     return render("job", "Fine-tuning job", "/jobs", job=_id(job_id, "fine-tuning job"))
-
-
-@router.get(f"{STUDIO}/compare")
-def compare() -> HTMLResponse:
-    return render("compare", "Compare", "/compare")
 
 
 @router.get(f"{STUDIO}/compare/{{comparison_id}}")
@@ -124,16 +123,6 @@ def comparison(comparison_id: str) -> HTMLResponse:
     return render(
         "comparison", "Comparison", "/compare", comparison=_id(comparison_id, "comparison")
     )
-
-
-@router.get(f"{STUDIO}/playground")
-def playground() -> HTMLResponse:
-    return render("playground", "Playground", "/playground")
-
-
-@router.get(f"{STUDIO}/models")
-def models() -> HTMLResponse:
-    return render("models", "Models", "/models")
 
 
 class _StaticFiles(StaticFiles):
@@ -152,4 +141,4 @@ def mount(app: FastAPI) -> None:
 
 def page_paths() -> list[str]:
     """Every page without an id, for tests and screenshots."""
-    return [f"{STUDIO}{href}" for href, _ in NAV]
+    return [f"{STUDIO}{path}" for path, *_ in PAGES]
