@@ -16,12 +16,13 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tuneforge.api import chat, files, fine_tuning, models
+from tuneforge.api import chat, exports, files, fine_tuning, models
 from tuneforge.api.catalog import Catalog
 from tuneforge.api.deps import get_engine
 from tuneforge.api.errors import APIError, error_body, install_error_handlers
 from tuneforge.api.schemas import ErrorResponse
 from tuneforge.inference.engine import InferenceEngine
+from tuneforge.jobs.exports import ExportRunner
 from tuneforge.jobs.manager import JobManager
 from tuneforge.jobs.store import Store
 
@@ -171,13 +172,17 @@ def create_app(
         manager.start()
         engine = InferenceEngine()
         engine.start()
+        export_runner = ExportRunner(store)
+        export_runner.start()
         app.state.store = store
         app.state.manager = manager
         app.state.engine = engine
         app.state.catalog = Catalog(store)
+        app.state.exports = export_runner
         try:
             yield
         finally:
+            export_runner.stop()
             engine.stop()
             await run_in_threadpool(manager.stop)
 
@@ -196,7 +201,7 @@ def create_app(
         """Liveness, open without the API key; `generating` counts choices in flight."""
         return {"status": "ok", "generating": get_engine(request).active}
 
-    for module in (files, fine_tuning, models, chat):
+    for module in (files, fine_tuning, exports, models, chat):
         app.include_router(module.router)
     app.add_middleware(Guard, api_key=api_key, max_upload_bytes=max_upload_bytes)  # type: ignore[arg-type]
     return app
