@@ -378,3 +378,32 @@ def test_wandb_runs_offline_into_the_run_unless_told_otherwise(tmp_path, monkeyp
     assert "mode" not in _tracker_init_kwargs(config, tmp_path / "run")["wandb"]
     tensorboard = build_config({"train_file": "x.jsonl", "report_to": "tensorboard"})
     assert _tracker_init_kwargs(tensorboard, tmp_path / "run") == {}
+
+
+def test_wandb_offline_run_gets_the_metrics_without_a_network(
+    demo_dir, tiny_model_dir, tmp_path, monkeypatch
+):
+    """With the real wandb package (not a dependency: skipped where it is not installed)."""
+    pytest.importorskip("wandb")
+    from tuneforge.config import build_config
+    from tuneforge.train.plan import make_plan
+    from tuneforge.train.recipe import train
+
+    for name in ("WANDB_MODE", "WANDB_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens: no network
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    settings = tiny_training(
+        demo_dir,
+        tiny_model_dir,
+        tmp_path / "run",
+        max_steps=2,
+        report_to="wandb",
+        tracker_project="recipes",
+        tracker_run_name="r1",
+    )
+    run, _ = train(make_plan(build_config(settings)))
+    [log] = (run / "trackers" / "wandb").glob("offline-run-*/run-*.wandb")
+    data = log.read_bytes()
+    for key in ("train_loss", "valid_loss", "learning_rate", "recipes", "r1"):
+        assert key.encode() in data, key
