@@ -243,7 +243,8 @@ def test_job_object_is_shaped_like_openais(api, training_file, tiny):
         ({"suffix": "x" * 65}, "suffix", None),
         ({"seed": -1}, "seed", None),
         ({"metadata": {"k": 1}}, "metadata.k", None),
-        ({"integrations": [{"type": "wandb"}]}, "integrations", None),
+        ({"integrations": [{"type": "wandb"}]}, "integrations[0].wandb", None),
+        ({"integrations": [{"type": "comet", "comet": {}}]}, "integrations[0].type", None),
         # The problem's field, under the object that holds it:
         ({"training_config": {"epochs": 2}}, "training_config.epochs", None),
         ({"training_config": {"lora_rnak": 8}}, "training_config.lora_rnak", None),

@@ -340,14 +340,6 @@ def test_an_interrupted_comparison_is_reported_failed(client, home, monkeypatch)
     assert found["status"] == "failed" and "interrupted" in found["error"]
 
 
-# -- models -------------------------------------------------------------------------------------
-def test_a_base_model_has_nothing_to_download(client):
-    response = client.get("/v1/models/smollm2-135m-instruct/content")
-    assert response.status_code == 400
-    assert response.json()["error"]["code"] == "model_not_downloadable"
-    assert client.get("/v1/models/no-such/content").status_code == 404
-
-
 def test_imports_point_one_way_the_api_never_imports_the_ui():
     api = Path(__file__).resolve().parents[1] / "src/tuneforge/api"
     for path in api.glob("*.py"):

@@ -20,8 +20,8 @@ import signal
 import socket
 import subprocess
 import sys
+import tarfile
 import time
-import zipfile
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -385,15 +385,18 @@ def test_a_newcomers_whole_flow(server, browse, demo_dir, tiny_model_dir, tmp_pa
     assert len(check_report.parse_report(html).numbers) > 20
     snapshot(page, folder, "comparison")
 
-    # 6. Models: the fine-tuned model's adapter downloads as a zip that peft can read.
+    # 6. Models: the fine-tuned model exports (POST …/exports) and downloads: its adapter.
     page.goto(f"{server.url}/studio/models")
     page.wait_for_selector("#models table")
     snapshot(page, folder, "models")
-    with page.expect_download() as download:
-        page.click(f"button[aria-label='Download the adapter of {ft_model}']")
-    names = zipfile.ZipFile(download.value.path()).namelist()
-    assert any(n.endswith("/adapter_config.json") for n in names), names
-    assert any(n.endswith("/adapter_model.safetensors") for n in names), names
+    select = page.locator(f"select[aria-label='Export format for {ft_model}']")
+    select.select_option("adapter")
+    with page.expect_download(timeout=120_000) as download:
+        page.click(f"button[aria-label='Export and download {ft_model}']")
+    with tarfile.open(download.value.path()) as archive:
+        names = archive.getnames()
+    assert any(n.endswith("adapter_config.json") for n in names), names
+    assert any(n.endswith("adapter_model.safetensors") for n in names), names
     second.close()
     watch.check()
 

@@ -134,7 +134,22 @@ class TrainConfig(BaseModel):
         description="Experiment trackers that also get every metrics.jsonl line, through "
         "accelerate: tensorboard (event files in RUN/trackers), wandb, mlflow, trackio. Each "
         "needs its package installed; wandb/mlflow/trackio follow their own env settings "
-        "(e.g. WANDB_MODE=offline).",
+        "(wandb logs offline into RUN/trackers unless WANDB_API_KEY or WANDB_MODE is set).",
+    )
+    tracker_project: str | None = Field(
+        None,
+        max_length=128,
+        description="Project (wandb, trackio) or experiment (mlflow) the trackers log to "
+        "(default: the run's name).",
+    )
+    tracker_run_name: str | None = Field(
+        None, max_length=128, description="The run's name in the trackers (wandb's `name`)."
+    )
+    tracker_tags: list[str] = Field(
+        default_factory=list, description="Tags of the tracker run (wandb)."
+    )
+    wandb_entity: str | None = Field(
+        None, max_length=128, description="wandb team or user (default: your wandb default)."
     )
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="auto: bf16 autocast on CUDA with bf16 support, fp32 otherwise."
@@ -147,7 +162,7 @@ class TrainConfig(BaseModel):
             return [v.strip() for v in value.split(",") if v.strip()]
         return value
 
-    @field_validator("report_to", mode="before")
+    @field_validator("report_to", "tracker_tags", mode="before")
     @classmethod
     def _split_trackers(cls, value: Any) -> Any:
         if isinstance(value, str):

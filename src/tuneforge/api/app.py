@@ -16,13 +16,23 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tuneforge.api import chat, comparisons, file_views, files, fine_tuning, forms, models
+from tuneforge.api import (
+    chat,
+    comparisons,
+    exports,
+    file_views,
+    files,
+    fine_tuning,
+    forms,
+    models,
+)
 from tuneforge.api.catalog import Catalog
 from tuneforge.api.deps import get_engine
 from tuneforge.api.errors import APIError, error_body, install_error_handlers
 from tuneforge.api.schemas import ErrorResponse
 from tuneforge.inference.engine import InferenceEngine
 from tuneforge.jobs.comparisons import ComparisonRunner
+from tuneforge.jobs.exports import ExportRunner
 from tuneforge.jobs.manager import JobManager
 from tuneforge.jobs.store import Store
 
@@ -218,14 +228,18 @@ def create_app(
         manager.start()
         engine = InferenceEngine()
         engine.start()
+        export_runner = ExportRunner(store)
+        export_runner.start()
         app.state.store = store
         app.state.manager = manager
         app.state.engine = engine
         app.state.catalog = Catalog(store)
         app.state.comparisons = ComparisonRunner()
+        app.state.exports = export_runner
         try:
             yield
         finally:
+            export_runner.stop()
             engine.stop()
             await run_in_threadpool(manager.stop)
 
@@ -248,7 +262,7 @@ def create_app(
         """Liveness, open without the API key; `generating` counts choices in flight."""
         return {"status": "ok", "generating": get_engine(request).active}
 
-    for module in (files, file_views, fine_tuning, forms, comparisons, models, chat):
+    for module in (files, file_views, fine_tuning, exports, forms, comparisons, models, chat):
         app.include_router(module.router)
     app.add_middleware(
         Guard,  # type: ignore[arg-type]

@@ -226,7 +226,9 @@ def retrieve_file(request: Request, file_id: str) -> dict:
 )
 def file_content(request: Request, file_id: str) -> FileResponse:
     row = _get(request, file_id)
-    return FileResponse(row["path"], media_type="application/octet-stream")
+    return FileResponse(
+        row["path"], media_type="application/octet-stream", filename=row["filename"]
+    )
 
 
 @router.delete("/v1/files/{file_id}", response_model=Deleted)

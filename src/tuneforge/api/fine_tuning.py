@@ -62,7 +62,7 @@ def job_object(job: dict[str, Any]) -> dict[str, Any]:
         "error": job["error"],
         "seed": job["seed"],
         "estimated_finish": _estimated_finish(job),
-        "integrations": [],
+        "integrations": job.get("integrations") or [],
         "metadata": job["metadata"],
         "method": {"type": "supervised", "supervised": {"hyperparameters": hyperparameters}},
         "user_provided_suffix": job["suffix"],
@@ -119,6 +119,34 @@ def _hyperparameters(body: JobCreate) -> dict[str, Any]:
     )
 
 
+def _integrations(body: JobCreate) -> list[dict[str, Any]] | None:
+    """The job's trackers; each needs its package on the server (checked now, not mid-run)."""
+    import importlib.util
+
+    from tuneforge.train.plan import TRACKER_PACKAGES
+
+    if not body.integrations:
+        return None
+    for i, integration in enumerate(body.integrations):
+        if integration.wandb is None:
+            raise APIError(
+                400,
+                f"Missing required parameter: 'integrations[{i}].wandb' (its project at least)",
+                param=f"integrations[{i}].wandb",
+            )
+        package = TRACKER_PACKAGES[integration.type]
+        if importlib.util.find_spec(package) is None:
+            raise APIError(
+                400,
+                f"The {integration.type} integration needs the {package} package on the "
+                f"server, which is not installed: `pip install {package}` where tuneforge "
+                "serve runs (or drop the integration)",
+                param=f"integrations[{i}].type",
+                code="integration_not_available",
+            )
+    return [i.model_dump(include={"type", "wandb"}) for i in body.integrations]
+
+
 @router.post("/v1/fine_tuning/jobs", response_model=Job)
 def create_job(request: Request, body: JobCreate) -> dict[str, Any]:
     store = get_store(request)
@@ -139,6 +167,7 @@ def create_job(request: Request, body: JobCreate) -> dict[str, Any]:
     except ConfigError as exc:
         where = f"training_config.{exc.param}" if exc.param else "training_config"
         raise APIError(400, exc.inline(), param=where, code=exc.code) from None
+    integrations = _integrations(body)
     job_id = new_id("ftjob")
     job = store.add_job(
         {
@@ -153,6 +182,7 @@ def create_job(request: Request, body: JobCreate) -> dict[str, Any]:
             "suffix": body.suffix or None,
             "seed": body.seed if body.seed is not None else secrets.randbelow(MAX_SEED),
             "metadata": body.metadata,
+            "integrations": integrations,
             "run_dir": str(jobs_dir() / job_id / "run"),
         }
     )

@@ -91,6 +91,26 @@ class Method(Strict):
     supervised: Supervised | None = None
 
 
+class WandbSettings(Strict):
+    project: str = Field(min_length=1, max_length=128, description="The wandb project.")
+    name: str | None = Field(None, max_length=128, description="The wandb run's display name.")
+    entity: str | None = Field(None, max_length=128, description="wandb team or user.")
+    tags: list[Annotated[str, Field(min_length=1, max_length=64)]] | None = Field(
+        None, max_length=50, description="Tags for the wandb run."
+    )
+
+
+class Integration(BaseModel):
+    # Not strict, and `wandb` checked by the route: an unknown integration ({"type": "mlflow",
+    # "mlflow": {...}}) should fail on its `type`, the field that says what is wrong.
+    type: Literal["wandb"] = Field(description="Only Weights and Biases (wandb) is supported.")
+    wandb: WandbSettings | None = Field(
+        None,
+        description="Required for type wandb. Logged offline (RUN/trackers/wandb, upload with "
+        "`wandb sync`) unless the server has WANDB_API_KEY or WANDB_MODE set.",
+    )
+
+
 class JobCreate(Strict):
     model: str = Field(
         min_length=1, max_length=MAX_ID, description="Registry name or local model folder."
@@ -104,7 +124,11 @@ class JobCreate(Strict):
     suffix: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9_-]*$")
     seed: int | None = Field(None, ge=0, le=2**31 - 1)
     metadata: dict[str, str] | None = Field(None, max_length=16)
-    integrations: list[Any] | None = Field(None, max_length=0, description="Not supported.")
+    integrations: list[Integration] | None = Field(
+        None,
+        max_length=1,
+        description="Experiment trackers for the job (wandb); the server needs the wandb package.",
+    )
     training_config: dict[str, Any] | None = Field(
         None,
         description="tuneforge extension: more TrainConfig fields (e.g. lora_rank, max_steps, "
@@ -145,7 +169,7 @@ class Job(BaseModel):
     error: JobError | None
     seed: int
     estimated_finish: int | None
-    integrations: list[Any]
+    integrations: list[Integration]
     metadata: dict[str, str] | None
     method: dict[str, Any]
     user_provided_suffix: str | None
@@ -189,6 +213,60 @@ class CheckpointList(BaseModel):
     has_more: bool
     first_id: str | None
     last_id: str | None
+
+
+# ----------------------------------------------------------------------------------------------
+# Exports (a tuneforge extension)
+# ----------------------------------------------------------------------------------------------
+
+
+class ExportCreate(Strict):
+    format: Literal["gguf", "merged", "adapter"] = Field(
+        "gguf",
+        description="gguf: one .gguf file, the adapter merged in (llama.cpp, LM Studio; with "
+        "`ollama`, a .tar with the GGUF and an Ollama Modelfile). merged: a .tar of a Hugging "
+        "Face model folder. adapter: a .tar of the LoRA adapter folder (peft, vLLM).",
+    )
+    quant: str | None = Field(
+        None,
+        max_length=16,
+        description="gguf only: f32, f16 (default), bf16, q8_0, q4_0, q4_1, q5_0 or q5_1.",
+    )
+    ollama: bool = Field(False, description="gguf only: add an Ollama Modelfile (a .tar).")
+    model: str | None = Field(
+        None,
+        max_length=MAX_ID,
+        description="The job's fine_tuned_model (default) or one of its checkpoints' "
+        "fine_tuned_model_checkpoint ids.",
+    )
+
+
+class ExportError(BaseModel):
+    code: str
+    message: str
+
+
+class Export(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job.export"] = "fine_tuning.job.export"
+    created_at: int
+    finished_at: int | None
+    fine_tuning_job_id: str
+    model: str
+    format: Literal["gguf", "merged", "adapter"]
+    quant: str | None
+    ollama: bool
+    status: Literal["queued", "running", "succeeded", "failed"]
+    file_id: str | None = Field(
+        description="Once succeeded: download with GET /v1/files/{file_id}/content."
+    )
+    error: ExportError | None
+
+
+class ExportList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Export]
+    has_more: bool
 
 
 # ----------------------------------------------------------------------------------------------

@@ -86,6 +86,35 @@ def check_quant(quant: str) -> str:
     return quant
 
 
+def gguf_architecture(hf_arch: str) -> str:
+    """llama.cpp's name for a Hugging Face architecture; ModelError when we cannot convert it."""
+    arch = ARCHITECTURES.get(hf_arch)
+    if arch is None:
+        raise ModelError(
+            f"GGUF export of {hf_arch} is not supported",
+            hint=f"supported: {', '.join(ARCHITECTURES)}; `tuneforge export RUN --merged DIR` "
+            "writes a folder llama.cpp's convert_hf_to_gguf.py can convert",
+        )
+    return arch
+
+
+def check_architecture(model_or_run: str | Path) -> str | None:
+    """The GGUF architecture of a model or a run's base, from its config.json alone (no weights
+    loaded); None when the model is a hub id not on this machine (checked when it loads)."""
+    import json
+
+    from tuneforge import run_dir as rd
+    from tuneforge.inference.load import is_run_dir
+    from tuneforge.models.registry import resolve_model
+
+    base = rd.read_config(Path(model_or_run))["model"] if is_run_dir(model_or_run) else model_or_run
+    where = resolve_model(str(base))
+    if not isinstance(where, Path):
+        return None
+    config = json.loads((where / "config.json").read_text())
+    return gguf_architecture((config.get("architectures") or ["unknown"])[0])
+
+
 def permute(weight: Any, n_head: int, n_head_kv: int | None = None) -> Any:
     """llama.cpp's `LlamaModel.permute`: Hugging Face's rotate-half Q/K rows → interleaved."""
     if n_head_kv is not None and n_head != n_head_kv:
@@ -122,13 +151,7 @@ def write_gguf(
         raise UsageError(f"{out} already exists", hint="pass --overwrite, or name another file")
     config = model.config
     hf_arch = (getattr(config, "architectures", None) or [type(model).__name__])[0]
-    arch = ARCHITECTURES.get(hf_arch)
-    if arch is None:
-        raise ModelError(
-            f"GGUF export of {hf_arch} is not supported",
-            hint=f"supported: {', '.join(ARCHITECTURES)}; `tuneforge export RUN --merged DIR` "
-            "writes a folder llama.cpp's convert_hf_to_gguf.py can convert",
-        )
+    arch = gguf_architecture(hf_arch)
     tensor_type, file_type = _types(quant)
     n_head, n_kv = config.num_attention_heads, config.num_key_value_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_head

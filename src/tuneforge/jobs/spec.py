@@ -52,8 +52,34 @@ def check_training_config(extra: dict[str, Any]) -> None:
     build_config({**extra, "train_file": "unchecked.jsonl"})
 
 
+def integration_settings(integrations: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """OpenAI's `integrations: [{type: "wandb", wandb: {project, name, entity, tags}}]` → the
+    TrainConfig fields that say the same (`report_to` and the tracker fields)."""
+    settings: dict[str, Any] = {}
+    for integration in integrations or []:
+        if integration["type"] == "wandb":
+            wandb = integration["wandb"]
+            settings["report_to"] = ["wandb"]
+            settings["tracker_project"] = wandb["project"]
+            for theirs, ours in (
+                ("name", "tracker_run_name"),
+                ("entity", "wandb_entity"),
+                ("tags", "tracker_tags"),
+            ):
+                if wandb.get(theirs):
+                    settings[ours] = wandb[theirs]
+    return settings
+
+
 def config_data(job: dict[str, Any], training_path: Path, validation_path: Path | None) -> dict:
     data: dict[str, Any] = {"keep_last": KEEP_CHECKPOINTS, **job["training_config"]}
+    tracking = integration_settings(job.get("integrations"))
+    if tracking:  # the job's integrations win; other trackers of training_config stay
+        trackers = data.get("report_to") or []
+        trackers = (
+            [t.strip() for t in trackers.split(",")] if isinstance(trackers, str) else trackers
+        )
+        data |= tracking | {"report_to": list(dict.fromkeys([*trackers, *tracking["report_to"]]))}
     data |= {
         "model": job["model"],
         "train_file": str(training_path),

@@ -80,9 +80,38 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE jobs ADD COLUMN result_files TEXT;
     """,
+    # m003: OpenAI's `integrations` of a job (wandb), as the request gave them
+    """
+    ALTER TABLE jobs ADD COLUMN integrations TEXT;
+    """,
+    # m004: downloadable exports of a job's model (a tuneforge extension of the jobs API)
+    """
+    CREATE TABLE exports (
+        id TEXT PRIMARY KEY,
+        job_id TEXT NOT NULL REFERENCES jobs(id),
+        created_at INTEGER NOT NULL,
+        model TEXT NOT NULL,
+        format TEXT NOT NULL,
+        quant TEXT,
+        ollama INTEGER NOT NULL DEFAULT 0,
+        status TEXT NOT NULL,
+        file_id TEXT,
+        error TEXT,
+        finished_at INTEGER
+    );
+    CREATE INDEX exports_job ON exports(job_id);
+    """,
 ]
 
-_JSON_COLUMNS = ("hyperparameters", "training_config", "metadata", "error", "data", "result_files")
+_JSON_COLUMNS = (
+    "hyperparameters",
+    "training_config",
+    "metadata",
+    "error",
+    "data",
+    "result_files",
+    "integrations",
+)
 
 
 def db_path() -> Path:
@@ -227,6 +256,7 @@ class Store:
             if row is None:
                 return False
             conn.execute("DELETE FROM files WHERE id = ?", (file_id,))
+            conn.execute("DELETE FROM exports WHERE file_id = ?", (file_id,))
         Path(row["path"]).unlink(missing_ok=True)
         return True
 
@@ -288,6 +318,48 @@ class Store:
             params |= {f"_s{i}": s for i, s in enumerate(expect)}
         with self.transaction() as conn:
             return conn.execute(query, params).rowcount == 1
+
+    # -- exports ---------------------------------------------------------------------------
+    def add_export(self, fields: dict[str, Any]) -> dict[str, Any]:
+        names = ", ".join(fields)
+        values = ", ".join(f":{k}" for k in fields)
+        with self.transaction() as conn:
+            conn.execute(f"INSERT INTO exports ({names}) VALUES ({values})", fields)
+        return self.get_export(fields["id"])  # type: ignore[return-value]
+
+    def get_export(self, export_id: str) -> dict[str, Any] | None:
+        row = self.conn.execute("SELECT * FROM exports WHERE id = ?", (export_id,)).fetchone()
+        return _row(row)
+
+    def list_exports(self, job_id: str) -> list[dict[str, Any]]:
+        """Newest first."""
+        rows = self.conn.execute(
+            "SELECT * FROM exports WHERE job_id = ? ORDER BY rowid DESC", (job_id,)
+        )
+        return [_row(r) for r in rows]  # type: ignore[misc]
+
+    def update_export(
+        self, export_id: str, *, expect: tuple[str, ...] | None = None, **fields: Any
+    ) -> bool:
+        values = {
+            k: json.dumps(v) if k == "error" and v is not None else v for k, v in fields.items()
+        }
+        query = f"UPDATE exports SET {', '.join(f'{k} = :{k}' for k in values)} WHERE id = :_id"
+        params = values | {"_id": export_id}
+        if expect:
+            query += f" AND status IN ({', '.join(f':_s{i}' for i in range(len(expect)))})"
+            params |= {f"_s{i}": s for i, s in enumerate(expect)}
+        with self.transaction() as conn:
+            return conn.execute(query, params).rowcount == 1
+
+    def fail_unfinished_exports(self, message: str) -> None:
+        """At start-up: an export a stopped server left queued or running never finishes."""
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE exports SET status = 'failed', error = ?, finished_at = ? "
+                "WHERE status IN ('queued', 'running')",
+                (json.dumps({"code": "server_stopped", "message": message}), int(time.time())),
+            )
 
     # -- events ----------------------------------------------------------------------------
     def add_event(

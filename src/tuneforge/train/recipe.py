@@ -306,7 +306,9 @@ class SFTRecipe:
         )
         if config.report_to:
             self.accelerator.init_trackers(
-                self.run_dir.name, config=_tracker_config(config.model_dump(mode="json"))
+                config.tracker_project or self.run_dir.name,
+                config=_tracker_config(config.model_dump(mode="json")),
+                init_kwargs=_tracker_init_kwargs(config, self.run_dir),
             )
         if resume:
             self._load_latest_checkpoint()
@@ -642,6 +644,28 @@ class SFTRecipe:
             self.accelerator.end_training()  # flushes the trackers' files
         if self.world > 1 and torch.distributed.is_initialized():
             self.accelerator.wait_for_everyone()
+
+
+def _tracker_init_kwargs(config: TrainConfig, run_dir: Path) -> dict[str, dict[str, Any]]:
+    """Per-tracker settings for accelerate's `init_trackers` (wandb's go to `wandb.init`).
+
+    wandb runs offline, into RUN/trackers/wandb (`wandb sync` uploads it later), unless the
+    environment asks for more: no network at run time is the default, a key or an explicit
+    WANDB_MODE is the user saying otherwise."""
+    if "wandb" not in config.report_to:
+        return {}
+    folder = run_dir / "trackers"
+    folder.mkdir(parents=True, exist_ok=True)
+    wandb: dict[str, Any] = {"dir": str(folder)}
+    if not os.environ.get("WANDB_MODE") and not os.environ.get("WANDB_API_KEY"):
+        wandb["mode"] = "offline"
+    if config.tracker_run_name:
+        wandb["name"] = config.tracker_run_name
+    if config.wandb_entity:
+        wandb["entity"] = config.wandb_entity
+    if config.tracker_tags:
+        wandb["tags"] = list(config.tracker_tags)
+    return {"wandb": wandb}
 
 
 def _tracker_config(config: dict[str, Any]) -> dict[str, Any]:
