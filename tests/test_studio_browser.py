@@ -72,8 +72,9 @@ def wait(condition, timeout: float, what: str, poll: float = 0.25):
 class Server:
     """`tuneforge serve` in a subprocess on a free loopback port, with its own home."""
 
-    def __init__(self, home: Path, port: int | None = None) -> None:
+    def __init__(self, home: Path, port: int | None = None, *args: str) -> None:
         self.home = home
+        self.args = list(args)
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
@@ -82,7 +83,7 @@ class Server:
     def start(self) -> Server:
         env = os.environ | {"TUNEFORGE_HOME": str(self.home), "HF_HUB_OFFLINE": "1"}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tuneforge", "serve", "--port", str(self.port)],
+            [sys.executable, "-m", "tuneforge", "serve", "--port", str(self.port), *self.args],
             env=env,
             stdout=self.log.open("ab"),
             stderr=subprocess.STDOUT,
@@ -526,3 +527,61 @@ def test_server_restart_mid_job_shows_the_resumed_job(
         server.stop()
     # Fetches that died with the server are logged as network errors; nothing else may be.
     watch.errors[:] = [e for e in watch.errors if "ERR_" not in e and "Failed to fetch" not in e]
+
+
+def test_the_api_key_is_asked_once_and_kept_out_of_urls(
+    tmp_path_factory, default_model_dir, browse, tmp_path
+):
+    new_page, watch = browse
+    key = "studio-test-key"
+    server = Server(
+        make_home(tmp_path_factory, default_model_dir, "studio-key"), None, "--api-key", key
+    ).start()
+    try:
+        page = new_page()
+        urls: list[str] = []
+        authorized: list[bool] = []
+
+        def seen(request) -> None:
+            urls.append(request.url)
+            if "/v1/" in request.url:
+                authorized.append(request.headers.get("authorization") == f"Bearer {key}")
+
+        page.on("request", seen)
+        page.goto(f"{server.url}/studio/data")
+        page.wait_for_selector("#key-dialog[open]")
+        page.fill("#key-input", key)
+        page.click("#key-form button[type=submit]")
+        page.wait_for_selector("#files p, #files table")
+        assert "No files yet" in page.inner_text("#files")
+        page.goto(f"{server.url}/studio/models")  # another page: not asked again
+        page.wait_for_selector("#models table")
+        assert not page.is_visible("#key-dialog")
+        assert all(key not in url for url in urls), urls
+        assert authorized and authorized[-1], authorized
+        page.close()
+    finally:
+        server.stop()
+    # The first page's API calls answered 401 before the key was given.
+    watch.errors[:] = [e for e in watch.errors if "401" not in e]
+
+
+def test_a_csv_gets_a_column_mapping_step(server, browse, tmp_path):
+    new_page, _ = browse
+    rows = ["title,ingredients,NER"] + [
+        f'Dish {i},"[""{i} eggs"", ""salt""]","[""eggs"", ""salt""]"' for i in range(12)
+    ]
+    csv_file = tmp_path / "recipes.csv"
+    csv_file.write_text("\n".join(rows) + "\n")
+    page = new_page()
+    page.goto(f"{server.url}/studio/data")
+    page.set_input_files("#file-input", str(csv_file))
+    page.wait_for_selector("#mapping:not([hidden])")
+    page.select_option("#map-prompt", ["title", "ingredients"])
+    page.select_option("#map-completion", "NER")
+    page.click("#upload-btn")
+    page.wait_for_url("**/studio/data/file-*")
+    page.wait_for_selector("#validation-verdict")
+    assert "12 of 12" in page.inner_text("#validation-verdict")
+    page.wait_for_selector(".example mark.trained")
+    assert '["eggs", "salt"]' in page.locator(".example mark.trained").first.inner_text()
