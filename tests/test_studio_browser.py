@@ -552,8 +552,8 @@ def test_the_api_key_is_asked_once_and_kept_out_of_urls(
         page.wait_for_selector("#key-dialog[open]")
         page.fill("#key-input", key)
         page.click("#key-form button[type=submit]")
-        page.wait_for_selector("#files p, #files table")
-        assert "No files yet" in page.inner_text("#files")
+        page.wait_for_selector("#files table, #no-files")
+        assert "No files yet" in page.text_content("#files")
         page.goto(f"{server.url}/studio/models")  # another page: not asked again
         page.wait_for_selector("#models table")
         assert not page.is_visible("#key-dialog")

@@ -96,7 +96,7 @@ $("#upload-form").addEventListener("submit", async (e) => {
 
 async function renderFiles() {
   const files = (await api("/v1/files")).data;
-  if (!files.length) { replace("#files", el("p", { class: "muted" }, "No files yet.")); return; }
+  if (!files.length) { replace("#files", el("p", { class: "muted", id: "no-files" }, "No files yet.")); return; }
   replace("#files", table([
     { label: "File", value: (f) => el("a", { href: `${ROOT}/data/${f.id}` }, f.filename) },
     { label: "Id", value: (f) => el("code", {}, f.id) },
