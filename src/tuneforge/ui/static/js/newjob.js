@@ -100,22 +100,39 @@ function changed(control) {
   return JSON.stringify(value) !== JSON.stringify(def);
 }
 
-function methodHyperparameters(type) {
+function methodObject(type) {
   const root = form.job;
   const method = resolve(root.$defs.Method, root);
-  const holder = method.properties[type] ? objectOf(method.properties[type], root) : {};
-  const hp = holder.properties && holder.properties.hyperparameters;
-  return hp ? objectOf(hp, root) : null;
+  return method.properties[type] ? objectOf(method.properties[type], root) : {};
+}
+
+// A JSON-valued field (e.g. reinforcement's `grader`): a textarea whose text is parsed on submit.
+function jsonInput(id, name, prop, param, root) {
+  const resolved = resolve(prop, root);
+  const control = el("textarea", { id, name, rows: 5, class: "mono", "data-param": param, "data-kind": "json",
+    "aria-describedby": `${id}-help ${id}-error`, placeholder: '{"type": "string_check", …}' });
+  control.dataset.default = "null";
+  return el("div", { class: "field wide" }, el("label", { for: id }, name), control,
+    el("small", { id: `${id}-help` }, (resolved.description || "") + " (JSON)"),
+    el("span", { class: "field-error", id: `${id}-error`, role: "status" }));
 }
 
 function renderMethodFields() {
   const type = $("#job-method").value;
-  const hp = methodHyperparameters(type);
+  const holder = methodObject(type);
   const root = form.job;
-  replace("#method-fields", hp && hp.properties
-    ? Object.entries(hp.properties).map(([name, prop]) =>
-      input("hp", name, prop, root, { param: `method.${type}.hyperparameters.${name}` }))
-    : el("p", { class: "muted" }, `The ${type} method has no hyperparameters here.`));
+  const fields = [];
+  for (const [name, prop] of Object.entries(holder.properties || {})) {
+    if (name === "hyperparameters") {
+      const hp = objectOf(prop, root);
+      for (const [hname, hprop] of Object.entries(hp.properties || {})) {
+        fields.push(input("hp", hname, hprop, root, { param: `method.${type}.hyperparameters.${hname}` }));
+      }
+    } else {
+      fields.push(jsonInput(`mt-${name}`, name, prop, `method.${type}.${name}`, root));
+    }
+  }
+  replace("#method-fields", fields.length ? fields : el("p", { class: "muted" }, `The ${type} method has no settings here.`));
 }
 
 function buildRequest() {
@@ -128,12 +145,19 @@ function buildRequest() {
   if (seed) body.seed = Number(seed);
   const type = $("#job-method").value;
   const hyperparameters = {};
-  for (const c of document.querySelectorAll("#method-fields [data-param]")) {
+  for (const c of document.querySelectorAll("#method-fields [data-param]:not([data-kind='json'])")) {
     const v = readValue(c);
     if (v !== null && changed(c)) hyperparameters[c.name] = v;
   }
   body.method = { type };
-  if (Object.keys(hyperparameters).length) body.method[type] = { hyperparameters };
+  const settings = {};
+  if (Object.keys(hyperparameters).length) settings.hyperparameters = hyperparameters;
+  for (const c of document.querySelectorAll("#method-fields [data-kind='json']")) {
+    const text = c.value.trim();
+    if (!text) continue;
+    try { settings[c.name] = JSON.parse(text); } catch { settings[c.name] = text; }  // the API names what is wrong
+  }
+  if (Object.keys(settings).length) body.method[type] = settings;
   const config = {};
   for (const c of document.querySelectorAll("[data-param^='training_config.']")) {
     if (changed(c)) config[c.name] = readValue(c);
