@@ -49,6 +49,25 @@ class TrainConfig(BaseModel):
         description="lora: train small adapters (fast, small files); full: all weights; "
         "qlora: LoRA on a 4-bit base (CUDA only).",
     )
+    objective: Literal["sft", "dpo"] = Field(
+        "sft",
+        description="What the run optimises. sft: learn to write the training answers "
+        "(supervised). dpo: learn to prefer the preferred answer over the non-preferred one "
+        "(Direct Preference Optimization; needs preference pairs: OpenAI's DPO JSONL or "
+        "prompt/chosen/rejected). Works with method lora or full.",
+    )
+    dpo_beta: float | Auto = Field(
+        "auto",
+        description="DPO only: how strongly the model is held to the reference (the starting "
+        "model). Higher is more conservative, lower more aggressive (OpenAI's `beta`, 0 to 2). "
+        "auto: 0.1, TRL's and the DPO paper's default (OpenAI does not publish its value).",
+    )
+    init_from: str | None = Field(
+        None,
+        description="Start from a finished run (its name or folder) instead of the bare base "
+        "model: its LoRA adapter is trained further (or its full model, for method=full). "
+        "For DPO the reference is this starting model — the usual SFT-then-DPO recipe.",
+    )
     lora_rank: int = Field(16, ge=1, le=1024, description="LoRA rank r (capacity of adapters).")
     lora_alpha: float = Field(
         32.0, gt=0, description="LoRA scaling numerator; the update is scaled by alpha / rank."
@@ -139,6 +158,13 @@ class TrainConfig(BaseModel):
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="auto: bf16 autocast on CUDA with bf16 support, fp32 otherwise."
     )
+
+    @field_validator("dpo_beta")
+    @classmethod
+    def _beta_range(cls, value: float | str) -> float | str:
+        if value != "auto" and not 0 < float(value) <= 2:
+            raise ValueError("use a number in (0, 2], or auto (0.1)")
+        return value
 
     @field_validator("lora_target_modules", mode="before")
     @classmethod

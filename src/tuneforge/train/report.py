@@ -28,7 +28,8 @@ def write_loss_plot(run_dir: Path) -> Path | None:
     if valid:
         ax.plot(*zip(*valid, strict=True), "o-", label="valid_loss (step 0: base model)")
     ax.set_xlabel("step")
-    ax.set_ylabel("loss (per trained token)")
+    dpo = (rd.read_config(run_dir) or {}).get("objective") == "dpo"
+    ax.set_ylabel("DPO loss (per pair)" if dpo else "loss (per trained token)")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -63,8 +64,15 @@ def _shown(value: Any) -> str:
 def model_card(
     run_dir: Path, config: Any, plan: Any, final: dict[str, Any], *, loss_plot: str | None
 ) -> str:
-    train_tokens = sum(len(e.input_ids) for e in plan.train)
+    dpo = getattr(config, "objective", "sft") == "dpo"
+    train_tokens = sum(e.n_tokens if dpo else len(e.input_ids) for e in plan.train)
     trained = sum(e.n_trained for e in plan.train)
+    unit = "preference pairs" if dpo else "examples"
+    how = (
+        f"Direct Preference Optimization (DPO, beta {config.dpo_beta})"
+        if dpo
+        else "supervised fine-tuning"
+    )
     metrics = "\n".join(f"| {k} | {v:.4f} |" for k, v in final.items()) or "| (none) | |"
     hyper = "\n".join(
         f"| {k} | {_shown(v)} |"
@@ -89,14 +97,14 @@ vLLM serves it with `--enable-lora --lora-modules name=path/to/model`; `tuneforg
 """
     return f"""# Fine-tuned {base}{f" ({config.suffix})" if config.suffix else ""}
 
-Trained with [tuneforge](https://pypi.org/project/tuneforge/) by supervised fine-tuning
+Trained with [tuneforge](https://pypi.org/project/tuneforge/) by {how}
 ({config.method}) on `{Path(config.train_file).name}`.
 
 ## Data
 | | |
 |---|---|
-| training examples | {len(plan.train)} |
-| validation examples | {len(plan.validation)} |
+| training {unit} | {len(plan.train)} |
+| validation {unit} | {len(plan.validation)} |
 | tokens per epoch | {train_tokens:,} |
 | trained (assistant) tokens per epoch | {trained:,} |
 | epochs trained | {plan.epochs_trained:g} |
