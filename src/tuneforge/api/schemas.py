@@ -84,11 +84,31 @@ class Supervised(Strict):
     hyperparameters: Hyperparameters | None = None
 
 
+class DpoHyperparameters(Hyperparameters):
+    beta: Auto | Annotated[float, Field(gt=0, le=2)] = Field(
+        "auto",
+        description="How strongly the model is held to the reference (the base model): higher "
+        "is more conservative. auto: 0.1 (TRL's and the DPO paper's default).",
+    )
+
+
+class Dpo(Strict):
+    hyperparameters: DpoHyperparameters | None = None
+
+
+# The `method.type` values this server trains (the Studio lists them from the OpenAPI schema).
+METHOD_TYPES = ("supervised", "dpo")
+
+
 class Method(Strict):
-    type: Literal["supervised"] = Field(
-        description="Only supervised fine-tuning (LoRA adapters) is supported."
+    type: Literal["supervised", "dpo"] = Field(
+        description="supervised: learn to write the training answers. dpo: learn to prefer "
+        "`preferred_output` over `non_preferred_output` (Direct Preference Optimization; the "
+        "training file holds OpenAI's DPO JSONL). Both train LoRA adapters. OpenAI's "
+        "`reinforcement` is not supported yet."
     )
     supervised: Supervised | None = None
+    dpo: Dpo | None = None
 
 
 class JobCreate(Strict):

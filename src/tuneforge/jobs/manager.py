@@ -189,6 +189,7 @@ class JobManager:
     def _validate(self, job: dict[str, Any]) -> None:
         """Check the job's files like `tuneforge data validate`, with its model's tokenizer."""
         from tuneforge.data.validate import validate_file
+        from tuneforge.train.plan import PREFERENCE_FORMATS
 
         job_id = job["id"]
         self.store.add_event(job_id, f"Validating training file: {job['training_file']}")
@@ -216,6 +217,14 @@ class JobManager:
                     for issue in report.errors
                     if not (param == "validation_file" and issue.name == "too_few_examples")
                 ]
+                dpo = job["training_config"].get("objective") == "dpo"
+                if dpo and not problems and report.format not in PREFERENCE_FORMATS:
+                    raise _file_error(
+                        param,
+                        f"{file_id} ({row['filename']}) is {report.format}, but a dpo job "
+                        "trains on preference pairs: upload OpenAI's DPO JSONL (input, "
+                        "preferred_output, non_preferred_output)",
+                    )
                 if problems:
                     shown = "; ".join(str(i) for i in problems[:3])
                     more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""

@@ -32,7 +32,12 @@ RESERVED_CONFIG_KEYS = {
     "batch_size": "hyperparameters.batch_size",
     "learning_rate_multiplier": "hyperparameters.learning_rate_multiplier",
     "method": "the API (jobs train LoRA adapters, served on a shared base model)",
+    "objective": "method.type",
+    "dpo_beta": "method.dpo.hyperparameters.beta",
 }
+# OpenAI's `method.type` → our `objective`; stored in the job's training_config, so the job row
+# needs no column of its own.
+OBJECTIVES = {"supervised": "sft", "dpo": "dpo"}
 KEEP_CHECKPOINTS = 2  # + the final model = the three checkpoints OpenAI keeps (last 3 epochs)
 
 
@@ -65,7 +70,22 @@ def config_data(job: dict[str, Any], training_path: Path, validation_path: Path 
         value = job["hyperparameters"].get(ours, "auto")
         if value != "auto":
             data[theirs] = value
+    if job["hyperparameters"].get("beta", "auto") != "auto":
+        data["dpo_beta"] = job["hyperparameters"]["beta"]
     return data
+
+
+def with_method(training_config: dict[str, Any], method: str) -> dict[str, Any]:
+    """The training_config a job stores: the user's, plus the objective its method means."""
+    if method == "supervised":
+        return training_config
+    return {**training_config, "objective": OBJECTIVES[method]}
+
+
+def job_method(job: dict[str, Any]) -> str:
+    """OpenAI's `method.type` of a stored job."""
+    objective = (job.get("training_config") or {}).get("objective", "sft")
+    return {ours: theirs for theirs, ours in OBJECTIVES.items()}[objective]
 
 
 def job_config(
@@ -76,8 +96,11 @@ def job_config(
 
 def resolved_hyperparameters(config: TrainConfig) -> dict[str, Any]:
     """What OpenAI shows once a job runs: the values `auto` became."""
-    return {
+    resolved = {
         "n_epochs": config.epochs,
         "batch_size": config.batch_size,
         "learning_rate_multiplier": config.learning_rate_multiplier,
     }
+    if config.objective == "dpo":
+        resolved["beta"] = config.dpo_beta
+    return resolved
