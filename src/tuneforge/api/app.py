@@ -16,7 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tuneforge.api import chat, files, fine_tuning, models
+from tuneforge.api import chat, files, fine_tuning, graders, models
 from tuneforge.api.catalog import Catalog
 from tuneforge.api.deps import get_engine
 from tuneforge.api.errors import APIError, error_body, install_error_handlers
@@ -196,7 +196,7 @@ def create_app(
         """Liveness, open without the API key; `generating` counts choices in flight."""
         return {"status": "ok", "generating": get_engine(request).active}
 
-    for module in (files, fine_tuning, models, chat):
+    for module in (files, fine_tuning, graders, models, chat):
         app.include_router(module.router)
     app.add_middleware(Guard, api_key=api_key, max_upload_bytes=max_upload_bytes)  # type: ignore[arg-type]
     return app
