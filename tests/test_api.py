@@ -238,7 +238,8 @@ def test_job_object_is_shaped_like_openais(api, training_file, tiny):
         ({"hyperparameters": {"n_epochs": 0}}, "hyperparameters.n_epochs", None),
         ({"hyperparameters": {"n_epochs": "three"}}, "hyperparameters.n_epochs", None),
         ({"hyperparameters": {"epochs": 3}}, "hyperparameters.epochs", None),
-        ({"method": {"type": "reinforcement"}}, "method.type", None),
+        ({"method": {"type": "unsupervised"}}, "method.type", None),
+        ({"method": {"type": "reinforcement"}}, "method.reinforcement.grader", None),
         (
             {"method": {"type": "dpo", "dpo": {"hyperparameters": {"beta": 5}}}},
             "method.dpo.hyperparameters.beta",
@@ -289,7 +290,52 @@ def test_a_dpo_job_echoes_its_method_and_the_schema_lists_the_methods(api, tiny)
     assert stored["training_config"] == {"objective": "dpo"}
     # The accepted method types are in the OpenAPI schema (the Studio's form reads them).
     schemas = api.get("/openapi.json").json()["components"]["schemas"]
-    assert schemas["Method"]["properties"]["type"]["enum"] == ["supervised", "dpo"]
+    assert schemas["Method"]["properties"]["type"]["enum"] == ["supervised", "dpo", "reinforcement"]
+
+
+def test_a_reinforcement_job_takes_openais_fields_and_checks_its_grader(api, tiny):
+    prompts = [
+        {"messages": [{"role": "user", "content": f"Say {i}"}], "answer": str(i)} for i in range(8)
+    ]
+    upload_answer = upload(api, jsonl(prompts))  # prompts without answers: OpenAI's RFT JSONL
+    assert upload_answer.status_code == 200, upload_answer.text
+    grader = {
+        "type": "string_check",
+        "name": "exact",
+        "input": "{{ sample.output_text }}",
+        "reference": "{{ item.answer }}",
+        "operation": "eq",
+    }
+    body = {
+        "model": tiny,
+        "training_file": upload_answer.json()["id"],
+        "method": {
+            "type": "reinforcement",
+            "reinforcement": {
+                "grader": grader,
+                "hyperparameters": {"compute_multiplier": 2, "reasoning_effort": "low"},
+            },
+        },
+    }
+    job = api.post("/v1/fine_tuning/jobs", json=body).json()
+    api.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel")
+    assert job["method"]["type"] == "reinforcement"
+    assert job["method"]["reinforcement"]["grader"] == grader
+    assert job["method"]["reinforcement"]["hyperparameters"]["compute_multiplier"] == 2
+    stored = api.app.state.store.get_job(job["id"])
+    assert stored["training_config"] == {"objective": "grpo", "grader": grader}
+    bad = body | {
+        "method": {
+            "type": "reinforcement",
+            "reinforcement": {"grader": grader | {"reference": "{{ answer }}"}},
+        }
+    }
+    assert_error(
+        api.post("/v1/fine_tuning/jobs", json=bad),
+        400,
+        param="method.reinforcement.grader.reference",
+        code="invalid_grader",
+    )
 
 
 def test_hyperparameters_in_two_places_is_an_error(api, training_file, tiny):

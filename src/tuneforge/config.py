@@ -49,12 +49,49 @@ class TrainConfig(BaseModel):
         description="lora: train small adapters (fast, small files); full: all weights; "
         "qlora: LoRA on a 4-bit base (CUDA only).",
     )
-    objective: Literal["sft", "dpo"] = Field(
+    objective: Literal["sft", "dpo", "grpo"] = Field(
         "sft",
         description="What the run optimises. sft: learn to write the training answers "
         "(supervised). dpo: learn to prefer the preferred answer over the non-preferred one "
         "(Direct Preference Optimization; needs preference pairs: OpenAI's DPO JSONL or "
-        "prompt/chosen/rejected). Works with method lora or full.",
+        "prompt/chosen/rejected). grpo: reinforcement from a `grader`'s scores of sampled "
+        "answers (OpenAI's reinforcement fine-tuning; needs prompts: OpenAI's RFT JSONL). "
+        "dpo and grpo work with method lora or full.",
+    )
+    grader: dict[str, Any] | str | None = Field(
+        None,
+        description="grpo only: the reward. An OpenAI grader JSON object (string_check, "
+        "text_similarity, python, multi, score_model), a path to a .json file holding one, or "
+        "package.module:function (called as function(sample, item) -> float).",
+    )
+    grpo_group_size: int = Field(
+        4,
+        ge=2,
+        le=64,
+        description="grpo only: answers sampled per prompt; each is scored against its group's "
+        "mean. More gives a steadier signal and costs generation time (TRL's default: 8).",
+    )
+    grpo_epsilon: float = Field(
+        0.2, gt=0, lt=1, description="grpo only: the clip range of the policy ratio (TRL's 0.2)."
+    )
+    grpo_beta: float = Field(
+        0.0,
+        ge=0,
+        description="grpo only: weight of the KL penalty to the starting model. 0 (TRL's "
+        "default): none, and no reference forward pass. LoRA only when above 0.",
+    )
+    grpo_loss_type: Literal["dapo", "grpo", "dr_grpo", "bnpo"] = Field(
+        "dapo",
+        description="grpo only: how token losses are averaged (TRL's names). dapo: over all "
+        "answer tokens of the step (TRL's default); grpo: per answer, then over answers "
+        "(favours short answers); dr_grpo: over answers × max_completion_tokens; bnpo: as dapo "
+        "here.",
+    )
+    max_completion_tokens: int = Field(
+        32, ge=1, le=4096, description="grpo only: longest sampled answer, in tokens."
+    )
+    temperature: float = Field(
+        1.0, gt=0, le=2, description="grpo only: sampling temperature of the answers."
     )
     dpo_beta: float | Auto = Field(
         "auto",

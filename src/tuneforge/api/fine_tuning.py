@@ -64,9 +64,17 @@ def job_object(job: dict[str, Any]) -> dict[str, Any]:
         "estimated_finish": _estimated_finish(job),
         "integrations": [],
         "metadata": job["metadata"],
-        "method": {"type": job_method(job), job_method(job): {"hyperparameters": hyperparameters}},
+        "method": _method_object(job),
         "user_provided_suffix": job["suffix"],
     }
+
+
+def _method_object(job: dict[str, Any]) -> dict[str, Any]:
+    method = job_method(job)
+    block: dict[str, Any] = {"hyperparameters": job["hyperparameters"]}
+    if method == "reinforcement":
+        block["grader"] = job["training_config"].get("grader")
+    return {"type": method, method: block}
 
 
 def _check_model(model: str) -> None:
@@ -106,7 +114,7 @@ def _method(body: JobCreate) -> tuple[str, dict[str, Any]]:
     or the deprecated top-level `hyperparameters` for supervised jobs)."""
     method = body.method.type if body.method else "supervised"
     if body.method:
-        for other in ("supervised", "dpo"):
+        for other in ("supervised", "dpo", "reinforcement"):
             if other != method and getattr(body.method, other) is not None:
                 raise APIError(
                     400,
@@ -123,17 +131,45 @@ def _method(body: JobCreate) -> tuple[str, dict[str, Any]]:
             "(top-level hyperparameters is OpenAI's deprecated spelling)",
             param="hyperparameters",
         )
-    if method == "dpo" and body.hyperparameters:
+    if method != "supervised" and body.hyperparameters:
         raise APIError(
             400,
-            "A dpo job takes its hyperparameters as method.dpo.hyperparameters",
+            f"A {method} job takes its hyperparameters as method.{method}.hyperparameters",
             param="hyperparameters",
+        )
+    if method == "reinforcement" and (block is None or not block.grader):
+        raise APIError(
+            400,
+            "A reinforcement job needs method.reinforcement.grader (OpenAI's grader JSON)",
+            param="method.reinforcement.grader",
         )
     chosen = from_method or body.hyperparameters
     values = chosen.model_dump() if chosen else dict(AUTO_HYPERPARAMETERS)
     if method == "dpo":
         values.setdefault("beta", "auto")
+    if method == "reinforcement" and not from_method:
+        from tuneforge.api.schemas import ReinforcementHyperparameters
+
+        values = ReinforcementHyperparameters().model_dump()
     return method, values
+
+
+def _grader_of(body: JobCreate) -> dict[str, Any] | None:
+    """A reinforcement job's grader, checked now: a bad one is a 400 naming its field."""
+    from tuneforge.eval.graders import GraderError, validate_grader
+
+    if not (body.method and body.method.reinforcement):
+        return None
+    grader = body.method.reinforcement.grader
+    try:
+        return validate_grader(grader)
+    except GraderError as exc:
+        raise APIError(
+            400,
+            exc.inline(),
+            param=f"method.reinforcement.{exc.param}",
+            code="invalid_grader",
+        ) from None
 
 
 @router.post("/v1/fine_tuning/jobs", response_model=Job)
@@ -150,13 +186,14 @@ def create_job(request: Request, body: JobCreate) -> dict[str, Any]:
             )
     _check_model(body.model)
     method, hyperparameters = _method(body)
+    grader = _grader_of(body)
     training_config = body.training_config or {}
     try:
         check_training_config(training_config)
     except ConfigError as exc:
         where = f"training_config.{exc.param}" if exc.param else "training_config"
         raise APIError(400, exc.inline(), param=where, code=exc.code) from None
-    training_config = with_method(training_config, method)
+    training_config = with_method(training_config, method, grader)
     job_id = new_id("ftjob")
     job = store.add_job(
         {

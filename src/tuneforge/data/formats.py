@@ -1113,3 +1113,83 @@ def write_jsonl(path: str | Path, rows: Iterator[dict] | list[dict]) -> int:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
             n += 1
     return n
+
+
+# --------------------------------------------------------------------------------------------
+# Prompts for reinforcement fine-tuning
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PromptRow:
+    """One line of OpenAI's reinforcement fine-tuning JSONL: the prompt (`messages`, ending with
+    the user's turn, and `tools`) and every other key, which graders read as `{{ item.key }}`."""
+
+    line: int
+    messages: tuple[Message, ...]
+    tools: tuple[dict, ...] | None
+    item: dict[str, Any]
+
+
+RFT_RESERVED_KEYS = ("messages", "tools", "parallel_tool_calls")
+
+
+def parse_prompt_row(value: Any) -> tuple[PromptRow | None, list[Issue]]:
+    if bad := _not_object(value):
+        return None, bad.errors
+    messages = value.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return None, [
+            Issue(
+                "missing_messages_list",
+                "a reinforcement example needs a non-empty `messages` list (the prompt)",
+                "messages",
+            )
+        ]
+    errors: list[Issue] = []
+    parsed = _parse_chat_messages(messages, errors)
+    tools = _parse_tools(value, errors)
+    if not errors and parsed[-1].role != "user":
+        errors.append(
+            Issue(
+                "last_message_not_user",
+                f"the prompt must end with a user message (OpenAI's rule), not "
+                f"{parsed[-1].role}; the model writes the answer that follows",
+                f"messages[{len(parsed) - 1}].role",
+            )
+        )
+    if errors:
+        return None, errors
+    item = {k: v for k, v in value.items() if k not in RFT_RESERVED_KEYS}
+    return PromptRow(0, tuple(parsed), tools, item), []
+
+
+def load_prompts(path: str | Path, system: str | None = None) -> list[PromptRow]:
+    """A whole RFT JSONL file; raise DataError listing the first problems if any row is bad."""
+    from tuneforge.errors import DataError
+
+    path = Path(path)
+    _check_readable(path)
+    rows: list[PromptRow] = []
+    problems: list[Issue] = []
+    for record in read_records(path):
+        if record.issue is not None:
+            problems.append(record.issue.at(record.line))
+            continue
+        row, issues = parse_prompt_row(record.value)
+        problems.extend(i.at(record.line) for i in issues)
+        if row is not None:
+            messages = row.messages
+            if system and not any(m.role == "system" for m in messages):
+                messages = (Message("system", system), *messages)
+            rows.append(PromptRow(record.line, messages, row.tools, row.item))
+    if problems:
+        shown = "\n".join(f"  {path}: {p}" for p in problems[:10])
+        more = f"\n  … and {len(problems) - 10} more" if len(problems) > 10 else ""
+        raise DataError(
+            f"{path}: {len(problems)} problem(s) in the data:\n{shown}{more}",
+            hint='each line: {"messages": [..., {"role": "user", ...}], <fields graders read>}',
+        )
+    if not rows:
+        raise DataError(f"{path}: the file holds no prompts", hint="add one prompt per line")
+    return rows

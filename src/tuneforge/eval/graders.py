@@ -380,6 +380,44 @@ def evaluate_formula(tree: ast.AST, values: dict[str, float]) -> float:
     raise ValueError(type(tree).__name__)
 
 
+def templates(spec: dict, param: str = "grader") -> list[tuple[str, str, str]]:
+    """Every template of a (validated) grader: (grader name, param, text)."""
+    found = []
+    for key in ("input", "reference"):
+        if isinstance(spec.get(key), str):
+            found.append((spec["name"], f"{param}.{key}", spec[key]))
+    if spec["type"] == "score_model":
+        for i, message in enumerate(spec["input"]):
+            found.append((spec["name"], f"{param}.input[{i}].content", message["content"]))
+    for key, sub in (spec.get("graders") or {}).items():
+        found.extend(templates(sub, f"{param}.graders.{key}"))
+    return found
+
+
+def check_items(spec: dict, rows: list[tuple[int, dict]], label: str) -> None:
+    """Each `{{ item.… }}` of the grader exists in every data row (line, item); the first row
+    that lacks one is a GraderError naming the line, the grader and the field."""
+    wanted = []
+    for name, param, text in templates(spec):
+        for match in TEMPLATE.finditer(text):
+            namespace, path = _parse_variable(match.group(1), param)
+            if namespace == "item":
+                wanted.append((name, param, match.group(0), path))
+    for line, item in rows:
+        for name, param, shown, path in wanted:
+            current: Any = item
+            for part in path:
+                try:
+                    current = current[part]
+                except (KeyError, IndexError, TypeError):
+                    fields = ", ".join(sorted(map(str, item))) or "none"
+                    raise GraderError(
+                        f"{label} line {line}: grader {name!r} reads {shown}, which the row "
+                        f"does not have (its fields: {fields})",
+                        param=param,
+                    ) from None
+
+
 # ----------------------------------------------------------------------------------------------
 # Running
 # ----------------------------------------------------------------------------------------------

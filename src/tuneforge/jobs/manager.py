@@ -205,6 +205,9 @@ class JobManager:
                 row = self.store.get_file(file_id)
                 if row is None:
                     raise _file_error(param, f"the file {file_id} was deleted")
+                if job["training_config"].get("objective") == "grpo":
+                    _check_prompts(param, file_id, row)
+                    continue
                 report = validate_file(
                     Path(row["path"]),
                     text.tokenizer,
@@ -290,3 +293,14 @@ class _InvalidFile(Exception):
 def _file_error(param: str, message: str) -> _InvalidFile:
     code = "invalid_training_file" if param == "training_file" else "invalid_validation_file"
     return _InvalidFile(lifecycle.error(code, message, param))
+
+
+def _check_prompts(param: str, file_id: str, row: dict[str, Any]) -> None:
+    """A reinforcement job's file: OpenAI's RFT JSONL (prompts ending with a user message)."""
+    from tuneforge.data.formats import load_prompts
+
+    try:
+        load_prompts(Path(row["path"]))
+    except TuneforgeError as exc:
+        text = exc.inline().replace(str(row["path"]), row["filename"])
+        raise _file_error(param, f"{file_id} ({row['filename']}): {text}") from None

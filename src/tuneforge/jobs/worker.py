@@ -20,7 +20,16 @@ from tuneforge.jobs import lifecycle
 from tuneforge.jobs.spec import job_config, resolved_hyperparameters
 from tuneforge.jobs.store import Store
 
-DPO_METRIC_NAMES = ("rewards/", "logps/", "preference_accuracy")
+# DPO's and GRPO's metrics under TRL's names (+ OpenAI's reward means), as extra keys.
+EXTRA_METRIC_NAMES = (
+    "rewards/",
+    "logps/",
+    "preference_accuracy",
+    "reward",
+    "completions/",
+    "clip_ratio/",
+    "kl",
+)
 EXIT_LEASE_HELD = 75  # EX_TEMPFAIL: another worker owns the job; nothing was touched
 
 
@@ -36,8 +45,8 @@ def _file_path(store: Store, file_id: str | None, param: str) -> Path | None:
 def _metrics_event(store: Store, job_id: str, total_steps: int, m: dict[str, Any]) -> None:
     keys = ("step", *rd.METRIC_KEYS)
     data = {k: m[k] for k in keys if m.get(k) is not None} | {"total_steps": total_steps}
-    # DPO's metrics under TRL's names, as extra keys (OpenAI's event `data` is free-form).
-    data |= {k: v for k, v in m.items() if any(p in k for p in DPO_METRIC_NAMES)}
+    # OpenAI's event `data` is free-form: the method's own metrics ride along.
+    data |= {k: v for k, v in m.items() if any(p in k for p in EXTRA_METRIC_NAMES)}
     message = f"Step {m['step']}/{total_steps}: training loss={m['train_loss']:.4f}"
     if "valid_loss" in m:
         message += f", validation loss={m['valid_loss']:.4f}"

@@ -15,7 +15,12 @@ from typing import Any
 
 from tuneforge.config import TrainConfig
 from tuneforge.data.chat_template import ChatTemplate, TemplateError
-from tuneforge.data.formats import detect_format, load_conversations, parse_mapping
+from tuneforge.data.formats import (
+    detect_format,
+    load_conversations,
+    load_prompts,
+    parse_mapping,
+)
 from tuneforge.data.tokenize import encode, encode_pair
 from tuneforge.data.validate import suggested_epochs
 from tuneforge.errors import ConfigError, Problem, TuneforgeError
@@ -36,6 +41,9 @@ FULL_LEARNING_RATE = 2e-5  # full fine-tuning moves every weight: 10x smaller
 DPO_LORA_LEARNING_RATE = 5e-5
 DPO_FULL_LEARNING_RATE = 1e-6
 PREFERENCE_FORMATS = ("openai-dpo", "prompt-chosen-rejected")
+# GRPO: 2e-5 for LoRA (TRL-scale runs of hundreds of steps); prompts per step when `auto`.
+GRPO_LORA_LEARNING_RATE = 2e-5
+GRPO_AUTO_PROMPTS = 4
 DPO_AUTO_BETA = 0.1  # TRL's DPOConfig default and the DPO paper's; OpenAI does not publish its own
 
 
@@ -90,6 +98,7 @@ class Plan:
     use_bf16: bool
     system_prompt: str | None = None  # the training data's usual system message, for chat
     start_from: StartFrom | None = None  # `init_from`, resolved
+    eos_ids: frozenset[int] = frozenset()  # where sampled answers stop (grpo)
 
     @property
     def learning_rate(self) -> float:
@@ -195,6 +204,97 @@ def _preference_format(path: Path, key: str, problems: list[Problem]) -> str | N
         )
     )
     return None
+
+
+@dataclass(frozen=True)
+class PromptExample:
+    """A GRPO prompt: its tokens (the chat template with the generation prompt) and the row's
+    other fields, which the grader reads as `{{ item.x }}`."""
+
+    input_ids: list[int]
+    item: dict[str, Any]
+    line: int
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.input_ids)
+
+
+def _grader(config: TrainConfig, examples: dict, problems: list[Problem]) -> dict | None:
+    """`grader` → a checked grader JSON object; every template is tried on every row, so a field
+    a row lacks is an error naming the line, not a silent reward of 0."""
+    import json
+
+    from tuneforge.eval.graders import GraderError, check_items, validate_grader
+
+    spec: Any = config.grader
+    if spec is None:
+        problems.append(
+            Problem(
+                "grader",
+                "objective=grpo needs a grader: an OpenAI grader JSON object, a .json file, or "
+                "module:function",
+            )
+        )
+        return None
+    if isinstance(spec, str):
+        path = Path(spec).expanduser()
+        if spec.endswith(".json") or path.is_file():
+            try:
+                spec = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError) as exc:
+                problems.append(Problem("grader", f"{spec}: not a readable JSON file ({exc})"))
+                return None
+        elif ":" in spec:
+            spec = {"type": "python", "name": spec.rsplit(":", 1)[1], "function": spec}
+        else:
+            problems.append(
+                Problem("grader", f"{spec!r} is neither a .json file nor module:function")
+            )
+            return None
+    try:
+        validate_grader(spec)
+        for key in ("train_file", "validation_file"):
+            check_items(spec, [(row.line, row.item) for row in examples[key]], key)
+    except GraderError as exc:
+        problems.append(Problem("grader", exc.inline()))
+        return None
+    return spec
+
+
+def _tokenize_prompts(
+    rows: list,
+    tokenizer: Any,
+    template: ChatTemplate,
+    max_len: int,
+    config: TrainConfig,
+    label: str,
+    problems: list[Problem],
+) -> list[PromptExample]:
+    from tuneforge.data.chat_template import template_messages
+
+    out = []
+    for row in rows:
+        try:
+            messages = template_messages(row.messages, row.tools, template.supports_tools)
+            tools = list(row.tools) if row.tools and template.supports_tools else None
+            text = template.render(messages, tools=tools, add_generation_prompt=True)
+        except TemplateError as exc:
+            problems.append(Problem(label, f"line {row.line}: {exc.message}"))
+            continue
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) + config.max_completion_tokens > max_len:
+            problems.append(
+                Problem(
+                    label,
+                    f"line {row.line}: the prompt ({len(ids)} tokens) plus max_completion_tokens "
+                    f"({config.max_completion_tokens}) is over max_seq_len ({max_len}); shorten "
+                    "it or raise max_seq_len",
+                )
+            )
+            continue
+        out.append(PromptExample(ids, row.item, row.line))
+    return out
 
 
 def _check_pairs(examples: list, label: str, problems: list[Problem]) -> None:
@@ -337,6 +437,15 @@ def make_plan(config: TrainConfig, run_dir: Path | None = None) -> Plan:
         if not path.is_file():
             problems.append(Problem(key, f"{value}: no such file"))
             continue
+        if config.objective == "grpo":
+            try:
+                examples[key] = load_prompts(path, config.system_prompt)
+                formats[key] = "openai-rft"
+            except TuneforgeError as exc:
+                lines = exc.message.splitlines()
+                shown = lines[0] + (f" {lines[1].strip()}" if len(lines) > 1 else "")
+                problems.append(Problem(key, TuneforgeError(shown, hint=exc.hint).inline()))
+            continue
         try:
             if config.objective == "dpo" and not (config.data_format or mapping):
                 fmt = _preference_format(path, key, problems)
@@ -366,9 +475,11 @@ def make_plan(config: TrainConfig, run_dir: Path | None = None) -> Plan:
     # The model's text side (tokenizer, template, context) — no weights.
     tokenizer = template = None
     context = None
+    eos_ids: frozenset[int] = frozenset()
     try:
         text = load_text_side(config.model)
         tokenizer, template, context = text.tokenizer, text.template, text.config_context
+        eos_ids = text.eos_ids
     except TuneforgeError as exc:
         problems.append(Problem("model", exc.inline()))
     max_len = config.max_seq_len
@@ -396,12 +507,29 @@ def make_plan(config: TrainConfig, run_dir: Path | None = None) -> Plan:
         )
 
     dpo = config.objective == "dpo"
+    grpo = config.objective == "grpo"
     if dpo:
         for key in ("train_file", "validation_file"):
             _check_pairs(examples[key], key, problems)
+    grader = _grader(config, examples, problems) if grpo else None
+    if grpo and config.grpo_beta > 0 and config.method == "full":
+        problems.append(
+            Problem(
+                "grpo_beta",
+                "the KL reference of a full fine-tune would need a second model in memory; "
+                "use method=lora, or grpo_beta=0",
+            )
+        )
     train: list = []
     validation: list = []
-    if tokenizer is not None and template is not None:
+    if grpo and tokenizer is not None and template is not None:
+        for key, out in (("train_file", train), ("validation_file", validation)):
+            out.extend(
+                _tokenize_prompts(
+                    examples[key], tokenizer, template, max_len, config, key, problems
+                )
+            )
+    elif tokenizer is not None and template is not None:
         tokenize = _tokenize_pairs if dpo else _tokenize
         train = tokenize(
             examples["train_file"], tokenizer, template, max_len, "train_file", problems
@@ -429,8 +557,12 @@ def make_plan(config: TrainConfig, run_dir: Path | None = None) -> Plan:
     epochs = suggested_epochs(n) if config.epochs == "auto" else config.epochs
     batch_size = min(32, max(4, n // 64)) if config.batch_size == "auto" else config.batch_size
     batch_size = min(batch_size, n)
+    if grpo and config.batch_size == "auto":
+        batch_size = min(GRPO_AUTO_PROMPTS, n)
     if dpo:
         base_lr = DPO_LORA_LEARNING_RATE if config.method != "full" else DPO_FULL_LEARNING_RATE
+    elif grpo:
+        base_lr = GRPO_LORA_LEARNING_RATE if config.method != "full" else DPO_FULL_LEARNING_RATE
     else:
         base_lr = LORA_LEARNING_RATE if config.method != "full" else FULL_LEARNING_RATE
     lr = base_lr if config.learning_rate == "auto" else config.learning_rate
@@ -452,6 +584,7 @@ def make_plan(config: TrainConfig, run_dir: Path | None = None) -> Plan:
             "batch_size": batch_size,
             "learning_rate": lr,
             "dpo_beta": beta,
+            "grader": grader if grpo else config.grader,
             "max_seq_len": max_len,
             "device": device,
             "precision": "bf16" if use_bf16 else "fp32",
@@ -473,6 +606,7 @@ def make_plan(config: TrainConfig, run_dir: Path | None = None) -> Plan:
         device=device,
         use_bf16=use_bf16,
         start_from=start_from,
+        eos_ids=eos_ids,
     )
 
 
@@ -494,7 +628,7 @@ def _usual_system_prompt(examples: list) -> str | None:
     counts = Counter(
         m.content
         for e in examples
-        for m in e.conversation.messages[:1]
+        for m in (e.conversation.messages if hasattr(e, "conversation") else e.messages)[:1]
         if m.role == "system" and isinstance(m.content, str)
     )
     return counts.most_common(1)[0][0] if counts else None

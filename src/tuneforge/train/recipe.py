@@ -34,7 +34,7 @@ from tuneforge import run_dir as rd
 from tuneforge.config import TrainConfig
 from tuneforge.data.tokenize import IGNORE_INDEX
 from tuneforge.errors import TuneforgeError, UsageError
-from tuneforge.train import dpo
+from tuneforge.train import dpo, grpo
 from tuneforge.train.plan import Plan, TokenizedExample
 
 StepCallback = Callable[[dict[str, Any]], None]
@@ -119,6 +119,30 @@ def step_indices(step: int, n: int, batch_size: int, steps_per_epoch: int, seed:
     epoch, within = divmod(step, steps_per_epoch)
     order = epoch_order(n, seed, epoch)
     return order[within * batch_size : (within + 1) * batch_size]
+
+
+def _token_logps(model: Any, mb: MicroBatch, device: torch.device) -> torch.Tensor:
+    """log π of each trained (answer) token of a packed micro-batch, in row order."""
+    lm = causal_lm(model)
+    hidden = lm.get_decoder()(
+        input_ids=mb.input_ids.to(device),
+        position_ids=mb.position_ids.to(device),
+        segment_bounds=mb.bounds,
+        use_cache=False,
+    ).last_hidden_state[0]
+    logits = lm.get_output_embeddings()(hidden[mb.positions.to(device)]).float()
+    return -F.cross_entropy(logits, mb.targets.to(device), reduction="none")
+
+
+def _grader_means(grader: dict, grades: list) -> dict[str, float]:
+    """TRL's `rewards/<name>/mean`: the top grader's, and each sub-grader's of a multi."""
+    if not grades:
+        return {}
+    out = {f"rewards/{grader['name']}/mean": sum(g.reward for g in grades) / len(grades)}
+    for key in grader.get("graders") or {}:
+        values = [g.sub_rewards.get(key, 0.0) for g in grades]
+        out[f"rewards/{key}/mean"] = sum(values) / len(values)
+    return out
 
 
 def _index_groups(
@@ -356,6 +380,8 @@ class SFTRecipe:
             )
         if config.objective == "dpo":
             self._setup_reference(resume)
+        if config.objective == "grpo" and not resume:
+            self._preflight()
         if not resume:
             # The base model's validation loss on the same sample: the bar training must clear.
             initial = self.evaluate(self.plan.validation[: config.eval_examples])
@@ -425,6 +451,8 @@ class SFTRecipe:
     def train_step(self, step: int) -> dict[str, Any]:
         if self.config.objective == "dpo":
             return self.dpo_step(step)
+        if self.config.objective == "grpo":
+            return self.grpo_step(step)
         plan, config = self.plan, self.config
         indices = step_indices(
             step, len(plan.train), config.batch_size, plan.steps_per_epoch, config.seed
@@ -532,6 +560,190 @@ class SFTRecipe:
             "tokens": sum(p.n_tokens for p in pairs),
         }
 
+    # -- GRPO ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _sample(self, prompt: Any, n: int, greedy: bool = False) -> list[tuple[list[int], bool]]:
+        """n answers to one prompt from the model as it is now (so each step samples from the
+        updated adapter): token ids up to and including the first end-of-turn token, and
+        whether it ended there (False: cut at max_completion_tokens)."""
+        config, tokenizer = self.config, self.plan.tokenizer
+        eos = sorted(self.plan.eos_ids) or [tokenizer.eos_token_id]
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+        was_training = self.model.training
+        self.model.eval()
+        ids = torch.tensor([prompt.input_ids] * n, device=self.device)
+        sampling: dict[str, Any] = (
+            {"do_sample": False}
+            if greedy
+            else {"do_sample": True, "temperature": config.temperature, "top_p": 1.0, "top_k": 0}
+        )
+        out = self.model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=config.max_completion_tokens,
+            eos_token_id=eos,
+            pad_token_id=pad,
+            **sampling,
+        )
+        self.model.train(was_training)
+        answers = []
+        for row in out[:, ids.shape[1] :].tolist():
+            end = next((i for i, t in enumerate(row) if t in eos), None)
+            answers.append((row[: end + 1], True) if end is not None else (row, False))
+        return answers
+
+    def _score(self, prompt: Any, answer: list[int]) -> Any:
+        from tuneforge.eval.graders import make_sample, run_grader
+
+        text = self.plan.tokenizer.decode(answer, skip_special_tokens=True)
+        return run_grader(self.config.grader, make_sample(text), prompt.item)
+
+    def _preflight(self) -> None:
+        """Before training: sample groups from the starting model on the first prompts. If every
+        group scores the same, no answer is better than its siblings and GRPO has nothing to
+        learn — say so now instead of after hours of flat rewards."""
+        config = self.config
+        prompts = self.plan.train[: min(8, len(self.plan.train))]
+        torch.manual_seed(config.seed * 1_000_003 - 1)
+        rewards = []
+        for prompt in prompts:
+            answers = self._sample(prompt, config.grpo_group_size)
+            rewards.append([self._score(prompt, a).reward for a, _ in answers])
+        flat = [r for group in rewards for r in group]
+        zero = sum(1 for group in rewards if max(group) == min(group)) / len(rewards)
+        mean = sum(flat) / len(flat)
+        if self.is_main:
+            rd.write_status(
+                self.run_dir, preflight_reward_mean=mean, preflight_frac_reward_zero_std=zero
+            )
+        self.on_event(
+            f"preflight: {len(prompts)} prompts × {config.grpo_group_size} answers from the "
+            f"starting model: mean reward {mean:.3f}, {zero:.0%} of groups without spread"
+        )
+        if zero == 1.0:
+            self._fail(
+                "no_reward_signal",
+                f"every sampled group of the starting model scored the same (all "
+                f"{sorted(set(flat))}), so GRPO has nothing to learn: the task is too hard or "
+                "too easy for this model, or the grader always gives the same score. Check the "
+                "grader with POST /v1/fine_tuning/alpha/graders/run, give partial credit, raise "
+                "grpo_group_size or temperature, or fine-tune with objective=sft first",
+            )
+
+    def grpo_step(self, step: int) -> dict[str, Any]:
+        """One GRPO step: sample a group per prompt, score, normalise, one clipped update."""
+
+        plan, config = self.plan, self.config
+        indices = step_indices(
+            step, len(plan.train), config.batch_size, plan.steps_per_epoch, config.seed
+        )
+        prompts = [plan.train[i] for i in indices]
+        # The answers are drawn from torch's RNG seeded by (seed, step): a resumed run samples
+        # exactly what the uninterrupted one did.
+        torch.manual_seed(config.seed * 1_000_003 + step)
+        G = config.grpo_group_size
+        answers, grades = [], []
+        for prompt in prompts:
+            group = self._sample(prompt, G)
+            answers.append(group)
+            grades.append([self._score(prompt, ids) for ids, _ in group])
+        rewards = torch.tensor([[g.reward for g in group] for group in grades])
+        advantages = grpo.group_advantages(rewards)
+        flat = [
+            (p, ids, done) for p, group in zip(prompts, answers, strict=True) for ids, done in group
+        ]
+        lengths = [len(ids) for _, ids, _ in flat]
+        weights = grpo.answer_weights(lengths, config.grpo_loss_type, config.max_completion_tokens)
+        flat_adv = advantages.reshape(-1).tolist()
+        # Answers with A = 0 (and no KL term) have zero loss: no forward pass for them.
+        active = [
+            i for i, a in enumerate(flat_adv) if (a != 0.0 or config.grpo_beta > 0) and lengths[i]
+        ]
+        examples = [
+            TokenizedExample(p.input_ids + ids, [IGNORE_INDEX] * len(p.input_ids) + ids)
+            for p, ids, _ in flat
+        ]
+        self.model.train()
+        loss_value, clipped, kl_sum, tokens = 0.0, 0, 0.0, 0
+        groups = _index_groups(examples, active, config.packing, config.micro_batch_tokens)
+        for group in groups[self.rank :: self.world]:
+            mb = make_micro_batch([examples[i] for i in group])
+            answer_of = torch.searchsorted(torch.tensor(mb.bounds[1:]), mb.positions, right=True)
+            with self.accelerator.autocast():
+                logps = _token_logps(self.model, mb, self.device)
+            ref = None
+            if config.grpo_beta > 0:
+                with torch.no_grad(), self.model.disable_adapter():
+                    ref = _token_logps(self.model, mb, self.device)
+            adv = torch.tensor([flat_adv[group[j]] for j in answer_of.tolist()])
+            w = torch.tensor([weights[group[j]] for j in answer_of.tolist()])
+            losses, is_clipped, kl = grpo.token_losses(
+                logps, logps.detach(), adv.to(logps), config.grpo_epsilon, config.grpo_beta, ref
+            )
+            (losses * w.to(losses)).sum().backward()
+            loss_value += float((losses.detach() * w.to(losses)).sum())
+            clipped += int(is_clipped.sum())
+            tokens += int(losses.numel())
+            if kl is not None:
+                kl_sum += float(kl.detach().sum())
+        if self.world > 1:
+            self._all_reduce_gradients()
+            totals = self.accelerator.reduce(
+                torch.tensor(
+                    [loss_value, clipped, kl_sum, tokens], dtype=torch.float64, device=self.device
+                ),
+                reduction="sum",
+            ).cpu()
+            loss_value, clipped, kl_sum, tokens = (float(x) for x in totals)
+        if not math.isfinite(loss_value):
+            self._fail(
+                "nan_loss",
+                f"the GRPO loss became {loss_value} at step {step + 1}; start again with a "
+                "lower learning rate; the last good checkpoint is kept",
+            )
+        grad_norm = None
+        if config.max_grad_norm is not None and self.params[0].grad is not None:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, config.max_grad_norm))
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        metrics: dict[str, Any] = {
+            "step": step + 1,
+            "epoch": round((step + 1) / plan.steps_per_epoch, 4),
+            "train_loss": loss_value,
+            "reward": float(rewards.mean()),
+            "reward_std": float(rewards.std()) if rewards.numel() > 1 else 0.0,
+            "frac_reward_zero_std": float((rewards.std(dim=1) == 0).float().mean()),
+            "completions/mean_length": sum(lengths) / len(lengths),
+            "completions/clipped_ratio": sum(1 for *_, done in flat if not done) / len(flat),
+            "clip_ratio/region_mean": clipped / max(1, tokens),
+        }
+        metrics |= _grader_means(config.grader, [g for group in grades for g in group])
+        if config.grpo_beta > 0:
+            metrics["kl"] = kl_sum / max(1, tokens)
+        return metrics | {
+            "learning_rate": lr,
+            "grad_norm": grad_norm,
+            "trained_tokens": sum(lengths),
+            "tokens": sum(len(e.input_ids) for e in examples),
+        }
+
+    def _evaluate_prompts(self, n: int) -> dict[str, float]:
+        """Greedy answers to the first `n` validation prompts, scored: OpenAI's reward mean."""
+        prompts = self.plan.validation[:n]
+        grades = []
+        for prompt in prompts[self.rank :: self.world]:
+            ((ids, _),) = self._sample(prompt, 1, greedy=True)
+            grades.append(self._score(prompt, ids))
+        total = torch.tensor([sum(g.reward for g in grades), len(grades)], dtype=torch.float64)
+        if self.world > 1:
+            total = self.accelerator.reduce(total.to(self.device), reduction="sum").cpu()
+        out = {"reward_mean": float(total[0] / max(1.0, float(total[1])))}
+        if self.world == 1:
+            out |= _grader_means(self.config.grader, grades)
+        return out
+
     def _all_reduce_gradients(self) -> None:
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
         flat = torch.cat([g.reshape(-1) for g in grads])
@@ -551,6 +763,8 @@ class SFTRecipe:
             return None
         if self.config.objective == "dpo":
             return self._evaluate_pairs(len(examples))
+        if self.config.objective == "grpo":
+            return self._evaluate_prompts(len(examples))
         self.model.eval()
         groups = group_examples(examples, True, max(self.config.micro_batch_tokens, 1))
         loss_sum, correct = 0.0, 0
@@ -635,7 +849,9 @@ class SFTRecipe:
                     return last
             # The last step's evaluation already covered the whole set when the sample is all
             # of it: the same numbers, without a second pass.
-            whole = len(valid_sample) == len(plan.validation) and "valid_loss" in last
+            whole = len(valid_sample) == len(plan.validation) and any(
+                k.startswith("valid_") for k in last
+            )
             final = (
                 {k[len("valid_") :]: v for k, v in last.items() if k.startswith("valid_")}
                 if whole
@@ -782,7 +998,11 @@ class SFTRecipe:
 
             shutil.rmtree(model_dir)
         os.rename(tmp, model_dir)
-        final = {k: v for k, v in last.items() if k.endswith(("loss", "accuracy", "accuracies"))}
+        final = {
+            k: v
+            for k, v in last.items()
+            if k.endswith(("loss", "accuracy", "accuracies", "reward_mean"))
+        }
         write_loss_plot(self.run_dir)
         write_model_card(self.run_dir, self.config, self.plan, final)
         rd.write_status(
