@@ -74,7 +74,7 @@ def greedy_preferred_rate(model: str | Path, rows: list[dict]) -> tuple[float, l
 
 
 def test_dpo_teaches_smollm2_a_preference_it_lacks(tmp_path, run_cli):
-    train_rows, valid_rows = preference_rows(n_train=32, n_valid=32)
+    train_rows, valid_rows = preference_rows(n_train=96, n_valid=32)
     write_lines(tmp_path / "train.jsonl", train_rows)
     write_lines(tmp_path / "valid.jsonl", valid_rows)
     out = tmp_path / "run"
@@ -90,11 +90,11 @@ def test_dpo_teaches_smollm2_a_preference_it_lacks(tmp_path, run_cli):
         "objective=dpo",
         "epochs=1",
         "batch_size=8",
-        # 4 steps at 10x DPO's auto rate (5e-5 is for longer runs) move the ~15-nat gap by
+        # 12 steps at 10x DPO's auto rate (5e-5 is for longer runs) move the ~15-nat gap by
         # which the base model prefers the other answer.
         "learning_rate=5e-4",
         "warmup_ratio=0",
-        "eval_every=2",
+        "eval_every=6",
         "eval_examples=32",
         f"system_prompt={SYSTEM}",
     )

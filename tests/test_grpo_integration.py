@@ -1,8 +1,9 @@
 """GRPO on the real SmolLM2-135M-Instruct with a programmatic reward (a python grader, run in its
-sandboxed subprocess): answer "Name one <category>." with a single word. The base model often
-answers with a sentence; held-out categories are disjoint from the training ones. Measured: the
-greedy held-out mean reward before (the run's step-0 validation) and after. Figures, time and
-command: BENCHMARKS.md.
+sandboxed subprocess): answer "Name one <category>." in as few words as possible — reward 1/words
+(1 for one word, 0.5 for two, …). The base model answers with a sentence (a first try with an
+all-or-nothing one-word reward was stopped by the preflight: every group scored 0). Held-out
+categories are disjoint from the training ones. Measured: the greedy held-out mean reward before
+(the run's step-0 validation) and after. Figures, time and command: BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -24,10 +25,9 @@ CATEGORIES = (
     "emotion", "shape", "element", "profession",
 )  # fmt: skip
 ONE_WORD = """
-import re
 def grade(sample, item):
-    text = sample["output_text"].strip().rstrip(".!")
-    return 1.0 if re.fullmatch(r"[A-Za-z][A-Za-z-]*", text) else 0.0
+    words = sample["output_text"].split()
+    return 1.0 / len(words) if words else 0.0
 """
 SYSTEM = "Be brief."
 
@@ -59,13 +59,13 @@ def test_grpo_teaches_smollm2_one_word_answers(tmp_path, run_cli):
         "objective=grpo",
         f"grader={grader}",
         "batch_size=2",
-        "grpo_group_size=8",
-        "max_completion_tokens=12",
-        "max_steps=24",
-        "learning_rate=2e-4",
+        "grpo_group_size=6",
+        "max_completion_tokens=10",
+        "max_steps=16",
+        "learning_rate=3e-4",
         "lr_schedule=constant",
         "warmup_ratio=0",
-        "eval_every=24",
+        "eval_every=16",
         f"system_prompt={SYSTEM}",
     )
     seconds = time.time() - started
@@ -78,10 +78,10 @@ def test_grpo_teaches_smollm2_one_word_answers(tmp_path, run_cli):
     print(
         f"\nGRPO SmolLM2-135M: {len(rows_)} steps in {seconds:.0f} s; preflight reward "
         f"{status['preflight_reward_mean']:.3f}; held-out greedy reward {before:.3f} -> "
-        f"{after:.3f}; train reward first 6 {sum(rewards[:6]) / 6:.3f}, last 6 "
-        f"{sum(rewards[-6:]) / 6:.3f}; mean length {rows_[0]['completions/mean_length']:.1f} -> "
+        f"{after:.3f}; train reward first 4 {sum(rewards[:4]) / 4:.3f}, last 4 "
+        f"{sum(rewards[-4:]) / 4:.3f}; mean length {rows_[0]['completions/mean_length']:.1f} -> "
         f"{rows_[-1]['completions/mean_length']:.1f}"
     )
     assert before <= 0.75  # the base model is mediocre at it
     assert after >= before + 0.25
-    assert sum(rewards[-6:]) > sum(rewards[:6])
+    assert sum(rewards[-4:]) > sum(rewards[:4])

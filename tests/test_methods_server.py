@@ -122,3 +122,49 @@ def test_openai_client_runs_and_validates_graders(tmp_path):
         assert info.value.param == "grader.input"
     finally:
         server.stop()
+
+
+def test_openai_client_runs_a_reinforcement_job(tiny_model_dir, tmp_path):
+    """A reinforcement job with a python grader: RFT prompts upload, the grader is checked when
+    the job is created, the worker trains, and events carry OpenAI's reward message."""
+    from openai import OpenAI
+
+    server = Server(tmp_path / "home").start()
+    try:
+        client = OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+        prompts = [
+            {"messages": [{"role": "user", "content": f"Prompt {i}"}], "want": "e"}
+            for i in range(8)
+        ]
+        path = write_lines(tmp_path / "prompts.jsonl", prompts)
+        with path.open("rb") as f:
+            training = client.files.create(file=f, purpose="fine-tune")
+        grader = {
+            "type": "python",
+            "name": "has_want",
+            "source": "def grade(sample, item):\n"
+            "    return float(item['want'] in sample['output_text'].lower())\n",
+        }
+        job = client.fine_tuning.jobs.create(
+            model=str(tiny_model_dir),
+            training_file=training.id,
+            method={
+                "type": "reinforcement",
+                "reinforcement": {
+                    "grader": grader,
+                    "hyperparameters": {"n_epochs": 1, "batch_size": 4, "compute_multiplier": 2},
+                },
+            },
+            extra_body={"training_config": {"max_completion_tokens": 2}},
+        )
+        assert job.method.type == "reinforcement"
+        done = wait_for_job(client, job.id)
+        assert done.status == "succeeded", done.error
+        assert done.method.reinforcement.hyperparameters.compute_multiplier == 2
+        log = messages(server, job.id)
+        assert any("preflight" in m for m in log), log
+        assert any("train mean reward=" in m for m in log), log
+        config = rd.read_config(server.home / "jobs" / job.id / "run")
+        assert config["objective"] == "grpo" and config["grpo_group_size"] == 8
+    finally:
+        server.stop()
