@@ -238,7 +238,15 @@ def test_job_object_is_shaped_like_openais(api, training_file, tiny):
         ({"hyperparameters": {"n_epochs": 0}}, "hyperparameters.n_epochs", None),
         ({"hyperparameters": {"n_epochs": "three"}}, "hyperparameters.n_epochs", None),
         ({"hyperparameters": {"epochs": 3}}, "hyperparameters.epochs", None),
-        ({"method": {"type": "dpo"}}, "method.type", None),
+        ({"method": {"type": "unsupervised"}}, "method.type", None),
+        ({"method": {"type": "reinforcement"}}, "method.reinforcement.grader", None),
+        (
+            {"method": {"type": "dpo", "dpo": {"hyperparameters": {"beta": 5}}}},
+            "method.dpo.hyperparameters.beta",
+            None,
+        ),
+        ({"method": {"type": "supervised", "dpo": {}}}, "method.dpo", None),
+        ({"training_config": {"objective": "dpo"}}, "training_config.objective", None),
         ({"suffix": "has space"}, "suffix", None),
         ({"suffix": "x" * 65}, "suffix", None),
         ({"seed": -1}, "seed", None),
@@ -256,6 +264,79 @@ def test_job_object_is_shaped_like_openais(api, training_file, tiny):
 def test_bad_job_requests_name_the_field(api, training_file, tiny, patch, param, code):
     body = {"model": tiny, "training_file": training_file} | patch
     assert_error(api.post("/v1/fine_tuning/jobs", json=body), 400, param=param, code=code)
+
+
+def test_a_dpo_job_echoes_its_method_and_the_schema_lists_the_methods(api, tiny):
+    pair = {
+        "input": {"messages": [{"role": "user", "content": "Pick one."}]},
+        "preferred_output": [{"role": "assistant", "content": "A"}],
+        "non_preferred_output": [{"role": "assistant", "content": "B"}],
+    }
+    file_id = upload(api, jsonl([pair] * 12)).json()["id"]
+    body = {
+        "model": tiny,
+        "training_file": file_id,
+        "method": {"type": "dpo", "dpo": {"hyperparameters": {"beta": "auto", "n_epochs": 1}}},
+    }
+    job = api.post("/v1/fine_tuning/jobs", json=body).json()
+    api.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel")
+    assert job["method"]["type"] == "dpo"
+    assert job["method"]["dpo"]["hyperparameters"] == {
+        "n_epochs": 1,
+        "batch_size": "auto",
+        "learning_rate_multiplier": "auto",
+        "beta": "auto",
+    }
+    stored = api.app.state.store.get_job(job["id"])
+    assert stored["training_config"] == {"objective": "dpo"}
+    # The accepted method types are in the OpenAPI schema (the Studio's form reads them).
+    schemas = api.get("/openapi.json").json()["components"]["schemas"]
+    assert schemas["Method"]["properties"]["type"]["enum"] == ["supervised", "dpo", "reinforcement"]
+
+
+def test_a_reinforcement_job_takes_openais_fields_and_checks_its_grader(api, tiny):
+    prompts = [
+        {"messages": [{"role": "user", "content": f"Say {i}"}], "answer": str(i)} for i in range(8)
+    ]
+    upload_answer = upload(api, jsonl(prompts))  # prompts without answers: OpenAI's RFT JSONL
+    assert upload_answer.status_code == 200, upload_answer.text
+    grader = {
+        "type": "string_check",
+        "name": "exact",
+        "input": "{{ sample.output_text }}",
+        "reference": "{{ item.answer }}",
+        "operation": "eq",
+    }
+    body = {
+        "model": tiny,
+        "training_file": upload_answer.json()["id"],
+        "method": {
+            "type": "reinforcement",
+            "reinforcement": {
+                "grader": grader,
+                "hyperparameters": {"compute_multiplier": 2, "reasoning_effort": "low"},
+            },
+        },
+    }
+    job = api.post("/v1/fine_tuning/jobs", json=body).json()
+    api.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel")
+    assert job["method"]["type"] == "reinforcement"
+    assert job["method"]["reinforcement"]["grader"] == grader
+    assert job["method"]["reinforcement"]["hyperparameters"]["compute_multiplier"] == 2
+    stored = api.app.state.store.get_job(job["id"])
+    assert stored["training_config"] == {"objective": "grpo", "grader": grader}
+    bad = body | {
+        "method": {
+            "type": "reinforcement",
+            "reinforcement": {"grader": grader | {"reference": "{{ answer }}"}},
+        }
+    }
+    assert_error(
+        api.post("/v1/fine_tuning/jobs", json=bad),
+        400,
+        param="method.reinforcement.grader.reference",
+        code="invalid_grader",
+    )
 
 
 def test_hyperparameters_in_two_places_is_an_error(api, training_file, tiny):

@@ -49,6 +49,62 @@ class TrainConfig(BaseModel):
         description="lora: train small adapters (fast, small files); full: all weights; "
         "qlora: LoRA on a 4-bit base (CUDA only).",
     )
+    objective: Literal["sft", "dpo", "grpo"] = Field(
+        "sft",
+        description="What the run optimises. sft: learn to write the training answers "
+        "(supervised). dpo: learn to prefer the preferred answer over the non-preferred one "
+        "(Direct Preference Optimization; needs preference pairs: OpenAI's DPO JSONL or "
+        "prompt/chosen/rejected). grpo: reinforcement from a `grader`'s scores of sampled "
+        "answers (OpenAI's reinforcement fine-tuning; needs prompts: OpenAI's RFT JSONL). "
+        "dpo and grpo work with method lora or full.",
+    )
+    grader: dict[str, Any] | str | None = Field(
+        None,
+        description="grpo only: the reward. An OpenAI grader JSON object (string_check, "
+        "text_similarity, python, multi, score_model), a path to a .json file holding one, or "
+        "package.module:function (called as function(sample, item) -> float).",
+    )
+    grpo_group_size: int = Field(
+        4,
+        ge=2,
+        le=64,
+        description="grpo only: answers sampled per prompt; each is scored against its group's "
+        "mean. More gives a steadier signal and costs generation time (TRL's default: 8).",
+    )
+    grpo_epsilon: float = Field(
+        0.2, gt=0, lt=1, description="grpo only: the clip range of the policy ratio (TRL's 0.2)."
+    )
+    grpo_beta: float = Field(
+        0.0,
+        ge=0,
+        description="grpo only: weight of the KL penalty to the starting model. 0 (TRL's "
+        "default): none, and no reference forward pass. LoRA only when above 0.",
+    )
+    grpo_loss_type: Literal["dapo", "grpo", "dr_grpo", "bnpo"] = Field(
+        "dapo",
+        description="grpo only: how token losses are averaged (TRL's names). dapo: over all "
+        "answer tokens of the step (TRL's default); grpo: per answer, then over answers "
+        "(favours short answers); dr_grpo: over answers × max_completion_tokens; bnpo: as dapo "
+        "here.",
+    )
+    max_completion_tokens: int = Field(
+        32, ge=1, le=4096, description="grpo only: longest sampled answer, in tokens."
+    )
+    temperature: float = Field(
+        1.0, gt=0, le=2, description="grpo only: sampling temperature of the answers."
+    )
+    dpo_beta: float | Auto = Field(
+        "auto",
+        description="DPO only: how strongly the model is held to the reference (the starting "
+        "model). Higher is more conservative, lower more aggressive (OpenAI's `beta`, 0 to 2). "
+        "auto: 0.1, TRL's and the DPO paper's default (OpenAI does not publish its value).",
+    )
+    init_from: str | None = Field(
+        None,
+        description="Start from a finished run (its name or folder) instead of the bare base "
+        "model: its LoRA adapter is trained further (or its full model, for method=full). "
+        "For DPO the reference is this starting model — the usual SFT-then-DPO recipe.",
+    )
     lora_rank: int = Field(16, ge=1, le=1024, description="LoRA rank r (capacity of adapters).")
     lora_alpha: float = Field(
         32.0, gt=0, description="LoRA scaling numerator; the update is scaled by alpha / rank."
@@ -154,6 +210,13 @@ class TrainConfig(BaseModel):
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="auto: bf16 autocast on CUDA with bf16 support, fp32 otherwise."
     )
+
+    @field_validator("dpo_beta")
+    @classmethod
+    def _beta_range(cls, value: float | str) -> float | str:
+        if value != "auto" and not 0 < float(value) <= 2:
+            raise ValueError("use a number in (0, 2], or auto (0.1)")
+        return value
 
     @field_validator("lora_target_modules", mode="before")
     @classmethod

@@ -24,6 +24,7 @@ from tuneforge.api import (
     files,
     fine_tuning,
     forms,
+    graders,
     models,
 )
 from tuneforge.api.catalog import Catalog
@@ -262,7 +263,8 @@ def create_app(
         """Liveness, open without the API key; `generating` counts choices in flight."""
         return {"status": "ok", "generating": get_engine(request).active}
 
-    for module in (files, file_views, fine_tuning, exports, forms, comparisons, models, chat):
+    modules = (files, file_views, fine_tuning, exports, graders, forms, comparisons, models, chat)
+    for module in modules:
         app.include_router(module.router)
     app.add_middleware(
         Guard,  # type: ignore[arg-type]

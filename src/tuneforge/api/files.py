@@ -89,6 +89,8 @@ def check_format(path: Path, filename: str, column_map: str | None = None) -> Pa
             param="file",
             code="invalid_file_format",
         )
+    if problems and mapping is None and _is_prompt_file(path, problems):
+        problems = []  # OpenAI's reinforcement JSONL: prompts without answers, by design
     if problems:
         shown = "; ".join(str(p) for p in problems[:MAX_LISTED_PROBLEMS])
         more = (
@@ -110,6 +112,19 @@ def check_format(path: Path, filename: str, column_map: str | None = None) -> Pa
     converted = path.with_name(path.name + ".converted.jsonl")
     write_jsonl(converted, rows)
     return converted
+
+
+def _is_prompt_file(path: Path, problems: list) -> bool:
+    """Every problem is a missing answer and every line is a reinforcement prompt."""
+    from tuneforge.data.formats import load_prompts
+
+    if any(p.name != "example_missing_assistant_message" for p in problems):
+        return False
+    try:
+        load_prompts(path)
+    except TuneforgeError:
+        return False
+    return True
 
 
 def _require_detectable_columns(path: Path, filename: str) -> None:

@@ -20,7 +20,7 @@ from tuneforge.api.errors import APIError, not_found
 from tuneforge.api.schemas import CheckpointList, EventList, Job, JobCreate, JobList
 from tuneforge.errors import ConfigError
 from tuneforge.jobs.model_ids import ORGANIZATION, checkpoint_folders, checkpoint_model_id
-from tuneforge.jobs.spec import check_training_config
+from tuneforge.jobs.spec import check_training_config, job_method, with_method
 from tuneforge.jobs.store import jobs_dir, new_id
 from tuneforge.models import REGISTRY
 from tuneforge.models.registry import looks_like_path
@@ -64,9 +64,17 @@ def job_object(job: dict[str, Any]) -> dict[str, Any]:
         "estimated_finish": _estimated_finish(job),
         "integrations": job.get("integrations") or [],
         "metadata": job["metadata"],
-        "method": {"type": "supervised", "supervised": {"hyperparameters": hyperparameters}},
+        "method": _method_object(job),
         "user_provided_suffix": job["suffix"],
     }
+
+
+def _method_object(job: dict[str, Any]) -> dict[str, Any]:
+    method = job_method(job)
+    block: dict[str, Any] = {"hyperparameters": job["hyperparameters"]}
+    if method == "reinforcement":
+        block["grader"] = job["training_config"].get("grader")
+    return {"type": method, method: block}
 
 
 def check_base_model(model: str) -> None:
@@ -94,29 +102,74 @@ def check_base_model(model: str) -> None:
     )
 
 
-def _hyperparameters(body: JobCreate) -> dict[str, Any]:
-    from_method = (
-        body.method.supervised.hyperparameters
-        if body.method and body.method.supervised and body.method.supervised.hyperparameters
-        else None
-    )
+AUTO_HYPERPARAMETERS = {
+    "n_epochs": "auto",
+    "batch_size": "auto",
+    "learning_rate_multiplier": "auto",
+}
+
+
+def _method(body: JobCreate) -> tuple[str, dict[str, Any]]:
+    """The job's method type and its hyperparameters (OpenAI's: `method.<type>.hyperparameters`,
+    or the deprecated top-level `hyperparameters` for supervised jobs)."""
+    method = body.method.type if body.method else "supervised"
+    if body.method:
+        for other in ("supervised", "dpo", "reinforcement"):
+            if other != method and getattr(body.method, other) is not None:
+                raise APIError(
+                    400,
+                    f"method.{other} was given but method.type is {method!r}; send the "
+                    f"hyperparameters as method.{method}.hyperparameters",
+                    param=f"method.{other}",
+                )
+    block = getattr(body.method, method, None) if body.method else None
+    from_method = block.hyperparameters if block and block.hyperparameters else None
     if from_method and body.hyperparameters:
         raise APIError(
             400,
-            "Hyperparameters were given twice: use method.supervised.hyperparameters only "
+            f"Hyperparameters were given twice: use method.{method}.hyperparameters only "
             "(top-level hyperparameters is OpenAI's deprecated spelling)",
             param="hyperparameters",
         )
+    if method != "supervised" and body.hyperparameters:
+        raise APIError(
+            400,
+            f"A {method} job takes its hyperparameters as method.{method}.hyperparameters",
+            param="hyperparameters",
+        )
+    if method == "reinforcement" and (block is None or not block.grader):
+        raise APIError(
+            400,
+            "A reinforcement job needs method.reinforcement.grader (OpenAI's grader JSON)",
+            param="method.reinforcement.grader",
+        )
     chosen = from_method or body.hyperparameters
-    return (
-        chosen.model_dump()
-        if chosen
-        else {
-            "n_epochs": "auto",
-            "batch_size": "auto",
-            "learning_rate_multiplier": "auto",
-        }
-    )
+    values = chosen.model_dump() if chosen else dict(AUTO_HYPERPARAMETERS)
+    if method == "dpo":
+        values.setdefault("beta", "auto")
+    if method == "reinforcement" and not from_method:
+        from tuneforge.api.schemas import ReinforcementHyperparameters
+
+        values = ReinforcementHyperparameters().model_dump()
+    return method, values
+
+
+def _grader_of(body: JobCreate) -> dict[str, Any] | None:
+    """A reinforcement job's grader, checked now: a bad one is a 400 naming its field."""
+    from tuneforge.eval.graders import GraderError, validate_grader
+
+    if not (body.method and body.method.reinforcement):
+        return None
+    grader = body.method.reinforcement.grader
+    try:
+        return validate_grader(grader)
+    except GraderError as exc:
+        raise APIError(
+            400,
+            exc.inline(),
+            param=f"method.reinforcement.{exc.param}",
+            code="invalid_grader",
+        ) from None
 
 
 def _integrations(body: JobCreate) -> list[dict[str, Any]] | None:
@@ -160,7 +213,8 @@ def create_job(request: Request, body: JobCreate) -> dict[str, Any]:
                 code="invalid_file_id",
             )
     check_base_model(body.model)
-    hyperparameters = _hyperparameters(body)
+    method, hyperparameters = _method(body)
+    grader = _grader_of(body)
     training_config = body.training_config or {}
     try:
         check_training_config(training_config)
@@ -168,6 +222,7 @@ def create_job(request: Request, body: JobCreate) -> dict[str, Any]:
         where = f"training_config.{exc.param}" if exc.param else "training_config"
         raise APIError(400, exc.inline(), param=where, code=exc.code) from None
     integrations = _integrations(body)
+    training_config = with_method(training_config, method, grader)
     job_id = new_id("ftjob")
     job = store.add_job(
         {

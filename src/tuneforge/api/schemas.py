@@ -84,11 +84,70 @@ class Supervised(Strict):
     hyperparameters: Hyperparameters | None = None
 
 
+class DpoHyperparameters(Hyperparameters):
+    beta: Auto | Annotated[float, Field(gt=0, le=2)] = Field(
+        "auto",
+        description="How strongly the model is held to the reference (the base model): higher "
+        "is more conservative. auto: 0.1 (TRL's and the DPO paper's default).",
+    )
+
+
+class Dpo(Strict):
+    hyperparameters: DpoHyperparameters | None = None
+
+
+class ReinforcementHyperparameters(Strict):
+    batch_size: Auto | Annotated[int, Field(ge=1, le=256)] = Field(
+        "auto", description="Prompts per optimizer step. auto: 4."
+    )
+    compute_multiplier: Auto | Annotated[float, Field(gt=0, le=16)] = Field(
+        "auto",
+        description="Answers sampled per prompt: max(2, round(4 × compute_multiplier)). "
+        "auto: 1 (4 answers).",
+    )
+    eval_interval: Auto | Annotated[int, Field(ge=1)] = Field(
+        "auto", description="Steps between validations. auto: about 10 per run."
+    )
+    eval_samples: Auto | Annotated[int, Field(ge=1)] = Field(
+        "auto",
+        description="Accepted for OpenAI's clients; validation scores one greedy answer per "
+        "prompt.",
+    )
+    learning_rate_multiplier: Auto | Annotated[float, Field(gt=0, le=10)] = Field("auto")
+    n_epochs: Auto | Annotated[int, Field(ge=1, le=50)] = Field("auto")
+    reasoning_effort: Literal["default", "low", "medium", "high"] = Field(
+        "default", description="Accepted for OpenAI's clients; no meaning for local models."
+    )
+
+
+class Reinforcement(Strict):
+    grader: dict[str, Any] = Field(
+        description="The reward: OpenAI's grader JSON (string_check, text_similarity, python, "
+        "score_model, multi)."
+    )
+    response_format: dict[str, Any] | None = Field(
+        None,
+        description="Accepted for OpenAI's clients; answers are not constrained (graders still "
+        "get `sample.output_json` when an answer is JSON).",
+    )
+    hyperparameters: ReinforcementHyperparameters | None = None
+
+
+# The `method.type` values this server trains (the Studio lists them from the OpenAPI schema).
+METHOD_TYPES = ("supervised", "dpo", "reinforcement")
+
+
 class Method(Strict):
-    type: Literal["supervised"] = Field(
-        description="Only supervised fine-tuning (LoRA adapters) is supported."
+    type: Literal["supervised", "dpo", "reinforcement"] = Field(
+        description="supervised: learn to write the training answers. dpo: learn to prefer "
+        "`preferred_output` over `non_preferred_output` (Direct Preference Optimization; the "
+        "training file holds OpenAI's DPO JSONL). reinforcement: GRPO on answers sampled for "
+        "the prompts of OpenAI's RFT JSONL, rewarded by `reinforcement.grader`. All train LoRA "
+        "adapters."
     )
     supervised: Supervised | None = None
+    dpo: Dpo | None = None
+    reinforcement: Reinforcement | None = None
 
 
 class WandbSettings(Strict):

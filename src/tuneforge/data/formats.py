@@ -30,6 +30,7 @@ FORMATS: tuple[str, ...] = (
     "alpaca",
     "sharegpt",
     "openai-dpo",
+    "prompt-chosen-rejected",
     "columns",
 )
 
@@ -362,6 +363,8 @@ def detect_format_of_value(value: Any) -> str | None:
         return "openai-chat"
     if "preferred_output" in keys or "non_preferred_output" in keys:
         return "openai-dpo"
+    if "chosen" in keys and "rejected" in keys:
+        return "prompt-chosen-rejected"
     if "conversations" in keys or "conversation" in keys:
         return "sharegpt"
     if "instruction" in keys and "output" in keys:
@@ -894,7 +897,81 @@ def _parse_openai_dpo(value: Any) -> Parsed:
         outputs.append(msgs)
     if errors:
         return Parsed(None, errors)
-    return Parsed(Conversation(tuple(prompt + outputs[0]), tools, tuple(outputs[1])))
+    return _preference(prompt, outputs[0], outputs[1], tools, "non_preferred_output")
+
+
+def _preference(
+    prompt: list[Message],
+    preferred: list[Message],
+    rejected: list[Message],
+    tools: tuple[dict, ...] | None,
+    rejected_field: str,
+) -> Parsed:
+    """A preference pair as a conversation; identical answers teach nothing and are an error."""
+    same = [(m.content, m.tool_calls) for m in preferred] == [
+        (m.content, m.tool_calls) for m in rejected
+    ]
+    if same:
+        return Parsed(
+            None,
+            [
+                Issue(
+                    "identical_outputs",
+                    "the preferred and non-preferred answers are identical, so there is nothing "
+                    "to prefer; fix or remove this pair",
+                    rejected_field,
+                )
+            ],
+        )
+    return Parsed(Conversation(tuple(prompt + preferred), tools, tuple(rejected)))
+
+
+def _parse_prompt_chosen_rejected(value: Any) -> Parsed:
+    """TRL's preference format: `prompt` (a string or a list of messages), `chosen` and
+    `rejected` (a string, or a list holding one assistant message), optional `system`."""
+    if bad := _not_object(value):
+        return bad
+    errors: list[Issue] = []
+    raw_prompt = value.get("prompt")
+    prompt: list[Message] = []
+    if isinstance(raw_prompt, list) and raw_prompt:
+        prompt = _parse_chat_messages(raw_prompt, errors, "prompt")
+    elif isinstance(raw_prompt, str) and raw_prompt.strip():
+        prompt = [Message("user", raw_prompt)]
+    else:
+        errors.append(
+            Issue(
+                "missing_field",
+                "`prompt` must be a non-empty string or list of messages",
+                "prompt",
+            )
+        )
+    system = _require_str(value, "system", errors, required=False)
+    if system and not any(m.role == "system" for m in prompt):
+        prompt = [Message("system", system), *prompt]
+    answers: list[list[Message]] = []
+    for key in ("chosen", "rejected"):
+        raw = value.get(key)
+        if isinstance(raw, str) and raw.strip():
+            answers.append([Message("assistant", raw)])
+        elif isinstance(raw, list) and len(raw) == 1:
+            msgs = _parse_chat_messages(raw, errors, key)
+            if msgs and msgs[0].role != "assistant":
+                errors.append(
+                    Issue("unrecognized_role", f"`{key}` must be an assistant message", key)
+                )
+            answers.append(msgs)
+        else:
+            errors.append(
+                Issue(
+                    "missing_field",
+                    f"`{key}` must be a non-empty string or a list with one assistant message",
+                    key,
+                )
+            )
+    if errors:
+        return Parsed(None, errors)
+    return _preference(prompt, answers[0], answers[1], None, "rejected")
 
 
 def _cell(value: Any) -> str | None:
@@ -942,6 +1019,7 @@ _PARSERS = {
     "alpaca": _parse_alpaca,
     "sharegpt": _parse_sharegpt,
     "openai-dpo": _parse_openai_dpo,
+    "prompt-chosen-rejected": _parse_prompt_chosen_rejected,
 }
 
 
@@ -1035,3 +1113,83 @@ def write_jsonl(path: str | Path, rows: Iterator[dict] | list[dict]) -> int:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
             n += 1
     return n
+
+
+# --------------------------------------------------------------------------------------------
+# Prompts for reinforcement fine-tuning
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PromptRow:
+    """One line of OpenAI's reinforcement fine-tuning JSONL: the prompt (`messages`, ending with
+    the user's turn, and `tools`) and every other key, which graders read as `{{ item.key }}`."""
+
+    line: int
+    messages: tuple[Message, ...]
+    tools: tuple[dict, ...] | None
+    item: dict[str, Any]
+
+
+RFT_RESERVED_KEYS = ("messages", "tools", "parallel_tool_calls")
+
+
+def parse_prompt_row(value: Any) -> tuple[PromptRow | None, list[Issue]]:
+    if bad := _not_object(value):
+        return None, bad.errors
+    messages = value.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return None, [
+            Issue(
+                "missing_messages_list",
+                "a reinforcement example needs a non-empty `messages` list (the prompt)",
+                "messages",
+            )
+        ]
+    errors: list[Issue] = []
+    parsed = _parse_chat_messages(messages, errors)
+    tools = _parse_tools(value, errors)
+    if not errors and parsed[-1].role != "user":
+        errors.append(
+            Issue(
+                "last_message_not_user",
+                f"the prompt must end with a user message (OpenAI's rule), not "
+                f"{parsed[-1].role}; the model writes the answer that follows",
+                f"messages[{len(parsed) - 1}].role",
+            )
+        )
+    if errors:
+        return None, errors
+    item = {k: v for k, v in value.items() if k not in RFT_RESERVED_KEYS}
+    return PromptRow(0, tuple(parsed), tools, item), []
+
+
+def load_prompts(path: str | Path, system: str | None = None) -> list[PromptRow]:
+    """A whole RFT JSONL file; raise DataError listing the first problems if any row is bad."""
+    from tuneforge.errors import DataError
+
+    path = Path(path)
+    _check_readable(path)
+    rows: list[PromptRow] = []
+    problems: list[Issue] = []
+    for record in read_records(path):
+        if record.issue is not None:
+            problems.append(record.issue.at(record.line))
+            continue
+        row, issues = parse_prompt_row(record.value)
+        problems.extend(i.at(record.line) for i in issues)
+        if row is not None:
+            messages = row.messages
+            if system and not any(m.role == "system" for m in messages):
+                messages = (Message("system", system), *messages)
+            rows.append(PromptRow(record.line, messages, row.tools, row.item))
+    if problems:
+        shown = "\n".join(f"  {path}: {p}" for p in problems[:10])
+        more = f"\n  … and {len(problems) - 10} more" if len(problems) > 10 else ""
+        raise DataError(
+            f"{path}: {len(problems)} problem(s) in the data:\n{shown}{more}",
+            hint='each line: {"messages": [..., {"role": "user", ...}], <fields graders read>}',
+        )
+    if not rows:
+        raise DataError(f"{path}: the file holds no prompts", hint="add one prompt per line")
+    return rows

@@ -111,6 +111,30 @@ def encode(
     return Encoded(input_ids, labels, text, tuple(spans), full_length, full_trained, kept)
 
 
+def encode_pair(
+    conversation: Conversation,
+    tokenizer: Any,
+    template: ChatTemplate,
+    max_seq_len: int | None = None,
+) -> tuple[Encoded, Encoded]:
+    """A preference pair (a conversation with `rejected`) → the preferred and the non-preferred
+    sequence. Only the final answer carries loss in each (OpenAI trains DPO on the last
+    assistant message only); both share the prompt's tokens exactly."""
+    from dataclasses import replace
+
+    if conversation.rejected is None:
+        raise ValueError("not a preference pair")
+    prompt = tuple(
+        replace(m, weight=0) if m.role == "assistant" else m for m in conversation.messages[:-1]
+    )
+    chosen = Conversation(prompt + conversation.messages[-1:], conversation.tools)
+    rejected = Conversation(prompt + conversation.rejected, conversation.tools)
+    return (
+        encode(chosen, tokenizer, template, max_seq_len),
+        encode(rejected, tokenizer, template, max_seq_len),
+    )
+
+
 def trained_runs(enc: Encoded) -> list[tuple[str, bool]]:
     """The kept text as consecutive (piece, trained) runs, token by token: what a preview marks
     (`tuneforge data preview`, and the Studio's trained-token view)."""

@@ -189,6 +189,7 @@ class JobManager:
     def _validate(self, job: dict[str, Any]) -> None:
         """Check the job's files like `tuneforge data validate`, with its model's tokenizer."""
         from tuneforge.data.validate import validate_file
+        from tuneforge.train.plan import PREFERENCE_FORMATS
 
         job_id = job["id"]
         self.store.add_event(job_id, f"Validating training file: {job['training_file']}")
@@ -204,6 +205,9 @@ class JobManager:
                 row = self.store.get_file(file_id)
                 if row is None:
                     raise _file_error(param, f"the file {file_id} was deleted")
+                if job["training_config"].get("objective") == "grpo":
+                    _check_prompts(param, file_id, row)
+                    continue
                 report = validate_file(
                     Path(row["path"]),
                     text.tokenizer,
@@ -216,6 +220,14 @@ class JobManager:
                     for issue in report.errors
                     if not (param == "validation_file" and issue.name == "too_few_examples")
                 ]
+                dpo = job["training_config"].get("objective") == "dpo"
+                if dpo and not problems and report.format not in PREFERENCE_FORMATS:
+                    raise _file_error(
+                        param,
+                        f"{file_id} ({row['filename']}) is {report.format}, but a dpo job "
+                        "trains on preference pairs: upload OpenAI's DPO JSONL (input, "
+                        "preferred_output, non_preferred_output)",
+                    )
                 if problems:
                     shown = "; ".join(str(i) for i in problems[:3])
                     more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
@@ -281,3 +293,14 @@ class _InvalidFile(Exception):
 def _file_error(param: str, message: str) -> _InvalidFile:
     code = "invalid_training_file" if param == "training_file" else "invalid_validation_file"
     return _InvalidFile(lifecycle.error(code, message, param))
+
+
+def _check_prompts(param: str, file_id: str, row: dict[str, Any]) -> None:
+    """A reinforcement job's file: OpenAI's RFT JSONL (prompts ending with a user message)."""
+    from tuneforge.data.formats import load_prompts
+
+    try:
+        load_prompts(Path(row["path"]))
+    except TuneforgeError as exc:
+        text = exc.inline().replace(str(row["path"]), row["filename"])
+        raise _file_error(param, f"{file_id} ({row['filename']}): {text}") from None

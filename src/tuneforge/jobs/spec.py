@@ -32,7 +32,15 @@ RESERVED_CONFIG_KEYS = {
     "batch_size": "hyperparameters.batch_size",
     "learning_rate_multiplier": "hyperparameters.learning_rate_multiplier",
     "method": "the API (jobs train LoRA adapters, served on a shared base model)",
+    "objective": "method.type",
+    "dpo_beta": "method.dpo.hyperparameters.beta",
+    "grader": "method.reinforcement.grader",
+    "grpo_group_size": "method.reinforcement.hyperparameters.compute_multiplier",
 }
+GROUP_SIZE_PER_COMPUTE = 4  # compute_multiplier 1 (auto) = 4 answers per prompt
+# OpenAI's `method.type` → our `objective`; stored in the job's training_config, so the job row
+# needs no column of its own.
+OBJECTIVES = {"supervised": "sft", "dpo": "dpo", "reinforcement": "grpo"}
 KEEP_CHECKPOINTS = 2  # + the final model = the three checkpoints OpenAI keeps (last 3 epochs)
 
 
@@ -91,7 +99,34 @@ def config_data(job: dict[str, Any], training_path: Path, validation_path: Path 
         value = job["hyperparameters"].get(ours, "auto")
         if value != "auto":
             data[theirs] = value
+    hyperparameters = job["hyperparameters"]
+    if hyperparameters.get("beta", "auto") != "auto":
+        data["dpo_beta"] = hyperparameters["beta"]
+    if hyperparameters.get("compute_multiplier", "auto") != "auto":
+        multiplier = float(hyperparameters["compute_multiplier"])
+        data["grpo_group_size"] = max(2, round(GROUP_SIZE_PER_COMPUTE * multiplier))
+    if hyperparameters.get("eval_interval", "auto") != "auto":
+        data["eval_every"] = hyperparameters["eval_interval"]
     return data
+
+
+def with_method(
+    training_config: dict[str, Any], method: str, grader: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The training_config a job stores: the user's, plus the objective its method means (and
+    a reinforcement job's grader)."""
+    if method == "supervised":
+        return training_config
+    out = {**training_config, "objective": OBJECTIVES[method]}
+    if grader is not None:
+        out["grader"] = grader
+    return out
+
+
+def job_method(job: dict[str, Any]) -> str:
+    """OpenAI's `method.type` of a stored job."""
+    objective = (job.get("training_config") or {}).get("objective", "sft")
+    return {ours: theirs for theirs, ours in OBJECTIVES.items()}[objective]
 
 
 def job_config(
@@ -102,8 +137,18 @@ def job_config(
 
 def resolved_hyperparameters(config: TrainConfig) -> dict[str, Any]:
     """What OpenAI shows once a job runs: the values `auto` became."""
-    return {
+    resolved = {
         "n_epochs": config.epochs,
         "batch_size": config.batch_size,
         "learning_rate_multiplier": config.learning_rate_multiplier,
     }
+    if config.objective == "dpo":
+        resolved["beta"] = config.dpo_beta
+    if config.objective == "grpo":
+        resolved |= {
+            "compute_multiplier": config.grpo_group_size / GROUP_SIZE_PER_COMPUTE,
+            "eval_interval": config.eval_every,
+            "eval_samples": 1,
+            "reasoning_effort": "default",
+        }
+    return resolved

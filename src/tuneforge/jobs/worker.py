@@ -20,6 +20,16 @@ from tuneforge.jobs import lifecycle
 from tuneforge.jobs.spec import job_config, resolved_hyperparameters
 from tuneforge.jobs.store import Store
 
+# DPO's and GRPO's metrics under TRL's names (+ OpenAI's reward means), as extra keys.
+EXTRA_METRIC_NAMES = (
+    "rewards/",
+    "logps/",
+    "preference_accuracy",
+    "reward",
+    "completions/",
+    "clip_ratio/",
+    "kl",
+)
 EXIT_LEASE_HELD = 75  # EX_TEMPFAIL: another worker owns the job; nothing was touched
 
 
@@ -35,9 +45,18 @@ def _file_path(store: Store, file_id: str | None, param: str) -> Path | None:
 def _metrics_event(store: Store, job_id: str, total_steps: int, m: dict[str, Any]) -> None:
     keys = ("step", *rd.METRIC_KEYS, "learning_rate", "grad_norm", "elapsed_seconds")
     data = {k: m[k] for k in keys if m.get(k) is not None} | {"total_steps": total_steps}
-    message = f"Step {m['step']}/{total_steps}: training loss={m['train_loss']:.4f}"
-    if "valid_loss" in m:
-        message += f", validation loss={m['valid_loss']:.4f}"
+    # OpenAI's event `data` is free-form: the method's own metrics ride along.
+    data |= {k: v for k, v in m.items() if any(p in k for p in EXTRA_METRIC_NAMES)}
+    if "reward" in m:  # reinforcement: OpenAI's RFT message and names
+        data["train_mean_reward"] = m["reward"]
+        message = f"Step {m['step']}/{total_steps}: train mean reward={m['reward']:.2f}"
+        if "valid_reward_mean" in m:
+            data["valid_mean_reward"] = m["valid_reward_mean"]
+            message += f", validation mean reward={m['valid_reward_mean']:.2f}"
+    else:
+        message = f"Step {m['step']}/{total_steps}: training loss={m['train_loss']:.4f}"
+        if "valid_loss" in m:
+            message += f", validation loss={m['valid_loss']:.4f}"
     store.add_event(job_id, message, type="metrics", data=data)
 
 

@@ -15,8 +15,13 @@ from typing import Any
 
 from tuneforge.config import TrainConfig
 from tuneforge.data.chat_template import ChatTemplate, TemplateError
-from tuneforge.data.formats import detect_format, load_conversations, parse_mapping
-from tuneforge.data.tokenize import encode
+from tuneforge.data.formats import (
+    detect_format,
+    load_conversations,
+    load_prompts,
+    parse_mapping,
+)
+from tuneforge.data.tokenize import encode, encode_pair
 from tuneforge.data.validate import suggested_epochs
 from tuneforge.errors import ConfigError, Problem, TuneforgeError
 from tuneforge.models.device import cuda_available
@@ -30,6 +35,16 @@ TRACKER_PACKAGES = {
 }
 LORA_LEARNING_RATE = 2e-4  # the usual LoRA range is 1e-4..3e-4 (LoRA/QLoRA papers)
 FULL_LEARNING_RATE = 2e-5  # full fine-tuning moves every weight: 10x smaller
+# DPO's gradient is a contrast between two answers the model already nearly writes: smaller steps.
+# 5e-5 for LoRA (TRL's docs suggest ~1e-5 for long runs; runs of tens of steps need more), 1e-6 for
+# full fine-tuning (TRL's DPOConfig default).
+DPO_LORA_LEARNING_RATE = 5e-5
+DPO_FULL_LEARNING_RATE = 1e-6
+PREFERENCE_FORMATS = ("openai-dpo", "prompt-chosen-rejected")
+# GRPO: 2e-5 for LoRA (TRL-scale runs of hundreds of steps); prompts per step when `auto`.
+GRPO_LORA_LEARNING_RATE = 2e-5
+GRPO_AUTO_PROMPTS = 4
+DPO_AUTO_BETA = 0.1  # TRL's DPOConfig default and the DPO paper's; OpenAI does not publish its own
 
 
 @dataclass(frozen=True)
@@ -42,12 +57,38 @@ class TokenizedExample:
         return sum(1 for x in self.labels if x != -100)
 
 
+@dataclass(frozen=True)
+class TokenizedPair:
+    """A DPO preference pair: the same prompt with the preferred and the non-preferred answer."""
+
+    chosen: TokenizedExample
+    rejected: TokenizedExample
+
+    @property
+    def n_trained(self) -> int:
+        return self.chosen.n_trained + self.rejected.n_trained
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.chosen.input_ids) + len(self.rejected.input_ids)
+
+
+@dataclass(frozen=True)
+class StartFrom:
+    """A finished run this run starts from (`init_from`): where its weights are."""
+
+    run_dir: Path
+    method: str  # lora / qlora: an adapter in `weights`; full: a model folder
+    weights: Path
+
+
 @dataclass
 class Plan:
     config: TrainConfig  # with every `auto` resolved
     run_dir: Path
-    train: list[TokenizedExample]
-    validation: list[TokenizedExample]
+    # SFT: examples; DPO: preference pairs
+    train: list[TokenizedExample] | list[TokenizedPair]
+    validation: list[TokenizedExample] | list[TokenizedPair]
     steps_per_epoch: int
     total_steps: int
     tokenizer: Any
@@ -56,6 +97,8 @@ class Plan:
     device: str
     use_bf16: bool
     system_prompt: str | None = None  # the training data's usual system message, for chat
+    start_from: StartFrom | None = None  # `init_from`, resolved
+    eos_ids: frozenset[int] = frozenset()  # where sampled answers stop (grpo)
 
     @property
     def learning_rate(self) -> float:
@@ -74,9 +117,10 @@ class Plan:
         amount = f"{epochs:g} epoch{'s' if epochs != 1 else ''}"
         if self.config.max_steps and self.total_steps == self.config.max_steps:
             amount += f", stopped by max_steps={self.config.max_steps}"
+        unit = "preference pairs" if self.config.objective == "dpo" else "examples"
         return (
             f"{self.total_steps} steps of {self.config.batch_size} "
-            f"({amount} of {len(self.train)} examples)"
+            f"({amount} of {len(self.train)} {unit})"
         )
 
 
@@ -110,6 +154,219 @@ def _tokenize(
         if enc.n_trained:
             out.append(TokenizedExample(enc.input_ids, enc.labels))
     return out
+
+
+def _tokenize_pairs(
+    examples: list,
+    tokenizer: Any,
+    template: ChatTemplate,
+    max_len: int,
+    label: str,
+    problems: list[Problem],
+) -> list[TokenizedPair]:
+    """Preference pairs; a pair whose answer is cut away entirely by max_seq_len is dropped (as
+    SFT drops examples with no trained token)."""
+    out = []
+    for example in examples:
+        if example.conversation.rejected is None:
+            continue  # reported by _check_pairs
+        try:
+            chosen, rejected = encode_pair(example.conversation, tokenizer, template, max_len)
+        except TemplateError as exc:
+            problems.append(Problem(label, f"line {example.line}: {exc.message}"))
+            continue
+        if chosen.n_trained and rejected.n_trained:
+            out.append(
+                TokenizedPair(
+                    TokenizedExample(chosen.input_ids, chosen.labels),
+                    TokenizedExample(rejected.input_ids, rejected.labels),
+                )
+            )
+    return out
+
+
+def _preference_format(path: Path, key: str, problems: list[Problem]) -> str | None:
+    """objective=dpo: the file's preference format. A file that looks like no format is read
+    as OpenAI's DPO JSONL, so each line says what it lacks; a chat or RFT prompt file is one
+    problem, said once."""
+    try:
+        fmt = detect_format(path)
+    except TuneforgeError:
+        return "openai-dpo"
+    if fmt in PREFERENCE_FORMATS:
+        return fmt
+    problems.append(
+        Problem(
+            key,
+            f"objective=dpo trains on preference pairs, but this file is {fmt} (no "
+            "non-preferred answers); give OpenAI's DPO JSONL (input, preferred_output, "
+            "non_preferred_output) or prompt/chosen/rejected rows — or train with objective=sft",
+        )
+    )
+    return None
+
+
+@dataclass(frozen=True)
+class PromptExample:
+    """A GRPO prompt: its tokens (the chat template with the generation prompt) and the row's
+    other fields, which the grader reads as `{{ item.x }}`."""
+
+    input_ids: list[int]
+    item: dict[str, Any]
+    line: int
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.input_ids)
+
+
+def _grader(config: TrainConfig, examples: dict, problems: list[Problem]) -> dict | None:
+    """`grader` → a checked grader JSON object; every template is tried on every row, so a field
+    a row lacks is an error naming the line, not a silent reward of 0."""
+    import json
+
+    from tuneforge.eval.graders import GraderError, check_items, validate_grader
+
+    spec: Any = config.grader
+    if spec is None:
+        problems.append(
+            Problem(
+                "grader",
+                "objective=grpo needs a grader: an OpenAI grader JSON object, a .json file, or "
+                "module:function",
+            )
+        )
+        return None
+    if isinstance(spec, str):
+        path = Path(spec).expanduser()
+        if spec.endswith(".json") or path.is_file():
+            try:
+                spec = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError) as exc:
+                problems.append(Problem("grader", f"{spec}: not a readable JSON file ({exc})"))
+                return None
+        elif ":" in spec:
+            spec = {"type": "python", "name": spec.rsplit(":", 1)[1], "function": spec}
+        else:
+            problems.append(
+                Problem("grader", f"{spec!r} is neither a .json file nor module:function")
+            )
+            return None
+    try:
+        validate_grader(spec)
+        for key in ("train_file", "validation_file"):
+            check_items(spec, [(row.line, row.item) for row in examples[key]], key)
+    except GraderError as exc:
+        problems.append(Problem("grader", exc.inline()))
+        return None
+    return spec
+
+
+def _tokenize_prompts(
+    rows: list,
+    tokenizer: Any,
+    template: ChatTemplate,
+    max_len: int,
+    config: TrainConfig,
+    label: str,
+    problems: list[Problem],
+) -> list[PromptExample]:
+    from tuneforge.data.chat_template import template_messages
+
+    out = []
+    for row in rows:
+        try:
+            messages = template_messages(row.messages, row.tools, template.supports_tools)
+            tools = list(row.tools) if row.tools and template.supports_tools else None
+            text = template.render(messages, tools=tools, add_generation_prompt=True)
+        except TemplateError as exc:
+            problems.append(Problem(label, f"line {row.line}: {exc.message}"))
+            continue
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) + config.max_completion_tokens > max_len:
+            problems.append(
+                Problem(
+                    label,
+                    f"line {row.line}: the prompt ({len(ids)} tokens) plus max_completion_tokens "
+                    f"({config.max_completion_tokens}) is over max_seq_len ({max_len}); shorten "
+                    "it or raise max_seq_len",
+                )
+            )
+            continue
+        out.append(PromptExample(ids, row.item, row.line))
+    return out
+
+
+def _check_pairs(examples: list, label: str, problems: list[Problem]) -> None:
+    """objective=dpo needs a non-preferred answer in every example."""
+    missing = [e.line for e in examples if e.conversation.rejected is None]
+    if not missing:
+        return
+    lines = ", ".join(map(str, missing[:5])) + (" …" if len(missing) > 5 else "")
+    what = "no example has" if len(missing) == len(examples) else f"line(s) {lines} have"
+    problems.append(
+        Problem(
+            label,
+            f"objective=dpo trains on preference pairs, but {what} a non-preferred answer; "
+            "give OpenAI's DPO JSONL (input, preferred_output, non_preferred_output) or "
+            "prompt/chosen/rejected rows — or train with objective=sft",
+        )
+    )
+
+
+def _start_from(config: TrainConfig, problems: list[Problem]) -> StartFrom | None:
+    """`init_from` → the finished run's weights, checked against this run's method and model."""
+    from tuneforge import run_dir as rd
+
+    if config.init_from is None:
+        return None
+    found = rd.find_run(config.init_from)
+    if found is None:
+        problems.append(
+            Problem(
+                "init_from",
+                f"{config.init_from}: no such run (a run's name or folder; "
+                "`tuneforge runs list` shows them)",
+            )
+        )
+        return None
+    status = rd.read_status(found) or {}
+    if status.get("status") != "succeeded" or not (found / "model").is_dir():
+        problems.append(
+            Problem(
+                "init_from",
+                f"{found}: the run has not finished (status {status.get('status', '?')}); "
+                "start from a succeeded run",
+            )
+        )
+        return None
+    theirs = rd.read_config(found)
+    their_method = theirs.get("method", "lora")
+    adapter = their_method in ("lora", "qlora")
+    if adapter != (config.method in ("lora", "qlora")):
+        problems.append(
+            Problem(
+                "init_from",
+                f"{found} trained with method={their_method}; a method={config.method} run "
+                f"cannot continue it — use method={their_method}"
+                + ("" if adapter else f", or start a LoRA run from model={found / 'model'}"),
+            )
+        )
+        return None
+    start = StartFrom(found.resolve(), their_method, (found / "model").resolve())
+    if "model" in config.model_fields_set and config.model not in (
+        theirs.get("model"),
+        rd_model(start),
+    ):
+        problems.append(
+            Problem(
+                "model",
+                f"init_from's run was trained on {theirs.get('model')}; leave `model` out "
+                "(it is taken from the run) or name that model",
+            )
+        )
+        return None
+    return start
 
 
 def make_plan(config: TrainConfig, run_dir: Path | None = None) -> Plan:
@@ -159,6 +416,10 @@ def make_plan(config: TrainConfig, run_dir: Path | None = None) -> Plan:
                     f"pip install {package} (or remove {tracker})",
                 )
             )
+    start_from = _start_from(config, problems)
+    if start_from is not None:
+        base = rd_model(start_from)
+        config = config.model_copy(update={"model": base})
     mapping = None
     try:
         mapping = parse_mapping(config.column_map, option="column_map")
@@ -176,14 +437,31 @@ def make_plan(config: TrainConfig, run_dir: Path | None = None) -> Plan:
         if not path.is_file():
             problems.append(Problem(key, f"{value}: no such file"))
             continue
+        if config.objective == "grpo":
+            try:
+                examples[key] = load_prompts(path, config.system_prompt)
+                formats[key] = "openai-rft"
+            except TuneforgeError as exc:
+                lines = exc.message.splitlines()
+                shown = lines[0] + (f" {lines[1].strip()}" if len(lines) > 1 else "")
+                problems.append(Problem(key, TuneforgeError(shown, hint=exc.hint).inline()))
+            continue
         try:
-            fmt = config.data_format or ("columns" if mapping else detect_format(path))
+            if config.objective == "dpo" and not (config.data_format or mapping):
+                fmt = _preference_format(path, key, problems)
+                if fmt is None:
+                    continue
+            else:
+                fmt = config.data_format or ("columns" if mapping else detect_format(path))
             formats[key] = fmt
             examples[key] = load_conversations(
-                path, config.data_format, mapping, config.system_prompt
+                path, None if mapping else fmt, mapping, config.system_prompt
             )
         except TuneforgeError as exc:
-            first_line = TuneforgeError(exc.message.splitlines()[0], hint=exc.hint)
+            # The summary line and the first problem (with its line number and fix).
+            lines = exc.message.splitlines()
+            shown = lines[0] + (f" {lines[1].strip()}" if len(lines) > 1 else "")
+            first_line = TuneforgeError(shown, hint=exc.hint)
             problems.append(Problem(key, first_line.inline()))
     if len(set(formats.values())) > 1:
         problems.append(
@@ -197,9 +475,11 @@ def make_plan(config: TrainConfig, run_dir: Path | None = None) -> Plan:
     # The model's text side (tokenizer, template, context) — no weights.
     tokenizer = template = None
     context = None
+    eos_ids: frozenset[int] = frozenset()
     try:
         text = load_text_side(config.model)
         tokenizer, template, context = text.tokenizer, text.template, text.config_context
+        eos_ids = text.eos_ids
     except TuneforgeError as exc:
         problems.append(Problem("model", exc.inline()))
     max_len = config.max_seq_len
@@ -226,16 +506,39 @@ def make_plan(config: TrainConfig, run_dir: Path | None = None) -> Plan:
             Problem("lora_target_modules", "only applies to method=lora/qlora; remove it")
         )
 
-    train: list[TokenizedExample] = []
-    validation: list[TokenizedExample] = []
-    if tokenizer is not None and template is not None:
-        train = _tokenize(
+    dpo = config.objective == "dpo"
+    grpo = config.objective == "grpo"
+    if dpo:
+        for key in ("train_file", "validation_file"):
+            _check_pairs(examples[key], key, problems)
+    grader = _grader(config, examples, problems) if grpo else None
+    if grpo and config.grpo_beta > 0 and config.method == "full":
+        problems.append(
+            Problem(
+                "grpo_beta",
+                "the KL reference of a full fine-tune would need a second model in memory; "
+                "use method=lora, or grpo_beta=0",
+            )
+        )
+    train: list = []
+    validation: list = []
+    if grpo and tokenizer is not None and template is not None:
+        for key, out in (("train_file", train), ("validation_file", validation)):
+            out.extend(
+                _tokenize_prompts(
+                    examples[key], tokenizer, template, max_len, config, key, problems
+                )
+            )
+    elif tokenizer is not None and template is not None:
+        tokenize = _tokenize_pairs if dpo else _tokenize
+        train = tokenize(
             examples["train_file"], tokenizer, template, max_len, "train_file", problems
         )
-        validation = _tokenize(
+        validation = tokenize(
             examples["validation_file"], tokenizer, template, max_len, "validation_file", problems
         )
-        if examples["train_file"] and not train:
+        said = any(p.field == "train_file" for p in problems)
+        if examples["train_file"] and not train and not said:
             problems.append(
                 Problem(
                     "train_file",
@@ -254,8 +557,16 @@ def make_plan(config: TrainConfig, run_dir: Path | None = None) -> Plan:
     epochs = suggested_epochs(n) if config.epochs == "auto" else config.epochs
     batch_size = min(32, max(4, n // 64)) if config.batch_size == "auto" else config.batch_size
     batch_size = min(batch_size, n)
-    base_lr = LORA_LEARNING_RATE if config.method != "full" else FULL_LEARNING_RATE
+    if grpo and config.batch_size == "auto":
+        batch_size = min(GRPO_AUTO_PROMPTS, n)
+    if dpo:
+        base_lr = DPO_LORA_LEARNING_RATE if config.method != "full" else DPO_FULL_LEARNING_RATE
+    elif grpo:
+        base_lr = GRPO_LORA_LEARNING_RATE if config.method != "full" else DPO_FULL_LEARNING_RATE
+    else:
+        base_lr = LORA_LEARNING_RATE if config.method != "full" else FULL_LEARNING_RATE
     lr = base_lr if config.learning_rate == "auto" else config.learning_rate
+    beta = DPO_AUTO_BETA if config.dpo_beta == "auto" else config.dpo_beta
     steps_per_epoch = math.ceil(n / batch_size)
     total_steps = steps_per_epoch * epochs
     if config.max_steps:
@@ -272,6 +583,8 @@ def make_plan(config: TrainConfig, run_dir: Path | None = None) -> Plan:
             "epochs": epochs,
             "batch_size": batch_size,
             "learning_rate": lr,
+            "dpo_beta": beta,
+            "grader": grader if grpo else config.grader,
             "max_seq_len": max_len,
             "device": device,
             "precision": "bf16" if use_bf16 else "fp32",
@@ -292,7 +605,18 @@ def make_plan(config: TrainConfig, run_dir: Path | None = None) -> Plan:
         context_length=context,
         device=device,
         use_bf16=use_bf16,
+        start_from=start_from,
+        eos_ids=eos_ids,
     )
+
+
+def rd_model(start_from: StartFrom) -> str:
+    """The base model of a run to start from: its config's model, or its own folder (full)."""
+    from tuneforge import run_dir as rd
+
+    if start_from.method == "full":
+        return str(start_from.weights)
+    return str(rd.read_config(start_from.run_dir)["model"])
 
 
 def _usual_system_prompt(examples: list) -> str | None:
@@ -304,7 +628,7 @@ def _usual_system_prompt(examples: list) -> str | None:
     counts = Counter(
         m.content
         for e in examples
-        for m in e.conversation.messages[:1]
+        for m in (e.conversation.messages if hasattr(e, "conversation") else e.messages)[:1]
         if m.role == "system" and isinstance(m.content, str)
     )
     return counts.most_common(1)[0][0] if counts else None

@@ -34,6 +34,7 @@ from tuneforge import run_dir as rd
 from tuneforge.config import TrainConfig
 from tuneforge.data.tokenize import IGNORE_INDEX
 from tuneforge.errors import TuneforgeError, UsageError
+from tuneforge.train import dpo, grpo
 from tuneforge.train.plan import Plan, TokenizedExample
 
 StepCallback = Callable[[dict[str, Any]], None]
@@ -120,6 +121,49 @@ def step_indices(step: int, n: int, batch_size: int, steps_per_epoch: int, seed:
     return order[within * batch_size : (within + 1) * batch_size]
 
 
+def _token_logps(model: Any, mb: MicroBatch, device: torch.device) -> torch.Tensor:
+    """log π of each trained (answer) token of a packed micro-batch, in row order."""
+    lm = causal_lm(model)
+    hidden = lm.get_decoder()(
+        input_ids=mb.input_ids.to(device),
+        position_ids=mb.position_ids.to(device),
+        segment_bounds=mb.bounds,
+        use_cache=False,
+    ).last_hidden_state[0]
+    logits = lm.get_output_embeddings()(hidden[mb.positions.to(device)]).float()
+    return -F.cross_entropy(logits, mb.targets.to(device), reduction="none")
+
+
+def _grader_means(grader: dict, grades: list) -> dict[str, float]:
+    """TRL's `rewards/<name>/mean`: the top grader's, and each sub-grader's of a multi."""
+    if not grades:
+        return {}
+    out = {f"rewards/{grader['name']}/mean": sum(g.reward for g in grades) / len(grades)}
+    for key in grader.get("graders") or {}:
+        values = [g.sub_rewards.get(key, 0.0) for g in grades]
+        out[f"rewards/{key}/mean"] = sum(values) / len(values)
+    return out
+
+
+def _index_groups(
+    items: list, indices: list[int], packing: bool, micro_batch_tokens: int
+) -> list[list[int]]:
+    """`group_examples`/`dpo.group_pairs` on indices: which of `items` share a forward pass."""
+    from tuneforge.train.plan import TokenizedPair
+
+    groups: list[list[int]] = []
+    size = 0
+    for i in indices:
+        item = items[i]
+        n = item.n_tokens if isinstance(item, TokenizedPair) else len(item.input_ids)
+        if not groups or not packing or (groups[-1] and size + n > micro_batch_tokens):
+            groups.append([])
+            size = 0
+        groups[-1].append(i)
+        size += n
+    return groups
+
+
 # ----------------------------------------------------------------------------------------------
 # Model pieces
 # ----------------------------------------------------------------------------------------------
@@ -199,13 +243,17 @@ def build_model(plan: Plan) -> Any:
     else:
         model = load_model(config.model, dtype=torch.float32)
     if config.method in ("lora", "qlora"):
-        from peft import get_peft_model
+        from peft import PeftModel, get_peft_model
 
         if config.method == "qlora":
             from peft import prepare_model_for_kbit_training
 
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-        model = get_peft_model(model, lora_config(config))
+        if plan.start_from is not None:
+            # Train the finished run's adapter further (its own rank and targets).
+            model = PeftModel.from_pretrained(model, plan.start_from.weights, is_trainable=True)
+        else:
+            model = get_peft_model(model, lora_config(config))
     use_varlen_attention(model)
     return model
 
@@ -332,19 +380,81 @@ class SFTRecipe:
                 system_prompt=self.plan.system_prompt,
                 trainable_parameters=sum(p.numel() for p in self.params),
             )
+        if config.objective == "dpo":
+            self._setup_reference(resume)
+        if config.objective == "grpo" and not resume:
+            self._preflight()
         if not resume:
             # The base model's validation loss on the same sample: the bar training must clear.
             initial = self.evaluate(self.plan.validation[: config.eval_examples])
             if initial and self.is_main:
                 rd.write_status(
-                    self.run_dir,
-                    initial_valid_loss=initial[0],
-                    initial_valid_mean_token_accuracy=initial[1],
+                    self.run_dir, **{f"initial_valid_{k}": v for k, v in initial.items()}
                 )
         self.accelerator.wait_for_everyone()
 
+    def _setup_reference(self, resume: bool) -> None:
+        """DPO: the reference model's log-probs of every pair this run uses, computed before the
+        first step (see train/dpo.py) and kept in the run directory for an exact resume."""
+        path = self.run_dir / dpo.REFERENCE_FILE
+        if resume and self.step > 0:
+            if not path.exists():
+                raise TuneforgeError(
+                    f"{path} is missing: a DPO run cannot resume without the reference "
+                    "log-probabilities it started with",
+                    hint="start the run again (a new output_dir)",
+                )
+            saved = torch.load(path, weights_only=True)
+            self.reference, self.valid_reference = saved["train"], saved["validation"]
+            return
+        plan, config = self.plan, self.config
+        self.on_event(
+            f"computing the reference model's log-probabilities of {len(plan.train)} training "
+            f"and {len(plan.validation)} validation pairs"
+        )
+        # The pairs of each step, grouped as train_step groups them; a pair is computed at its
+        # first appearance only, by the process that will run that group first.
+        seen: set[int] = set()
+        mine: list[list[int]] = []
+        for step in range(plan.total_steps):
+            indices = step_indices(
+                step, len(plan.train), config.batch_size, plan.steps_per_epoch, config.seed
+            )
+            groups = _index_groups(plan.train, indices, config.packing, config.micro_batch_tokens)
+            for g, group in enumerate(groups):
+                new = [i for i in group if i not in seen]
+                seen.update(new)
+                if new and g % self.world == self.rank:
+                    mine.append(new)
+        valid = list(range(len(plan.validation)))
+        valid_groups = _index_groups(plan.validation, valid, True, config.micro_batch_tokens)
+        # For LoRA from the base model the reference is the base: the adapter switched off.
+        disabled = config.method != "full" and plan.start_from is None
+        train_ref = dpo.compute_reference(self.model, mine, plan.train, self.device, disabled)
+        valid_ref = dpo.compute_reference(
+            self.model,
+            valid_groups[self.rank :: self.world],
+            plan.validation,
+            self.device,
+            disabled,
+        )
+        if self.world > 1:
+            both = torch.cat([train_ref.nan_to_num(0.0), valid_ref.nan_to_num(0.0)])
+            both = self.accelerator.reduce(both.to(self.device), reduction="sum").cpu()
+            train_ref, valid_ref = both[: len(plan.train)], both[len(plan.train) :]
+        self.reference, self.valid_reference = train_ref, valid_ref
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.tmp")
+            torch.save({"train": train_ref, "validation": valid_ref}, tmp)
+            os.replace(tmp, path)  # a crash leaves the old file or the new one, never half
+
     # -- one optimizer step ----------------------------------------------------------------
     def train_step(self, step: int) -> dict[str, Any]:
+        if self.config.objective == "dpo":
+            return self.dpo_step(step)
+        if self.config.objective == "grpo":
+            return self.grpo_step(step)
         plan, config = self.plan, self.config
         indices = step_indices(
             step, len(plan.train), config.batch_size, plan.steps_per_epoch, config.seed
@@ -400,6 +510,242 @@ class SFTRecipe:
             "tokens": sum(len(ex.input_ids) for ex in examples),
         }
 
+    def dpo_step(self, step: int) -> dict[str, Any]:
+        """One DPO optimizer step: the mean sigmoid loss over the step's pairs (train/dpo.py)."""
+        plan, config = self.plan, self.config
+        indices = step_indices(
+            step, len(plan.train), config.batch_size, plan.steps_per_epoch, config.seed
+        )
+        groups = _index_groups(plan.train, indices, config.packing, config.micro_batch_tokens)
+        beta = float(config.dpo_beta)
+        self.model.train()
+        sums = torch.zeros(len(dpo.SUM_KEYS), dtype=torch.float64)
+        for group in groups[self.rank :: self.world]:
+            batch = dpo.make_pair_batch([plan.train[i] for i in group])
+            with self.accelerator.autocast():
+                policy, chosen_correct = dpo.sequence_logps(self.model, batch, self.device)
+            losses, chosen_rewards, rejected_rewards = dpo.dpo_loss(
+                policy, self.reference[group], beta
+            )
+            # Every pair weighs the same in the step, whichever micro-batch holds it.
+            (losses.sum() / len(indices)).backward()
+            sums += dpo.pair_sums(losses, chosen_rewards, rejected_rewards, policy, chosen_correct)
+        if self.world > 1:
+            self._all_reduce_gradients()
+            sums = self.accelerator.reduce(sums.to(self.device), reduction="sum").cpu()
+        if not math.isfinite(float(sums[0])):
+            self._fail(
+                "nan_loss",
+                f"the DPO loss became {float(sums[0])} at step {step + 1}; start again with "
+                "a lower learning rate (e.g. learning_rate_multiplier=0.5); the last good "
+                "checkpoint is kept",
+            )
+        grad_norm = None
+        if config.max_grad_norm is not None:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, config.max_grad_norm))
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        pairs = [plan.train[i] for i in indices]
+        chosen_tokens = sum(p.chosen.n_trained for p in pairs)
+        found = dpo.metrics_from_sums(sums, len(indices), chosen_tokens)
+        return {
+            "step": step + 1,
+            "epoch": round((step + 1) / plan.steps_per_epoch, 4),
+            "train_loss": found.pop("loss"),
+            "train_mean_token_accuracy": found.pop("mean_token_accuracy"),
+            **found,
+            "learning_rate": lr,
+            "grad_norm": grad_norm,
+            "trained_tokens": sum(p.n_trained for p in pairs),
+            "tokens": sum(p.n_tokens for p in pairs),
+        }
+
+    # -- GRPO ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _sample(self, prompt: Any, n: int, greedy: bool = False) -> list[tuple[list[int], bool]]:
+        """n answers to one prompt from the model as it is now (so each step samples from the
+        updated adapter): token ids up to and including the first end-of-turn token, and
+        whether it ended there (False: cut at max_completion_tokens)."""
+        config, tokenizer = self.config, self.plan.tokenizer
+        eos = sorted(self.plan.eos_ids) or [tokenizer.eos_token_id]
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+        was_training = self.model.training
+        self.model.eval()
+        ids = torch.tensor([prompt.input_ids] * n, device=self.device)
+        sampling: dict[str, Any] = (
+            {"do_sample": False}
+            if greedy
+            else {"do_sample": True, "temperature": config.temperature, "top_p": 1.0, "top_k": 0}
+        )
+        out = self.model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=config.max_completion_tokens,
+            eos_token_id=eos,
+            pad_token_id=pad,
+            **sampling,
+        )
+        self.model.train(was_training)
+        answers = []
+        for row in out[:, ids.shape[1] :].tolist():
+            end = next((i for i, t in enumerate(row) if t in eos), None)
+            answers.append((row[: end + 1], True) if end is not None else (row, False))
+        return answers
+
+    def _score(self, prompt: Any, answer: list[int]) -> Any:
+        from tuneforge.eval.graders import make_sample, run_grader
+
+        text = self.plan.tokenizer.decode(answer, skip_special_tokens=True)
+        return run_grader(self.config.grader, make_sample(text), prompt.item)
+
+    def _preflight(self) -> None:
+        """Before training: sample groups from the starting model on the first prompts. If every
+        group scores the same, no answer is better than its siblings and GRPO has nothing to
+        learn — say so now instead of after hours of flat rewards."""
+        config = self.config
+        prompts = self.plan.train[: min(8, len(self.plan.train))]
+        torch.manual_seed(config.seed * 1_000_003 - 1)
+        rewards = []
+        for prompt in prompts:
+            answers = self._sample(prompt, config.grpo_group_size)
+            rewards.append([self._score(prompt, a).reward for a, _ in answers])
+        flat = [r for group in rewards for r in group]
+        zero = sum(1 for group in rewards if max(group) == min(group)) / len(rewards)
+        mean = sum(flat) / len(flat)
+        if self.is_main:
+            rd.write_status(
+                self.run_dir, preflight_reward_mean=mean, preflight_frac_reward_zero_std=zero
+            )
+        self.on_event(
+            f"preflight: {len(prompts)} prompts × {config.grpo_group_size} answers from the "
+            f"starting model: mean reward {mean:.3f}, {zero:.0%} of groups without spread"
+        )
+        if zero == 1.0:
+            self._fail(
+                "no_reward_signal",
+                f"every sampled group of the starting model scored the same (all "
+                f"{sorted(set(flat))}), so GRPO has nothing to learn: the task is too hard or "
+                "too easy for this model, or the grader always gives the same score. Check the "
+                "grader with POST /v1/fine_tuning/alpha/graders/run, give partial credit, raise "
+                "grpo_group_size or temperature, or fine-tune with objective=sft first",
+            )
+
+    def grpo_step(self, step: int) -> dict[str, Any]:
+        """One GRPO step: sample a group per prompt, score, normalise, one clipped update."""
+
+        plan, config = self.plan, self.config
+        indices = step_indices(
+            step, len(plan.train), config.batch_size, plan.steps_per_epoch, config.seed
+        )
+        prompts = [plan.train[i] for i in indices]
+        # The answers are drawn from torch's RNG seeded by (seed, step): a resumed run samples
+        # exactly what the uninterrupted one did.
+        torch.manual_seed(config.seed * 1_000_003 + step)
+        G = config.grpo_group_size
+        answers, grades = [], []
+        for prompt in prompts:
+            group = self._sample(prompt, G)
+            answers.append(group)
+            grades.append([self._score(prompt, ids) for ids, _ in group])
+        rewards = torch.tensor([[g.reward for g in group] for group in grades])
+        advantages = grpo.group_advantages(rewards)
+        flat = [
+            (p, ids, done) for p, group in zip(prompts, answers, strict=True) for ids, done in group
+        ]
+        lengths = [len(ids) for _, ids, _ in flat]
+        weights = grpo.answer_weights(lengths, config.grpo_loss_type, config.max_completion_tokens)
+        flat_adv = advantages.reshape(-1).tolist()
+        # Answers with A = 0 (and no KL term) have zero loss: no forward pass for them.
+        active = [
+            i for i, a in enumerate(flat_adv) if (a != 0.0 or config.grpo_beta > 0) and lengths[i]
+        ]
+        examples = [
+            TokenizedExample(p.input_ids + ids, [IGNORE_INDEX] * len(p.input_ids) + ids)
+            for p, ids, _ in flat
+        ]
+        self.model.train()
+        loss_value, clipped, kl_sum, tokens = 0.0, 0, 0.0, 0
+        groups = _index_groups(examples, active, config.packing, config.micro_batch_tokens)
+        for group in groups[self.rank :: self.world]:
+            mb = make_micro_batch([examples[i] for i in group])
+            answer_of = torch.searchsorted(torch.tensor(mb.bounds[1:]), mb.positions, right=True)
+            with self.accelerator.autocast():
+                logps = _token_logps(self.model, mb, self.device)
+            ref = None
+            if config.grpo_beta > 0:
+                with torch.no_grad(), self.model.disable_adapter():
+                    ref = _token_logps(self.model, mb, self.device)
+            adv = torch.tensor([flat_adv[group[j]] for j in answer_of.tolist()])
+            w = torch.tensor([weights[group[j]] for j in answer_of.tolist()])
+            losses, is_clipped, kl = grpo.token_losses(
+                logps, logps.detach(), adv.to(logps), config.grpo_epsilon, config.grpo_beta, ref
+            )
+            (losses * w.to(losses)).sum().backward()
+            loss_value += float((losses.detach() * w.to(losses)).sum())
+            clipped += int(is_clipped.sum())
+            tokens += int(losses.numel())
+            if kl is not None:
+                kl_sum += float(kl.detach().sum())
+        if self.world > 1:
+            self._all_reduce_gradients()
+            totals = self.accelerator.reduce(
+                torch.tensor(
+                    [loss_value, clipped, kl_sum, tokens], dtype=torch.float64, device=self.device
+                ),
+                reduction="sum",
+            ).cpu()
+            loss_value, clipped, kl_sum, tokens = (float(x) for x in totals)
+        if not math.isfinite(loss_value):
+            self._fail(
+                "nan_loss",
+                f"the GRPO loss became {loss_value} at step {step + 1}; start again with a "
+                "lower learning rate; the last good checkpoint is kept",
+            )
+        grad_norm = None
+        if config.max_grad_norm is not None and self.params[0].grad is not None:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, config.max_grad_norm))
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        metrics: dict[str, Any] = {
+            "step": step + 1,
+            "epoch": round((step + 1) / plan.steps_per_epoch, 4),
+            "train_loss": loss_value,
+            "reward": float(rewards.mean()),
+            "reward_std": float(rewards.std()) if rewards.numel() > 1 else 0.0,
+            "frac_reward_zero_std": float((rewards.std(dim=1) == 0).float().mean()),
+            "completions/mean_length": sum(lengths) / len(lengths),
+            "completions/clipped_ratio": sum(1 for *_, done in flat if not done) / len(flat),
+            "clip_ratio/region_mean": clipped / max(1, tokens),
+        }
+        metrics |= _grader_means(config.grader, [g for group in grades for g in group])
+        if config.grpo_beta > 0:
+            metrics["kl"] = kl_sum / max(1, tokens)
+        return metrics | {
+            "learning_rate": lr,
+            "grad_norm": grad_norm,
+            "trained_tokens": sum(lengths),
+            "tokens": sum(len(e.input_ids) for e in examples),
+        }
+
+    def _evaluate_prompts(self, n: int) -> dict[str, float]:
+        """Greedy answers to the first `n` validation prompts, scored: OpenAI's reward mean."""
+        prompts = self.plan.validation[:n]
+        grades = []
+        for prompt in prompts[self.rank :: self.world]:
+            ((ids, _),) = self._sample(prompt, 1, greedy=True)
+            grades.append(self._score(prompt, ids))
+        total = torch.tensor([sum(g.reward for g in grades), len(grades)], dtype=torch.float64)
+        if self.world > 1:
+            total = self.accelerator.reduce(total.to(self.device), reduction="sum").cpu()
+        out = {"reward_mean": float(total[0] / max(1.0, float(total[1])))}
+        if self.world == 1:
+            out |= _grader_means(self.config.grader, grades)
+        return out
+
     def _all_reduce_gradients(self) -> None:
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
         flat = torch.cat([g.reshape(-1) for g in grads])
@@ -412,9 +758,15 @@ class SFTRecipe:
 
     # -- evaluation ------------------------------------------------------------------------
     @torch.no_grad()
-    def evaluate(self, examples: list[TokenizedExample]) -> tuple[float, float] | None:
+    def evaluate(self, examples: list) -> dict[str, float] | None:
+        """Validation metrics without the `valid_` prefix: SFT's loss and mean token accuracy
+        (per trained token), or DPO's loss, rewards and accuracies (per pair)."""
         if not examples:
             return None
+        if self.config.objective == "dpo":
+            return self._evaluate_pairs(len(examples))
+        if self.config.objective == "grpo":
+            return self._evaluate_prompts(len(examples))
         self.model.eval()
         groups = group_examples(examples, True, max(self.config.micro_batch_tokens, 1))
         loss_sum, correct = 0.0, 0
@@ -431,7 +783,26 @@ class SFTRecipe:
             ).cpu()
             loss_sum, correct = float(totals[0]), int(totals[1].item())
         tokens = sum(ex.n_trained for ex in examples)
-        return loss_sum / tokens, correct / tokens
+        return {"loss": loss_sum / tokens, "mean_token_accuracy": correct / tokens}
+
+    def _evaluate_pairs(self, n: int) -> dict[str, float]:
+        """The first `n` validation pairs (the periodic sample, or all of them)."""
+        pairs = self.plan.validation
+        groups = _index_groups(pairs, list(range(n)), True, self.config.micro_batch_tokens)
+        self.model.eval()
+        sums = torch.zeros(len(dpo.SUM_KEYS), dtype=torch.float64)
+        for group in groups[self.rank :: self.world]:
+            batch = dpo.make_pair_batch([pairs[i] for i in group])
+            with self.accelerator.autocast():
+                policy, chosen_correct = dpo.sequence_logps(self.model, batch, self.device)
+            losses, chosen_rewards, rejected_rewards = dpo.dpo_loss(
+                policy, self.valid_reference[group], float(self.config.dpo_beta)
+            )
+            sums += dpo.pair_sums(losses, chosen_rewards, rejected_rewards, policy, chosen_correct)
+        if self.world > 1:
+            sums = self.accelerator.reduce(sums.to(self.device), reduction="sum").cpu()
+        chosen_tokens = sum(p.chosen.n_trained for p in pairs[:n])
+        return dpo.metrics_from_sums(sums, n, chosen_tokens)
 
     # -- the loop --------------------------------------------------------------------------
     def train(self) -> dict[str, Any]:
@@ -451,7 +822,7 @@ class SFTRecipe:
                 if self.step % config.eval_every == 0 or self.step == plan.total_steps:
                     result = self.evaluate(valid_sample)
                     if result:
-                        metrics["valid_loss"], metrics["valid_mean_token_accuracy"] = result
+                        metrics.update({f"valid_{k}": v for k, v in result.items()})
                 metrics["elapsed_seconds"] = round(
                     self.elapsed_before + time.time() - session_start, 3
                 )
@@ -480,14 +851,16 @@ class SFTRecipe:
                     return last
             # The last step's evaluation already covered the whole set when the sample is all
             # of it: the same numbers, without a second pass.
-            whole = len(valid_sample) == len(plan.validation) and "valid_loss" in last
+            whole = len(valid_sample) == len(plan.validation) and any(
+                k.startswith("valid_") for k in last
+            )
             final = (
-                (last["valid_loss"], last["valid_mean_token_accuracy"])
+                {k[len("valid_") :]: v for k, v in last.items() if k.startswith("valid_")}
                 if whole
                 else self.evaluate(plan.validation)
             )
             if final:
-                last["full_valid_loss"], last["full_valid_mean_token_accuracy"] = final
+                last.update({f"full_valid_{k}": v for k, v in final.items()})
             if self.is_main:
                 self.save_final(last)
             return last
@@ -627,7 +1000,11 @@ class SFTRecipe:
 
             shutil.rmtree(model_dir)
         os.rename(tmp, model_dir)
-        final = {k: v for k, v in last.items() if k.endswith(("loss", "accuracy"))}
+        final = {
+            k: v
+            for k, v in last.items()
+            if k.endswith(("loss", "accuracy", "accuracies", "reward_mean"))
+        }
         write_loss_plot(self.run_dir)
         write_model_card(self.run_dir, self.config, self.plan, final)
         rd.write_status(

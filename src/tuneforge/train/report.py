@@ -28,7 +28,12 @@ def write_loss_plot(run_dir: Path) -> Path | None:
     if valid:
         ax.plot(*zip(*valid, strict=True), "o-", label="valid_loss (step 0: base model)")
     ax.set_xlabel("step")
-    ax.set_ylabel("loss (per trained token)")
+    objective = (rd.read_config(run_dir) or {}).get("objective")
+    ax.set_ylabel(
+        {"dpo": "DPO loss (per pair)", "grpo": "GRPO loss (plot the reward instead)"}.get(
+            objective, "loss (per trained token)"
+        )
+    )
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -63,8 +68,16 @@ def _shown(value: Any) -> str:
 def model_card(
     run_dir: Path, config: Any, plan: Any, final: dict[str, Any], *, loss_plot: str | None
 ) -> str:
-    train_tokens = sum(len(e.input_ids) for e in plan.train)
-    trained = sum(e.n_trained for e in plan.train)
+    objective = getattr(config, "objective", "sft")
+    dpo = objective == "dpo"
+    train_tokens = sum(e.n_tokens if dpo else len(e.input_ids) for e in plan.train)
+    trained = sum(getattr(e, "n_trained", 0) for e in plan.train)
+    unit = {"dpo": "preference pairs", "grpo": "prompts"}.get(objective, "examples")
+    how = {
+        "dpo": f"Direct Preference Optimization (DPO, beta {config.dpo_beta})",
+        "grpo": "reinforcement learning (GRPO) with the grader "
+        f"`{(config.grader or {}).get('name')}`",
+    }.get(objective, "supervised fine-tuning")
     metrics = "\n".join(f"| {k} | {v:.4f} |" for k, v in final.items()) or "| (none) | |"
     hyper = "\n".join(
         f"| {k} | {_shown(v)} |"
@@ -89,14 +102,14 @@ vLLM serves it with `--enable-lora --lora-modules name=path/to/model`; `tuneforg
 """
     return f"""# Fine-tuned {base}{f" ({config.suffix})" if config.suffix else ""}
 
-Trained with [tuneforge](https://pypi.org/project/tuneforge/) by supervised fine-tuning
+Trained with [tuneforge](https://pypi.org/project/tuneforge/) by {how}
 ({config.method}) on `{Path(config.train_file).name}`.
 
 ## Data
 | | |
 |---|---|
-| training examples | {len(plan.train)} |
-| validation examples | {len(plan.validation)} |
+| training {unit} | {len(plan.train)} |
+| validation {unit} | {len(plan.validation)} |
 | tokens per epoch | {train_tokens:,} |
 | trained (assistant) tokens per epoch | {trained:,} |
 | epochs trained | {plan.epochs_trained:g} |

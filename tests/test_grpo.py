@@ -1,0 +1,221 @@
+"""GRPO: advantages of a known group, the loss's value and gradient, a tiny model learning a
+one-token reward, the preflight that refuses a task without signal, exact resume, bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import write_lines
+
+from tuneforge import run_dir as rd
+from tuneforge.config import build_config
+from tuneforge.errors import ConfigError
+from tuneforge.train import grpo
+from tuneforge.train.plan import make_plan
+from tuneforge.train.recipe import TrainingFailed, resume, train
+
+# One-token answers score 1 when the token's text holds an "e": about a third of the vocabulary,
+# so a random model's groups have spread, and the policy can learn to pick such tokens.
+HAS_E = {
+    "type": "string_check",
+    "name": "has_e",
+    "input": "{{ sample.output_text }}",
+    "reference": "{{ item.letter }}",
+    "operation": "ilike",
+}
+
+
+def test_advantages_of_a_known_group():
+    advantages = grpo.group_advantages(torch.tensor([[1.0, 0.0, 0.0, 1.0], [0.5, 0.5, 0.5, 0.5]]))
+    # std([1,0,0,1]) with Bessel's correction = 0.57735; A = ±0.5 / (0.57735 + 1e-4).
+    assert advantages[0].tolist() == pytest.approx([0.86588, -0.86588, -0.86588, 0.86588], abs=1e-5)
+    assert advantages[1].tolist() == [0.0, 0.0, 0.0, 0.0]
+
+
+def test_grpo_loss_value_is_zero_but_its_gradient_is_not():
+    """With one update per sample batch the ratio is 1: loss_type=grpo's value is −mean(A) = 0,
+    while the gradient is REINFORCE's with the group baseline (trl #2703, "why is my loss 0")."""
+    logits = torch.zeros(4, requires_grad=True)
+    logps = torch.log_softmax(logits, 0)[[0, 1, 2, 3]]  # one token per answer
+    adv = grpo.group_advantages(torch.tensor([[1.0, 0.0, 0.0, 1.0]]))[0]
+    losses, clipped, kl = grpo.token_losses(logps, logps.detach(), adv, epsilon=0.2)
+    weights = torch.tensor(grpo.answer_weights([1, 1, 1, 1], "grpo", 8))
+    loss = (losses * weights).sum()
+    assert loss.item() == pytest.approx(0.0, abs=1e-7)
+    loss.backward()
+    assert logits.grad.abs().sum() > 0 and not clipped.any() and kl is None
+    # dapo with unequal lengths: −Σ A_i |o_i| / Σ |o_i|.
+    assert grpo.answer_weights([2, 1, 1], "dapo", 8) == [0.25, 0.25, 0.25]
+    assert grpo.answer_weights([2, 1], "dr_grpo", 8) == [1 / 16, 1 / 16]
+
+
+def prompts(n: int, start: int = 0) -> list[dict]:
+    return [
+        {"messages": [{"role": "user", "content": f"Prompt {i}: one token."}], "letter": "e"}
+        for i in range(start, start + n)
+    ]
+
+
+@pytest.fixture
+def prompt_dir(tmp_path: Path) -> Path:
+    write_lines(tmp_path / "train.jsonl", prompts(8))
+    write_lines(tmp_path / "valid.jsonl", prompts(4, start=100))
+    return tmp_path
+
+
+def grpo_config(prompt_dir: Path, model: Path, out: Path, **kw):
+    return build_config(
+        {
+            "model": str(model),
+            "train_file": str(prompt_dir / "train.jsonl"),
+            "validation_file": str(prompt_dir / "valid.jsonl"),
+            "output_dir": str(out),
+            "objective": "grpo",
+            "grader": HAS_E,
+            "method": "full",
+            "batch_size": 4,
+            "grpo_group_size": 8,
+            "max_completion_tokens": 1,
+            "learning_rate": 1e-3,
+            "lr_schedule": "constant",
+            "warmup_ratio": 0.0,
+            "max_steps": 4,
+            "eval_every": 2,
+            "checkpoint_every": 2,
+        }
+        | kw
+    )
+
+
+def test_a_tiny_model_learns_a_one_token_reward(prompt_dir, tiny_model_dir, tmp_path):
+    """SFT first teaches the random model to answer one of four letters (a quarter each), then
+    GRPO, started from that run, learns that only `A` is rewarded."""
+    letters = [
+        {
+            "messages": [
+                {"role": "user", "content": f"Prompt {i % 8}: one token."},
+                {"role": "assistant", "content": "ABCD"[i % 4]},
+            ]
+        }
+        for i in range(32)
+    ]
+    sft = tmp_path / "sft"
+    train(
+        make_plan(
+            build_config(
+                {
+                    "model": str(tiny_model_dir),
+                    "train_file": str(write_lines(tmp_path / "letters.jsonl", letters)),
+                    "output_dir": str(sft),
+                    "method": "full",
+                    "batch_size": 8,
+                    "max_steps": 40,
+                    "learning_rate": 1e-2,
+                    "lr_schedule": "constant",
+                }
+            )
+        )
+    )
+    sft_loss = rd.read_metrics(sft)[-1]["train_loss"]
+    assert sft_loss < 1.5, sft_loss  # ~ln 4 / 2: a quarter each for the letter, then the stop
+    is_a = HAS_E | {"name": "is_a", "reference": "A", "operation": "eq"}
+    out = tmp_path / "learn"
+    config = grpo_config(
+        prompt_dir,
+        tiny_model_dir,
+        out,
+        grader=is_a,
+        init_from=str(sft),
+        max_steps=16,
+        learning_rate=3e-3,
+        eval_every=16,
+        checkpoint_every=16,
+    )
+    _, last = train(make_plan(build_config(config.model_dump(exclude={"model"}))))
+    rows = rd.read_metrics(out)
+    rewards = [r["reward"] for r in rows]
+    status = rd.read_status(out)
+    assert 0.05 < status["preflight_reward_mean"] < 0.6, status["preflight_reward_mean"]
+    assert sum(rewards[-4:]) / 4 >= 0.9, rewards
+    assert sum(rewards[:4]) / 4 < 0.7, rewards
+    assert last["full_valid_reward_mean"] == 1.0
+    for key in (
+        "reward_std",
+        "frac_reward_zero_std",
+        "completions/mean_length",
+        "completions/clipped_ratio",
+        "clip_ratio/region_mean",
+        "rewards/is_a/mean",
+    ):
+        assert key in rows[0], key
+    assert all(0.0 <= r["frac_reward_zero_std"] <= 1.0 for r in rows)
+
+
+def test_preflight_refuses_a_task_where_every_group_scores_the_same(
+    prompt_dir, tiny_model_dir, tmp_path
+):
+    never = HAS_E | {"reference": "no token is this", "operation": "eq"}
+    out = tmp_path / "flat"
+    with pytest.raises(TrainingFailed, match="nothing to learn"):
+        train(make_plan(grpo_config(prompt_dir, tiny_model_dir, out, grader=never)))
+    status = rd.read_status(out)
+    assert status["status"] == "failed" and status["error"]["code"] == "no_reward_signal"
+    assert status["preflight_frac_reward_zero_std"] == 1.0
+    assert not rd.read_metrics(out)  # no step was trained
+
+
+def test_resume_samples_and_logs_the_same(prompt_dir, tiny_model_dir, tmp_path):
+    straight = tmp_path / "straight"
+    train(make_plan(grpo_config(prompt_dir, tiny_model_dir, straight)))
+    broken = tmp_path / "broken"
+
+    def crash_at_step_3(metrics):
+        if metrics["step"] == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(make_plan(grpo_config(prompt_dir, tiny_model_dir, broken)), on_step=crash_at_step_3)
+    resume(make_plan(rd.load_config(broken), broken))
+
+    def keys(run):
+        return [(r["step"], r["reward"], r["train_loss"]) for r in rd.read_metrics(run)]
+
+    assert keys(straight) == keys(broken)
+
+
+def test_bad_prompts_and_graders_are_clear_errors(prompt_dir, tiny_model_dir, tmp_path):
+    ends_with_answer = write_lines(
+        tmp_path / "answered.jsonl",
+        [
+            {"messages": [{"role": "user", "content": "Hi"}], "letter": "e"},
+            {
+                "messages": [
+                    {"role": "user", "content": "Hi"},
+                    {"role": "assistant", "content": "x"},
+                ]
+            },
+        ],
+    )
+    with pytest.raises(ConfigError) as info:
+        make_plan(
+            grpo_config(
+                prompt_dir, tiny_model_dir, tmp_path / "o", train_file=str(ends_with_answer)
+            )
+        )
+    assert "line 2" in info.value.inline() and "user message" in info.value.inline()
+
+    missing = HAS_E | {"reference": "{{ item.answer }}"}
+    with pytest.raises(ConfigError) as info:
+        make_plan(grpo_config(prompt_dir, tiny_model_dir, tmp_path / "o", grader=missing))
+    (problem,) = info.value.problems
+    assert problem.field == "grader"
+    assert "line 1" in problem.message and "item.answer" in problem.message
+    assert "letter" in problem.message  # the fields the row does have
+
+    broken = {"type": "python", "name": "py", "source": "def grade(sample, item):\n  return ("}
+    with pytest.raises(ConfigError, match="syntax error"):
+        make_plan(grpo_config(prompt_dir, tiny_model_dir, tmp_path / "o", grader=broken))
+    with pytest.raises(ConfigError, match="needs a grader"):
+        make_plan(grpo_config(prompt_dir, tiny_model_dir, tmp_path / "o", grader=None))
