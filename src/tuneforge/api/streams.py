@@ -47,10 +47,11 @@ def job_event_stream(request: Request, job_id: str, last_event_id: str | None) -
             "page by page (without stream=true)",
             code="too_many_streams",
         )
-    state.open_streams = getattr(state, "open_streams", 0) + 1
     store = get_store(request)
 
     async def events() -> AsyncIterator[str]:
+        # Counted while the generator runs: a client that leaves before it starts costs nothing.
+        state.open_streams = getattr(state, "open_streams", 0) + 1
         after = last_event_id
         last_status: str | None = None
         last_sent = time.monotonic()

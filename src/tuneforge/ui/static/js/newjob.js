@@ -195,8 +195,18 @@ function renderCode() {
   if (body.validation_file) lines.push(`validation_file: ${yamlValue(fileName(body.validation_file))}`);
   if (body.suffix) lines.push(`suffix: ${yamlValue(body.suffix)}`);
   if (body.seed !== undefined) lines.push(`seed: ${body.seed}`);
-  if (body.method.type !== "supervised") lines.push(`# method: ${body.method.type} (as in the job request)`);
-  for (const [k, v] of Object.entries(hp)) lines.push(`${ours[k] || k}: ${yamlValue(v)}`);
+  // OpenAI's method → our config's fields (the mapping of jobs/spec.py).
+  const objective = { dpo: "dpo", reinforcement: "grpo" }[body.method.type];
+  if (objective) lines.push(`objective: ${objective}`);
+  if (hp.beta !== undefined) lines.push(`dpo_beta: ${yamlValue(hp.beta)}`);
+  if (hp.compute_multiplier !== undefined) lines.push(`grpo_group_size: ${Math.max(2, Math.round(4 * Number(hp.compute_multiplier)))}`);
+  if (hp.eval_interval !== undefined) lines.push(`eval_every: ${yamlValue(hp.eval_interval)}`);
+  const grader = (body.method[body.method.type] || {}).grader;
+  if (grader !== undefined) lines.push(`grader: ${JSON.stringify(grader)}`);
+  for (const [k, v] of Object.entries(hp)) {
+    if (ours[k]) lines.push(`${ours[k]}: ${yamlValue(v)}`);
+    else if (!["beta", "compute_multiplier", "eval_interval"].includes(k)) lines.push(`# ${k}: ${yamlValue(v)} (a job setting with no tuneforge train field)`);
+  }
   for (const [k, v] of Object.entries(body.training_config || {})) lines.push(`${k}: ${yamlValue(v)}`);
   $("#code-yaml").textContent = lines.join("\n");
   const json = JSON.stringify(body, null, 2).replace(/'/g, "'\\''");
