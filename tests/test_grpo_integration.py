@@ -15,7 +15,7 @@ from helpers import write_lines
 
 from tuneforge import run_dir as rd
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 CATEGORIES = (
     "fruit", "vegetable", "color", "animal", "bird", "fish", "tree", "flower", "metal", "planet",

@@ -293,13 +293,13 @@ def test_a_newcomers_whole_flow(server, browse, demo_dir, tiny_model_dir, tmp_pa
     page.wait_for_selector("#tc-lora_rank", state="attached")
     page.select_option("#job-model", tiny)
     page.select_option("#job-validation_file", validation_id)
-    page.fill("#hp-n_epochs", "8")
+    page.fill("#hp-n_epochs", "6")
     page.click("#advanced summary")
     page.fill("#tc-eval_every", "4")
     page.click("#code summary")
     code = page.inner_text("#code-python")
-    assert '"n_epochs": 8' in code and '"eval_every": 4' in code and file_id in code
-    assert "epochs: 8" in page.inner_text("#code-yaml")
+    assert '"n_epochs": 6' in code and '"eval_every": 4' in code and file_id in code
+    assert "epochs: 6" in page.inner_text("#code-yaml")
     snapshot(page, folder, "new-job")
     page.click("#create-btn")
     page.wait_for_url("**/studio/jobs/ftjob-*")

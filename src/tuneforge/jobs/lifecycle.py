@@ -165,7 +165,7 @@ def settle(store: Store, job_id: str, cause: str) -> None:
             at = f" at step {run['step']}" if run.get("step") else ""
             store.add_event(
                 job_id,
-                f"The training process stopped{at} ({cause}); {_checkpoint_note(run_dir)}",
+                f"The training process stopped ({cause}){at}; {_checkpoint_note(run_dir)}",
                 level="warn",
             )
     store.update_job(job_id, worker_pid=None)
