@@ -286,6 +286,7 @@ def test_an_unknown_architecture_or_a_failed_write_leaves_no_file(tiny, tmp_path
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # ~100 s: out of CI's 30-minute budget; `bash scripts/test.sh -m slow` runs it
 def test_real_model_matches_the_shipped_gguf_and_answers_alike(default_model_dir, tmp_path):
     import importlib.util
 
