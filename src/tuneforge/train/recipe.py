@@ -483,21 +483,7 @@ class SFTRecipe:
                 reduction="sum",
             ).cpu()
             loss_sum, correct = totals[0], int(totals[1].item())
-        if not math.isfinite(float(loss_sum)):
-            # Stop before the optimizer applies a NaN update; the last checkpoint stays good.
-            self._fail(
-                "nan_loss",
-                f"the training loss became {float(loss_sum)} at step {step + 1}; start again with "
-                "a lower learning rate (e.g. learning_rate_multiplier=0.5); the last good "
-                "checkpoint is kept",
-            )
-        grad_norm = None
-        if config.max_grad_norm is not None:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, config.max_grad_norm))
-        lr = self.scheduler.get_last_lr()[0]
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        lr, grad_norm = self._apply_gradients(step, float(loss_sum), "training loss")
         loss = float(loss_sum) / step_tokens
         return {
             "step": step + 1,
@@ -533,20 +519,7 @@ class SFTRecipe:
         if self.world > 1:
             self._all_reduce_gradients()
             sums = self.accelerator.reduce(sums.to(self.device), reduction="sum").cpu()
-        if not math.isfinite(float(sums[0])):
-            self._fail(
-                "nan_loss",
-                f"the DPO loss became {float(sums[0])} at step {step + 1}; start again with "
-                "a lower learning rate (e.g. learning_rate_multiplier=0.5); the last good "
-                "checkpoint is kept",
-            )
-        grad_norm = None
-        if config.max_grad_norm is not None:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, config.max_grad_norm))
-        lr = self.scheduler.get_last_lr()[0]
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        lr, grad_norm = self._apply_gradients(step, float(sums[0]), "DPO loss")
         pairs = [plan.train[i] for i in indices]
         chosen_tokens = sum(p.chosen.n_trained for p in pairs)
         found = dpo.metrics_from_sums(sums, len(indices), chosen_tokens)
@@ -697,19 +670,7 @@ class SFTRecipe:
                 reduction="sum",
             ).cpu()
             loss_value, clipped, kl_sum, tokens = (float(x) for x in totals)
-        if not math.isfinite(loss_value):
-            self._fail(
-                "nan_loss",
-                f"the GRPO loss became {loss_value} at step {step + 1}; start again with a "
-                "lower learning rate; the last good checkpoint is kept",
-            )
-        grad_norm = None
-        if config.max_grad_norm is not None and self.params[0].grad is not None:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, config.max_grad_norm))
-        lr = self.scheduler.get_last_lr()[0]
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        lr, grad_norm = self._apply_gradients(step, loss_value, "GRPO loss")
         metrics: dict[str, Any] = {
             "step": step + 1,
             "epoch": round((step + 1) / plan.steps_per_epoch, 4),
@@ -882,6 +843,29 @@ class SFTRecipe:
             "finishing the current step, then saving a checkpoint "
             "(press Ctrl-C again to stop at once)"
         )
+
+    def _apply_gradients(self, step: int, loss: float, what: str) -> tuple[float, float | None]:
+        """The end of every objective's step: refuse a non-finite loss before the optimizer
+        applies it (the last checkpoint stays good), clip, step optimizer and schedule.
+        Returns the learning rate used and the gradient norm before clipping."""
+        if not math.isfinite(loss):
+            self._fail(
+                "nan_loss",
+                f"the {what} became {loss} at step {step + 1}; start again with a lower "
+                "learning rate (e.g. learning_rate_multiplier=0.5); the last good checkpoint "
+                "is kept",
+            )
+        grad_norm = None
+        has_grad = any(p.grad is not None for p in self.params)
+        if self.config.max_grad_norm is not None and has_grad:
+            grad_norm = float(
+                torch.nn.utils.clip_grad_norm_(self.params, self.config.max_grad_norm)
+            )
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return lr, grad_norm
 
     def _fail(self, code: str, message: str) -> None:
         if self.is_main:
