@@ -9,6 +9,8 @@ difference is one change:
   lora_d0         same, dropout 0
   lora_d0_head    same, LM head + loss only at trained positions
   tuneforge       our loop's forward (packed rows, per-example attention, head at trained positions)
+  tuneforge_bf16  same, under bf16 autocast (fp32 master weights)
+  tuneforge_bf16_once  same, each cast done once (train/bf16.py), as `precision: bf16` trains
 
 Run:  .venv/bin/python bench/lora_step_anatomy.py [--steps 3]
 Prints seconds per step (median of --steps after one warm-up) and a FLOP estimate per variant.
@@ -57,7 +59,7 @@ def make_model(kind: str):
 
     torch.manual_seed(0)
     model = load_model("smollm2-135m-instruct")
-    if kind.startswith("lora") or kind == "tuneforge":
+    if kind.startswith("lora") or kind.startswith("tuneforge"):
         dropout = 0.05 if kind == "lora_d05" else 0.0
         config = LoraConfig(
             r=16,
@@ -74,7 +76,7 @@ def make_model(kind: str):
 def step_fn(kind: str, model, ids: torch.Tensor, labels: torch.Tensor):
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-5)
-    if kind == "tuneforge":
+    if kind.startswith("tuneforge"):
         from tuneforge.models.attention import use_varlen_attention
         from tuneforge.train.plan import TokenizedExample
         from tuneforge.train.recipe import forward_sums, make_micro_batch
@@ -86,8 +88,15 @@ def step_fn(kind: str, model, ids: torch.Tensor, labels: torch.Tensor):
         mb = make_micro_batch(examples)
         n = mb.n_trained
 
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled="bf16" in kind)
+        if kind == "tuneforge_bf16_once":
+            from tuneforge.train.bf16 import cast_once_for_bf16
+
+            cast_once_for_bf16(model)
+
         def step() -> None:
-            loss, _ = forward_sums(model, mb, torch.device("cpu"))
+            with autocast:
+                loss, _ = forward_sums(model, mb, torch.device("cpu"))
             (loss / n).backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)

@@ -17,23 +17,32 @@ train / 60 validation examples, OpenAI chat format: system, user, assistant), th
 (r=16, alpha=32, dropout 0, all linear layers), the same global batch (8 examples per optimizer
 step) and the same `torch.set_num_threads` value. In this order:
 
-1. Roofline. fp32 `torch.mm` at the model's linear shapes, M = 2048 tokens: forward-like X·Wᵀ
+0. Hardware. The CPU's model and flags are read (`tuneforge.models.precision.cpu_info`) and the
+   TRL baseline's precision is decided as tuneforge's `precision: auto` decides: bf16 autocast
+   where the CPU has bf16 units (AMX-BF16, AVX512-BF16) and a timed calibration finds bf16
+   clearly faster, fp32 on CPUs without them (where bf16 is emulated and slow). Both go in
+   the JSON (`machine`, `baseline_precision`).
+1. Roofline. `torch.mm` at the model's linear shapes, M = 2048 tokens, in fp32 and (on CPUs with
+   bf16 units) in bf16: forward-like X·Wᵀ
    and backward-like dY·W (the frozen base only needs dX) for q/o (576→576), k/v (576→192),
    gate/up (576→1536), down (1536→576) and the LM head (576→49152). Each GEMM's best time is
    weighted by how often a LoRA step runs it (7 linears × 30 layers; the head only at trained
    positions, i.e. weighted by the data's trained-token fraction): roofline = Σ FLOPs / Σ time.
-2. `trl`: TRL's SFTTrainer configured fairly for a CPU, the headline baseline: fp32, no gradient
-   checkpointing, lr 2e-4, cosine, warmup 5%, batch 8, 1 epoch, max_length 2048, no packing,
-   `use_cpu`, no dataloader workers, no checkpoints, eval on the validation split at the epoch's
-   end. Loss on the assistant reply only: SmolLM2's template has no `{% generation %}` markers,
-   so the data goes in as conversational prompt-completion (`prompt` = system + user messages,
-   `completion` = the assistant message), for which SFTTrainer masks the prompt
-   (`completion_only_loss=None` resolves to True for prompt-completion data).
+2. `trl`: TRL's SFTTrainer configured at its best for this CPU, the headline baseline: the
+   precision of step 0 (bf16 autocast or fp32), no gradient checkpointing, lr 2e-4, cosine,
+   warmup 5%, batch 8, 1 epoch, max_length 2048, no packing, `use_cpu`, no dataloader workers,
+   no checkpoints, eval on the validation split at the epoch's end. Loss on the assistant reply
+   only: SmolLM2's template has no `{% generation %}` markers, so the data goes in as
+   conversational prompt-completion (`prompt` = system + user messages, `completion` = the
+   assistant message), for which SFTTrainer masks the prompt (`completion_only_loss=None`
+   resolves to True for prompt-completion data).
 3. `trl-shipped`: SFTConfig's defaults, except `use_cpu`, the batch size and a 20-step cap. In
    trl 1.16 that means bf16 autocast, gradient checkpointing, lr 2e-5, linear schedule, no
    warmup, max_length 1024, fused AdamW (the exact values are recorded in the JSON).
-4. `tuneforge`: `tuneforge.train.recipe.train` with the same settings, packing on (its default),
-   validation loss every ~1/8 epoch over the whole validation split.
+4. `tuneforge`: `tuneforge.train.recipe.train` with the same settings, `precision: auto` (what
+   it chose and why is in the JSON), packing on (its default), validation loss every ~1/8 epoch
+   over the whole validation split. `tuneforge-fp32` (not run unless named in --contenders):
+   the same in fp32, the A/B of tuneforge's own precision choice.
 
 Each contender runs in its own subprocess (this file with `--child`), so peak RSS is its own:
 VmHWM from /proc/self/status, read right after training. (`ru_maxrss` can carry the parent's
@@ -51,7 +60,8 @@ What is measured, per contender:
   recorded too, but it is not comparable (see below);
 - time to the baseline's loss: the first evaluation whose validation loss is ≤ `trl`'s final
   one, in train seconds. tuneforge evaluates every ~1/8 epoch; TRL only at its end;
-- MFU: useful FLOPs ÷ train seconds ÷ roofline, with ONE FLOP count for everyone (that of a LoRA
+- MFU: useful FLOPs ÷ train seconds ÷ the roofline of the precision the contender trained in
+  (fp32 or bf16), with ONE FLOP count for everyone (that of a LoRA
   step that runs the LM head only where there is a loss, nothing for padding):
       FLOPs = (4·N_body + 6·N_lora)·Σℓ + 6·d·L·Σℓ² + 4·V·H·T
   N_body: base linear weights (attention + MLP, all layers; fwd 2N, dX 2N, frozen so no dW);
@@ -104,7 +114,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 MODEL = "smollm2-135m-instruct"
-CONTENDERS = ("trl", "trl-shipped", "tuneforge")
+CONTENDERS = ("trl", "trl-shipped", "tuneforge", "tuneforge-fp32")
+DEFAULT_CONTENDERS = ("trl", "trl-shipped", "tuneforge")
 LORA_RANK = 16
 LORA_ALPHA = 32
 LEARNING_RATE = 2e-4
@@ -214,8 +225,11 @@ NOTES = [
     "TRL computes full-vocab entropy and top-1 accuracy every step; on CPU its chunked LM head "
     "runs at every position (prompt and padding too) and recomputes logits in backward.",
     "train seconds exclude model load, tokenization and evaluation.",
-    "MFU uses one useful-FLOP count for all (LM head at trained positions only) against the fp32 "
-    "roofline, also for the bf16 trl-shipped run.",
+    "MFU uses one useful-FLOP count for all (LM head at trained positions only) against the "
+    "roofline of the precision each contender trained in (bf16 runs: the bf16 torch.mm roofline).",
+    "The TRL baseline gets its best precision on the machine: bf16 autocast where the CPU has "
+    "bf16 units and tuneforge's calibration finds bf16 faster, fp32 otherwise; never gradient "
+    "checkpointing.",
 ]
 
 
@@ -245,9 +259,14 @@ def _best_seconds(fn: Callable[[], Any], reps: int) -> float:
     return min(times)
 
 
-def measure_roofline(dims: ModelDims, m: int, reps: int, trained_fraction: float) -> dict[str, Any]:
-    """fp32 GEMM throughput at the model's shapes, weighted by each GEMM's share of a step."""
+def measure_roofline(
+    dims: ModelDims, m: int, reps: int, trained_fraction: float, dtype: str = "fp32"
+) -> dict[str, Any]:
+    """GEMM throughput in `dtype` (fp32 or bf16) at the model's shapes, weighted by each GEMM's
+    share of a step."""
     import torch
+
+    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
 
     # Per-layer multiplicity of each (in, out) shape: q and o share 576×576, k and v 576×192...
     shapes: dict[tuple[int, int], tuple[list[str], float]] = {}
@@ -260,9 +279,9 @@ def measure_roofline(dims: ModelDims, m: int, reps: int, trained_fraction: float
     rows = []
     total_flops = total_seconds = 0.0
     for (d_in, d_out), (names, weight) in shapes.items():
-        w = torch.randn(d_out, d_in)
-        x = torch.randn(m, d_in)
-        dy = torch.randn(m, d_out)
+        w = torch.randn(d_out, d_in, dtype=torch_dtype)
+        x = torch.randn(m, d_in, dtype=torch_dtype)
+        dy = torch.randn(m, d_out, dtype=torch_dtype)
         flops = 2.0 * m * d_in * d_out
         for kind, shape, fn in (
             # F.linear's layout: W is (out, in), the forward multiplies by its transpose.
@@ -292,6 +311,7 @@ def measure_roofline(dims: ModelDims, m: int, reps: int, trained_fraction: float
             total_seconds += weight * seconds
         del w, x, dy
     return {
+        "dtype": dtype,
         "m_tokens": m,
         "reps": reps,
         "head_weight_trained_fraction": trained_fraction,
@@ -330,16 +350,13 @@ def package_versions() -> dict[str, str]:
 def machine_info(threads: int) -> dict[str, Any]:
     import torch
 
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from tuneforge.models.precision import cpu_info
+
+    cpu = cpu_info()
     return {
-        "cpu": cpu,
+        "cpu": cpu.model,
+        "cpu_flags": sorted(f for f in cpu.flags if f.startswith(("avx", "amx", "fma"))),
+        "bf16_units": cpu.bf16_units,
         "logical_cpus": os.cpu_count(),
         "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
@@ -374,7 +391,7 @@ def make_tuneforge_config(spec: dict[str, Any], output_dir: str) -> Any:
             "eval_examples": spec["n_validation"],
             "checkpoint_every": 1_000_000,  # no mid-run checkpoints: TRL saves none either
             "device": "cpu",
-            "precision": "fp32",
+            "precision": spec.get("precision", "fp32"),
         }
     )
 
@@ -531,7 +548,10 @@ def run_trl(spec: dict[str, Any], shipped: bool) -> dict[str, Any]:
         args = SFTConfig(
             output_dir=output_dir,
             use_cpu=True,
-            bf16=False,
+            # TRL at its best on this machine: bf16 autocast where the CPU has bf16 units and
+            # it is faster (the parent decides, with tuneforge's own calibration), else fp32;
+            # never gradient checkpointing (a 135M model fits; recomputation only costs time).
+            bf16=spec["precision"] == "bf16",
             fp16=False,
             gradient_checkpointing=False,
             learning_rate=LEARNING_RATE,
@@ -634,6 +654,8 @@ def run_trl(spec: dict[str, Any], shipped: bool) -> dict[str, Any]:
         "label_check": check,
         "config": {name: _jsonable(getattr(args, name, None)) for name in _TRL_FIELDS},
         "param_dtype": str(next(trainer.model.parameters()).dtype),
+        "precision": "bf16" if args.bf16 else "fp32",
+        "gradient_checkpointing": bool(args.gradient_checkpointing),
     }
 
 
@@ -735,6 +757,9 @@ def run_tuneforge(spec: dict[str, Any]) -> dict[str, Any]:
             if k not in ("train_file", "validation_file", "output_dir")
         },
         "run_dir": str(run_path),
+        "precision": resolved.precision,
+        "precision_reason": plan.precision_reason,
+        "gradient_checkpointing": False,
     }
 
 
@@ -746,7 +771,7 @@ def child_main(spec_path: str) -> int:
     torch.manual_seed(0)
     start = time.perf_counter()
     name = spec["name"]
-    if name == "tuneforge":
+    if name.startswith("tuneforge"):
         result = run_tuneforge(spec)
     else:
         result = run_trl(spec, shipped=name == "trl-shipped")
@@ -802,8 +827,13 @@ def run_child(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
     return result
 
 
-def derive(result: dict[str, Any], dims: ModelDims, roofline: float, target: float | None) -> None:
-    """Add rates, MFU and time-to-target to a contender's result, in place."""
+def derive(
+    result: dict[str, Any], dims: ModelDims, rooflines: dict[str, float], target: float | None
+) -> None:
+    """Add rates, MFU (against the roofline of the precision the contender trained in) and
+    time-to-target to a contender's result, in place."""
+    roofline = rooflines.get(result.get("precision", "fp32"), rooflines["fp32"])
+    result["roofline_gflops_per_s"] = roofline
     seconds = result["train_seconds"]
     result["trained_tokens_per_s"] = result["trained"] / seconds
     result["tokens_per_s"] = result["tokens"] / seconds
@@ -832,7 +862,7 @@ def print_table(results: dict[str, dict[str, Any]], epoch_steps: int) -> None:
     header = (
         "| contender | steps | trained tok | train s | trained tok/s | total tok/s | examples/s "
         "| padding | time to baseline loss | final valid loss | self-reported valid loss "
-        "| peak RSS | MFU |"
+        "| peak RSS | precision | MFU |"
     )
     print(header)
     columns = header.count("|") - 1
@@ -852,7 +882,7 @@ def print_table(results: dict[str, dict[str, Any]], epoch_steps: int) -> None:
             f"| {r['trained_tokens_per_s']:.1f} | {r['tokens_per_s']:.1f} "
             f"| {r['examples_per_s']:.3f} | {r['padding_fraction']:.1%} | {reach} "
             f"| {r['final_valid_loss']:.4f} | {_fmt(r['reported_valid_loss'], '.4f', '—')} "
-            f"| {r['peak_rss_mb']:.0f} MiB | {r['mfu']:.1%} |"
+            f"| {r['peak_rss_mb']:.0f} MiB | {r.get('precision', 'fp32')} | {r['mfu']:.1%} |"
         )
 
 
@@ -863,7 +893,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="tiny run to check the script")
     parser.add_argument(
         "--contenders",
-        default=",".join(CONTENDERS),
+        default=",".join(DEFAULT_CONTENDERS),
         help=f"comma-separated subset of {','.join(CONTENDERS)}",
     )
     parser.add_argument(
@@ -907,6 +937,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from tuneforge.data.demo import write_demo
+    from tuneforge.models.precision import choose_precision
     from tuneforge.train.plan import make_plan
 
     settings = QUICK if args.quick else FULL
@@ -919,11 +950,13 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or (workdir / "train_throughput.json" if args.quick else DEFAULT_OUT)
 
     machine = machine_info(threads)
-    print("# Training throughput: tuneforge vs TRL SFTTrainer (CPU, fp32 unless noted)")
+    print("# Training throughput: tuneforge vs TRL SFTTrainer (CPU)")
     print(
         f"cpu: {machine['cpu']} ({machine['usable_cpus']} usable of {machine['logical_cpus']}"
-        f" logical, torch capability {machine['torch_cpu_capability']})"
+        f" logical, torch capability {machine['torch_cpu_capability']}, bf16 units: "
+        f"{', '.join(machine['bf16_units']) or 'none'})"
     )
+    print(f"cpu flags: {' '.join(machine['cpu_flags'])}")
     print(
         "versions: "
         + ", ".join(f"{k} {machine[k]}" for k in ("torch", "transformers", "trl", "peft"))
@@ -960,14 +993,27 @@ def main(argv: list[str] | None = None) -> int:
         f"{epoch_steps} steps/epoch"
     )
 
+    # TRL's best precision here, decided the way tuneforge's `precision: auto` decides (CPU
+    # flags, then a timed calibration): bf16 autocast where the CPU has bf16 units and it is
+    # clearly faster, fp32 on an AVX2-only CPU (bf16 would be emulated there).
+    best = choose_precision("auto", "cpu")
+    print(f"precision for the TRL baseline: {best.name} ({best.reason})")
     dims = ModelDims.load(MODEL)
-    print(f"\n## Roofline (fp32 torch.mm, M={settings.roofline_m})")
-    roof = measure_roofline(
-        dims, settings.roofline_m, settings.roofline_reps, data["trained_fraction"]
-    )
-    for row in roof["gemms"]:
-        print(f"  {row['layers']:>12} {row['kind']:<14} {row['gflops_per_s']:8.1f} GFLOP/s")
-    print(f"roofline (weighted by FLOP share): {roof['gflops_per_s']:.1f} GFLOP/s")
+    roofs: dict[str, dict[str, Any]] = {}
+    for dtype in ("fp32", "bf16") if machine["bf16_units"] else ("fp32",):
+        print(f"\n## Roofline ({dtype} torch.mm, M={settings.roofline_m})")
+        roofs[dtype] = roof = measure_roofline(
+            dims, settings.roofline_m, settings.roofline_reps, data["trained_fraction"], dtype
+        )
+        for row in roof["gemms"]:
+            print(f"  {row['layers']:>12} {row['kind']:<14} {row['gflops_per_s']:8.1f} GFLOP/s")
+        print(f"{dtype} roofline (weighted by FLOP share): {roof['gflops_per_s']:.1f} GFLOP/s")
+    contender_precision = {
+        "trl": best.name,
+        "trl-shipped": "bf16",  # SFTConfig's default; recorded from its args by the child
+        "tuneforge": "auto",
+        "tuneforge-fp32": "fp32",
+    }
 
     print(f"\n## Contenders ({', '.join(args.contenders)})")
     results: dict[str, dict[str, Any]] = {}
@@ -978,6 +1024,7 @@ def main(argv: list[str] | None = None) -> int:
             "steps": shipped_steps if name == "trl-shipped" else steps,
             "eval_every": eval_every,
             "n_validation": data["validation_examples"],
+            "precision": contender_precision[name],
         }
         results[name] = run_child(spec, workdir)
 
@@ -985,7 +1032,7 @@ def main(argv: list[str] | None = None) -> int:
     target = baseline.get("final_valid_loss")
     for r in results.values():
         if "error" not in r:
-            derive(r, dims, roof["gflops_per_s"], target)
+            derive(r, dims, {k: v["gflops_per_s"] for k, v in roofs.items()}, target)
 
     print("\n## Results\n")
     print_table(results, epoch_steps)
@@ -994,7 +1041,7 @@ def main(argv: list[str] | None = None) -> int:
         "(evaluation excluded). final valid loss: one reference evaluator for all (fp32, "
         "tuneforge's labels); self-reported: TRL's eval_loss (mean of batch means, labels incl. "
         "the '\\n' after <|im_end|>) or tuneforge's full_valid_loss. MFU: useful FLOPs (same "
-        "formula for all) ÷ train seconds ÷ roofline."
+        "formula for all) ÷ train seconds ÷ the roofline of the contender's precision."
     )
     check = baseline.get("label_check")
     if check:
@@ -1030,7 +1077,9 @@ def main(argv: list[str] | None = None) -> int:
         "lora": {"rank": LORA_RANK, "alpha": LORA_ALPHA, "dropout": 0.0, "targets": "all-linear"},
         "data": data,
         "tuneforge_eval_every": eval_every,
-        "roofline": roof,
+        "roofline": roofs["fp32"],
+        "rooflines": roofs,
+        "baseline_precision": {"precision": best.name, "reason": best.reason},
         "flop_formula": FLOP_FORMULA,
         "notes": NOTES,
         "contenders": results,

@@ -183,7 +183,8 @@ def _train_here(config: Any, run_dir: Path | None, resume: bool, show: bool) -> 
     if show:
         lr = f"lr {plan.learning_rate:g}"
         c = plan.config
-        note(f"{plan.describe()}, {lr}, {c.method} on {plan.device}; loading {c.model} …")
+        note(f"{plan.describe()}, {lr}, {c.method} on {plan.device} in {c.precision}")
+        note(f"precision: {plan.precision_reason}; loading {c.model} …")
     with bar:
         state["task"] = bar.add_task("train", total=plan.total_steps, info="loading …")
         state["t0"] = time.time()

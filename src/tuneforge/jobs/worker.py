@@ -101,7 +101,8 @@ def run_job(store: Store, job_id: str) -> None:
         else:
             store.add_event(
                 job_id,
-                f"Fine-tuning job started: {plan.describe()}",
+                f"Fine-tuning job started: {plan.describe()}, in {plan.config.precision} "
+                f"({plan.precision_reason})",
             )
             train(plan, **callbacks)
     except KeyboardInterrupt:

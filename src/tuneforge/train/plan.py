@@ -25,6 +25,7 @@ from tuneforge.data.tokenize import encode, encode_pair
 from tuneforge.data.validate import suggested_epochs
 from tuneforge.errors import ConfigError, Problem, TuneforgeError
 from tuneforge.models.device import cuda_available
+from tuneforge.models.precision import Precision, PrecisionUnavailable, choose_precision
 from tuneforge.models.text import auto_max_seq_len, load_text_side
 
 TRACKER_PACKAGES = {
@@ -96,6 +97,7 @@ class Plan:
     context_length: int | None
     device: str
     use_bf16: bool
+    precision_reason: str = ""  # why bf16 or fp32, in words (models/precision.py)
     system_prompt: str | None = None  # the training data's usual system message, for chat
     start_from: StartFrom | None = None  # `init_from`, resolved
     eos_ids: frozenset[int] = frozenset()  # where sampled answers stop (grpo)
@@ -395,17 +397,13 @@ def make_plan(config: TrainConfig, run_dir: Path | None = None) -> Plan:
                 "CUDA GPU; use method=lora on CPU",
             )
         )
-    use_bf16 = config.precision == "bf16" or (
-        config.precision == "auto" and device == "cuda" and _cuda_bf16()
-    )
-    if config.precision == "bf16" and device != "cuda":
-        problems.append(
-            Problem(
-                "precision",
-                "bf16 on this CPU has no hardware support and is slower than fp32; "
-                "use precision=fp32 (or auto)",
-            )
-        )
+    precision = Precision(False, "fp32")
+    if device in ("cpu", "cuda"):
+        try:
+            precision = choose_precision(config.precision, device)
+        except PrecisionUnavailable as exc:
+            problems.append(Problem("precision", str(exc)))
+    use_bf16 = precision.bf16
     for tracker in config.report_to:
         package = TRACKER_PACKAGES[tracker]
         if importlib.util.find_spec(package) is None:
@@ -605,6 +603,7 @@ def make_plan(config: TrainConfig, run_dir: Path | None = None) -> Plan:
         context_length=context,
         device=device,
         use_bf16=use_bf16,
+        precision_reason=precision.reason,
         start_from=start_from,
         eos_ids=eos_ids,
     )
@@ -642,9 +641,3 @@ def _local_model_path(model: str) -> str:
     if model not in REGISTRY and path.exists():
         return str(path.resolve())
     return model
-
-
-def _cuda_bf16() -> bool:
-    import torch
-
-    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()

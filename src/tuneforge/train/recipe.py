@@ -35,6 +35,7 @@ from tuneforge.config import TrainConfig
 from tuneforge.data.tokenize import IGNORE_INDEX
 from tuneforge.errors import TuneforgeError, UsageError
 from tuneforge.train import dpo, grpo
+from tuneforge.train.bf16 import cast_once_for_bf16
 from tuneforge.train.plan import Plan, TokenizedExample
 
 StepCallback = Callable[[dict[str, Any]], None]
@@ -345,6 +346,9 @@ class SFTRecipe:
         torch.manual_seed(config.seed)
         random.seed(config.seed)
         self.model = build_model(self.plan).to(self.device)
+        if self.plan.use_bf16 and config.method == "lora" and config.objective == "sft":
+            # Every SFT forward runs under autocast, so each cast can be done once (train/bf16.py).
+            cast_once_for_bf16(self.model)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
             self.params, lr=self.plan.learning_rate, weight_decay=config.weight_decay
@@ -379,6 +383,8 @@ class SFTRecipe:
                 n_validation_examples=len(self.plan.validation),
                 system_prompt=self.plan.system_prompt,
                 trainable_parameters=sum(p.numel() for p in self.params),
+                precision=config.precision,
+                precision_reason=self.plan.precision_reason,
             )
         if config.objective == "dpo":
             self._setup_reference(resume)

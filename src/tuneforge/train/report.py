@@ -115,6 +115,7 @@ Trained with [tuneforge](https://pypi.org/project/tuneforge/) by {how}
 | epochs trained | {plan.epochs_trained:g} |
 | optimizer steps | {plan.total_steps} |
 | peak learning rate | {plan.learning_rate:g} |
+| precision | {_shown(getattr(plan, "precision_reason", "") or config.precision)} |
 | system prompt of the data | {_shown(plan.system_prompt)} |
 
 ## Final metrics

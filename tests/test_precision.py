@@ -1,0 +1,180 @@
+"""Precision by hardware: bf16 autocast where the CPU (or GPU) makes it faster, fp32 elsewhere,
+and bf16 on a CPU without bf16 units refused as a config error."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import tiny_training
+
+import tuneforge.models.precision as precision
+from tuneforge import run_dir as rd
+from tuneforge.config import build_config
+from tuneforge.errors import ConfigError
+from tuneforge.models.precision import (
+    Calibration,
+    CpuInfo,
+    PrecisionUnavailable,
+    choose_precision,
+    cpu_info,
+)
+from tuneforge.train.plan import make_plan
+
+AVX2 = "fpu sse sse2 avx avx2 fma"
+AVX512_BF16 = AVX2 + " avx512f avx512bw avx512vl avx512_bf16"
+AMX = AVX512_BF16 + " amx_bf16 amx_tile amx_int8"
+
+
+def cpu(flags: str) -> CpuInfo:
+    return CpuInfo("Test CPU", frozenset(flags.split()))
+
+
+def timed(fp32: float, bf16: float):
+    calls = []
+
+    def calibrate(_cpu: CpuInfo) -> Calibration:
+        calls.append(_cpu)
+        return Calibration(fp32_seconds=fp32, bf16_seconds=bf16)
+
+    calibrate.calls = calls
+    return calibrate
+
+
+def never(_cpu: CpuInfo) -> Calibration:
+    raise AssertionError("no calibration on a CPU without bf16 units")
+
+
+def test_cpu_flags_are_read_from_proc_cpuinfo(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text(
+        "processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Processor\n"
+        f"flags\t\t: {AMX}\n\nprocessor\t: 1\nmodel name\t: Intel(R) Xeon(R) Processor\n"
+    )
+    found = cpu_info(info)
+    assert found.model == "Intel(R) Xeon(R) Processor"
+    assert found.bf16_units == ["AMX-BF16", "AVX512-BF16"]
+    assert found.vector_isa == "AVX-512"
+    missing = cpu_info(tmp_path / "absent")
+    assert missing.flags == frozenset() and missing.bf16_units == []
+
+
+def test_amx_cpu_takes_bf16_when_calibration_shows_it_faster():
+    calibrate = timed(fp32=0.036, bf16=0.010)
+    chosen = choose_precision("auto", "cpu", cpu=cpu(AMX), calibrate=calibrate)
+    assert chosen.bf16 and chosen.name == "bf16"
+    assert "AMX-BF16" in chosen.reason and "3.60×" in chosen.reason
+    assert len(calibrate.calls) == 1
+
+
+def test_avx512_bf16_only_cpu_keeps_fp32_when_bf16_is_not_clearly_faster():
+    chosen = choose_precision("auto", "cpu", cpu=cpu(AVX512_BF16), calibrate=timed(0.033, 0.030))
+    assert not chosen.bf16
+    assert "AVX512-BF16" in chosen.reason and "not at least" in chosen.reason
+    faster = choose_precision("auto", "cpu", cpu=cpu(AVX512_BF16), calibrate=timed(0.04, 0.02))
+    assert faster.bf16
+
+
+def test_avx2_only_cpu_uses_fp32_without_calibrating_and_refuses_bf16():
+    chosen = choose_precision("auto", "cpu", cpu=cpu(AVX2), calibrate=never)
+    assert not chosen.bf16 and "no bf16 units" in chosen.reason
+    with pytest.raises(PrecisionUnavailable, match="no bf16 units.*precision=fp32"):
+        choose_precision("bf16", "cpu", cpu=cpu(AVX2), calibrate=never)
+    # Asking explicitly on a CPU with the units needs no calibration; fp32 is always fp32.
+    assert choose_precision("bf16", "cpu", cpu=cpu(AMX), calibrate=never).bf16
+    assert not choose_precision("fp32", "cpu", cpu=cpu(AMX), calibrate=never).bf16
+
+
+def test_cuda_precision_follows_the_gpu():
+    assert choose_precision("auto", "cuda", cuda_bf16=lambda: True).bf16
+    assert not choose_precision("auto", "cuda", cuda_bf16=lambda: False).bf16
+    with pytest.raises(PrecisionUnavailable, match="GPU does not support bf16"):
+        choose_precision("bf16", "cuda", cuda_bf16=lambda: False)
+
+
+def test_calibration_is_measured_once_per_machine(tmp_path, monkeypatch):
+    measured = []
+
+    def fake_calibrate() -> Calibration:
+        measured.append(1)
+        return Calibration(0.03, 0.01)
+
+    monkeypatch.setattr(precision, "calibrate_cpu", fake_calibrate)
+    first = precision.cached_calibration(cpu(AMX), home=tmp_path)
+    again = precision.cached_calibration(cpu(AMX), home=tmp_path)
+    assert first == again == Calibration(0.03, 0.01) and len(measured) == 1
+    precision.cached_calibration(cpu(AVX512_BF16), home=tmp_path)  # another machine
+    assert len(measured) == 2
+    (tmp_path / precision.CALIBRATION_FILE).write_text("{not json")
+    precision.cached_calibration(cpu(AMX), home=tmp_path)  # a damaged cache is measured anew
+    assert len(measured) == 3
+    assert json.loads((tmp_path / precision.CALIBRATION_FILE).read_text())
+
+
+def test_the_real_calibration_times_both_precisions():
+    measured = precision.calibrate_cpu()
+    assert measured.fp32_seconds > 0 and measured.bf16_seconds > 0
+
+
+def _config(demo_dir: Path, tiny_model_dir: Path, out: Path, **kw):
+    settings = {"max_steps": 2, "eval_every": 2, "checkpoint_every": 2} | kw
+    return build_config(tiny_training(demo_dir, tiny_model_dir, out, **settings))
+
+
+def test_bf16_on_a_cpu_without_bf16_units_is_a_config_error(
+    demo_dir, tiny_model_dir, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(precision, "cpu_info", lambda: cpu(AVX2))
+    config = _config(demo_dir, tiny_model_dir, tmp_path / "run", precision="bf16")
+    with pytest.raises(ConfigError) as exc:
+        make_plan(config)
+    assert "`precision`: this CPU (Test CPU (AVX2, no bf16 units)) has no bf16 units" in str(
+        exc.value
+    )
+
+
+def test_a_bf16_run_records_its_precision_and_why(demo_dir, tiny_model_dir, tmp_path, monkeypatch):
+    from tuneforge.train.recipe import train
+
+    monkeypatch.setattr(precision, "cpu_info", lambda: cpu(AMX))
+    monkeypatch.setattr(precision, "cached_calibration", timed(0.036, 0.010))
+    out = tmp_path / "run"
+    plan = make_plan(_config(demo_dir, tiny_model_dir, out))
+    assert plan.use_bf16 and plan.config.precision == "bf16"
+    seen = []
+    train(plan, on_step=seen.append)
+    status = rd.read_status(out)
+    assert status["status"] == "succeeded"
+    assert status["precision"] == "bf16" and "AMX-BF16" in status["precision_reason"]
+    assert all(torch.isfinite(torch.tensor(m["train_loss"])) for m in seen)
+    assert (
+        "| precision | auto: bf16 autocast, the CPU has AMX-BF16" in (out / "README.md").read_text()
+    )
+    assert rd.read_config(out)["precision"] == "bf16"  # so a resume keeps it
+
+
+def test_casting_once_gives_plain_autocasts_forward(tiny_model_dir):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from tuneforge.train.bf16 import cast_once_for_bf16
+
+    def lora_model():
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+        config = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
+        return get_peft_model(model, config)
+
+    ids = torch.randint(0, 1000, (2, 12))
+    plain, once = lora_model(), lora_model()
+    stored = cast_once_for_bf16(once)
+    assert stored == sum(1 for n, _ in once.named_modules() if n.endswith("base_layer"))
+    assert all(p.dtype == torch.float32 for p in once.parameters() if p.requires_grad)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want = plain(input_ids=ids).logits
+        got = once(input_ids=ids).logits
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    got.float().sum().backward()
+    assert all(p.grad is not None for p in once.parameters() if p.requires_grad)
