@@ -178,3 +178,35 @@ def test_casting_once_gives_plain_autocasts_forward(tiny_model_dir):
     torch.testing.assert_close(got, want, rtol=0, atol=0)
     got.float().sum().backward()
     assert all(p.grad is not None for p in once.parameters() if p.requires_grad)
+
+
+def test_cuda_plans_choose_bf16_and_check_qlora_before_loading(
+    demo_dir, tiny_model_dir, tmp_path, monkeypatch
+):
+    """The GPU paths, checked on a CPU: what the plan decides for a (pretended) CUDA machine."""
+    import importlib.util
+
+    import tuneforge.train.plan as plan_module
+    from tuneforge.train.recipe import qlora_quantization
+
+    monkeypatch.setattr(plan_module, "cuda_available", lambda: True)
+    monkeypatch.setattr(precision, "_cuda_bf16", lambda: True)
+    plan = make_plan(_config(demo_dir, tiny_model_dir, tmp_path / "lora"))
+    assert plan.device == "cuda" and plan.use_bf16 and "GPU supports bf16" in plan.precision_reason
+
+    config = _config(demo_dir, tiny_model_dir, tmp_path / "qlora", method="qlora")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        with pytest.raises(ConfigError, match="`method`: qlora needs the bitsandbytes package"):
+            make_plan(config)
+    else:
+        assert make_plan(config).use_bf16
+    quant = qlora_quantization(bf16=True)
+    assert quant.load_in_4bit and quant.bnb_4bit_quant_type == "nf4"
+    assert quant.bnb_4bit_compute_dtype == torch.bfloat16
+    assert qlora_quantization(bf16=False).bnb_4bit_compute_dtype == torch.float32
+
+    monkeypatch.setattr(precision, "_cuda_bf16", lambda: False)  # e.g. a T4
+    plan = make_plan(_config(demo_dir, tiny_model_dir, tmp_path / "t4"))
+    assert not plan.use_bf16
+    with pytest.raises(ConfigError, match="`precision`: this GPU does not support bf16"):
+        make_plan(_config(demo_dir, tiny_model_dir, tmp_path / "t4b", precision="bf16"))

@@ -397,6 +397,18 @@ def make_plan(config: TrainConfig, run_dir: Path | None = None) -> Plan:
                 "CUDA GPU; use method=lora on CPU",
             )
         )
+    if (
+        config.method == "qlora"
+        and device == "cuda"
+        and importlib.util.find_spec("bitsandbytes") is None
+    ):
+        problems.append(
+            Problem(
+                "method",
+                "qlora needs the bitsandbytes package, which is not installed; "
+                "pip install bitsandbytes (or use method=lora)",
+            )
+        )
     precision = Precision(False, "fp32")
     if device in ("cpu", "cuda"):
         try:

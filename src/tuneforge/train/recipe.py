@@ -240,7 +240,7 @@ def build_model(plan: Plan) -> Any:
 
     config = plan.config
     if config.method == "qlora":
-        model = _load_4bit(config.model)
+        model = _load_4bit(config.model, bf16=plan.use_bf16)
     else:
         model = load_model(config.model, dtype=torch.float32)
     if config.method in ("lora", "qlora"):
@@ -259,24 +259,26 @@ def build_model(plan: Plan) -> Any:
     return model
 
 
-def _load_4bit(model_name: str) -> Any:
-    try:
-        import bitsandbytes  # noqa: F401
-        from transformers import AutoModelForCausalLM, BitsAndBytesConfig
-    except ImportError as exc:
-        raise TuneforgeError(
-            "method=qlora needs the bitsandbytes package", hint="pip install bitsandbytes"
-        ) from exc
-    from tuneforge.models import resolve_model
+def qlora_quantization(bf16: bool) -> Any:
+    """QLoRA's 4-bit base (QLoRA paper's recipe: NF4, double quantization), computing in bf16 on
+    GPUs that have it and fp32 elsewhere (fp16 compute without autocast overflows)."""
+    from transformers import BitsAndBytesConfig
 
-    quant = BitsAndBytesConfig(
+    return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
-        bnb_4bit_compute_dtype=torch.bfloat16,
+        bnb_4bit_compute_dtype=torch.bfloat16 if bf16 else torch.float32,
         bnb_4bit_use_double_quant=True,
     )
+
+
+def _load_4bit(model_name: str, bf16: bool) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    from tuneforge.models import resolve_model
+
     return AutoModelForCausalLM.from_pretrained(
-        resolve_model(model_name), quantization_config=quant, device_map={"": 0}
+        resolve_model(model_name), quantization_config=qlora_quantization(bf16), device_map={"": 0}
     )
 
 
