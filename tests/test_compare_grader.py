@@ -5,7 +5,9 @@ metric `grader:<name>` and, by default, the primary one. Bad graders are message
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -109,9 +111,10 @@ def test_compare_with_a_grader_scores_it_and_decides_by_it(files, tiny_model_dir
     assert comparison.primary == "grader:needle"
     assert "string_check grader 'needle'" in comparison.primary_reason
     comparison.run_baselines()
-    path, md, _ = comparison.finish()
+    path, md, html = comparison.finish()
     result = json.loads(path.read_text())
     assert result["primary_metric"] == "grader:needle"
+    assert result["use_case"]["grader"] == NEEDLE  # the result says what the metric is
     for approach in result["approaches"]:
         assert approach["status"] == "ok", approach["error"]
         # needles "", NEVER, "", NEVER: the empty one is in every answer, NEVER in none
@@ -121,13 +124,51 @@ def test_compare_with_a_grader_scores_it_and_decides_by_it(files, tiny_model_dir
         lo, hi = approach["primary_ci95"]
         assert 0.0 <= lo <= 0.5 <= hi <= 1.0
         assert "exact_match" in approach["metrics"]  # the built-in metrics are still there
-    assert "grader:needle" in md.read_text()
+    assert "grader:needle (primary)" in md.read_text()
+    assert '| grader | {"type": "string_check", "name": "needle"' in md.read_text()
+    checker = _check_report()
+    html_text = html.read_text()
+    assert checker.check_numbers(result, html_text) == []  # grader:needle's numbers as shown
+    assert checker.check_decision(result) == []
     # Another primary metric can still be chosen; the grader stays a metric.
     options.primary_metric = "token_f1"
     assert Comparison(options).primary == "token_f1"
     options.primary_metric = "grader:nope"
     with pytest.raises(UsageError, match="grader:needle"):
         Comparison(options)
+
+
+def _check_report():
+    """scripts/check_report.py, loaded as tests/test_report.py loads it (once per session)."""
+    if "check_report" in sys.modules:
+        return sys.modules["check_report"]
+    repo = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("check_report", repo / "scripts/check_report.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["check_report"] = module  # dataclasses look modules up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_scores_outside_the_graders_range_are_warned_about(files, tiny_model_dir, tmp_path):
+    train, test = files
+    doubled = {
+        "type": "python",
+        "name": "doubled",
+        "source": "def grade(sample, item):\n    return 2.0 if item['needle'] else 0.0\n",
+    }
+    options = CompareOptions(
+        train, test, tmp_path / "o", model=str(tiny_model_dir), grader=doubled, k=1,
+        limit=2, max_new_tokens=2, latency_requests=0, retriever="bm25", with_loss=False,
+    )  # fmt: skip
+    comparison = Comparison(options)
+    assert not any("doubled" in w for w in comparison.warnings())  # nothing scored yet
+    comparison.run_baselines()
+    scores = [a["per_request_scores"]["grader:doubled"] for a in comparison.approaches]
+    assert scores == [[0.0, 2.0]] * 3  # needles "", NEVER: the python grader ran on each row
+    warned = [w for w in comparison.warnings() if w.startswith("grader:doubled")]
+    assert warned and "from 0 to 2, outside the [0, 1]" in warned[0]
 
 
 def test_a_grader_on_another_range_scales_the_margin(files, tiny_model_dir, tmp_path):

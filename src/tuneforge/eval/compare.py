@@ -372,6 +372,7 @@ class Comparison:
                 "n_leaked_test_examples": len(self.leaked_lines),
                 "leaked_test_lines": self.leaked_lines[:MAX_LEAKS_LISTED],
                 "max_new_tokens": self.max_new_tokens,
+                "grader": o.grader,
             },
             "primary_metric": self.primary,
             "primary_metric_reason": self.primary_reason,
