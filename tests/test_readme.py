@@ -24,8 +24,9 @@ PYTHONPATH (for `mymetrics`), `KEY` set for `--api-key "$KEY"`; each line runs w
 
 Inputs the README assumes the user has: `recipes.csv` (the RecipeNLG sample of
 /work/shared/data; skipped when absent, unless CI=true, where it fails), `data.jsonl` (a copy of
-out/train.jsonl once the Data block's `data demo` made it), and `mymetrics.py` with a
-`score(answer, reference)` function.
+out/train.jsonl once the Data block's `data demo` made it), `mymetrics.py` with a
+`score(answer, reference)` function, and `grader.json` with one OpenAI grader (a string_check of
+the answer against `{{ item.reference_answer }}`) for `compare --grader`.
 
 A line fails on an exit code other than the expected one (0, or the outcome that
 `EXPECTED_OUTCOMES` gives, with its reason), a traceback or "internal error" in its output; the
@@ -403,6 +404,16 @@ def score(answer: str, reference: str) -> float:
 '''
 
 
+# The README's `--grader grader.json`: exact match of the answer and the test row's reference.
+GRADER = {
+    "type": "string_check",
+    "name": "exact",
+    "input": "{{ sample.output_text }}",
+    "reference": "{{ item.reference_answer }}",
+    "operation": "eq",
+}
+
+
 @pytest.fixture(scope="module")
 def session(tmp_path_factory, default_model_dir: Path) -> Session:
     if not RECIPES_CSV.exists():
@@ -415,6 +426,7 @@ def session(tmp_path_factory, default_model_dir: Path) -> Session:
     (home / "models").symlink_to(default_model_dir.parent, target_is_directory=True)
     shutil.copy(RECIPES_CSV, workdir / "recipes.csv")
     (workdir / "mymetrics.py").write_text(MYMETRICS)
+    (workdir / "grader.json").write_text(json.dumps(GRADER))
     env = os.environ | {
         "TUNEFORGE_HOME": str(home),
         "HF_HUB_OFFLINE": "1",

@@ -448,7 +448,7 @@ def test_keyboard_only_upload_and_launch(server, browse, demo_dir, tiny_model_di
 
 def test_bad_input_is_shown_in_words(server, browse, tmp_path, tiny_model_dir):
     """A broken upload shows the validator's messages and stores nothing; a bad field in the
-    job form is marked with the API's own message."""
+    job form, or a bad grader in the Compare form, is marked with the API's own message."""
     new_page, watch = browse
     page = new_page()
     client = server.api()
@@ -472,6 +472,22 @@ def test_bad_input_is_shown_in_words(server, browse, tmp_path, tiny_model_dir):
     wait(lambda: page.get_attribute("#tc-lora_rank", "aria-invalid") == "true", 20, "the mark")
     assert "lora_rank" in page.inner_text("#tc-lora_rank-error")
     assert page.url.endswith(f"training_file={files_before[0]['id']}")  # no job was created
+    # A grader the API refuses is marked on the Compare form's Grader field, in the API's words.
+    bad_grader = {
+        "type": "string_check",
+        "name": "exact",
+        "input": "{{ sample.output_text }}",
+        "reference": "{{ item.reference_answer }}",
+        "operation": "contains",
+    }
+    page.goto(f"{server.url}/studio/compare")
+    page.wait_for_selector("#test_file option", state="attached")
+    page.fill("#grader", json.dumps(bad_grader))
+    page.click("#compare-form button[type=submit]")
+    wait(lambda: page.get_attribute("#grader", "aria-invalid") == "true", 20, "the mark")
+    assert "grader.operation must be one of" in page.inner_text("#grader-error")
+    assert page.url.endswith("/studio/compare")  # no comparison was queued
+    check_accessibility(page, "compare with a bad grader")
     # A job that fails while validating its file shows the error in words, with the fix.
     few = tmp_path / "few.jsonl"
     few.write_text("".join(json.dumps(r) + "\n" for r in good_examples(4)))
@@ -483,7 +499,7 @@ def test_bad_input_is_shown_in_words(server, browse, tmp_path, tiny_model_dir):
     wait(lambda: "failed" in page.inner_text("#job-status"), 120, "the job to fail")
     shown = page.inner_text("#job-error")
     assert "at least 10" in shown and "(field: training_file)" in shown, shown
-    # The browser logged the API's 400 answers for these two requests; nothing else.
+    # The browser logged the API's 400 answers for these three requests; nothing else.
     assert all("400" in e for e in watch.errors), watch.errors
     watch.errors.clear()
 

@@ -2,7 +2,10 @@
 
 `POST` names uploaded files and served models by id; the comparison runs in the server (one at
 a time, see `jobs/comparisons.py`) and `GET …/{id}` shows its progress, then its result — the
-same `compare.json` the CLI writes — and `GET …/{id}/report` the same `report.html`.
+same `compare.json` the CLI writes — and `GET …/{id}/report` the same `report.html`. A `grader`
+(OpenAI's grader JSON, as `tuneforge compare --grader`) is checked before the comparison is
+queued: a bad one is a 400 whose `error.param` points into it (`grader.operation`), as
+`graders/validate` answers.
 """
 
 from __future__ import annotations
@@ -53,6 +56,13 @@ class ComparisonCreate(BaseModel):
     max_tokens: int | None = Field(
         None, ge=1, le=4096, description="Answer length cap (default: from the training answers)."
     )
+    grader: dict[str, Any] | None = Field(
+        None,
+        description="An OpenAI grader (string_check, text_similarity, python, score_model or "
+        "multi, as /v1/fine_tuning/alpha/graders/run takes it) that scores each answer "
+        "(`sample`) for its test row (`item`: `reference_answer` and the row's other fields); "
+        "its score is the metric `grader:<name>` and decides the comparison.",
+    )
 
 
 def _runner(request: Request) -> Any:
@@ -69,6 +79,24 @@ def _file(request: Request, file_id: str, param: str) -> tuple[Path, str]:
             code="invalid_file_id",
         )
     return Path(row["path"]), row["filename"]
+
+
+def _checked_grader(grader: dict[str, Any], test: Path) -> dict[str, Any]:
+    """The grader, validated, and every `{{ item.… }}` it reads found in every test row."""
+    from tuneforge.data.formats import load_conversations
+    from tuneforge.eval.evaluate import to_request
+    from tuneforge.eval.graders import GraderError, check_items, validate_grader
+
+    try:
+        rows = [(e.line, to_request(e, "test_file").item) for e in load_conversations(test)]
+    except TuneforgeError:
+        rows = []  # a bad test file is the comparison's to report, as without a grader
+    try:
+        validate_grader(grader)
+        check_items(grader, rows, "test_file")
+    except GraderError as exc:
+        raise APIError(400, exc.inline(), param=exc.param, code=exc.code) from None
+    return grader
 
 
 def _run_dir(request: Request, model_id: str, index: int) -> Path:
@@ -114,6 +142,7 @@ def create_comparison(request: Request, body: ComparisonCreate) -> dict[str, Any
         from tuneforge.api.fine_tuning import check_base_model
 
         check_base_model(body.model)
+    grader = _checked_grader(body.grader, test) if body.grader is not None else None
     cmp_request = CompareRequest(
         test_file=test,
         train_file=train,
@@ -122,6 +151,7 @@ def create_comparison(request: Request, body: ComparisonCreate) -> dict[str, Any
         baselines=body.baselines,
         limit=body.limit,
         max_new_tokens=body.max_tokens,
+        grader=grader,
         names={"test_file": body.test_file, "training_file": body.training_file}
         | {"test_filename": test_name, "training_filename": train_name},
     )

@@ -34,6 +34,16 @@ MetricOpt = Annotated[
     ),
 ]
 
+GraderOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--grader",
+        help="A JSON file with one OpenAI grader (as POST /v1/fine_tuning/alpha/graders/run "
+        "takes it): each answer is its `sample`, the test row its `item` "
+        "({{ item.reference_answer }} is the reference answer). Scored as grader:<name>.",
+    ),
+]
+
 
 class _ApproachProgress:
     """One progress bar per approach on a terminal; a line per finished approach otherwise."""
@@ -61,6 +71,7 @@ def eval_cmd(
     model_or_run: ModelOrRunArg,
     data: Annotated[Path, typer.Option("--test", help="Held-out test examples.")],
     metric: MetricOpt = None,
+    grader: GraderOpt = None,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="First N examples.")] = None,
     max_new_tokens: Annotated[
         int | None,
@@ -76,18 +87,27 @@ def eval_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Score a model's answers on test data. Greedy answers scored by set-F1, exact match,
-    token F1, JSON validity and the loss of the reference answers, with tokens and latency."""
+    token F1, JSON validity (and a --grader) and the loss of the reference answers, with tokens
+    and latency."""
     from tuneforge.data.formats import load_conversations
+    from tuneforge.eval import graders
     from tuneforge.eval.evaluate import answer_room, evaluate, to_request
-    from tuneforge.eval.metrics import BUILTIN, load_user_metric
+    from tuneforge.eval.metrics import BUILTIN, Metric, RowMetric, load_user_metric
 
     if not data.is_file():
         raise UsageError(f"{data}: no such file", hint="check the path")
-    metrics = dict(BUILTIN)
+    metrics: dict[str, Metric | RowMetric] = dict(BUILTIN)
     for spec in metric or []:
         name, fn = load_user_metric(spec)
         metrics[name] = fn
-    requests = [to_request(e, str(data)) for e in load_conversations(data, fmt)][:limit]
+    examples = load_conversations(data, fmt)[:limit]
+    requests = [to_request(e, str(data)) for e in examples]
+    if grader is not None:
+        spec = graders.read_grader_file(grader)
+        graders.check_items(
+            spec, [(e.line, r.item) for e, r in zip(examples, requests, strict=True)], str(data)
+        )
+        metrics[graders.metric_name(spec)] = graders.as_metric(spec)
     use_free_cores()
     with working(f"loading {model_or_run} …"):
         loaded = load_model_arg(model_or_run)
@@ -188,12 +208,14 @@ def compare_cmd(
     ] = 8,
     loss: Annotated[bool, typer.Option(help="Also the loss of the reference answers.")] = True,
     metric: MetricOpt = None,
+    grader: GraderOpt = None,
     primary_metric: Annotated[
         str | None,
         typer.Option(
             "--primary-metric",
-            help="The metric that decides (default: by task: set_f1 for JSON lists, exact_match "
-            "for short labels, token_f1 for free text).",
+            help="The metric that decides (default: the --grader's grader:<name> if given, "
+            "else by task: set_f1 for JSON lists, exact_match for short labels, token_f1 for "
+            "free text).",
         ),
     ] = None,
     margin: Annotated[
@@ -202,8 +224,9 @@ def compare_cmd(
             "--margin",
             min=0.0,
             max=1.0,
-            help="The smallest quality difference that matters, on the primary metric: quality "
-            "decides only when the gain's 95% interval is beyond ±margin; inside it, cost does.",
+            help="The smallest quality difference that matters, on the primary metric (for a "
+            "grader: a share of its range): quality decides only when the gain's 95% interval "
+            "is beyond ±margin; inside it, cost does.",
         ),
     ] = DEFAULT_MARGIN,
     seed: Annotated[
@@ -223,6 +246,7 @@ def compare_cmd(
     if retriever not in ("auto", "embeddings", "bm25"):
         raise UsageError(f"--retriever {retriever!r}", hint="use auto, embeddings or bm25")
     from tuneforge.eval.compare import CompareOptions, Comparison
+    from tuneforge.eval.graders import read_grader_file
 
     options = CompareOptions(
         train_file=train_file,
@@ -237,6 +261,7 @@ def compare_cmd(
         latency_requests=latency_requests,
         with_loss=loss,
         user_metrics=list(metric or []),
+        grader=read_grader_file(grader) if grader is not None else None,
         primary_metric=primary_metric,
         data_format=fmt,
         seed=seed,

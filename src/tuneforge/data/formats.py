@@ -1030,10 +1030,11 @@ _PARSERS = {
 
 @dataclass(frozen=True)
 class Example:
-    """A parsed example with where it came from."""
+    """A parsed example with where it came from, and the row's other fields (`row_item`)."""
 
     line: int
     conversation: Conversation
+    item: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
 def check_mapping_columns(path: Path, mapping: dict[str, list[str]] | None) -> None:
@@ -1089,7 +1090,7 @@ def load_conversations(
     problems: list[Issue] = []
     for record, parsed in iter_parsed(path, fmt, mapping, system):
         if parsed.conversation is not None:
-            examples.append(Example(record.line, parsed.conversation))
+            examples.append(Example(record.line, parsed.conversation, row_item(record.value)))
         problems.extend(parsed.errors)
     if problems:
         shown = "\n".join(f"  {path}: {p}" for p in problems[:10])
@@ -1134,6 +1135,15 @@ class PromptRow:
 RFT_RESERVED_KEYS = ("messages", "tools", "parallel_tool_calls")
 
 
+def row_item(value: Any) -> dict[str, Any]:
+    """A row as graders see it (`{{ item.key }}`): every field but the prompt (OpenAI's RFT rule,
+    used for GRPO's prompts and for the test rows `compare --grader` scores; a CSV row's fields
+    are its columns)."""
+    if not isinstance(value, dict):
+        return {}
+    return {k: v for k, v in value.items() if k not in RFT_RESERVED_KEYS}
+
+
 def parse_prompt_row(value: Any) -> tuple[PromptRow | None, list[Issue]]:
     if bad := _not_object(value):
         return None, bad.errors
@@ -1160,8 +1170,7 @@ def parse_prompt_row(value: Any) -> tuple[PromptRow | None, list[Issue]]:
         )
     if errors:
         return None, errors
-    item = {k: v for k, v in value.items() if k not in RFT_RESERVED_KEYS}
-    return PromptRow(0, tuple(parsed), tools, item), []
+    return PromptRow(0, tuple(parsed), tools, row_item(value)), []
 
 
 def load_prompts(path: str | Path, system: str | None = None) -> list[PromptRow]:

@@ -14,7 +14,7 @@ import math
 import random
 import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -41,7 +41,7 @@ def _with_shots(request: Request, shots: list[Request]) -> Request:
     system = [m for m in request.messages if m.role == "system"]
     rest = [m for m in request.messages if m.role != "system"]
     examples = [m for shot in shots for m in _shot_messages(shot)]
-    return Request((*system, *examples, *rest), request.reference)
+    return replace(request, messages=(*system, *examples, *rest))
 
 
 def zero_shot(test: list[Request]) -> Built:

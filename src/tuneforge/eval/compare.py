@@ -28,6 +28,7 @@ from tuneforge.eval.metrics import (
     BUILTIN,
     DEFAULT_MARGIN,
     Metric,
+    RowMetric,
     load_user_metric,
     per_label,
     primary_metric_for,
@@ -62,6 +63,9 @@ class CompareOptions:
     latency_requests: int = 8
     with_loss: bool = True
     user_metrics: list[str] = field(default_factory=list)
+    # An OpenAI grader object (`--grader FILE`'s JSON, the API's `grader`): scored as the metric
+    # `grader:<name>`, and the primary metric unless `primary_metric` names another.
+    grader: dict[str, Any] | None = None
     primary_metric: str | None = None
     data_format: str | None = None
     seed: int = 0  # few-shot example choice and the bootstrap resamples
@@ -133,6 +137,7 @@ class Comparison:
         ]
         examples = load_conversations(o.test_file, fmt_test)
         test = [to_request(e, str(o.test_file)) for e in examples]
+        grader_metric = self._grader(test, [e.line for e in examples])
         self.leaked_lines = leaked(self.train, test, [e.line for e in examples])
         self.nothing_held_out = bool(test) and len(self.leaked_lines) == len(test)
         if self.leaked_lines and not self.nothing_held_out:
@@ -141,24 +146,46 @@ class Comparison:
         # else: every test example is also a training example; excluding them all would leave
         # nothing to measure, so they stay and the report warns that nothing is held out.
         self.test = test[: o.limit] if o.limit else test
-        self.metrics: dict[str, Metric] = dict(BUILTIN)
+        self.metrics: dict[str, Metric | RowMetric] = dict(BUILTIN)
         for spec in o.user_metrics:
             name, fn = load_user_metric(spec)
             self.metrics[name] = fn
+        if grader_metric is not None:
+            self.metrics[grader_metric[0]] = grader_metric[1]
         detected, why = primary_metric_for(
             [r.reference for r in self.test], [r.reference for r in self.train + self.test]
         )
         self.label_task = detected == "exact_match"
-        self.primary = o.primary_metric or detected
-        self.primary_reason = (
-            f"chosen with --primary-metric (detected: {why})"
-            if (o.primary_metric and o.primary_metric != detected)
-            else why
-        )
+        if o.primary_metric:
+            self.primary = o.primary_metric
+            self.primary_reason = (
+                f"chosen with --primary-metric (detected: {why})"
+                if o.primary_metric != detected
+                else why
+            )
+        elif grader_metric is not None and o.grader is not None:
+            self.primary = grader_metric[0]
+            self.primary_reason = (
+                f"the {o.grader['type']} grader {o.grader['name']!r} given to score the answers "
+                f"(without it: {why})"
+            )
+        else:
+            self.primary, self.primary_reason = detected, why
         if self.primary not in self.metrics:
             raise UsageError(
                 f"--primary-metric {self.primary!r} is not one of {', '.join(self.metrics)}",
-                hint="name a built-in metric or one given with --metric",
+                hint="name a built-in metric, one given with --metric, or grader:<name> of the "
+                "--grader",
+            )
+        # The margin is in the primary metric's units: a share of the range for a grader that
+        # scores on another scale than 0-1 (a score_model with range [0, 10]: 0.05 → 0.5).
+        primary = self.metrics[self.primary]
+        self.margin = o.margin
+        if isinstance(primary, RowMetric) and (primary.low, primary.high) != (0.0, 1.0):
+            self.margin = o.margin * (primary.high - primary.low)
+            self.primary_reason += (
+                f"; its scores lie in [{primary.low:g}, {primary.high:g}], so the margin is "
+                f"{o.margin:g} of that range, {self.margin:g}"
             )
         if o.model is None:
             from tuneforge import run_dir as rd
@@ -166,6 +193,22 @@ class Comparison:
             o.model = rd.read_config(o.runs[0])["model"] if o.runs else DEFAULT_MODEL
         self.max_new_tokens = o.max_new_tokens or self._answer_room()
         self.samples = list(range(min(N_SAMPLES, len(self.test))))
+
+    def _grader(self, test: list[Request], lines: list[int]) -> tuple[str, RowMetric] | None:
+        """The grader as (metric name, metric), checked before any model loads: its JSON, and
+        every `{{ item.… }}` it reads against every test row (a missing field names the line)."""
+        from tuneforge.eval.graders import as_metric, check_items, metric_name, validate_grader
+
+        spec = self.options.grader
+        if spec is None:
+            return None
+        validate_grader(spec)
+        check_items(
+            spec,
+            [(line, r.item) for r, line in zip(test, lines, strict=True)],
+            str(self.options.test_file),
+        )
+        return metric_name(spec), as_metric(spec)
 
     def _answer_room(self) -> int:
         from tuneforge.models import load_tokenizer
@@ -329,12 +372,13 @@ class Comparison:
                 "n_leaked_test_examples": len(self.leaked_lines),
                 "leaked_test_lines": self.leaked_lines[:MAX_LEAKS_LISTED],
                 "max_new_tokens": self.max_new_tokens,
+                "grader": o.grader,
             },
             "primary_metric": self.primary,
             "primary_metric_reason": self.primary_reason,
             "warnings": self.warnings(),
             "approaches": self.approaches,
-            "summary": summarize(self.approaches, self.primary, margin=o.margin, seed=o.seed),
+            "summary": summarize(self.approaches, self.primary, margin=self.margin, seed=o.seed),
         }
 
     def warnings(self) -> list[str]:
@@ -355,12 +399,35 @@ class Comparison:
                 f"after normalising whitespace and case; test file lines {listed}{more}): they "
                 "are left out of every score; remove them from one of the files"
             )
+        out.extend(self._range_warnings())
         if len(self.test) < MIN_TEST_REQUESTS:
             out.append(
                 f"only {len(self.test)} test requests: a 95% interval on a 0-1 metric is about "
                 f"±{1 / math.sqrt(max(len(self.test), 1)):.2f} wide at worst, too wide for most "
                 f"conclusions; use at least {MIN_TEST_REQUESTS} (better 50 or more)"
             )
+        return out
+
+    def _range_warnings(self) -> list[str]:
+        """A grader metric whose scores leave the range it is taken to score in (a python or
+        multi grader may return any number): the margin and the intervals' warnings assume it."""
+        out = []
+        for name, metric in self.metrics.items():
+            if not isinstance(metric, RowMetric):
+                continue
+            scores = [
+                s
+                for a in self.approaches
+                for s in (a.get("per_request_scores") or {}).get(name) or []
+                if s is not None
+            ]
+            if scores and (min(scores) < metric.low or max(scores) > metric.high):
+                out.append(
+                    f"{name} gave scores from {min(scores):g} to {max(scores):g}, outside the "
+                    f"[{metric.low:g}, {metric.high:g}] it is taken to score in; the margin "
+                    f"(±{self.margin:g}) is in its units, so make the grader return 0-1 (or "
+                    "use a score_model grader with its `range`)"
+                )
         return out
 
     def save(self) -> Path:
@@ -409,7 +476,8 @@ def _run_description(run: Path) -> str:
 
     config = rd.read_config(run)
     method = {"lora": "LoRA", "full": "full", "qlora": "QLoRA"}.get(config.get("method"), "?")
-    return f"{method} fine-tune of {config.get('model')} ({run.name})"
+    objective = {"dpo": " DPO", "grpo": " GRPO"}.get(config.get("objective") or "sft", "")
+    return f"{method}{objective} fine-tune of {config.get('model')} ({run.name})"
 
 
 def _training_cost(run: Path) -> dict[str, Any]:

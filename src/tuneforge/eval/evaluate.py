@@ -18,7 +18,7 @@ from typing import Any
 from tuneforge.data.conversation import Conversation, Message
 from tuneforge.data.formats import Example
 from tuneforge.errors import DataError
-from tuneforge.eval.metrics import Metric, score_all
+from tuneforge.eval.metrics import REFERENCE_KEY, Metric, RowMetric, score_all
 from tuneforge.inference.generate import generate_batch
 from tuneforge.inference.load import LoadedModel
 
@@ -29,6 +29,8 @@ Progress = Callable[[int, int], None]
 class Request:
     messages: tuple[Message, ...]  # the prompt: everything before the answer
     reference: str  # the answer the data holds
+    # The row as a grader reads it (`{{ item.… }}`): its reference answer and its other fields.
+    item: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
 @dataclass
@@ -76,7 +78,8 @@ def to_request(example: Example, path: str) -> Request:
             "with",
             hint="end each test conversation with the expected assistant message",
         )
-    return Request(messages[:last], messages[last].content or "")
+    reference = messages[last].content or ""
+    return Request(messages[:last], reference, {REFERENCE_KEY: reference} | example.item)
 
 
 def reference_loss(loaded: LoadedModel, requests: list[Request], batch_tokens: int = 4096) -> float:
@@ -136,7 +139,7 @@ def reference_loss(loaded: LoadedModel, requests: list[Request], batch_tokens: i
 def evaluate(
     loaded: LoadedModel,
     requests: list[Request],
-    metrics: dict[str, Metric],
+    metrics: dict[str, Metric | RowMetric],
     *,
     max_new_tokens: int,
     batch_size: int = 8,
@@ -171,7 +174,8 @@ def evaluate(
         loaded.tokenizer.decode(ids or [], skip_special_tokens=True).strip() for ids in answers_ids
     ]
     references = [r.reference for r in requests]
-    means, scores, problems = score_all(metrics, answers, references)
+    items = [r.item for r in requests]
+    means, scores, problems = score_all(metrics, answers, references, items)
     if with_loss:
         means["test_loss"] = reference_loss(loaded, requests)
     return Evaluation(

@@ -768,3 +768,80 @@ def similarity(metric: str, text: str, reference: str) -> float:
     if metric == "rouge_l":
         return _rouge_l(hyp, ref)
     return _rouge_n(hyp, ref, int(metric.removeprefix("rouge_")))
+
+
+# -- a grader as an evaluation metric (`tuneforge eval/compare --grader`) ---------------------
+
+METRIC_PREFIX = "grader:"
+
+
+def metric_name(spec: dict) -> str:
+    """The metric a grader's scores are reported under: `grader:<its name>`, so it never
+    collides with a built-in metric or a `--metric` function."""
+    return f"{METRIC_PREFIX}{spec['name']}"
+
+
+def score_range(spec: dict) -> tuple[float, float]:
+    """The range a grader's scores lie in: a score_model's `range` (default [0, 1]); [0, 1] for
+    the others (string_check gives 0 or 1, text_similarity a similarity). A python or multi
+    grader can return any number; it is taken to mean [0, 1], as OpenAI's RFT expects, and
+    `compare` warns when its scores fall outside."""
+    if spec["type"] == "score_model":
+        low, high = spec.get("range", [0, 1])
+        return float(low), float(high)
+    return 0.0, 1.0
+
+
+def as_metric(spec: dict, *, judge: Any = None) -> Any:
+    """A validated grader as a `RowMetric`: `sample` is the answer, `item` the test row."""
+    from tuneforge.eval.metrics import RowMetric
+
+    def score(answer: str, item: dict) -> tuple[float, str | None]:
+        grade = run_grader(spec, make_sample(answer), item, judge=judge)
+        failure = next(iter(grade.details.values()), None)
+        return grade.reward, failure
+
+    low, high = score_range(spec)
+    return RowMetric(score, low, high)
+
+
+def read_grader_file(path: str | os.PathLike) -> dict:
+    """One grader object from a JSON file, validated as `graders/validate` does; a problem names
+    the file and the grader's field."""
+    from pathlib import Path
+
+    from tuneforge.errors import UsageError
+
+    path = Path(path)
+    example = '{"type": "string_check", "name": "exact", "input": "{{ sample.output_text }}", '
+    example += '"reference": "{{ item.reference_answer }}", "operation": "eq"}'
+    if not path.is_file():
+        raise UsageError(
+            f"--grader {path}: no such file", hint=f"write a grader JSON, e.g. {example}"
+        )
+    try:
+        spec = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise GraderError(
+            f"{path}: not UTF-8 text", hint="save the grader JSON as UTF-8", param="grader"
+        ) from None
+    except json.JSONDecodeError as exc:
+        raise GraderError(
+            f"{path}, line {exc.lineno} column {exc.colno}: not JSON ({exc.msg})",
+            hint=f"the file holds one grader object, e.g. {example}",
+            param="grader",
+        ) from None
+    if isinstance(spec, dict) and "type" not in spec and isinstance(spec.get("grader"), dict):
+        raise GraderError(
+            f"{path}: the file holds a request body with a `grader` inside",
+            hint="keep only the grader object (the value of `grader`) in the file",
+            param="grader",
+        )
+    try:
+        return validate_grader(spec)
+    except GraderError as exc:
+        raise GraderError(
+            f"{path}: {exc.message}",
+            hint=exc.hint or f"fix `{exc.param}` in the file (OpenAI's grader JSON)",
+            param=exc.param,
+        ) from None

@@ -1,5 +1,7 @@
 """Answer-quality metrics: pure functions of (answer, reference) → a score in [0, 1], or None when
 the metric does not apply to that reference (set-F1 of a reference that is not a JSON list).
+A `RowMetric` reads the whole test row instead of only its reference: an OpenAI grader
+(`graders.as_metric`), scored under the name `grader:<its name>`.
 
 Normalisation follows SQuAD's evaluation script (lowercase, drop punctuation and the articles
 a/an/the, collapse whitespace), the usual choice for exact match and token F1 on short answers.
@@ -13,11 +15,29 @@ import re
 import string
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from tuneforge.errors import UsageError
 
 Metric = Callable[[str, str], "float | None"]
+
+# The key under which a test row's reference answer (its last assistant message) reaches a
+# grader, as `{{ item.reference_answer }}`: the name OpenAI's grader examples use. A row with a
+# field of that name keeps its own.
+REFERENCE_KEY = "reference_answer"
+
+
+@dataclass(frozen=True)
+class RowMetric:
+    """A metric of (answer, the test row as a dict) → (score, why it failed or None). A failure
+    still scores (a grader that cannot read the answer gives 0, as OpenAI's do); the reason is
+    reported once per approach with how many answers it hit."""
+
+    score: Callable[[str, dict[str, Any]], tuple[float, str | None]]
+    low: float = 0.0  # the range the scores lie in: the margin is a share of high - low
+    high: float = 1.0
+
 
 # The smallest quality difference that matters, in the primary metric's units (0-1 for the
 # built-in metrics): a gain whose whole 95 % interval lies beyond ±MARGIN decides by quality; one
@@ -178,15 +198,48 @@ def load_user_metric(spec: str) -> tuple[str, Metric]:
     return attr, fn
 
 
+def _row_scores(
+    name: str, metric: RowMetric, answers: list[str], items: list[dict[str, Any]]
+) -> tuple[list[float], str | None]:
+    """Every answer's score, and one line on the answers the metric failed on (or None)."""
+    values, failures = [], []
+    for answer, item in zip(answers, items, strict=True):
+        value, failure = metric.score(answer, item)
+        values.append(value)
+        if failure:
+            failures.append(failure)
+    if not failures:
+        return values, None
+    return values, (
+        f"{name} could not grade {len(failures)} of {len(answers)} answers (each of them "
+        f"scores 0, as on OpenAI); the first: {failures[0]}"
+    )
+
+
 def score_all(
-    metrics: dict[str, Metric], answers: list[str], references: list[str]
+    metrics: dict[str, Metric | RowMetric],
+    answers: list[str],
+    references: list[str],
+    items: list[dict[str, Any]] | None = None,
 ) -> tuple[dict[str, float], list[dict[str, float | None]], list[str]]:
     """Mean of each metric over the examples it applies to, the per-example scores, and the
-    problems met (a user metric that raises or returns a non-number is reported, not fatal)."""
+    problems met (a user metric that raises or returns a non-number is reported, not fatal).
+    `items` are the test rows a `RowMetric` reads (default: only the reference, as
+    `{REFERENCE_KEY: …}`)."""
     per_example: list[dict[str, float | None]] = [{} for _ in answers]
     means: dict[str, float] = {}
     problems: list[str] = []
     for name, fn in metrics.items():
+        if isinstance(fn, RowMetric):
+            rows = items if items is not None else [{REFERENCE_KEY: r} for r in references]
+            scores, problem = _row_scores(name, fn, answers, rows)
+            for i, value in enumerate(scores):
+                per_example[i][name] = value
+            if scores:
+                means[name] = sum(scores) / len(scores)
+            if problem:
+                problems.append(problem)
+            continue
         values: list[float] = []
         for i, (answer, reference) in enumerate(zip(answers, references, strict=True)):
             try:

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -416,11 +417,14 @@ def _md_fence(value: Any) -> str:
 
 def _context(compare: dict[str, Any]) -> dict[str, Any]:
     summary = compare.get("summary") or {}
+    grader = (compare.get("use_case") or {}).get("grader")
     recommendation = summary.get("recommendation") or "undecided"
     return {
         "title": (compare.get("use_case") or {}).get("title") or "fine-tuning comparison",
         "compare": compare,
         "use_case": compare.get("use_case") or {},
+        # the grader behind a grader:<name> metric, as given (one line of JSON)
+        "grader_json": json.dumps(grader, ensure_ascii=False) if grader else None,
         "summary": summary,
         "recommendation": recommendation,
         "recommendation_label": RECOMMENDATIONS.get(recommendation, recommendation),

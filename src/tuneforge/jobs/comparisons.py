@@ -43,6 +43,7 @@ class CompareRequest:
     baselines: bool = True
     limit: int | None = None
     max_new_tokens: int | None = None
+    grader: dict[str, Any] | None = None  # an OpenAI grader object, validated by the API
     names: dict[str, str] = field(default_factory=dict)  # the client's file ids and names
 
     def to_json(self) -> dict[str, Any]:
@@ -52,6 +53,7 @@ class CompareRequest:
             "baselines": self.baselines,
             "limit": self.limit,
             "max_tokens": self.max_new_tokens,
+            "grader": self.grader,
         }
 
 
@@ -171,6 +173,7 @@ class ComparisonRunner:
                 runs=[run for _, run in request.runs],
                 limit=request.limit,
                 max_new_tokens=request.max_new_tokens,
+                grader=request.grader,
                 title=request.names.get("training_filename"),
             )
             comparison = Comparison(options, on_event=event, on_progress=progress)

@@ -1,4 +1,4 @@
-// Compare: pick the test and training files and fine-tuned models; past comparisons.
+// Compare: pick the test and training files, fine-tuned models and an optional grader; past comparisons.
 import { $, api, badge, el, fineTunedModels, params, replace, ROOT, showError, table, when } from "./lib.js";
 
 async function main() {
@@ -22,6 +22,8 @@ async function main() {
   $("#compare-form").addEventListener("submit", async (e) => {
     e.preventDefault();
     $("#form-error").hidden = true;
+    $("#grader").removeAttribute("aria-invalid");
+    $("#grader-error").textContent = "";
     const body = {
       test_file: $("#test_file").value,
       training_file: $("#training_file").value,
@@ -30,10 +32,18 @@ async function main() {
     };
     const limit = $("#limit").value.trim();
     if (limit) body.limit = Number(limit);
+    const grader = $("#grader").value.trim();
+    // Text that is not JSON is sent as it is: the API names what is wrong, as for any field.
+    if (grader) { try { body.grader = JSON.parse(grader); } catch { body.grader = grader; } }
     try {
       const created = await api("/v1/tuneforge/comparisons", { method: "POST", json: body });
       location.assign(`${ROOT}/compare/${created.id}`);
     } catch (err) {
+      if ((err.param || "").startsWith("grader")) {
+        $("#grader").setAttribute("aria-invalid", "true");
+        $("#grader-error").textContent = err.message;
+        $("#grader").focus();
+      }
       showError("#form-error", err);
     }
   });

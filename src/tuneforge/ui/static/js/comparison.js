@@ -23,6 +23,7 @@ async function poll() {
     el("dt", {}, "Test file"), el("dd", {}, c.request.test_filename || c.request.test_file),
     el("dt", {}, "Training file"), el("dd", {}, c.request.training_filename || c.request.training_file),
     el("dt", {}, "Fine-tuned models"), el("dd", {}, (c.request.models || []).join(", ") || "none"),
+    c.request.grader ? [el("dt", {}, "Grader"), el("dd", {}, `grader:${c.request.grader.name} (${c.request.grader.type})`)] : null,
     el("dt", {}, "Created"), el("dd", {}, when(c.created_at)),
     p ? [el("dt", {}, "Now"), el("dd", {}, `${p.approach}: ${p.done} of ${p.total} requests`)] : null,
     c.message ? [el("dt", {}, "Last step"), el("dd", {}, c.message)] : null,
