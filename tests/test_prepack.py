@@ -40,7 +40,9 @@ def pack_as(module: nn.Module, kind: str) -> int:
     """Pack with one kind; the kernel at every row count it takes (not this machine's choice),
     so that a test of the kernel runs the kernel."""
     if kind == "small_gemm":
-        return prepack_linears(module, kernel=True, kernel_max_rows=small_gemm.KERNEL_ROWS)
+        return prepack_linears(
+            module, kernel=True, kernel_rows=range(1, small_gemm.KERNEL_ROWS + 1)
+        )
     return prepack_linears(module, kernel=False)
 
 
@@ -199,28 +201,26 @@ def test_a_packed_layer_that_trains_falls_back_to_the_plain_one(kind):
 
 
 @pytest.mark.skipif(not _kernel_expected(), reason="the kernel needs x86-64 Linux, AVX2 and cc")
-def test_the_kernel_runs_up_to_its_row_limit_and_mkl_above(monkeypatch):
+def test_the_kernel_runs_at_its_row_counts_and_mkl_at_the_others(monkeypatch):
     calls = []
     real = small_gemm.linear
     monkeypatch.setattr(small_gemm, "linear", lambda x, *a: calls.append(len(x)) or real(x, *a))
     torch.manual_seed(0)
     layer = nn.Linear(32, 48)
     with torch.no_grad():
-        prepack_linears(layer, kernel=True, kernel_max_rows=16)
-        for rows in (1, 16, 17, 200):
-            torch.testing.assert_close(
-                layer(torch.ones(rows, 32)),
-                nn.functional.linear(torch.ones(rows, 32), layer.weight, layer.bias),
-            )
-    assert calls == [1, 16]
-    with pytest.raises(ValueError, match="kernel_max_rows must be 0-256"):
-        prepack_linears(nn.Linear(4, 4), kernel_max_rows=300)
+        prepack_linears(layer, kernel=True, kernel_rows={1, *range(4, 17)})
+        for rows in (1, 2, 4, 16, 17, 200):
+            x = torch.randn(rows, 32)
+            torch.testing.assert_close(layer(x), nn.functional.linear(x, layer.weight, layer.bias))
+    assert calls == [1, 4, 16]
+    with pytest.raises(ValueError, match="row counts from 1 to 256"):
+        prepack_linears(nn.Linear(4, 4), kernel_rows=[300])
 
 
 @pytest.mark.skipif(not _kernel_expected(), reason="the kernel needs x86-64 Linux, AVX2 and cc")
-def test_the_row_limit_is_measured_once_per_machine_and_kept(monkeypatch, tmp_path):
+def test_the_kernels_row_counts_are_measured_once_per_machine_and_kept(monkeypatch, tmp_path):
     """The first packing measures the kernel against MKL on the model's weights and writes the
-    answer, with its timings, under the home's kernels folder; the next reads it back."""
+    verdicts, with their timings, under the home's kernels folder; the next reads them back."""
     monkeypatch.setenv("TUNEFORGE_HOME", str(tmp_path))
     monkeypatch.delenv(small_gemm.MAX_ROWS_ENV, raising=False)
     small_gemm._library.cache_clear()
@@ -230,21 +230,28 @@ def test_the_row_limit_is_measured_once_per_machine_and_kept(monkeypatch, tmp_pa
     try:
         weights = [torch.randn(64, 32), torch.randn(32, 64)]
         pairs = [(w, small_gemm.pack(w)) for w in weights]
-        rows = small_gemm.kernel_max_rows(pairs)
-        assert rows == small_gemm.kernel_max_rows(pairs) and measured == [1]
+        rows = small_gemm.kernel_row_counts(pairs)
+        assert rows == small_gemm.kernel_row_counts(pairs) and measured == [1]
         (saved,) = (tmp_path / "kernels").glob("rows-*.json")
         record = json.loads(saved.read_text())
-        assert record["max_rows"] == rows in (0, *small_gemm.TUNE_ROWS)
-        assert record["timings"][0]["rows"] == 1 and record["machine"]["shapes"] == [
-            [32, 64],
-            [64, 32],
-        ]
-        # Each measured row count up to the limit: the kernel not clearly slower than MKL.
-        for timing in record["timings"]:
-            if timing["rows"] <= rows:
-                assert timing["ours_ms"] <= small_gemm.CLEAR_LOSS * timing["mkl_ms"]
+        assert record["kernel_rows"] == small_gemm.ranges(rows)
+        assert record["machine"]["shapes"] == [[32, 64], [64, 32]]
+        timings = record["timings"]
+        assert timings[0]["rows"] == 1
+        for timing in timings:  # each verdict follows its timing, and decides its row count
+            clear_loss = timing["ours_ms"] > small_gemm.CLEAR_LOSS * timing["mkl_ms"]
+            assert timing["kernel"] == (not clear_loss) == (timing["rows"] in rows)
+        if len(timings) < len(small_gemm.TUNE_ROWS):  # stopped: MKL won the last two
+            assert not timings[-1]["kernel"] and not timings[-2]["kernel"]
+            assert max(rows, default=0) < timings[-1]["rows"]
     finally:
         small_gemm._library.cache_clear()
+
+
+def test_row_counts_read_as_ranges():
+    assert small_gemm.ranges({1, 4, 5, 6, 9}) == [[1, 1], [4, 6], [9, 9]]
+    assert small_gemm.describe(frozenset({1, 4, 5, 6})) == "1, 4-6 rows"
+    assert small_gemm.describe(frozenset()) == "no row count"
 
 
 @pytest.mark.parametrize("value", ["many", "-1", "257", "1.5"])
@@ -253,7 +260,7 @@ def test_a_bad_row_limit_setting_says_what_to_set(monkeypatch, value):
 
     monkeypatch.setenv(small_gemm.MAX_ROWS_ENV, value)
     with pytest.raises(UsageError, match="TUNEFORGE_KERNEL_MAX_ROWS=.* is not a row count") as exc:
-        small_gemm.kernel_max_rows([])
+        small_gemm.kernel_row_counts([])
     assert "from 0 (never our kernel) to 256" in str(exc.value)
     monkeypatch.setenv(small_gemm.MAX_ROWS_ENV, "24")
-    assert small_gemm.kernel_max_rows([]) == 24
+    assert small_gemm.kernel_row_counts([]) == frozenset(range(1, 25))

@@ -5,11 +5,12 @@ Why this exists (measured, `bench/small_gemm.py`, `bench/serve_throughput.py` an
 kernels for the few-row products of decoding are slow: 8 rows cost ~2× one row, where reading
 the weights (the real bound) costs the same for both. Two packed forms, best first:
 
-- our AVX2 kernel (`small_gemm.py`), weights in 16-column panels, for the row counts at which
-  it beats MKL on this machine (`small_gemm.kernel_max_rows`: measured once and cached; on our
-  AMD EPYC it wins up to 128 rows, 1.6-1.8× oneDNN at 1-8; on an Intel Xeon with AVX-512 only
-  up to ~16-24, where MKL's few-row GEMMs are good). More rows (prefill) go to MKL with the
-  original weight (there oneDNN would be ~10-20% faster, at the cost of a third copy);
+- our AVX2 kernel (`small_gemm.py`), weights in 16-column panels, at the row counts where it
+  beats MKL on this machine (`small_gemm.kernel_row_counts`: measured once and cached; on our
+  AMD EPYC up to 128 rows, 1.6-1.8× oneDNN at 1-8; on an Intel Xeon with AVX-512 at 1 and 4-16
+  rows, where MKL's few-row GEMMs are good). The other row counts (prefill, large batches) go
+  to MKL with the original weight (there oneDNN would be ~10% faster, at the cost of a third
+  copy);
 - where the kernel cannot be built: oneDNN's matmul on a weight reordered once into its blocked
   layout (`torch.ops.mkldnn._reorder_linear_weight`, the kernel torch.compile's CPU "freezing"
   uses), at every row count: 8 rows at ~1.2-1.5× one row, never slower than MKL.
@@ -26,6 +27,7 @@ models that only generate. Where autograd is recording (training), a packed laye
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 import torch
@@ -54,7 +56,7 @@ class _PackedForward:
     can still wrap it with LoRA layers, which call it as their base layer)."""
 
     def __init__(self, linear: nn.Linear, kernel: bool) -> None:
-        self.kernel_max_rows = 0  # more rows than this go to MKL (set by `prepack_linears`)
+        self.kernel_rows: frozenset[int] = frozenset()  # others go to MKL (`prepack_linears`)
         # The live parameters, for the autograd fallback.
         self.weight, self.live_bias = linear.weight, linear.bias
         weight = linear.weight.detach()
@@ -78,7 +80,7 @@ class _PackedForward:
             rows = rows.contiguous()
         if self.panels is None:
             y = torch.ops.mkldnn._linear_pointwise(rows, self.packed, self.bias, "none", [], "")
-        elif rows.shape[0] <= self.kernel_max_rows:
+        elif rows.shape[0] in self.kernel_rows:
             y = small_gemm.linear(rows, self.panels, self.panel_bias, self.out_features)
         else:
             y = nn.functional.linear(rows, self.weight.detach(), self.bias)
@@ -89,24 +91,25 @@ class _PackedForward:
         return "oneDNN" if self.panels is None else "small_gemm"
 
 
-def kernel_rows(module: Any) -> int:
-    """Up to how many rows a packed layer runs our kernel (0: never, or not packed)."""
+def kernel_rows(module: Any) -> frozenset[int]:
+    """The row counts at which a packed layer runs our kernel (empty: never, or not packed)."""
     forward = getattr(module, "__dict__", {}).get("forward")
-    return forward.kernel_max_rows if isinstance(forward, _PackedForward) else 0
+    return forward.kernel_rows if isinstance(forward, _PackedForward) else frozenset()
 
 
 def prepack_linears(
-    model: nn.Module, *, kernel: bool | None = None, kernel_max_rows: int | None = None
+    model: nn.Module, *, kernel: bool | None = None, kernel_rows: Collection[int] | None = None
 ) -> int:
     """Pack every plain `nn.Linear` of a frozen fp32 CPU model; returns how many were packed
     (0 when `can_prepack` says no). Call before loading LoRA adapters: peft then wraps the
     packed layers, and its own small A/B layers stay as they are. `kernel`: use our AVX2
     kernel (default: when it is available and beats MKL at some row count here), else oneDNN.
-    `kernel_max_rows`: up to how many rows the kernel runs, MKL above (default:
-    `small_gemm.kernel_max_rows`, measured on this model's weights)."""
-    if kernel_max_rows is not None and not 0 <= kernel_max_rows <= small_gemm.KERNEL_ROWS:
-        limit = small_gemm.KERNEL_ROWS
-        raise ValueError(f"kernel_max_rows must be 0-{limit}, not {kernel_max_rows}")
+    `kernel_rows`: at which row counts the kernel runs, MKL at the others (default:
+    `small_gemm.kernel_row_counts`, measured on this model's weights)."""
+    if kernel_rows is not None and not set(kernel_rows) <= set(
+        range(1, small_gemm.KERNEL_ROWS + 1)
+    ):
+        raise ValueError(f"kernel_rows must be row counts from 1 to {small_gemm.KERNEL_ROWS}")
     if not can_prepack(model):
         return 0
     automatic = kernel is None
@@ -118,13 +121,13 @@ def prepack_linears(
         if type(module) is nn.Linear and not isinstance(module.forward, _PackedForward)
     ]
     forwards = [_PackedForward(module, kernel) for module in linears]
-    if kernel and kernel_max_rows is None:
+    if kernel and kernel_rows is None:
         pairs = [(forward.weight.detach(), forward.panels) for forward in forwards]
-        kernel_max_rows = small_gemm.kernel_max_rows(pairs)
-        if kernel_max_rows == 0 and automatic:  # slower than MKL even at one row, here
+        kernel_rows = small_gemm.kernel_row_counts(pairs)
+        if not kernel_rows and automatic:  # never faster than MKL here: oneDNN instead
             forwards = [_PackedForward(module, kernel=False) for module in linears]
     for forward in forwards:
-        forward.kernel_max_rows = kernel_max_rows or 0
+        forward.kernel_rows = frozenset(kernel_rows or ())
     for module, forward in zip(linears, forwards, strict=True):
         module.forward = forward  # type: ignore[method-assign]
     return len(linears)

@@ -6,14 +6,15 @@ reading the weights. On our 2-core AMD EPYC (AVX2), at 8 rows, MKL reads them at
 oneDNN at ~8 of the ~20 GB/s the memory gives; this kernel reads them at ~13 GB/s (~17 at 1-4
 rows): 1.6-1.8× oneDNN from 1 to 8 rows, 1.1-1.2× at 16-32, and as fast as MKL up to 128 rows.
 On an Intel Xeon with AVX-512 and AMX, MKL's few-row GEMMs are far better: the kernel still
-wins from 1 to 16 rows (1.2-1.6× at 4-16) but loses from ~32 up.
+wins at 4-16 rows (1.3-1.6×), ties at 1, loses at 2 and from ~32 up.
 
-So which GEMM runs at which row count is decided per machine: `kernel_max_rows` times the
-kernel against MKL on the model's own weights once, at row counts from 1 up, and keeps the
-kernel up to the last row count where it is not clearly slower; more rows go to MKL
-(`nn.Linear`). The answer is cached in `$TUNEFORGE_HOME/kernels/rows-<key>.json` (key: CPU
-model and flags, torch version, threads, kernel build, weight shapes), with the timings it was
-decided from; `TUNEFORGE_KERNEL_MAX_ROWS=N` overrides it (0: never the kernel).
+So which GEMM runs at which row count is decided per machine: `kernel_row_counts` times the
+kernel against MKL on the model's own weights once, at row counts from 1 up until MKL is clearly
+faster twice in a row, and keeps the kernel at the row counts where it is not clearly slower;
+the others go to MKL (`nn.Linear`). The answer is cached in `$TUNEFORGE_HOME/kernels/
+rows-<key>.json` (key: CPU model and flags, torch version, threads, kernel build, weight
+shapes), with the timings it was decided from; `TUNEFORGE_KERNEL_MAX_ROWS=N` overrides it
+(the kernel at 1 to N rows; 0: never).
 
 Where it cannot be built — not x86-64 Linux, no AVX2/FMA, no C compiler, or
 `TUNEFORGE_NO_KERNEL=1` — `available()` is False and callers use oneDNN (`prepack.py`). The
@@ -48,10 +49,12 @@ log = logging.getLogger("tuneforge.kernels")
 SOURCE = Path(__file__).with_name("small_gemm.c")
 PANEL = 16  # output columns per panel (small_gemm.c)
 KERNEL_ROWS = 256  # the most rows small_gemm.c takes in one call
-# Row counts `kernel_max_rows` times, up to the first where MKL is clearly faster.
+# Row counts `kernel_row_counts` times: until MKL is clearly faster at two in a row. Not just
+# the first loss: on the Xeon MKL wins at 2 rows (20 vs 23 ms) but loses at 4-16 (33 vs 22 ms
+# at 4), where MKL switches kernels.
 TUNE_ROWS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
-# "Clearly": more than 5% slower. Timings of the same GEMM vary by ~2-3% between runs here, so a
-# tie (2 rows on the Xeon: 21.2 vs 20.9 ms) must not end the kernel's range early.
+LOSSES_TO_STOP = 2
+# "Clearly": more than 5% slower. Timings of the same GEMM vary by ~2-3% between runs here.
 CLEAR_LOSS = 1.05
 TUNE_BYTES = 1 << 30  # time on at most this much of the model's weights (a 7B model: 28 GB)
 MAX_ROWS_ENV = "TUNEFORGE_KERNEL_MAX_ROWS"
@@ -190,9 +193,10 @@ def _best_seconds(fn, repeats: int = 3) -> float:
 
 def _measure(layers: list[tuple[torch.Tensor, torch.Tensor]]) -> dict:
     """Time the kernel and MKL over all these (weight, panels) pairs, as one decode step does,
-    at each of `TUNE_ROWS` until MKL is clearly faster."""
+    at each of `TUNE_ROWS` until MKL is clearly faster at `LOSSES_TO_STOP` in a row. A row
+    count between two measured ones takes the lower one's verdict; beyond the last, MKL."""
     inputs = {w.shape[1]: torch.randn(KERNEL_ROWS, w.shape[1]) for w, _ in layers}
-    timings, max_rows = [], 0
+    timings, losses = [], 0
     with torch.no_grad():
         for rows in TUNE_ROWS:
 
@@ -205,41 +209,68 @@ def _measure(layers: list[tuple[torch.Tensor, torch.Tensor]]) -> dict:
                     linear(inputs[weight.shape[1]][:rows], panels, None, weight.shape[0])
 
             mkl_s, ours_s = _best_seconds(mkl), _best_seconds(ours)
-            timings.append({"rows": rows, "mkl_ms": mkl_s * 1000, "ours_ms": ours_s * 1000})
-            if ours_s > CLEAR_LOSS * mkl_s:
+            kernel = ours_s <= CLEAR_LOSS * mkl_s
+            timings.append(
+                {"rows": rows, "mkl_ms": mkl_s * 1000, "ours_ms": ours_s * 1000, "kernel": kernel}
+            )
+            losses = 0 if kernel else losses + 1
+            if losses == LOSSES_TO_STOP:
                 break
-            max_rows = rows
-    return {"max_rows": max_rows, "timings": timings}
+    rows = set()
+    for timing, following in zip(timings, [*timings[1:], None], strict=True):
+        end = following["rows"] if following else timing["rows"] + 1
+        if timing["kernel"]:
+            rows.update(range(timing["rows"], end))
+    return {"kernel_rows": ranges(rows), "timings": timings}
 
 
-def _override() -> int | None:
+def ranges(rows: set[int] | frozenset[int]) -> list[list[int]]:
+    """Row counts as inclusive ranges: {1, 4, 5, 6} → [[1, 1], [4, 6]]."""
+    out: list[list[int]] = []
+    for r in sorted(rows):
+        if out and out[-1][1] == r - 1:
+            out[-1][1] = r
+        else:
+            out.append([r, r])
+    return out
+
+
+def describe(rows: frozenset[int]) -> str:
+    """ "1, 4-23 rows" for logs."""
+    if not rows:
+        return "no row count"
+    parts = [str(a) if a == b else f"{a}-{b}" for a, b in ranges(rows)]
+    return ", ".join(parts) + " rows"
+
+
+def _override() -> frozenset[int] | None:
     value = os.environ.get(MAX_ROWS_ENV)
     if value is None or value.strip() == "":
         return None
     try:
-        rows = int(value)
+        limit = int(value)
     except ValueError:
-        rows = -1
-    if not 0 <= rows <= KERNEL_ROWS:
+        limit = -1
+    if not 0 <= limit <= KERNEL_ROWS:
         raise UsageError(
             f"{MAX_ROWS_ENV}={value!r} is not a row count",
             hint=f"set it to a whole number from 0 (never our kernel) to {KERNEL_ROWS}, or unset "
             "it to let tuneforge measure this machine",
         )
-    return rows
+    return frozenset(range(1, limit + 1))
 
 
-def kernel_max_rows(layers: list[tuple[torch.Tensor, torch.Tensor]]) -> int:
-    """The most rows per GEMM that should run on our kernel rather than MKL, for these
-    (weight, panels) pairs on this machine: `TUNEFORGE_KERNEL_MAX_ROWS` if set, else measured
-    once (a second or two for a 135M model) and cached under `$TUNEFORGE_HOME/kernels`.
-    0 when the kernel is not available or is slower than MKL even at one row."""
+def kernel_row_counts(layers: list[tuple[torch.Tensor, torch.Tensor]]) -> frozenset[int]:
+    """The row counts (of 1-256) at which these (weight, panels) pairs should run on our kernel
+    rather than MKL on this machine: 1 to `TUNEFORGE_KERNEL_MAX_ROWS` if that is set, else
+    measured once (a few seconds for a 135M model) and cached under `$TUNEFORGE_HOME/kernels`.
+    Empty when the kernel is not available or never beats MKL."""
     override = _override()
     if override is not None:
         return override
     library = _library()
     if library is None or not layers:
-        return 0
+        return frozenset()
     sample, size = [], 0
     for weight, panels in layers:
         if size >= TUNE_BYTES:
@@ -257,14 +288,16 @@ def kernel_max_rows(layers: list[tuple[torch.Tensor, torch.Tensor]]) -> int:
     key = hashlib.sha256(json.dumps(machine, sort_keys=True).encode()).hexdigest()[:16]
     path = tuneforge_home() / "kernels" / f"rows-{key}.json"
     try:
-        return int(json.loads(path.read_text())["max_rows"])
+        saved = json.loads(path.read_text())["kernel_rows"]
+        return frozenset(r for a, b in saved for r in range(int(a), int(b) + 1))
     except (OSError, ValueError, KeyError, TypeError):
         pass  # not measured yet (or an unreadable file): measure again
     result = _measure(sample)
-    log.info("our kernel up to %d rows per GEMM, MKL above (measured)", result["max_rows"])
+    rows = frozenset(r for a, b in result["kernel_rows"] for r in range(a, b + 1))
+    log.info("our kernel at %s per GEMM, MKL at the others (measured)", describe(rows))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
     with os.fdopen(fd, "w") as f:
         json.dump(result | {"machine": machine}, f, indent=2)
     os.replace(tmp, path)
-    return result["max_rows"]
+    return rows
