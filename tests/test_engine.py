@@ -1,6 +1,7 @@
 """The batching engine: a request answers the same alone or in a mixed batch (other prompts,
-other LoRA adapters, arriving mid-generation), matches peft's own generate, and stops when its
-client goes away."""
+other LoRA adapters, arriving mid-generation or together, prefilled in one forward or in chunks),
+matches peft's own generate, and stops when its client goes away; running requests keep
+decoding while a long prompt is prefilled."""
 
 from __future__ import annotations
 
@@ -197,3 +198,120 @@ def test_the_prefix_cache_keeps_to_its_token_budget(engine, text, tiny_model_dir
         asyncio.run(collect(engine, Target(base, base), text, ids, SamplingParams(1, 0.0)))
     kept = [entry.ids for entry in engine._slots[base].prefixes]
     assert kept == [third, second]  # newest first; the oldest went; the oversize one never came
+
+
+def reference_answer(model, text: TextSide, ids: list[int], max_tokens: int) -> str:
+    """What transformers' own greedy generate answers, decoded as the engine decodes."""
+    out = model.generate(
+        input_ids=torch.tensor([ids]), max_new_tokens=max_tokens, do_sample=False, eos_token_id=2
+    )[0, len(ids) :].tolist()
+    return text.tokenizer.decode([t for t in out if t != 2], skip_special_tokens=True)
+
+
+def submit_together(engine, requests, loop) -> list:
+    """Queue every request before the engine's thread starts: they arrive together."""
+    return [
+        engine.submit(target, text, ids, params, loop=loop)
+        for target, text, ids, params in requests
+    ]
+
+
+async def answers_of(generations) -> list[str]:
+    out = []
+    for generation in generations:
+        pieces = []
+        while not isinstance(event := (await generation.events.get())[1], Finished):
+            pieces.append(event.text)
+        out.append("".join(pieces))
+    return out
+
+
+@pytest.mark.parametrize("chunk_tokens", [256, 7])
+def test_requests_that_arrive_together_are_prefilled_together_and_answer_as_alone(
+    text, tiny_model_dir, monkeypatch, chunk_tokens
+):
+    """Four prompts of different lengths: with room for all, one prefill forward; with 7-token
+    chunks, several forwards that split prompts across chunks. Either way each answer is
+    transformers' greedy generate of that prompt alone."""
+    from transformers import AutoModelForCausalLM
+
+    import tuneforge.inference.engine as engine_module
+
+    monkeypatch.setattr(engine_module, "PREFILL_CHUNK_TOKENS", chunk_tokens)
+    base = str(tiny_model_dir)
+    prompts = [prompt(text, i) for i in (1, 6, 3, 9)]
+    requests = [(Target(base, base), text, ids, SamplingParams(10, 0.0)) for ids in prompts]
+    engine = InferenceEngine()
+
+    async def run() -> list[str]:
+        generations = submit_together(engine, requests, asyncio.get_running_loop())
+        engine.start()
+        return await answers_of(generations)
+
+    try:
+        answers = asyncio.run(run())
+    finally:
+        engine.stop()
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    assert answers == [reference_answer(model, text, ids, 10) for ids in prompts]
+    tokens = sum(len(ids) for ids in prompts)
+    assert engine.prefill_forwards == (1 if chunk_tokens >= tokens else -(-tokens // chunk_tokens))
+
+
+def test_prompts_arriving_together_with_a_shared_start_compute_it_once(text, tiny_model_dir):
+    """Two prompts with the same long system prompt arrive together: the second waits one chunk
+    and continues from the first's cache, and both still answer as generate does."""
+    from transformers import AutoModelForCausalLM
+
+    system = text.tokenizer("<|im_start|>system\n" + "Be brief and exact. " * 8)["input_ids"]
+    prompts = [
+        system + text.tokenizer(f"<|im_start|>user\nQuestion {q}")["input_ids"] for q in "ab"
+    ]
+    base = str(tiny_model_dir)
+    engine = InferenceEngine()
+    requests = [(Target(base, base), text, ids, SamplingParams(8, 0.0)) for ids in prompts]
+
+    async def run() -> list[str]:
+        generations = submit_together(engine, requests, asyncio.get_running_loop())
+        engine.start()
+        return await answers_of(generations)
+
+    try:
+        answers = asyncio.run(run())
+    finally:
+        engine.stop()
+    assert engine.prefix_tokens_reused >= len(system)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    assert answers == [reference_answer(model, text, ids, 8) for ids in prompts]
+
+
+def test_running_requests_keep_decoding_while_a_long_prompt_is_prefilled(
+    text, tiny_model_dir, monkeypatch
+):
+    """Driven turn by turn (no thread): a long prompt arrives while a request decodes; at each
+    turn it gets one 8-token chunk and the running request one more token."""
+    import tuneforge.inference.engine as engine_module
+
+    monkeypatch.setattr(engine_module, "PREFILL_CHUNK_TOKENS", 8)
+    base = str(tiny_model_dir)
+    loop = asyncio.new_event_loop()
+    engine = InferenceEngine()
+    engine.submit(
+        Target(base, base), text, prompt(text, 0), SamplingParams(100, 1.0, seed=0), loop=loop
+    )
+    with torch.no_grad():
+        while not engine._slots or not engine._slots[base].rows:
+            engine._turn()
+        slot = engine._slots[base]
+        (running,) = slot.rows
+        long_prompt = prompt(text, 12)
+        engine.submit(Target(base, base), text, long_prompt, SamplingParams(5, 0.0), loop=loop)
+        chunks = -(-len(long_prompt) // 8)
+        for turn in range(1, chunks):
+            tokens = len(running.ids)
+            engine._turn()
+            assert len(running.ids) == tokens + 1  # the running row did not wait
+            assert len(slot.prefilling) == 1 and slot.prefilling[0].done == 8 * turn
+        engine._turn()  # the last chunk: the long prompt joins the batch
+        assert not slot.prefilling and len(slot.rows) == 2
+    loop.close()

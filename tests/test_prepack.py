@@ -5,6 +5,8 @@ in-place growing KV cache holds exactly what transformers' concatenating cache h
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from torch import nn
@@ -34,6 +36,16 @@ def _kernel_expected() -> bool:
 KINDS = ["oneDNN"] + (["small_gemm"] if _kernel_expected() else [])
 
 
+def pack_as(module: nn.Module, kind: str) -> int:
+    """Pack with one kind; the kernel at every row count it takes (not this machine's choice),
+    so that a test of the kernel runs the kernel."""
+    if kind == "small_gemm":
+        return prepack_linears(
+            module, kernel=True, kernel_rows=range(1, small_gemm.KERNEL_ROWS + 1)
+        )
+    return prepack_linears(module, kernel=False)
+
+
 def test_the_kernel_builds_where_it_can():
     assert small_gemm.available() == _kernel_expected()
 
@@ -47,7 +59,7 @@ def test_a_packed_linear_computes_what_nn_linear_computes(kind, shape, bias):
     x = torch.randn(*shape)
     with torch.no_grad():  # as in generation: no autograd, so the packed op runs
         expected = layer(x)
-        assert prepack_linears(layer, kernel=kind == "small_gemm") == 1
+        assert pack_as(layer, kind) == 1
         assert packed_kind(layer) == kind and is_packed(layer)
         got = layer(x)
         assert got.shape == expected.shape
@@ -67,7 +79,7 @@ def test_the_kernel_matches_matmul_at_every_row_count_and_shape(threads):
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        for rows in (1, 2, 3, 4, 5, 8, 13, 64, small_gemm.MAX_ROWS, 256):
+        for rows in (1, 2, 3, 4, 5, 8, 13, 64, 128, small_gemm.KERNEL_ROWS):
             for out_features, in_features in ((16, 128), (200, 96), (7, 300), (64, 1)):
                 weight = torch.randn(out_features, in_features)
                 bias = torch.randn(out_features)
@@ -130,7 +142,7 @@ def test_a_packed_model_and_lora_on_it_give_the_same_logits(kind, tiny_model_dir
         model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
         if pack:
             # 2 layers × 7 projections + the LM head (its weight is tied to the embeddings).
-            assert prepack_linears(model, kernel=kind == "small_gemm") == 2 * 7 + 1
+            assert pack_as(model, kind) == 2 * 7 + 1
         with torch.no_grad():
             plain = model(input_ids=ids).logits
             lora = PeftModel.from_pretrained(model, tmp_path).eval()
@@ -180,9 +192,75 @@ def test_the_growing_cache_is_used_only_where_every_layer_sees_the_whole_context
 def test_a_packed_layer_that_trains_falls_back_to_the_plain_one(kind):
     torch.manual_seed(0)
     layer = nn.Linear(16, 8)
-    prepack_linears(layer, kernel=kind == "small_gemm")
+    pack_as(layer, kind)
     x = torch.randn(4, 16, requires_grad=True)
     layer(x).sum().backward()  # the packed ops have no backward: this must not use them
     assert x.grad is not None and layer.weight.grad is not None and layer.bias.grad is not None
     torch.testing.assert_close(layer.bias.grad, torch.full((8,), 4.0))
     torch.testing.assert_close(x.grad, layer.weight.sum(0).expand(4, 16).detach())
+
+
+@pytest.mark.skipif(not _kernel_expected(), reason="the kernel needs x86-64 Linux, AVX2 and cc")
+def test_the_kernel_runs_at_its_row_counts_and_mkl_at_the_others(monkeypatch):
+    calls = []
+    real = small_gemm.linear
+    monkeypatch.setattr(small_gemm, "linear", lambda x, *a: calls.append(len(x)) or real(x, *a))
+    torch.manual_seed(0)
+    layer = nn.Linear(32, 48)
+    with torch.no_grad():
+        prepack_linears(layer, kernel=True, kernel_rows={1, *range(4, 17)})
+        for rows in (1, 2, 4, 16, 17, 200):
+            x = torch.randn(rows, 32)
+            torch.testing.assert_close(layer(x), nn.functional.linear(x, layer.weight, layer.bias))
+    assert calls == [1, 4, 16]
+    with pytest.raises(ValueError, match="row counts from 1 to 256"):
+        prepack_linears(nn.Linear(4, 4), kernel_rows=[300])
+
+
+@pytest.mark.skipif(not _kernel_expected(), reason="the kernel needs x86-64 Linux, AVX2 and cc")
+def test_the_kernels_row_counts_are_measured_once_per_machine_and_kept(monkeypatch, tmp_path):
+    """The first packing measures the kernel against MKL on the model's weights and writes the
+    verdicts, with their timings, under the home's kernels folder; the next reads them back."""
+    monkeypatch.setenv("TUNEFORGE_HOME", str(tmp_path))
+    monkeypatch.delenv(small_gemm.MAX_ROWS_ENV, raising=False)
+    small_gemm._library.cache_clear()
+    measured = []
+    real = small_gemm._measure
+    monkeypatch.setattr(small_gemm, "_measure", lambda layers: measured.append(1) or real(layers))
+    try:
+        weights = [torch.randn(64, 32), torch.randn(32, 64)]
+        pairs = [(w, small_gemm.pack(w)) for w in weights]
+        rows = small_gemm.kernel_row_counts(pairs)
+        assert rows == small_gemm.kernel_row_counts(pairs) and measured == [1]
+        (saved,) = (tmp_path / "kernels").glob("rows-*.json")
+        record = json.loads(saved.read_text())
+        assert record["kernel_rows"] == small_gemm.ranges(rows)
+        assert record["machine"]["shapes"] == [[32, 64], [64, 32]]
+        timings = record["timings"]
+        assert timings[0]["rows"] == 1
+        for timing in timings:  # each verdict follows its timing, and decides its row count
+            clear_loss = timing["ours_ms"] > small_gemm.CLEAR_LOSS * timing["mkl_ms"]
+            assert timing["kernel"] == (not clear_loss) == (timing["rows"] in rows)
+        if len(timings) < len(small_gemm.TUNE_ROWS):  # stopped: MKL won the last two
+            assert not timings[-1]["kernel"] and not timings[-2]["kernel"]
+            assert max(rows, default=0) < timings[-1]["rows"]
+    finally:
+        small_gemm._library.cache_clear()
+
+
+def test_row_counts_read_as_ranges():
+    assert small_gemm.ranges({1, 4, 5, 6, 9}) == [[1, 1], [4, 6], [9, 9]]
+    assert small_gemm.describe(frozenset({1, 4, 5, 6})) == "1, 4-6 rows"
+    assert small_gemm.describe(frozenset()) == "no row count"
+
+
+@pytest.mark.parametrize("value", ["many", "-1", "257", "1.5"])
+def test_a_bad_row_limit_setting_says_what_to_set(monkeypatch, value):
+    from tuneforge.errors import UsageError
+
+    monkeypatch.setenv(small_gemm.MAX_ROWS_ENV, value)
+    with pytest.raises(UsageError, match="TUNEFORGE_KERNEL_MAX_ROWS=.* is not a row count") as exc:
+        small_gemm.kernel_row_counts([])
+    assert "from 0 (never our kernel) to 256" in str(exc.value)
+    monkeypatch.setenv(small_gemm.MAX_ROWS_ENV, "24")
+    assert small_gemm.kernel_row_counts([]) == frozenset(range(1, 25))

@@ -2,15 +2,31 @@
 
 Why our own decode loop rather than `model.generate` per request: on a CPU (or a GPU with a small
 model) a decode step is bound by reading the weights, so eight rows cost little more than one.
-The loop does continuous batching: a new request is prefilled on its own (no padding, so no
-masked rows that could poison the cache), then its KV cache is left-padded and joined to the
-running batch between two decode steps; finished or cancelled rows leave between steps too.
+The loop does continuous batching. New requests wait in their base model's prefill queue; each
+turn of the loop runs one prefill chunk, then one decode step of the running batch:
+
+- a chunk is one forward over up to `PREFILL_CHUNK_TOKENS` prompt tokens of the waiting requests
+  of one adapter, packed into one row with a mask that keeps each prompt to itself
+  (`inference/packed_prefill.py`: no padding, so no masked rows that could poison the cache).
+  Requests that arrive together are prefilled together; a long prompt takes several chunks,
+  and the running requests get a decode step between any two, so they are never stalled for a
+  whole long prefill;
+- a request whose prompt is complete gets its first token, and its KV cache is left-padded and
+  joined to the running batch; finished or cancelled rows leave between steps.
+
+Prompt prefixes are reused: a prompt that starts like a recent one (the same system prompt, few-
+shot examples or earlier turns of a chat) on the same adapter continues from that one's KV cache
+(`_Prefix`), or from a prompt still being prefilled; a waiting prompt that shares its start with
+one in the current chunk waits a chunk to reuse it rather than compute it twice.
 
 Two things make a batched step cheap on a CPU, both measured (BENCHMARKS.md, "Serving
 throughput"): the base model's linear layers run with weights packed once for a few-row GEMM
-(`inference/prepack.py`: our AVX2 kernel, else oneDNN; MKL's few-row GEMMs are slow on our
-EPYC), and the KV cache grows in place in a buffer with room to spare (`GrowingLayer`)
-instead of being copied whole by `torch.cat` at every step.
+(`inference/prepack.py`: our AVX2 kernel for the row counts where it beats MKL on this machine,
+measured once; else oneDNN), and the KV cache grows in place in a buffer with room to spare
+(`GrowingLayer`) instead of being copied whole by `torch.cat` at every step.
+
+Models with sliding-window (or other not-full) attention layers keep transformers' own cache and
+are prefilled one request per forward, with no prefix reuse.
 
 LoRA: every base model is loaded once. Fine-tuned models are peft adapters on it, and one batch
 mixes them: peft's `adapter_names=[...]` runs each row through its own adapter ("__base__" for
@@ -37,9 +53,9 @@ from typing import Any
 
 import torch
 
-from tuneforge.inference import small_gemm
+from tuneforge.inference import packed_prefill, small_gemm
 from tuneforge.inference.kv_cache import BatchCache, full_attention_only, left_pad
-from tuneforge.inference.prepack import prepack_linears
+from tuneforge.inference.prepack import kernel_rows, packed_kind, prepack_linears
 from tuneforge.models.text import TextSide
 
 log = logging.getLogger(__name__)
@@ -49,6 +65,11 @@ MAX_BATCH_SIZE = 32
 PREFIX_ENTRIES = 8  # prompts whose KV cache each base model keeps for reuse
 PREFIX_TOKENS = 8192  # and at most this many of their tokens in all (135M model: 46 KB a token)
 MIN_PREFIX = 8  # shorter shared prefixes are not worth a lookup
+# Prompt tokens per prefill forward. A CPU prefill is compute-bound (~0.9 ms a token for the 135M
+# model on 2 Xeon cores), so a chunk of 256 stalls the running rows' next decode step for
+# ~0.25 s; larger chunks save a little per-forward overhead but stall longer and make the
+# first of several requests that arrive together wait for the others' prompts.
+PREFILL_CHUNK_TOKENS = 256
 
 
 @dataclass(frozen=True)
@@ -138,20 +159,52 @@ class _Row:
 class _Prefix:
     """A prefilled prompt's KV cache, per layer (1, kv heads, tokens, head dim), kept so that a
     later prompt starting with the same tokens (the same system prompt, few-shot examples or
-    earlier turns of a chat) on the same adapter prefills only what differs."""
+    earlier turns of a chat) on the same adapter prefills only what differs. Nothing writes into
+    these tensors (rows that reuse them slice and copy), so they are shared, not cloned."""
 
     adapter: str
     ids: list[int]
     keys: list[torch.Tensor]
     values: list[torch.Tensor]
 
-    def common_length(self, ids: list[int]) -> int:
-        n = 0
-        for a, b in zip(self.ids, ids, strict=False):
-            if a != b:
-                break
-            n += 1
-        return n
+    @property
+    def done(self) -> int:  # tokens with a KV cache, as `_Prefilling.done`
+        return len(self.ids)
+
+
+def _common_length(a: list[int], b: list[int]) -> int:
+    """How many tokens two prompts share from their start."""
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+@dataclass
+class _Prefilling:
+    """A row whose prompt is being prefilled, over one chunk or several: the KV cache of its
+    first `done` prompt tokens, per layer (1, kv heads, done, head dim). Before its first chunk
+    (`started` False) it has looked for no reusable prefix yet."""
+
+    row: _Row
+    started: bool = False
+    done: int = 0
+    keys: list[torch.Tensor] = field(default_factory=list)
+    values: list[torch.Tensor] = field(default_factory=list)
+
+    @property
+    def remaining(self) -> int:
+        return len(self.row.prompt) - self.done
+
+    @property  # `adapter` and `ids` as a `_Prefix` has them: both are sources of reuse
+    def adapter(self) -> str:
+        return self.row.adapter
+
+    @property
+    def ids(self) -> list[int]:
+        return self.row.prompt
 
 
 @dataclass
@@ -163,6 +216,7 @@ class _Slot:
     adapters: dict[str, str] = field(default_factory=dict)  # model id → peft adapter name
     unloaded: set[str] = field(default_factory=set)  # adapters to delete once no row uses them
     rows: list[_Row] = field(default_factory=list)
+    prefilling: list[_Prefilling] = field(default_factory=list)  # in arrival order
     prefixes: deque[_Prefix] = field(default_factory=lambda: deque(maxlen=PREFIX_ENTRIES))
     cache: Any = None  # the batch's DynamicCache: per layer (B, heads, T, head_dim)
     mask: torch.Tensor = field(default_factory=lambda: torch.ones(0, 0, dtype=torch.long))
@@ -172,6 +226,11 @@ class _Slot:
         from peft import PeftModel
 
         return isinstance(self.model, PeftModel)
+
+    @property
+    def occupied(self) -> int:
+        """Rows running or being prefilled: they count against the batch size."""
+        return len(self.rows) + len(self.prefilling)
 
 
 def _holdback(text: str, stops: tuple[str, ...]) -> int:
@@ -225,6 +284,7 @@ class InferenceEngine:
         self._thread: threading.Thread | None = None
         self._running = False
         self.steps = 0  # decode steps run (the bench reads it)
+        self.prefill_forwards = 0  # prefill forwards (chunks) run
         self.prefix_tokens_reused = 0  # prompt tokens not prefilled thanks to `_Prefix`
 
     # -- public, any thread ------------------------------------------------------------------
@@ -262,7 +322,7 @@ class InferenceEngine:
     @property
     def active(self) -> int:
         """Choices being generated or waiting (approximate: read from another thread)."""
-        running = sum(len(slot.rows) for slot in list(self._slots.values()))
+        running = sum(slot.occupied for slot in list(self._slots.values()))
         return running + len(self._waiting) + self._inbox.qsize()
 
     def unload(self, model_id: str) -> None:
@@ -274,16 +334,24 @@ class InferenceEngine:
     def _loop(self) -> None:
         torch.set_grad_enabled(False)
         while self._running:
-            busy = any(slot.rows for slot in self._slots.values())
-            try:
-                self._take_inbox(block=not busy and not self._waiting)
-                self._admit()
-                for slot in list(self._slots.values()):
-                    if slot.rows:
-                        self._step(slot)
-            except Exception as exc:  # a failed step must not kill the server's generation
-                log.exception("generation step failed")
-                self._fail_all(exc)
+            self._turn()
+
+    def _turn(self) -> None:
+        """Take new requests (waiting for one when idle), then per base model one prefill chunk
+        and one decode step: a long prefill never holds back the running rows for more than a
+        chunk."""
+        busy = any(slot.occupied for slot in self._slots.values())
+        try:
+            self._take_inbox(block=not busy and not self._waiting)
+            self._admit()
+            for slot in list(self._slots.values()):
+                if slot.prefilling:
+                    self._prefill_chunk(slot)
+                if slot.rows:
+                    self._step(slot)
+        except Exception as exc:  # a failed step must not kill the server's generation
+            log.exception("generation step failed")
+            self._fail_all(exc)
 
     def _take_inbox(self, block: bool) -> None:
         try:
@@ -302,9 +370,9 @@ class InferenceEngine:
 
     def _fail_all(self, exc: Exception) -> None:
         for slot in self._slots.values():
-            for row in slot.rows:
+            for row in slot.rows + [state.row for state in slot.prefilling]:
                 row.generation.put(row.index, Failed(exc))
-            slot.rows, slot.cache = [], None
+            slot.rows, slot.prefilling, slot.cache = [], [], None
 
     # -- models ------------------------------------------------------------------------------
     def _slot(self, base: str) -> _Slot:
@@ -314,8 +382,12 @@ class InferenceEngine:
             model = load_model(base, dtype=torch.float32).to(self.device).eval()
             if self.prepack:
                 packed = prepack_linears(model)
-                kind = "our AVX2 kernel" if small_gemm.available() else "oneDNN"
-                log.info("%s: %d linear layers packed for %s", base, packed, kind)
+                head = model.get_output_embeddings()
+                if packed_kind(head) == "small_gemm":
+                    kind = f"our AVX2 kernel at {small_gemm.describe(kernel_rows(head))}, else MKL"
+                else:
+                    kind = packed_kind(head) or "the LM head not packed"
+                log.info("%s: %d linear layers packed (%s)", base, packed, kind)
             self._slots[base] = _Slot(model, growing_cache=full_attention_only(model.config))
         return self._slots[base]
 
@@ -345,13 +417,14 @@ class InferenceEngine:
     def _collect(self, slot: _Slot) -> None:
         """Delete unloaded adapters that no running row still uses."""
         for name in list(slot.unloaded):
-            if not any(row.adapter == name for row in slot.rows):
+            rows = slot.rows + [state.row for state in slot.prefilling]
+            if not any(row.adapter == name for row in rows):
                 slot.model.delete_adapter(name)
                 slot.unloaded.discard(name)
                 for entry in [e for e in slot.prefixes if e.adapter == name]:
                     slot.prefixes.remove(entry)
 
-    # -- admission: prefill one request and join it to its base model's batch ----------------
+    # -- admission: waiting requests into their base model's prefill queue ---------------------
     def _admit(self) -> None:
         deferred: deque[_Row] = deque()
         while self._waiting:
@@ -360,11 +433,14 @@ class InferenceEngine:
                 continue
             try:
                 slot = self._slot(row.target.base)
-                if len(slot.rows) >= self.max_batch_size:
+                if slot.occupied >= self.max_batch_size:
                     deferred.append(row)
                     continue
                 row.adapter = self._adapter(slot, row.target)
-                self._prefill(slot, row)
+                if slot.growing_cache:
+                    slot.prefilling.append(_Prefilling(row))
+                else:
+                    self._prefill_alone(slot, row)
             except Exception as exc:
                 log.warning("cannot generate with %s: %s", row.target.model_id, exc)
                 row.generation.put(row.index, Failed(exc))
@@ -375,54 +451,140 @@ class InferenceEngine:
             inputs["adapter_names"] = [row.adapter for row in rows]
         return slot.model(use_cache=True, logits_to_keep=1, **inputs)
 
-    def _reusable_prefix(self, slot: _Slot, row: _Row) -> tuple[int, BatchCache | None]:
-        """The longest cached prefix of this prompt on this adapter, as a cache to continue
-        from (at least the last prompt token is always computed: its logits are needed)."""
-        if not slot.growing_cache:
-            return 0, None
-        best, length = None, 0
-        for entry in slot.prefixes:
-            if entry.adapter == row.adapter:
-                common = min(entry.common_length(row.prompt), len(row.prompt) - 1)
-                if common > length:
-                    best, length = entry, common
-        cache = BatchCache()
-        if best is None or length < MIN_PREFIX:
-            return 0, cache
-        slot.prefixes.remove(best)
-        slot.prefixes.appendleft(best)  # most recently used first
-        for i, (keys, values) in enumerate(zip(best.keys, best.values, strict=True)):
-            cache.update(keys[:, :, :length], values[:, :, :length], i)
-        return length, cache
-
-    def _prefill(self, slot: _Slot, row: _Row) -> None:
-        start, cache = self._reusable_prefix(slot, row)
-        self.prefix_tokens_reused += start
-        length = len(row.prompt)
-        ids = torch.tensor([row.prompt[start:]], device=self.device)
-        mask = torch.ones(1, length, dtype=torch.long, device=self.device)
-        out = self._forward(
-            slot,
-            [row],
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=torch.arange(start, length, device=self.device)[None],
-            cache=cache,
-        )
-        if cache is not None and length <= PREFIX_TOKENS:  # keep it for prompts that start alike
-            layers = out.cache.layers
-            slot.prefixes.appendleft(
-                _Prefix(
-                    row.adapter,
-                    list(row.prompt),
-                    [layer.keys[:, :, :length].clone() for layer in layers],
-                    [layer.values[:, :, :length].clone() for layer in layers],
-                )
+    # -- prefill: one chunk of waiting prompts, packed into one forward ----------------------
+    def _prefill_chunk(self, slot: _Slot) -> None:
+        """Prefill up to `PREFILL_CHUNK_TOKENS` prompt tokens of the waiting rows on the adapter
+        of the longest-waiting one, in arrival order (a prompt that does not fit continues in
+        the next chunk). Rows whose prompt is complete take their first token and join the
+        running batch."""
+        slot.prefilling = [state for state in slot.prefilling if not state.row.generation.cancelled]
+        if not slot.prefilling:
+            return
+        adapter = slot.prefilling[0].row.adapter
+        chunk: list[tuple[_Prefilling, int]] = []  # each with how many tokens it computes now
+        budget = PREFILL_CHUNK_TOKENS
+        for state in slot.prefilling:
+            if budget == 0:
+                break
+            if state.row.adapter != adapter:
+                continue
+            if not state.started:
+                if self._should_wait(slot, state, chunk):
+                    continue
+                self._start(slot, state)
+            take = min(state.remaining, budget)
+            chunk.append((state, take))
+            budget -= take
+        pieces = [
+            packed_prefill.Piece(
+                state.row.prompt[state.done : state.done + take], state.keys, state.values
             )
-            while sum(len(entry.ids) for entry in slot.prefixes) > PREFIX_TOKENS:
-                slot.prefixes.pop()  # the least recently used
-        token = sample(out.logits[0, -1], row.params, row.generator)
-        if self._advance(row, token):
+            for state, take in chunk
+        ]
+        out = packed_prefill.prefill(slot.model, pieces, adapter=adapter if slot.is_peft else None)
+        self.prefill_forwards += 1
+        joining = []
+        for i, (state, take) in enumerate(chunk):
+            state.keys, state.values, state.done = out.keys[i], out.values[i], state.done + take
+            if state.remaining:
+                continue
+            slot.prefilling.remove(state)
+            self._remember(slot, state)
+            row = state.row
+            if not self._advance(row, sample(out.logits[i], row.params, row.generator)):
+                joining.append(state)
+        if joining:
+            self._join(slot, joining)
+
+    def _reusable_prefix(self, slot: _Slot, row: _Row) -> tuple[int, _Prefix | _Prefilling | None]:
+        """The longest start of this prompt whose KV cache is at hand on this adapter: a kept
+        `_Prefix`, or a prompt being prefilled (its tokens done so far). Returns (length, the
+        `_Prefix` or `_Prefilling` that has it); at least the last prompt token is always left
+        to compute (its logits are needed), and shorter than `MIN_PREFIX` counts as none."""
+        best, length = None, 0
+        sources: list[_Prefix | _Prefilling] = list(slot.prefixes)
+        sources += [state for state in slot.prefilling if state.started and state.row is not row]
+        for source in sources:
+            if source.adapter != row.adapter:
+                continue
+            common = min(_common_length(source.ids, row.prompt), source.done, len(row.prompt) - 1)
+            if common > length:
+                best, length = source, common
+        if length < MIN_PREFIX:
+            return 0, None
+        return length, best
+
+    def _should_wait(
+        self, slot: _Slot, state: _Prefilling, chunk: list[tuple[_Prefilling, int]]
+    ) -> bool:
+        """Whether a prompt not started yet should wait for the next chunk because one in this
+        chunk computes a start they share (at least `MIN_PREFIX` tokens more than it could
+        reuse now): next time it reuses that instead of computing it twice."""
+        now, _ = self._reusable_prefix(slot, state.row)
+        for other, take in chunk:
+            shared = _common_length(other.row.prompt, state.row.prompt)
+            shared = min(shared, other.done + take, len(state.row.prompt) - 1)
+            if shared >= now + MIN_PREFIX:
+                return True
+        return False
+
+    def _start(self, slot: _Slot, state: _Prefilling) -> None:
+        """Begin a row's prefill from the longest reusable start of its prompt."""
+        length, source = self._reusable_prefix(slot, state.row)
+        state.started = True
+        if source is None:
+            return
+        if isinstance(source, _Prefix):
+            slot.prefixes.remove(source)
+            slot.prefixes.appendleft(source)  # most recently used first
+        state.keys = [keys[:, :, :length] for keys in source.keys]
+        state.values = [values[:, :, :length] for values in source.values]
+        state.done = length
+        self.prefix_tokens_reused += length
+
+    def _remember(self, slot: _Slot, state: _Prefilling) -> None:
+        """Keep a prefilled prompt's KV cache for prompts that start alike (within the budget)."""
+        if len(state.row.prompt) > PREFIX_TOKENS:
+            return
+        entry = _Prefix(state.row.adapter, list(state.row.prompt), state.keys, state.values)
+        slot.prefixes.appendleft(entry)
+        while sum(len(entry.ids) for entry in slot.prefixes) > PREFIX_TOKENS:
+            slot.prefixes.pop()  # the least recently used
+
+    def _join(self, slot: _Slot, states: list[_Prefilling]) -> None:
+        """Append prefilled rows to the running batch: every cache left-padded to one width."""
+        lengths = [len(state.row.prompt) for state in states]
+        width = max([slot.mask.shape[1] if slot.rows else 0, *lengths])
+        masks = [left_pad(torch.ones(1, n, dtype=torch.long), width, 1) for n in lengths]
+        if not slot.rows:
+            slot.cache, slot.mask = BatchCache(), torch.cat(masks)
+            for layer in range(len(states[0].keys)):
+                slot.cache.update(
+                    torch.cat([left_pad(state.keys[layer], width, 2) for state in states]),
+                    torch.cat([left_pad(state.values[layer], width, 2) for state in states]),
+                    layer,
+                )
+        else:
+            for layer, mine in enumerate(slot.cache.layers):
+                mine.keys = torch.cat(
+                    [left_pad(mine.keys, width, 2)]
+                    + [left_pad(state.keys[layer], width, 2) for state in states]
+                )
+                mine.values = torch.cat(
+                    [left_pad(mine.values, width, 2)]
+                    + [left_pad(state.values[layer], width, 2) for state in states]
+                )
+            slot.mask = torch.cat([left_pad(slot.mask, width, 1), *masks])
+        slot.rows.extend(state.row for state in states)
+
+    def _prefill_alone(self, slot: _Slot, row: _Row) -> None:
+        """A model with sliding-window (or other not-full) attention: one forward for the whole
+        prompt, in transformers' own cache, then joined to the batch."""
+        ids = torch.tensor([row.prompt], device=self.device)
+        mask = torch.ones_like(ids)
+        out = self._forward(slot, [row], input_ids=ids, attention_mask=mask)
+        self.prefill_forwards += 1
+        if self._advance(row, sample(out.logits[0, -1], row.params, row.generator)):
             return
         if not slot.rows:
             slot.cache, slot.mask = out.cache, mask

@@ -5,10 +5,12 @@ Why this exists (measured, `bench/small_gemm.py`, `bench/serve_throughput.py` an
 kernels for the few-row products of decoding are slow: 8 rows cost ~2× one row, where reading
 the weights (the real bound) costs the same for both. Two packed forms, best first:
 
-- our AVX2 kernel (`small_gemm.py`), weights in 16-column panels: it reads the weights at up
-  to ~17 GB/s, 1.6-1.8× oneDNN from 1 to 8 rows and 1.1-1.2× at 16-32; up to `MAX_ROWS` rows
-  it is at least as fast as MKL, and more rows (prefill of a long prompt) go to MKL with the
-  original weight (there oneDNN would be ~20% faster, at the cost of a third copy);
+- our AVX2 kernel (`small_gemm.py`), weights in 16-column panels, at the row counts where it
+  beats MKL on this machine (`small_gemm.kernel_row_counts`: measured once and cached; on our
+  AMD EPYC up to 128 rows, 1.6-1.8× oneDNN at 1-8; on an Intel Xeon with AVX-512 at 1 and 4-16
+  rows, where MKL's few-row GEMMs are good). The other row counts (prefill, large batches) go
+  to MKL with the original weight (there oneDNN would be ~10% faster, at the cost of a third
+  copy);
 - where the kernel cannot be built: oneDNN's matmul on a weight reordered once into its blocked
   layout (`torch.ops.mkldnn._reorder_linear_weight`, the kernel torch.compile's CPU "freezing"
   uses), at every row count: 8 rows at ~1.2-1.5× one row, never slower than MKL.
@@ -25,6 +27,7 @@ models that only generate. Where autograd is recording (training), a packed laye
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 import torch
@@ -53,6 +56,7 @@ class _PackedForward:
     can still wrap it with LoRA layers, which call it as their base layer)."""
 
     def __init__(self, linear: nn.Linear, kernel: bool) -> None:
+        self.kernel_rows: frozenset[int] = frozenset()  # others go to MKL (`prepack_linears`)
         # The live parameters, for the autograd fallback.
         self.weight, self.live_bias = linear.weight, linear.bias
         weight = linear.weight.detach()
@@ -76,7 +80,7 @@ class _PackedForward:
             rows = rows.contiguous()
         if self.panels is None:
             y = torch.ops.mkldnn._linear_pointwise(rows, self.packed, self.bias, "none", [], "")
-        elif rows.shape[0] <= small_gemm.MAX_ROWS:
+        elif rows.shape[0] in self.kernel_rows:
             y = small_gemm.linear(rows, self.panels, self.panel_bias, self.out_features)
         else:
             y = nn.functional.linear(rows, self.weight.detach(), self.bias)
@@ -87,21 +91,46 @@ class _PackedForward:
         return "oneDNN" if self.panels is None else "small_gemm"
 
 
-def prepack_linears(model: nn.Module, *, kernel: bool | None = None) -> int:
+def kernel_rows(module: Any) -> frozenset[int]:
+    """The row counts at which a packed layer runs our kernel (empty: never, or not packed)."""
+    forward = getattr(module, "__dict__", {}).get("forward")
+    return forward.kernel_rows if isinstance(forward, _PackedForward) else frozenset()
+
+
+def prepack_linears(
+    model: nn.Module, *, kernel: bool | None = None, kernel_rows: Collection[int] | None = None
+) -> int:
     """Pack every plain `nn.Linear` of a frozen fp32 CPU model; returns how many were packed
     (0 when `can_prepack` says no). Call before loading LoRA adapters: peft then wraps the
     packed layers, and its own small A/B layers stay as they are. `kernel`: use our AVX2
-    kernel (default: when `small_gemm.available()`), else oneDNN."""
+    kernel (default: when it is available and beats MKL at some row count here), else oneDNN.
+    `kernel_rows`: at which row counts the kernel runs, MKL at the others (default:
+    `small_gemm.kernel_row_counts`, measured on this model's weights)."""
+    if kernel_rows is not None and not set(kernel_rows) <= set(
+        range(1, small_gemm.KERNEL_ROWS + 1)
+    ):
+        raise ValueError(f"kernel_rows must be row counts from 1 to {small_gemm.KERNEL_ROWS}")
     if not can_prepack(model):
         return 0
+    automatic = kernel is None
     if kernel is None:
         kernel = small_gemm.available()
-    count = 0
-    for module in model.modules():
-        if type(module) is nn.Linear and not isinstance(module.forward, _PackedForward):
-            module.forward = _PackedForward(module, kernel)  # type: ignore[method-assign]
-            count += 1
-    return count
+    linears = [
+        module
+        for module in model.modules()
+        if type(module) is nn.Linear and not isinstance(module.forward, _PackedForward)
+    ]
+    forwards = [_PackedForward(module, kernel) for module in linears]
+    if kernel and kernel_rows is None:
+        pairs = [(forward.weight.detach(), forward.panels) for forward in forwards]
+        kernel_rows = small_gemm.kernel_row_counts(pairs)
+        if not kernel_rows and automatic:  # never faster than MKL here: oneDNN instead
+            forwards = [_PackedForward(module, kernel=False) for module in linears]
+    for forward in forwards:
+        forward.kernel_rows = frozenset(kernel_rows or ())
+    for module, forward in zip(linears, forwards, strict=True):
+        module.forward = forward  # type: ignore[method-assign]
+    return len(linears)
 
 
 def unpack_linears(model: nn.Module) -> None:

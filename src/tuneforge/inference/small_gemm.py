@@ -4,9 +4,17 @@ Why our own kernel (measured, `bench/small_gemm.py`, BENCHMARKS.md "Serving thro
 decode step of a batch of requests multiplies 1-32 rows by every weight, so it is bound by
 reading the weights. On our 2-core AMD EPYC (AVX2), at 8 rows, MKL reads them at ~5 GB/s and
 oneDNN at ~8 of the ~20 GB/s the memory gives; this kernel reads them at ~13 GB/s (~17 at 1-4
-rows): 1.6-1.8× oneDNN from 1 to 8 rows, 1.1-1.2× at 16-32. At 64-128 rows it is still at least
-as fast as MKL (oneDNN is faster there); beyond `MAX_ROWS` (prefill of long prompts) callers use
-MKL (`nn.Linear`).
+rows): 1.6-1.8× oneDNN from 1 to 8 rows, 1.1-1.2× at 16-32, and as fast as MKL up to 128 rows.
+On an Intel Xeon with AVX-512 and AMX, MKL's few-row GEMMs are far better: the kernel still
+wins at 4-16 rows (1.3-1.6×), ties at 1, loses at 2 and from ~32 up.
+
+So which GEMM runs at which row count is decided per machine: `kernel_row_counts` times the
+kernel against MKL on the model's own weights once, at row counts from 1 up until MKL is clearly
+faster twice in a row, and keeps the kernel at the row counts where it is not clearly slower;
+the others go to MKL (`nn.Linear`). The answer is cached in `$TUNEFORGE_HOME/kernels/
+rows-<key>.json` (key: CPU model and flags, torch version, threads, kernel build, weight
+shapes), with the timings it was decided from; `TUNEFORGE_KERNEL_MAX_ROWS=N` overrides it
+(the kernel at 1 to N rows; 0: never).
 
 Where it cannot be built — not x86-64 Linux, no AVX2/FMA, no C compiler, or
 `TUNEFORGE_NO_KERNEL=1` — `available()` is False and callers use oneDNN (`prepack.py`). The
@@ -18,6 +26,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import json
 import logging
 import os
 import platform
@@ -26,19 +35,29 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from functools import lru_cache
 from pathlib import Path
 
 import torch
 
+from tuneforge.errors import UsageError
 from tuneforge.paths import tuneforge_home
 
 log = logging.getLogger("tuneforge.kernels")
 
 SOURCE = Path(__file__).with_name("small_gemm.c")
 PANEL = 16  # output columns per panel (small_gemm.c)
-# More rows go to MKL (nn.Linear): as fast there (bench/small_gemm.py). The kernel takes 256.
-MAX_ROWS = 128
+KERNEL_ROWS = 256  # the most rows small_gemm.c takes in one call
+# Row counts `kernel_row_counts` times: until MKL is clearly faster at two in a row. Not just
+# the first loss: on the Xeon MKL wins at 2 rows (20 vs 23 ms) but loses at 4-16 (33 vs 22 ms
+# at 4), where MKL switches kernels.
+TUNE_ROWS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
+LOSSES_TO_STOP = 2
+# "Clearly": more than 5% slower. Timings of the same GEMM vary by ~2-3% between runs here.
+CLEAR_LOSS = 1.05
+TUNE_BYTES = 1 << 30  # time on at most this much of the model's weights (a 7B model: 28 GB)
+MAX_ROWS_ENV = "TUNEFORGE_KERNEL_MAX_ROWS"
 FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC"]
 
 
@@ -118,11 +137,11 @@ def pad_bias(bias: torch.Tensor | None) -> torch.Tensor | None:
 def linear(
     x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, out_features: int
 ) -> torch.Tensor:
-    """`x @ W.T + bias` for x of shape (rows ≤ MAX_ROWS, K), fp32, contiguous, on the CPU."""
+    """`x @ W.T + bias` for x of shape (rows ≤ KERNEL_ROWS, K), fp32, contiguous, on the CPU."""
     library = _library()
     assert library is not None, "check available() first"
     rows, k = x.shape
-    if not (1 <= rows <= 256 and x.dtype == torch.float32 and x.is_contiguous()):
+    if not (1 <= rows <= KERNEL_ROWS and x.dtype == torch.float32 and x.is_contiguous()):
         raise ValueError(f"small_gemm.linear needs 1-256 contiguous fp32 rows, got {x.shape}")
     # The C code trusts these sizes: a mismatch would read past the end of a tensor.
     panels = -(-out_features // PANEL)
@@ -144,3 +163,141 @@ def linear(
     if status != 0:
         raise ValueError(f"small_gemm kernel refused {rows} rows")
     return y
+
+
+# -- which rows go to the kernel on this machine ----------------------------------------------
+def _cpu_description() -> str:
+    """The CPU model name and feature flags (/proc/cpuinfo): what decides the GEMMs' speed."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor() or platform.machine()
+    wanted = ("model name", "flags")
+    fields = {}
+    for line in lines:
+        name, _, value = line.partition(":")
+        if name.strip() in wanted and name.strip() not in fields:
+            fields[name.strip()] = value.strip()
+    return " | ".join(fields.get(name, "") for name in wanted)
+
+
+def _best_seconds(fn, repeats: int = 3) -> float:
+    fn()  # warm-up: page faults, OpenMP threads
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def _measure(layers: list[tuple[torch.Tensor, torch.Tensor]]) -> dict:
+    """Time the kernel and MKL over all these (weight, panels) pairs, as one decode step does,
+    at each of `TUNE_ROWS` until MKL is clearly faster at `LOSSES_TO_STOP` in a row. A row
+    count between two measured ones takes the lower one's verdict; beyond the last, MKL."""
+    inputs = {w.shape[1]: torch.randn(KERNEL_ROWS, w.shape[1]) for w, _ in layers}
+    timings, losses = [], 0
+    with torch.no_grad():
+        for rows in TUNE_ROWS:
+
+            def mkl(rows: int = rows) -> None:
+                for weight, _ in layers:
+                    torch.nn.functional.linear(inputs[weight.shape[1]][:rows], weight)
+
+            def ours(rows: int = rows) -> None:
+                for weight, panels in layers:
+                    linear(inputs[weight.shape[1]][:rows], panels, None, weight.shape[0])
+
+            mkl_s, ours_s = _best_seconds(mkl), _best_seconds(ours)
+            kernel = ours_s <= CLEAR_LOSS * mkl_s
+            timings.append(
+                {"rows": rows, "mkl_ms": mkl_s * 1000, "ours_ms": ours_s * 1000, "kernel": kernel}
+            )
+            losses = 0 if kernel else losses + 1
+            if losses == LOSSES_TO_STOP:
+                break
+    rows = set()
+    for timing, following in zip(timings, [*timings[1:], None], strict=True):
+        end = following["rows"] if following else timing["rows"] + 1
+        if timing["kernel"]:
+            rows.update(range(timing["rows"], end))
+    return {"kernel_rows": ranges(rows), "timings": timings}
+
+
+def ranges(rows: set[int] | frozenset[int]) -> list[list[int]]:
+    """Row counts as inclusive ranges: {1, 4, 5, 6} → [[1, 1], [4, 6]]."""
+    out: list[list[int]] = []
+    for r in sorted(rows):
+        if out and out[-1][1] == r - 1:
+            out[-1][1] = r
+        else:
+            out.append([r, r])
+    return out
+
+
+def describe(rows: frozenset[int]) -> str:
+    """ "1, 4-23 rows" for logs."""
+    if not rows:
+        return "no row count"
+    parts = [str(a) if a == b else f"{a}-{b}" for a, b in ranges(rows)]
+    return ", ".join(parts) + " rows"
+
+
+def _override() -> frozenset[int] | None:
+    value = os.environ.get(MAX_ROWS_ENV)
+    if value is None or value.strip() == "":
+        return None
+    try:
+        limit = int(value)
+    except ValueError:
+        limit = -1
+    if not 0 <= limit <= KERNEL_ROWS:
+        raise UsageError(
+            f"{MAX_ROWS_ENV}={value!r} is not a row count",
+            hint=f"set it to a whole number from 0 (never our kernel) to {KERNEL_ROWS}, or unset "
+            "it to let tuneforge measure this machine",
+        )
+    return frozenset(range(1, limit + 1))
+
+
+def kernel_row_counts(layers: list[tuple[torch.Tensor, torch.Tensor]]) -> frozenset[int]:
+    """The row counts (of 1-256) at which these (weight, panels) pairs should run on our kernel
+    rather than MKL on this machine: 1 to `TUNEFORGE_KERNEL_MAX_ROWS` if that is set, else
+    measured once (a few seconds for a 135M model) and cached under `$TUNEFORGE_HOME/kernels`.
+    Empty when the kernel is not available or never beats MKL."""
+    override = _override()
+    if override is not None:
+        return override
+    library = _library()
+    if library is None or not layers:
+        return frozenset()
+    sample, size = [], 0
+    for weight, panels in layers:
+        if size >= TUNE_BYTES:
+            break
+        sample.append((weight, panels))
+        size += weight.numel() * weight.element_size()
+    machine = {
+        "cpu": _cpu_description(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "kernel": Path(library._name).name,
+        "shapes": sorted({tuple(w.shape) for w, _ in sample}),
+        "weights_mb": round(size / 1e6, 1),
+    }
+    key = hashlib.sha256(json.dumps(machine, sort_keys=True).encode()).hexdigest()[:16]
+    path = tuneforge_home() / "kernels" / f"rows-{key}.json"
+    try:
+        saved = json.loads(path.read_text())["kernel_rows"]
+        return frozenset(r for a, b in saved for r in range(int(a), int(b) + 1))
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # not measured yet (or an unreadable file): measure again
+    result = _measure(sample)
+    rows = frozenset(r for a, b in result["kernel_rows"] for r in range(a, b + 1))
+    log.info("our kernel at %s per GEMM, MKL at the others (measured)", describe(rows))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(result | {"machine": machine}, f, indent=2)
+    os.replace(tmp, path)
+    return rows
