@@ -297,3 +297,19 @@ def test_prompt_chosen_rejected_format(tmp_path):
     bad = write_lines(tmp_path / "bad.jsonl", [{"prompt": "x", "chosen": "y", "rejected": "y"}])
     with pytest.raises(DataError, match="line 1.*identical"):
         load_conversations(bad)
+
+
+def test_auto_precision_keeps_dpo_in_fp32_on_a_bf16_cpu(
+    pairs_dir, tiny_model_dir, tmp_path, monkeypatch
+):
+    import tuneforge.models.precision as precision
+
+    amx = precision.CpuInfo("Test CPU", frozenset("avx2 avx512f avx512_bf16 amx_bf16".split()))
+    monkeypatch.setattr(precision, "cpu_info", lambda: amx)
+    monkeypatch.setattr(
+        precision, "cached_calibration", lambda _cpu: precision.Calibration(0.036, 0.010)
+    )
+    auto = make_plan(dpo_config(pairs_dir, tiny_model_dir, tmp_path / "auto"))
+    assert not auto.use_bf16 and auto.precision_reason == "auto: fp32 for dpo on a CPU"
+    asked = make_plan(dpo_config(pairs_dir, tiny_model_dir, tmp_path / "asked", precision="bf16"))
+    assert asked.use_bf16

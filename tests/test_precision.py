@@ -210,3 +210,20 @@ def test_cuda_plans_choose_bf16_and_check_qlora_before_loading(
     assert not plan.use_bf16
     with pytest.raises(ConfigError, match="`precision`: this GPU does not support bf16"):
         make_plan(_config(demo_dir, tiny_model_dir, tmp_path / "t4b", precision="bf16"))
+
+
+def test_one_process_trains_a_bf16_run_then_an_fp32_run():
+    # accelerate's state is process-wide; the job worker and `compare` train runs of different
+    # precisions one after another (an SFT run in bf16, then a DPO run in fp32).
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    from tuneforge.train.recipe import _forget_other_precision
+
+    try:
+        _forget_other_precision("bf16")
+        Accelerator(cpu=True, mixed_precision="bf16")
+        _forget_other_precision("no")
+        assert Accelerator(cpu=True, mixed_precision="no").mixed_precision == "no"
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=False)

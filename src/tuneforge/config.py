@@ -210,7 +210,8 @@ class TrainConfig(BaseModel):
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto",
         description="auto: bf16 autocast (fp32 master weights) on a GPU with bf16 and on a CPU "
-        "with AMX-BF16 or AVX512-BF16 where a timed calibration shows it faster; fp32 otherwise. "
+        "with AMX-BF16 or AVX512-BF16 where a timed calibration shows it faster (SFT only: DPO "
+        "and GRPO on a CPU stay in fp32 unless bf16 is asked for); fp32 otherwise. "
         "bf16 on a CPU without bf16 units is an error.",
     )
 

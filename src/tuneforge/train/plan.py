@@ -410,7 +410,11 @@ def make_plan(config: TrainConfig, run_dir: Path | None = None) -> Plan:
             )
         )
     precision = Precision(False, "fp32")
-    if device in ("cpu", "cuda"):
+    if config.precision == "auto" and device == "cpu" and config.objective != "sft":
+        # bf16 on CPUs is measured for SFT only; DPO's cached reference log-probs and GRPO's
+        # ratios compare two forward passes, which bf16 rounding puts apart (ln 2 ± 7e-6).
+        precision = Precision(False, f"auto: fp32 for {config.objective} on a CPU")
+    elif device in ("cpu", "cuda"):
         try:
             precision = choose_precision(config.precision, device)
         except PrecisionUnavailable as exc:

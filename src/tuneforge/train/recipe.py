@@ -303,6 +303,20 @@ def lr_lambda(config: TrainConfig, total_steps: int) -> Callable[[int], float]:
 # ----------------------------------------------------------------------------------------------
 
 
+def _forget_other_precision(mixed_precision: str) -> None:
+    """Let one process train runs of different precisions one after another.
+
+    accelerate keeps its state process-wide and refuses a second Accelerator with another
+    mixed_precision (an SFT run in bf16, then a DPO run in fp32, in one job worker or test). The
+    state it keeps per run is reset; the distributed process group (PartialState) is left alone.
+    """
+    from accelerate.state import AcceleratorState
+
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision", mixed_precision) != mixed_precision:
+        AcceleratorState._reset_state(reset_partial_state=False)
+
+
 class SFTRecipe:
     """One supervised fine-tuning run of a Plan, torchtune's shape: setup, train, save.
 
@@ -334,9 +348,11 @@ class SFTRecipe:
         from accelerate import Accelerator
 
         config = self.config
+        mixed_precision = "bf16" if self.plan.use_bf16 else "no"
+        _forget_other_precision(mixed_precision)
         self.accelerator = Accelerator(
             cpu=self.plan.device == "cpu",
-            mixed_precision="bf16" if self.plan.use_bf16 else "no",
+            mixed_precision=mixed_precision,
             # Trackers get the same lines as metrics.jsonl (accelerate's tracker API).
             log_with=list(config.report_to) or None,
             project_dir=self.run_dir / "trackers" if config.report_to else None,
