@@ -11,6 +11,8 @@ difference is one change:
   tuneforge       our loop's forward (packed rows, per-example attention, head at trained positions)
   tuneforge_bf16  same, under bf16 autocast (fp32 master weights)
   tuneforge_bf16_once  same, each cast done once (train/bf16.py), as `precision: bf16` trains
+  tuneforge_bf16_compiled  same, each layer's MLP and norms through `torch.compile` (inductor
+                  fuses RMSNorm, SiLU·mul and LoRA's scaling); the warm-up shows compile time
 
 Run:  .venv/bin/python bench/lora_step_anatomy.py [--steps 3]
 Prints seconds per step (median of --steps after one warm-up) and a FLOP estimate per variant.
@@ -89,10 +91,17 @@ def step_fn(kind: str, model, ids: torch.Tensor, labels: torch.Tensor):
         n = mb.n_trained
 
         autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled="bf16" in kind)
-        if kind == "tuneforge_bf16_once":
+        if kind in ("tuneforge_bf16_once", "tuneforge_bf16_compiled"):
             from tuneforge.train.bf16 import cast_once_for_bf16
 
             cast_once_for_bf16(model)
+        if kind == "tuneforge_bf16_compiled":
+            # Not the whole layer: attention takes the packed rows' example bounds as a Python
+            # list, which would recompile at every new packing. The MLP and the norms see only
+            # tensors whose length varies (dynamic=True: one compile for all lengths).
+            for layer in model.get_base_model().get_decoder().layers:
+                for part in ("mlp", "input_layernorm", "post_attention_layernorm"):
+                    getattr(layer, part).compile(dynamic=True)
 
         def step() -> None:
             with autocast:
@@ -131,14 +140,20 @@ def main() -> None:
     for kind in args.variants.split(","):
         model = make_model(kind)
         step = step_fn(kind, model, ids, labels)
+        start = time.perf_counter()
         step()  # warm-up
+        warm = time.perf_counter() - start
         times = []
         for _ in range(args.steps):
             start = time.perf_counter()
             step()
             times.append(time.perf_counter() - start)
         median = statistics.median(times)
-        print(f"{kind:>14}: {median:6.2f} s/step  {BATCH * SEQ / median:6.1f} tokens/s", flush=True)
+        print(
+            f"{kind:>14}: {median:6.2f} s/step  {BATCH * SEQ / median:6.1f} tokens/s  "
+            f"(warm-up {warm:.1f} s)",
+            flush=True,
+        )
         del model
 
 

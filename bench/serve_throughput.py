@@ -319,7 +319,8 @@ def main(argv: list[str] | None = None) -> None:
             "torch_threads": torch.get_num_threads(),
         },
         "kernel_max_rows": [
-            {"max_rows": record["max_rows"], "timings": record["timings"]} for record in kernel_rows
+            {"kernel_rows": record.get("kernel_rows"), "timings": record.get("timings")}
+            for record in kernel_rows
         ],
         "baseline_sequential_generate": base,
         "server": levels,

@@ -42,7 +42,8 @@ step) and the same `torch.set_num_threads` value. In this order:
 4. `tuneforge`: `tuneforge.train.recipe.train` with the same settings, `precision: auto` (what
    it chose and why is in the JSON), packing on (its default), validation loss every ~1/8 epoch
    over the whole validation split. `tuneforge-fp32` (not run unless named in --contenders):
-   the same in fp32, the A/B of tuneforge's own precision choice.
+   the same in fp32, the A/B of tuneforge's own precision choice; `tuneforge-compile` (same):
+   `compile: true` (train/compiled.py), compile time included in its train seconds.
 
 Each contender runs in its own subprocess (this file with `--child`), so peak RSS is its own:
 VmHWM from /proc/self/status, read right after training. (`ru_maxrss` can carry the parent's
@@ -114,7 +115,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 MODEL = "smollm2-135m-instruct"
-CONTENDERS = ("trl", "trl-shipped", "tuneforge", "tuneforge-fp32")
+CONTENDERS = ("trl", "trl-shipped", "tuneforge", "tuneforge-fp32", "tuneforge-compile")
 DEFAULT_CONTENDERS = ("trl", "trl-shipped", "tuneforge")
 LORA_RANK = 16
 LORA_ALPHA = 32
@@ -392,6 +393,7 @@ def make_tuneforge_config(spec: dict[str, Any], output_dir: str) -> Any:
             "checkpoint_every": 1_000_000,  # no mid-run checkpoints: TRL saves none either
             "device": "cpu",
             "precision": spec.get("precision", "fp32"),
+            "compile": spec.get("name") == "tuneforge-compile",
         }
     )
 
@@ -1013,6 +1015,7 @@ def main(argv: list[str] | None = None) -> int:
         "trl-shipped": "bf16",  # SFTConfig's default; recorded from its args by the child
         "tuneforge": "auto",
         "tuneforge-fp32": "fp32",
+        "tuneforge-compile": "auto",
     }
 
     print(f"\n## Contenders ({', '.join(args.contenders)})")
@@ -1068,7 +1071,13 @@ def main(argv: list[str] | None = None) -> int:
     speedup = None
     if baseline and "error" not in baseline and tf and "error" not in tf:
         speedup = tf["trained_tokens_per_s"] / baseline["trained_tokens_per_s"]
+    compiled = results.get("tuneforge-compile", {})
+    speedup_compiled = None
+    if baseline and "error" not in baseline and compiled and "error" not in compiled:
+        speedup_compiled = compiled["trained_tokens_per_s"] / baseline["trained_tokens_per_s"]
+        print(f"speedup_vs_trl (tuneforge-compile)={speedup_compiled:.2f}")
     report = {
+        "speedup_vs_trl_compile": speedup_compiled,
         "mode": "quick" if args.quick else "full",
         "machine": machine,
         "settings": asdict(settings) | {"steps": steps, "shipped_steps": shipped_steps},

@@ -304,7 +304,7 @@ def test_auto_precision_keeps_dpo_in_fp32_on_a_bf16_cpu(
 ):
     import tuneforge.models.precision as precision
 
-    amx = precision.CpuInfo("Test CPU", frozenset("avx2 avx512f avx512_bf16 amx_bf16".split()))
+    amx = precision.CpuInfo("Test CPU", frozenset(["avx2", "avx512f", "avx512_bf16", "amx_bf16"]))
     monkeypatch.setattr(precision, "cpu_info", lambda: amx)
     monkeypatch.setattr(
         precision, "cached_calibration", lambda _cpu: precision.Calibration(0.036, 0.010)

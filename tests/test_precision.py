@@ -227,3 +227,36 @@ def test_one_process_trains_a_bf16_run_then_an_fp32_run():
         assert Accelerator(cpu=True, mixed_precision="no").mixed_precision == "no"
     finally:
         AcceleratorState._reset_state(reset_partial_state=False)
+
+
+def test_compile_trains_like_eager(demo_dir, tiny_model_dir, tmp_path, monkeypatch):
+    # `compile: true` fuses each layer's MLP and norms (train/compiled.py); the step's numbers
+    # stay those of the eager run, and the saved adapter keeps peft's parameter names.
+    from tuneforge.train.recipe import train
+
+    monkeypatch.setattr(precision, "cpu_info", lambda: cpu(AVX2))  # fp32 on any machine
+    losses = {}
+    for compiled in (False, True):
+        out = tmp_path / f"run-{compiled}"
+        seen, events = [], []
+        train(
+            make_plan(_config(demo_dir, tiny_model_dir, out, compile=compiled)),
+            on_step=seen.append,
+            on_event=events.append,
+        )
+        losses[compiled] = [m["train_loss"] for m in seen]
+        assert rd.read_status(out)["status"] == "succeeded"
+        assert any("torch.compile" in e for e in events) == compiled
+    from torch._dynamo.utils import counters
+
+    assert counters["stats"]["unique_graphs"] > 0  # compiled indeed, not eager as a fallback
+    assert losses[True] == pytest.approx(losses[False], rel=1e-4)
+    saved = json.loads((tmp_path / "run-True" / "model" / "adapter_config.json").read_text())
+    assert saved["peft_type"] == "LORA"
+
+
+def test_compile_is_for_sft_only(demo_dir, tiny_model_dir, tmp_path):
+    config = _config(demo_dir, tiny_model_dir, tmp_path / "run", compile=True, objective="dpo")
+    with pytest.raises(ConfigError) as exc:
+        make_plan(config)
+    assert "`compile`: compile is for objective sft only (got dpo)" in str(exc.value)

@@ -27,6 +27,7 @@ from tuneforge.errors import ConfigError, Problem, TuneforgeError
 from tuneforge.models.device import cuda_available
 from tuneforge.models.precision import Precision, PrecisionUnavailable, choose_precision
 from tuneforge.models.text import auto_max_seq_len, load_text_side
+from tuneforge.train.compiled import compiler_missing
 
 TRACKER_PACKAGES = {
     "tensorboard": "tensorboard",
@@ -409,6 +410,12 @@ def make_plan(config: TrainConfig, run_dir: Path | None = None) -> Plan:
                 "pip install bitsandbytes (or use method=lora)",
             )
         )
+    if config.compile and config.objective != "sft":
+        problems.append(
+            Problem("compile", f"compile is for objective sft only (got {config.objective})")
+        )
+    elif config.compile and (missing := compiler_missing(device)):
+        problems.append(Problem("compile", missing))
     precision = Precision(False, "fp32")
     if config.precision == "auto" and device == "cpu" and config.objective != "sft":
         # bf16 on CPUs is measured for SFT only; DPO's cached reference log-probs and GRPO's

@@ -36,6 +36,7 @@ from tuneforge.data.tokenize import IGNORE_INDEX
 from tuneforge.errors import TuneforgeError, UsageError
 from tuneforge.train import dpo, grpo
 from tuneforge.train.bf16 import cast_once_for_bf16
+from tuneforge.train.compiled import compile_layers
 from tuneforge.train.plan import Plan, TokenizedExample
 
 StepCallback = Callable[[dict[str, Any]], None]
@@ -367,6 +368,9 @@ class SFTRecipe:
         if self.plan.use_bf16 and config.method == "lora" and config.objective == "sft":
             # Every SFT forward runs under autocast, so each cast can be done once (train/bf16.py).
             cast_once_for_bf16(self.model)
+        if config.compile:
+            compiled = compile_layers(self.model)
+            self.on_event(f"torch.compile: the MLP and norms of {compiled} decoder layers")
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
             self.params, lr=self.plan.learning_rate, weight_decay=config.weight_decay
