@@ -67,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     from tuneforge.models import DEFAULT_MODEL
     from tuneforge.models.precision import cpu_info
 
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from precision_quality import machine_record
+
     data = args.data or write_demo(Path(tempfile.mkdtemp()) / "data", n=600)["test"].parent
     test = load_conversations(data / "test.jsonl")[: args.n]
     loaded = load_for_inference(args.run or DEFAULT_MODEL)
@@ -131,13 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         del r["answers"]
         print(f"{name}: same greedy answers as fp32 {r['same_as_fp32']}/{len(fp32)}", flush=True)
     report = {
-        "machine": {
-            "cpu": cpu.model,
-            "bf16_units": cpu.bf16_units,
-            "cpu_flags": sorted(f for f in cpu.flags if f.startswith(("avx", "amx"))),
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-        },
+        "machine": machine_record(cpu),
         "model": str(args.run or DEFAULT_MODEL),
         "requests": len(prompts),
         "max_new_tokens": MAX_NEW,

@@ -106,6 +106,19 @@ def train_one(data: dict[str, Path], precision: str, out: Path) -> dict[str, Any
     }
 
 
+def machine_record(cpu: Any) -> dict[str, Any]:
+    """The CPU (model, bf16 units, AVX/AMX flags) and torch a result was measured with."""
+    import torch
+
+    return {
+        "cpu": cpu.model,
+        "bf16_units": cpu.bf16_units,
+        "cpu_flags": sorted(f for f in cpu.flags if f.startswith(("avx", "amx"))),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--precisions", default="fp32,bf16")
@@ -134,13 +147,7 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
     report: dict[str, Any] = {
-        "machine": {
-            "cpu": cpu.model,
-            "bf16_units": cpu.bf16_units,
-            "cpu_flags": sorted(f for f in cpu.flags if f.startswith(("avx", "amx"))),
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-        },
+        "machine": machine_record(cpu),
         "runs": results,
     }
     if {"fp32", "bf16"} <= results.keys():
