@@ -48,6 +48,30 @@ def test_packed_logits_equal_unpacked(tiny_model_dir):
     assert (leaky - expected).abs().max().item() > 1e-3
 
 
+def test_our_attention_keeps_the_padding_mask_of_a_left_padded_batch(tiny_model_dir):
+    """The trainer's model (our attention) generating for a batch (GRPO's sampler): each
+    left-padded row answers as it does alone; transformers builds no mask for an attention it
+    does not know, so without our mask function the rows attended to their padding."""
+    from transformers import AutoModelForCausalLM
+
+    from tuneforge.models.attention import use_varlen_attention
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    use_varlen_attention(model)
+    g = torch.Generator().manual_seed(0)
+    rows = [torch.randint(3, 49152, (n,), generator=g).tolist() for n in (9, 4, 6)]
+    width = max(map(len, rows))
+    ids = torch.tensor([[0] * (width - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    with torch.no_grad():
+        alone = [model(input_ids=torch.tensor([r])).logits[0, -1] for r in rows]
+        batch = model(
+            input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(1) - 1).clamp(min=0)
+        ).logits[:, -1]
+    for i, expected in enumerate(alone):
+        assert (batch[i] - expected).abs().max().item() <= 1e-4, f"row {i}"
+
+
 def test_loss_equals_reference_on_trained_tokens_only(tiny_model_dir, tokenizer, template):
     """Our head-at-trained-positions loss equals the full-logits loss with -100 labels."""
     from transformers import AutoModelForCausalLM
