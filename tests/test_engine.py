@@ -315,3 +315,43 @@ def test_running_requests_keep_decoding_while_a_long_prompt_is_prefilled(
         engine._turn()  # the last chunk: the long prompt joins the batch
         assert not slot.prefilling and len(slot.rows) == 2
     loop.close()
+
+
+def test_generate_in_place_answers_with_the_live_adapter_as_peft_generate_does(
+    text, tiny_model_dir, adapters
+):
+    """The GRPO trainer's sampler: the model's own active adapter answers (not the base), every
+    prompt's group shares one batch (prompts of different lengths: left padding), greedy
+    answers equal peft's `generate` one prompt at a time, a seed repeats."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from tuneforge.inference.engine import generate_in_place
+    from tuneforge.models.attention import use_varlen_attention
+
+    model = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir), adapters[0], is_trainable=True
+    )
+    use_varlen_attention(model)  # as the trainer builds it
+    model.train()
+    prompts = [prompt(text, i) for i in (1, 4, 2)]
+    greedy = [SamplingParams(10, 0.0)] * len(prompts)
+    answers = generate_in_place(model, text, prompts, greedy, n=2)
+    assert model.training  # restored for the next optimizer step
+    eos = sorted(text.eos_ids)
+    for ids, group in zip(prompts, answers, strict=True):
+        reference = model.generate(
+            input_ids=torch.tensor([ids]), max_new_tokens=10, do_sample=False, eos_token_id=eos
+        )[0, len(ids) :].tolist()
+        end = next((i for i, t in enumerate(reference) if t in eos), None)
+        reference = reference if end is None else reference[: end + 1]
+        assert [list(f.token_ids) for f in group] == [reference, reference]
+        assert all(f.completion_tokens == len(reference) for f in group)
+    with model.disable_adapter():
+        base = generate_in_place(model, text, prompts, greedy)
+    assert [g[0].token_ids for g in base] != [g[0].token_ids for g in answers]
+
+    seeded = [SamplingParams(10, 1.0, seed=7 + 100 * j) for j in range(len(prompts))]
+    first = generate_in_place(model, text, prompts, seeded, n=3)
+    assert first == generate_in_place(model, text, prompts, seeded, n=3)
+    assert len({f.token_ids for f in first[1]}) > 1  # the choices of a prompt differ

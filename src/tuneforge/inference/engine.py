@@ -32,9 +32,13 @@ LoRA: every base model is loaded once. Fine-tuned models are peft adapters on it
 mixes them: peft's `adapter_names=[...]` runs each row through its own adapter ("__base__" for
 none), so requests to different `ft:` models still share each forward pass.
 
+GRPO's trainer samples through the same loop without the thread: `generate_in_place(model, …)`
+runs it in the caller's thread on the model being trained (its own active adapter, no prepacked
+weights, no prefix kept between calls), until every answer is done.
+
 Results travel to the request's asyncio loop as events on a queue: `Delta(text)`, then
-`Finished(reason, completion_tokens)`, or `Failed(error)`. `Generation.cancel()` (the client went
-away) removes its row at the next step.
+`Finished(reason, completion_tokens, token_ids)`, or `Failed(error)`. `Generation.cancel()` (the
+client went away) removes its row at the next step.
 """
 
 from __future__ import annotations
@@ -103,6 +107,7 @@ class Delta:
 class Finished:
     reason: str  # "stop" | "length"
     completion_tokens: int
+    token_ids: tuple[int, ...] = ()  # the answer's tokens, with the end-of-turn token on "stop"
 
 
 @dataclass(frozen=True)
@@ -213,6 +218,9 @@ class _Slot:
 
     model: Any
     growing_cache: bool = False  # every layer full attention: use `BatchCache`
+    # A model being trained (`generate_in_place`): its active adapter answers every row, so no
+    # per-row `adapter_names` (its adapter is "default", not one of ours).
+    own_adapter: bool = False
     adapters: dict[str, str] = field(default_factory=dict)  # model id → peft adapter name
     unloaded: set[str] = field(default_factory=set)  # adapters to delete once no row uses them
     rows: list[_Row] = field(default_factory=list)
@@ -226,6 +234,11 @@ class _Slot:
         from peft import PeftModel
 
         return isinstance(self.model, PeftModel)
+
+    @property
+    def routes_adapters(self) -> bool:
+        """Whether each forward names its rows' adapters (peft's `adapter_names`)."""
+        return self.is_peft and not self.own_adapter
 
     @property
     def occupied(self) -> int:
@@ -245,6 +258,14 @@ def _holdback(text: str, stops: tuple[str, ...]) -> int:
     if text.endswith("\ufffd"):
         hold = max(hold, 1)
     return hold
+
+
+def _generator(params: SamplingParams, choice: int) -> torch.Generator | None:
+    """Choice `choice`'s sampling generator: seeded with seed + choice when a seed is set."""
+    if params.greedy:
+        return None
+    seed = (params.seed + choice) if params.seed is not None else secrets.randbits(63)
+    return torch.Generator().manual_seed(seed % (1 << 63))
 
 
 def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:
@@ -312,11 +333,8 @@ class InferenceEngine:
         """Queue `n` choices for one prompt. Choice i samples with seed + i when a seed is set."""
         generation = Generation(loop or asyncio.get_running_loop(), n)
         for i in range(n):
-            generator = None
-            if not params.greedy:
-                seed = (params.seed + i) if params.seed is not None else secrets.randbits(63)
-                generator = torch.Generator().manual_seed(seed % (1 << 63))
-            self._inbox.put(_Row(generation, i, target, text, params, list(prompt), generator))
+            row = _Row(generation, i, target, text, params, list(prompt), _generator(params, i))
+            self._inbox.put(row)
         return generation
 
     @property
@@ -447,7 +465,7 @@ class InferenceEngine:
         self._waiting = deferred
 
     def _forward(self, slot: _Slot, rows: list[_Row], **inputs: Any) -> Any:
-        if slot.is_peft:
+        if slot.routes_adapters:
             inputs["adapter_names"] = [row.adapter for row in rows]
         return slot.model(use_cache=True, logits_to_keep=1, **inputs)
 
@@ -481,7 +499,9 @@ class InferenceEngine:
             )
             for state, take in chunk
         ]
-        out = packed_prefill.prefill(slot.model, pieces, adapter=adapter if slot.is_peft else None)
+        out = packed_prefill.prefill(
+            slot.model, pieces, adapter=adapter if slot.routes_adapters else None
+        )
         self.prefill_forwards += 1
         joining = []
         for i, (state, take) in enumerate(chunk):
@@ -644,7 +664,7 @@ class InferenceEngine:
         """Take a token: send the text that is safe to send; say whether the row finished."""
         text_side, params = row.text, row.params
         if token in text_side.eos_ids:
-            return self._finish(row, "stop", len(row.ids) + 1)
+            return self._finish(row, "stop", len(row.ids) + 1, token)
         row.ids.append(token)
         text = text_side.tokenizer.decode(row.ids, skip_special_tokens=True)
         cut = min((i for i in (text.find(s) for s in params.stop) if i >= 0), default=-1)
@@ -662,6 +682,74 @@ class InferenceEngine:
             row.generation.put(row.index, Delta(text[row.sent :]))
             row.sent = len(text)
 
-    def _finish(self, row: _Row, reason: str, completion_tokens: int) -> bool:
-        row.generation.put(row.index, Finished(reason, completion_tokens))
+    def _finish(
+        self, row: _Row, reason: str, completion_tokens: int, end: int | None = None
+    ) -> bool:
+        ids = tuple(row.ids) if end is None else (*row.ids, end)
+        row.generation.put(row.index, Finished(reason, completion_tokens, ids))
         return True
+
+
+class _Collected(Generation):
+    """A `Generation` for `generate_in_place`: events are kept, not sent to an event loop."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self._cancelled = threading.Event()
+        self.finished: list[Finished | None] = [None] * n
+        self.error: BaseException | None = None
+
+    def put(self, index: int, event: Event) -> None:
+        if isinstance(event, Finished):
+            self.finished[index] = event
+        elif isinstance(event, Failed):
+            self.error = event.error
+
+    @property
+    def done(self) -> bool:
+        return self.error is not None or all(f is not None for f in self.finished)
+
+
+def generate_in_place(
+    model: Any,
+    text: TextSide,
+    prompts: list[list[int]],
+    params: list[SamplingParams],
+    *,
+    n: int = 1,
+    max_batch_size: int = MAX_BATCH_SIZE,
+) -> list[list[Finished]]:
+    """`n` answers to each prompt from an in-memory model, in the calling thread, with the
+    serving loop's batching: the GRPO trainer's sampler (the role vLLM plays for TRL). Every
+    prompt's choices share one batch, copies of a prompt are prefilled once (prefix reuse), and
+    the model is used as it is now — the trainer's live LoRA adapter, no copy, no reload after
+    an update. Nothing is kept between calls (a prefix cache would hold the previous weights'
+    keys and values). Choice i of a prompt samples with its params' seed + i.
+
+    CPU only, like the server's engine; no weight packing (the weights are being trained)."""
+    if len(params) != len(prompts):
+        raise ValueError(f"{len(prompts)} prompts but {len(params)} sampling params")
+    engine = InferenceEngine(max_batch_size, prepack=False)
+    target = Target("in-place", "in-place")
+    engine._slots[target.base] = _Slot(
+        model, growing_cache=full_attention_only(model.config), own_adapter=True
+    )
+    collected = []
+    for prompt, p in zip(prompts, params, strict=True):
+        generation = _Collected(n)
+        collected.append(generation)
+        for i in range(n):
+            row = _Row(generation, i, target, text, p, list(prompt), _generator(p, i))
+            engine._waiting.append(row)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            while not all(g.done for g in collected):
+                engine._turn()
+    finally:
+        model.train(was_training)
+    for generation in collected:
+        if generation.error is not None:
+            raise generation.error
+    return [[f for f in g.finished if f is not None] for g in collected]
