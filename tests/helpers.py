@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
+
+from tuneforge import run_dir as rd
 
 # The tiny random models' shape: SmolLM2's vocabulary (its real tokenizer), 2 layers of 64, GQA.
 TINY_SHAPE = {
@@ -53,3 +56,16 @@ def write_lines(path: Path, rows: list[Any]) -> Path:
             f.write(row if isinstance(row, str) else json.dumps(row, ensure_ascii=False))
             f.write("\n")
     return path
+
+
+def wait_for_step(run: Path, proc: Any, step: int, timeout: float = 240) -> None:
+    """Wait until a training subprocess has logged `step` and checkpointed the step before."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        rows = rd.read_metrics(run)
+        found = rd.latest_checkpoint(run)
+        if rows and rows[-1]["step"] >= step and found and found[0] >= step - 1:
+            return
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    raise AssertionError(f"step {step} not reached in {timeout} s")

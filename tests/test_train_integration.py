@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import tiny_training
+from helpers import tiny_training, wait_for_step
 
 from tuneforge import run_dir as rd
 
@@ -49,18 +49,6 @@ def env() -> dict[str, str]:
 
 def losses(run: Path) -> list[float]:
     return [r["train_loss"] for r in rd.read_metrics(run)]
-
-
-def wait_for_step(run: Path, proc: subprocess.Popen, step: int, timeout: float = 240) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        rows = rd.read_metrics(run)
-        found = rd.latest_checkpoint(run)
-        if rows and rows[-1]["step"] >= step and found and found[0] >= step - 1:
-            return
-        assert proc.poll() is None, proc.communicate()
-        time.sleep(0.05)
-    raise AssertionError(f"step {step} not reached in {timeout} s")
 
 
 def test_sigkill_then_resume_logs_the_same_losses(demo_dir, tiny_model_dir, tmp_path):
