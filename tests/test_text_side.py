@@ -105,7 +105,7 @@ def test_the_cli_compare_and_the_server_stop_on_the_same_tokens(extra_eos, tmp_p
                 events.append((await generation.events.get())[1])
             return events
 
-        # no text event: the eos is not sent as text, only counted and kept among the answer's tokens
+        # no text event: the eos is not sent as text, only counted and kept in the answer's tokens
         assert asyncio.run(answer()) == [Finished("stop", 1, (extra,))]
     finally:
         engine.stop()
