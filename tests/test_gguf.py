@@ -28,12 +28,22 @@ from tuneforge.inference.load import load_for_inference
 
 
 def reload(path: Path):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """The model as transformers' GGUF loader reads it back (it undoes the Q/K permutation).
 
-    model = AutoModelForCausalLM.from_pretrained(
+    Reading a GGUF's metadata costs seconds here (the gguf reader walks the 49k-token vocabulary
+    element by element), so the model and the tokenizer are read back only where a test uses it.
+    """
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(
         path.parent, gguf_file=path.name, dtype=torch.float32
     ).eval()
-    return model, AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+
+
+def reload_tokenizer(path: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
 
 
 def logits(model, ids: list[int]) -> torch.Tensor:
@@ -72,7 +82,7 @@ def test_f32_round_trip_is_exact_and_needs_the_permutation(tiny, tmp_path):
     path = write_gguf(
         tiny.model, tiny.tokenizer, tiny.template.source, tmp_path / "t.gguf", quant="f32"
     ).path
-    back, _ = reload(path)
+    back = reload(path)
     assert (logits(back, ids) - logits(tiny.model, ids)).abs().max().item() <= 1e-5
     # Without llama.cpp's Q/K permutation, the loader's reverse permutation scrambles attention:
     wrong = write_gguf(
@@ -83,7 +93,7 @@ def test_f32_round_trip_is_exact_and_needs_the_permutation(tiny, tmp_path):
         quant="f32",
         permute_qk=False,
     ).path
-    scrambled, _ = reload(wrong)
+    scrambled = reload(wrong)
     assert (logits(scrambled, ids) - logits(tiny.model, ids)).abs().max().item() > 1e-3
 
 
@@ -94,7 +104,7 @@ def test_qwen2_round_trip_keeps_the_biases(tiny_qwen2_dir, tmp_path):
         loaded.model, loaded.tokenizer, loaded.template.source, tmp_path / "q.gguf", quant="f32"
     )
     assert result.architecture == "qwen2"
-    back, _ = reload(result.path)
+    back = reload(result.path)
     assert (logits(back, ids) - logits(loaded.model, ids)).abs().max().item() <= 1e-5
 
 
@@ -109,7 +119,7 @@ def test_quantized_exports_stay_close(tiny, tmp_path, quant, tolerance):
     types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(path).tensors}
     assert types["blk.0.attn_norm.weight"] == "F32" and types["output_norm.weight"] == "F32"
     assert types["blk.0.attn_q.weight"] == quant.upper()
-    back, _ = reload(path)
+    back = reload(path)
     assert (logits(back, ids) - logits(tiny.model, ids)).abs().max().item() <= tolerance
 
 
@@ -119,7 +129,7 @@ def test_the_tokenizer_and_template_travel(tiny, tmp_path):
     path = write_gguf(
         tiny.model, tiny.tokenizer, tiny.template.source, tmp_path / "t.gguf", quant="f16"
     ).path
-    _, tokenizer = reload(path)
+    tokenizer = reload_tokenizer(path)
     texts = [PROMPT, "<|im_start|>user\nhi<|im_end|>\n", "héllo wörld 123 🍲 \t tabs", " lead"]
     for text in texts:
         assert tokenizer(text)["input_ids"] == tiny.tokenizer(text)["input_ids"], text
@@ -248,7 +258,7 @@ def test_export_command_writes_gguf_and_modelfile(tiny_model_dir, demo_dir, tmp_
     assert "Trained with the system prompt" in modelfile_text  # the demo data has one
     # The merged fine-tuned weights, not the base: the adapter changed the logits.
     merged = load_for_inference(run).model.merge_and_unload()
-    back, _ = reload(gguf_path)
+    back = reload(gguf_path)
     ids = load_for_inference(run).tokenizer(PROMPT)["input_ids"]
     assert (logits(back, ids) - logits(merged, ids)).abs().max().item() <= 5e-2
     code, _, err = run_cli("export", run, "--ollama", tmp_path / "ollama", "--quant", "q8_0")
@@ -321,13 +331,13 @@ def test_real_model_matches_the_shipped_gguf_and_answers_alike(default_model_dir
         for e in examples
     ]
     expected = generate_batch(loaded, prompts, max_new_tokens=24)
-    model, _ = reload(f16)
+    model = reload(f16)
     back = type(loaded)(model, loaded.text, name=f16.name, base_model=loaded.base_model)
     assert generate_batch(back, prompts, max_new_tokens=24) == expected  # f16: every answer
     # q8_0 re-rounds every weight (0.5 % error): the base model's long, low-confidence answers
     # drift apart after a flipped token, so compare token by token on the same answers instead.
     q8 = export_gguf("smollm2-135m-instruct", tmp_path / "q8.gguf", quant="q8_0")[0].path
-    model, _ = reload(q8)
+    model = reload(q8)
     agree = total = 0
     for prompt, answer in zip(prompts, expected, strict=True):
         ours, theirs = (
