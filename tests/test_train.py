@@ -251,3 +251,19 @@ def test_runs_list_and_generate_cli(demo_dir, tiny_model_dir, tmp_path, isolated
     code, _, err = run_cli("generate", tmp_path, "hello")
     assert code == 3 or code == 2
     assert "Traceback" not in err
+
+
+def test_two_runs_started_in_the_same_second_get_their_own_folders(isolated_home, monkeypatch):
+    import time
+
+    from tuneforge.train.plan import default_run_dir
+
+    monkeypatch.setattr(time, "strftime", lambda fmt, *a: "20270106-120000")
+    config = build_config({"train_file": "t.jsonl", "suffix": "recipes"})
+    first = default_run_dir(config)
+    assert first.name == "smollm2-135m-instruct-recipes-20270106-120000"
+    first.mkdir(parents=True)
+    second = default_run_dir(config)
+    assert second.name == first.name + "-2" and second.parent == first.parent
+    second.mkdir()
+    assert default_run_dir(config).name == first.name + "-3"

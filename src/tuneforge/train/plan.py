@@ -136,7 +136,12 @@ def default_run_dir(config: TrainConfig) -> Path:
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
     name = "-".join(filter(None, [_slug(Path(config.model).name), config.suffix, stamp]))
-    return runs_root() / name
+    # Two runs started in the same second (a script, two jobs) get their own folders.
+    candidate, n = runs_root() / name, 1
+    while candidate.exists():
+        n += 1
+        candidate = runs_root() / f"{name}-{n}"
+    return candidate
 
 
 def _tokenize(
