@@ -22,7 +22,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # CLI commands pick torch threads from the cores idle right now; tests fix the count instead, so
 # the suite runs alike on a busy or an idle machine (tests/test_device.py covers the choice).
-os.environ.setdefault("TUNEFORGE_THREADS", str(os.cpu_count() or 1))
+# Under pytest-xdist (scripts/test.sh runs 2 workers) each worker gets its share of the cores.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+os.environ.setdefault("TUNEFORGE_THREADS", str(max(1, (os.cpu_count() or 1) // WORKERS)))
 
 DEFAULT = "smollm2-135m-instruct"
 
@@ -51,9 +53,16 @@ def template(tokenizer):
 @pytest.fixture(scope="session")
 def tiny_model_dir(default_model_dir: Path) -> Path:
     """A 2-layer random Llama with SmolLM2's real tokenizer and chat template (~3.5M params)."""
+    from tuneforge.locks import file_lock
+
     target = TEST_HOME / "tiny-llama"
-    if (target / "model.safetensors").exists():
-        return target
+    with file_lock(TEST_HOME / ".tiny-llama.lock"):  # test workers make it once, one at a time
+        if not (target / "model.safetensors").exists():
+            _write_tiny_model(target, default_model_dir)
+    return target
+
+
+def _write_tiny_model(target: Path, default_model_dir: Path) -> None:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -67,7 +76,6 @@ def tiny_model_dir(default_model_dir: Path) -> Path:
     AutoTokenizer.from_pretrained(default_model_dir).save_pretrained(tmp)
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
-    return target
 
 
 @pytest.fixture(scope="session")
