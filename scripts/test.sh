@@ -10,4 +10,5 @@ export HF_HUB_OFFLINE=1
 # the time on 2 cores (tests/conftest.py gives each worker half the threads).
 # TUNEFORGE_TEST_WORKERS=0 runs it in one process; a later `-n N` among the arguments wins.
 workers=${TUNEFORGE_TEST_WORKERS:-$(( $(nproc) >= 2 ? 2 : 0 ))}
-exec .venv/bin/python -m pytest -n "$workers" --dist loadfile "$@"
+# --no-loadscope-reorder keeps tests/conftest.py's order: the longest files start first.
+exec .venv/bin/python -m pytest -n "$workers" --dist loadfile --no-loadscope-reorder "$@"

@@ -29,6 +29,17 @@ os.environ.setdefault("TUNEFORGE_THREADS", str(max(1, (os.cpu_count() or 1) // W
 DEFAULT = "smollm2-135m-instruct"
 
 
+# The longest test files, longest first: under pytest-xdist's `--dist loadfile` a file starts
+# where a worker is free, so the README's (every README command, ~6 minutes) goes first instead
+# of running alone at the end while the other worker idles.
+LONG_FILES = ("test_readme.py", "test_studio_browser.py", "test_eval.py", "test_jobs.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONG_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FILES)))  # stable otherwise
+
+
 @pytest.fixture(scope="session")
 def default_model_dir() -> Path:
     from tuneforge.models import resolve_model

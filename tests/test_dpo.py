@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import write_lines
+from helpers import tiny_training, write_lines
 
 from tuneforge import run_dir as rd
 from tuneforge.config import build_config
@@ -68,6 +68,15 @@ def test_step_0_loss_is_ln_2_and_rewards_are_zero(pairs_dir, tiny_model_dir, tmp
         config = rd.read_config(out)
         assert config["dpo_beta"] == 0.1 and config["objective"] == "dpo"
         assert config["learning_rate"] == (5e-5 if method == "lora" else 1e-6)
+    # With the SFT term the step-0 loss is ln 2 plus w × the preferred answers' per-token NLL
+    # (the same NLL that plain DPO logs at its step 0: the weight changes the loss, not the model).
+    out = tmp_path / "sft-term"
+    _, _ = train(make_plan(dpo_config(pairs_dir, tiny_model_dir, out, dpo_sft_weight=0.5)))
+    first = rd.read_metrics(out)[0]
+    assert first["nll_loss"] > 1  # a random tiny model: ~ln(49152) nats per token
+    assert first["train_loss"] == pytest.approx(math.log(2) + 0.5 * first["nll_loss"], abs=1e-5)
+    plain = rd.read_metrics(tmp_path / "lora")[0]
+    assert first["nll_loss"] == pytest.approx(plain["nll_loss"], abs=1e-6)
 
 
 def test_disabled_adapter_reference_equals_the_base_model(tiny_model_dir, tokenizer, template):
@@ -128,11 +137,31 @@ def test_dpo_loss_gradient_is_minus_beta_over_two_at_zero():
     from tuneforge.train import dpo
 
     policy = torch.zeros(3, 2, requires_grad=True)
-    losses, _, _ = dpo.dpo_loss(policy, torch.zeros(3, 2), beta=0.3)
-    losses.sum().backward()
+    found = dpo.dpo_loss(policy, torch.zeros(3, 2), beta=0.3, chosen_tokens=torch.ones(3))
+    found.losses.sum().backward()
     # d/dΔ −log σ(βΔ) = −β σ(−βΔ) = −β/2 at Δ = 0; Δ = chosen − rejected.
     assert torch.allclose(policy.grad[:, 0], torch.full((3,), -0.15))
     assert torch.allclose(policy.grad[:, 1], torch.full((3,), 0.15))
+
+
+def test_the_sft_term_adds_the_preferred_answers_nll_per_token():
+    """TRL's loss_type=["sigmoid", "sft"], loss_weights=[1, w]: + w · (−log π(y⁺) / |y⁺|)."""
+    from tuneforge.train import dpo
+
+    policy = torch.tensor([[-6.0, -2.0], [-1.0, -9.0]], requires_grad=True)
+    reference = torch.tensor([[-5.0, -3.0], [-2.0, -8.0]])
+    tokens = torch.tensor([3.0, 2.0])
+    plain = dpo.dpo_loss(policy, reference, beta=0.1, chosen_tokens=tokens)
+    mixed = dpo.dpo_loss(policy, reference, beta=0.1, chosen_tokens=tokens, sft_weight=0.5)
+    assert torch.allclose(plain.nll, torch.tensor([2.0, 0.5])) and torch.equal(plain.nll, mixed.nll)
+    assert torch.allclose(mixed.losses - plain.losses, 0.5 * torch.tensor([2.0, 0.5]))
+    mixed.losses.sum().backward()
+    # the sft term pulls the preferred answer up by w/|y⁺| on top of DPO's β σ(−βΔ)
+    delta = (policy - reference).detach()
+    margin = 0.1 * (delta[:, 0] - delta[:, 1])
+    dpo_grad = -0.1 * torch.sigmoid(-margin)
+    assert torch.allclose(policy.grad[:, 0], dpo_grad - 0.5 / tokens)
+    assert torch.allclose(policy.grad[:, 1], -dpo_grad)
 
 
 @pytest.mark.parametrize(
@@ -313,3 +342,18 @@ def test_auto_precision_keeps_dpo_in_fp32_on_a_bf16_cpu(
     assert not auto.use_bf16 and auto.precision_reason == "auto: fp32 for dpo on a CPU"
     asked = make_plan(dpo_config(pairs_dir, tiny_model_dir, tmp_path / "asked", precision="bf16"))
     assert asked.use_bf16
+
+
+def test_dpo_sft_weight_outside_dpo_is_a_clear_error(pairs_dir, tiny_model_dir, tmp_path, demo_dir):
+    config = build_config(
+        tiny_training(demo_dir, tiny_model_dir, tmp_path / "o", max_steps=1) | {"dpo_sft_weight": 1}
+    )
+    with pytest.raises(ConfigError) as info:
+        make_plan(config)
+    (problem,) = info.value.problems
+    assert problem.field == "dpo_sft_weight" and "objective=dpo" in problem.message
+    with pytest.raises(ConfigError) as info:  # a negative weight is refused by the config
+        dpo_config(pairs_dir, tiny_model_dir, tmp_path / "o", dpo_sft_weight=-1)
+    assert "dpo_sft_weight" in info.value.inline() and "greater than or equal to 0" in str(
+        info.value.inline()
+    )

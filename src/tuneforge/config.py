@@ -99,6 +99,15 @@ class TrainConfig(BaseModel):
         "model). Higher is more conservative, lower more aggressive (OpenAI's `beta`, 0 to 2). "
         "auto: 0.1, TRL's and the DPO paper's default (OpenAI does not publish its value).",
     )
+    dpo_sft_weight: float = Field(
+        0.0,
+        ge=0,
+        le=10,
+        description="DPO only: weight of the preferred answer's own loss (its per-token "
+        "negative log-likelihood) added to DPO's, as TRL's loss_type=['sigmoid', 'sft'] (RPO; "
+        "1.0 is the paper's). 0: plain DPO, as OpenAI's. Use it when DPO ranks the pairs "
+        "right but the model still does not answer in the preferred way.",
+    )
     init_from: str | None = Field(
         None,
         description="Start from a finished run (its name or folder) instead of the bare base "

@@ -25,6 +25,7 @@ EXTRA_METRIC_NAMES = (
     "rewards/",
     "logps/",
     "preference_accuracy",
+    "nll_loss",
     "reward",
     "completions/",
     "clip_ratio/",

@@ -9,6 +9,12 @@ frozen reference π_ref — the model the run starts from:
 where log π(y|x) is the *sum* of the answer's token log-probabilities (TRL's definition). At
 step 0 the policy is the reference, so Δ = 0 and the loss is ln 2 exactly.
 
+`dpo_sft_weight` w > 0 adds the preferred answer's negative log-likelihood per token,
+loss = −log σ(βΔ) + w·(−log π(y⁺|x) / |y⁺|): TRL's `loss_type=["sigmoid", "sft"]` with
+`loss_weights=[1, w]` (RPO, Pang et al. 2024, w = 1). Plain DPO only ranks the pair: it can push
+the other answer down without making the preferred one likely enough to be what the model says;
+the NLL term raises the preferred answer itself. `nll_loss` (that per-token NLL) is logged always.
+
 The reference never needs a second model in memory: its log-probabilities are computed once,
 before the first step, for exactly the pairs the run will see (`reference_logps`) — for LoRA from
 the base with the adapter disabled, for a full fine-tune or a run started from another run's
@@ -46,6 +52,7 @@ SUM_KEYS = (
     "rejected_logps",
     "preference_accuracies",
     "chosen_correct",
+    "nll",
 )
 
 
@@ -60,6 +67,7 @@ class PairBatch:
     targets: torch.Tensor  # (T,)
     sequence: torch.Tensor  # (T,) which sequence (2·pair + 0 chosen / 1 rejected) each belongs to
     n_pairs: int
+    chosen_tokens: torch.Tensor  # (n_pairs,) trained tokens of each preferred answer
 
 
 def make_pair_batch(pairs: list[TokenizedPair]) -> PairBatch:
@@ -70,8 +78,16 @@ def make_pair_batch(pairs: list[TokenizedPair]) -> PairBatch:
     bounds = torch.tensor(mb.bounds[1:])
     # A trained position belongs to the sequence whose end bound is the first above it.
     sequence = torch.searchsorted(bounds, mb.positions, right=True)
+    chosen_tokens = torch.tensor([pair.chosen.n_trained for pair in pairs], dtype=torch.float32)
     return PairBatch(
-        mb.input_ids, mb.position_ids, mb.bounds, mb.positions, mb.targets, sequence, len(pairs)
+        mb.input_ids,
+        mb.position_ids,
+        mb.bounds,
+        mb.positions,
+        mb.targets,
+        sequence,
+        len(pairs),
+        chosen_tokens,
     )
 
 
@@ -100,35 +116,52 @@ def sequence_logps(
     return sums.view(batch.n_pairs, 2), chosen_correct.view(batch.n_pairs, 2)[:, 0].detach()
 
 
+@dataclass
+class PairLosses:
+    """One micro-batch's per-pair losses and what is logged of them, each (n_pairs,)."""
+
+    losses: torch.Tensor  # −log σ(βΔ) + w·nll: what is trained
+    chosen_rewards: torch.Tensor
+    rejected_rewards: torch.Tensor
+    nll: torch.Tensor  # −log π(y⁺|x) / |y⁺|
+
+
 def dpo_loss(
-    policy: torch.Tensor, reference: torch.Tensor, beta: float
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-pair sigmoid DPO loss and the implicit rewards β(log π − log π_ref), chosen and
-    rejected. `policy` and `reference` are (n_pairs, 2) summed log-probs [chosen, rejected]."""
+    policy: torch.Tensor,
+    reference: torch.Tensor,
+    beta: float,
+    chosen_tokens: torch.Tensor,
+    sft_weight: float = 0.0,
+) -> PairLosses:
+    """Per-pair sigmoid DPO loss (plus `sft_weight` × the preferred answer's per-token NLL) and
+    the implicit rewards β(log π − log π_ref), chosen and rejected. `policy` and `reference`
+    are (n_pairs, 2) summed log-probs [chosen, rejected]; `chosen_tokens` the preferred answers'
+    lengths."""
     rewards = beta * (policy - reference.to(policy))
     margin = rewards[:, 0] - rewards[:, 1]  # β·Δ
+    nll = -policy[:, 0] / chosen_tokens.to(policy).clamp(min=1)
     # −log σ(βΔ), computed as softplus(−βΔ): no overflow for large margins.
-    return F.softplus(-margin), rewards[:, 0].detach(), rewards[:, 1].detach()
+    losses = F.softplus(-margin)
+    if sft_weight:
+        losses = losses + sft_weight * nll
+    return PairLosses(losses, rewards[:, 0].detach(), rewards[:, 1].detach(), nll.detach())
 
 
 def pair_sums(
-    losses: torch.Tensor,
-    chosen_rewards: torch.Tensor,
-    rejected_rewards: torch.Tensor,
-    policy: torch.Tensor,
-    chosen_correct: torch.Tensor,
+    found: PairLosses, policy: torch.Tensor, chosen_correct: torch.Tensor
 ) -> torch.Tensor:
     """The SUM_KEYS sums of one micro-batch, as a float64 vector on the CPU."""
     policy = policy.detach()
     values = [
-        losses.detach().sum(),
-        chosen_rewards.sum(),
-        rejected_rewards.sum(),
-        (chosen_rewards > rejected_rewards).float().sum(),
+        found.losses.detach().sum(),
+        found.chosen_rewards.sum(),
+        found.rejected_rewards.sum(),
+        (found.chosen_rewards > found.rejected_rewards).float().sum(),
         policy[:, 0].sum(),
         policy[:, 1].sum(),
         (policy[:, 0] > policy[:, 1]).float().sum(),
         chosen_correct.sum(),
+        found.nll.sum(),
     ]
     return torch.stack([v.double().cpu() for v in values])
 
@@ -146,6 +179,7 @@ def metrics_from_sums(sums: torch.Tensor, n_pairs: int, chosen_tokens: int) -> d
         "logps/chosen": s["chosen_logps"] / n_pairs,
         "logps/rejected": s["rejected_logps"] / n_pairs,
         "preference_accuracy": s["preference_accuracies"] / n_pairs,
+        "nll_loss": s["nll"] / n_pairs,
     }
 
 

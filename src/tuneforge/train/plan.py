@@ -534,6 +534,12 @@ def make_plan(config: TrainConfig, run_dir: Path | None = None) -> Plan:
 
     dpo = config.objective == "dpo"
     grpo = config.objective == "grpo"
+    if config.dpo_sft_weight and not dpo:
+        problems.append(
+            Problem(
+                "dpo_sft_weight", "only applies to objective=dpo; remove it or set objective=dpo"
+            )
+        )
     if dpo:
         for key in ("train_file", "validation_file"):
             _check_pairs(examples[key], key, problems)

@@ -525,7 +525,8 @@ class SFTRecipe:
         }
 
     def dpo_step(self, step: int) -> dict[str, Any]:
-        """One DPO optimizer step: the mean sigmoid loss over the step's pairs (train/dpo.py)."""
+        """One DPO optimizer step: the mean sigmoid loss over the step's pairs, plus the weighted
+        NLL of the preferred answers when `dpo_sft_weight` > 0 (train/dpo.py)."""
         plan, config = self.plan, self.config
         indices = step_indices(
             step, len(plan.train), config.batch_size, plan.steps_per_epoch, config.seed
@@ -538,12 +539,12 @@ class SFTRecipe:
             batch = dpo.make_pair_batch([plan.train[i] for i in group])
             with self.accelerator.autocast():
                 policy, chosen_correct = dpo.sequence_logps(self.model, batch, self.device)
-            losses, chosen_rewards, rejected_rewards = dpo.dpo_loss(
-                policy, self.reference[group], beta
+            found = dpo.dpo_loss(
+                policy, self.reference[group], beta, batch.chosen_tokens, config.dpo_sft_weight
             )
             # Every pair weighs the same in the step, whichever micro-batch holds it.
-            (losses.sum() / len(indices)).backward()
-            sums += dpo.pair_sums(losses, chosen_rewards, rejected_rewards, policy, chosen_correct)
+            (found.losses.sum() / len(indices)).backward()
+            sums += dpo.pair_sums(found, policy, chosen_correct)
         if self.world > 1:
             self._all_reduce_gradients()
             sums = self.accelerator.reduce(sums.to(self.device), reduction="sum").cpu()
@@ -826,10 +827,14 @@ class SFTRecipe:
             batch = dpo.make_pair_batch([pairs[i] for i in group])
             with self.accelerator.autocast():
                 policy, chosen_correct = dpo.sequence_logps(self.model, batch, self.device)
-            losses, chosen_rewards, rejected_rewards = dpo.dpo_loss(
-                policy, self.valid_reference[group], float(self.config.dpo_beta)
+            found = dpo.dpo_loss(
+                policy,
+                self.valid_reference[group],
+                float(self.config.dpo_beta),
+                batch.chosen_tokens,
+                self.config.dpo_sft_weight,
             )
-            sums += dpo.pair_sums(losses, chosen_rewards, rejected_rewards, policy, chosen_correct)
+            sums += dpo.pair_sums(found, policy, chosen_correct)
         if self.world > 1:
             sums = self.accelerator.reduce(sums.to(self.device), reduction="sum").cpu()
         chosen_tokens = sum(p.chosen.n_trained for p in pairs[:n])
