@@ -22,9 +22,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # CLI commands pick torch threads from the cores idle right now; tests fix the count instead, so
 # the suite runs alike on a busy or an idle machine (tests/test_device.py covers the choice).
-# Under pytest-xdist (scripts/test.sh runs 2 workers) each worker gets its share of the cores.
+# Under pytest-xdist (scripts/test.sh runs 2 workers) each worker gets its share of the cores,
+# for the CLI it runs (TUNEFORGE_THREADS) and for torch in its own process: 2 workers × 2 threads
+# on 2 cores slow torch down several times over. A TUNEFORGE_THREADS of the user's own is kept;
+# the one the xdist controller's conftest set (workers inherit its environment) is not.
 WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-os.environ.setdefault("TUNEFORGE_THREADS", str(max(1, (os.cpu_count() or 1) // WORKERS)))
+if "TUNEFORGE_THREADS" not in os.environ or os.environ.get("TUNEFORGE_TEST_THREADS") == "1":
+    os.environ["TUNEFORGE_THREADS"] = str(max(1, (os.cpu_count() or 1) // WORKERS))
+    os.environ["TUNEFORGE_TEST_THREADS"] = "1"  # set here, so a worker may set it again
+if "PYTEST_XDIST_WORKER" in os.environ:
+    import torch
+
+    torch.set_num_threads(int(os.environ["TUNEFORGE_THREADS"]))
 
 DEFAULT = "smollm2-135m-instruct"
 

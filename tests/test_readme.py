@@ -18,7 +18,8 @@ How a README line becomes a command:
 
 Environment: `TUNEFORGE_HOME` is a temp dir whose `models/` is a symlink to the converted default
 model's folder (as tests/test_api.py's `home` fixture does: no 30 s conversion),
-`HF_HUB_OFFLINE=1`, `TUNEFORGE_THREADS=2`, this venv's bin/ first on PATH, the working dir on
+`HF_HUB_OFFLINE=1`, `TUNEFORGE_THREADS` as tests/conftest.py sets it (the cores this test
+worker has), this venv's bin/ first on PATH, the working dir on
 PYTHONPATH (for `mymetrics`), `KEY` set for `--api-key "$KEY"`; each line runs with `bash -c` (so
 `>` redirects work) in the working dir, timed.
 
@@ -430,7 +431,7 @@ def session(tmp_path_factory, default_model_dir: Path) -> Session:
     env = os.environ | {
         "TUNEFORGE_HOME": str(home),
         "HF_HUB_OFFLINE": "1",
-        "TUNEFORGE_THREADS": "2",
+        "TUNEFORGE_THREADS": os.environ["TUNEFORGE_THREADS"],  # conftest's: this worker's share
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         "PYTHONPATH": str(workdir),
         "KEY": API_KEY,
