@@ -247,7 +247,8 @@ def metric_steps(client: httpx.Client, job_id: str) -> list[int]:
 
 def test_a_newcomers_whole_flow(server, browse, demo_dir, tiny_model_dir, tmp_path):
     """upload → validation and trained tokens → new job → live chart → reload mid-run, same
-    points → succeeded → chat streams → compare shows compare.json's numbers."""
+    points → succeeded → chat streams → compare, decided by a grader typed into the form, shows
+    compare.json's numbers."""
     new_page, watch = browse
     folder = shots_dir(tmp_path)
     client = server.api()
@@ -368,6 +369,15 @@ def test_a_newcomers_whole_flow(server, browse, demo_dir, tiny_model_dir, tmp_pa
     assert page.input_value("#training_file") == file_id
     assert page.is_checked(f"#models input[value='{ft_model}']")
     page.fill("#limit", "3")
+    # An OpenAI grader typed into the form scores the answers and decides the comparison.
+    grader = {
+        "type": "text_similarity",
+        "name": "similar",
+        "input": "{{ sample.output_text }}",
+        "reference": "{{ item.reference_answer }}",
+        "evaluation_metric": "fuzzy_match",
+    }
+    page.fill("#grader", json.dumps(grader, indent=1))
     snapshot(page, folder, "compare")
     page.click("#compare-form button[type=submit]")
     page.wait_for_url("**/studio/compare/cmp-*")
@@ -380,6 +390,12 @@ def test_a_newcomers_whole_flow(server, browse, demo_dir, tiny_model_dir, tmp_pa
     )
     assert not page.is_visible("#cmp-error"), page.inner_text("#cmp-error")
     result = client.get(f"/v1/tuneforge/comparisons/{comparison_id}").json()["result"]
+    assert result["primary_metric"] == "grader:similar"
+    assert result["use_case"]["grader"] == grader
+    assert all(len(a["per_request_scores"]["grader:similar"]) == 3 for a in result["approaches"]), (
+        result["approaches"]
+    )
+    assert "grader:similar (text_similarity)" in page.inner_text("main")
     html = page.frame_locator("#report").locator("html").evaluate("e => e.outerHTML")
     check_report = _load_check_report()
     assert check_report.check_numbers(result, html) == []
