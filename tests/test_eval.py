@@ -223,7 +223,9 @@ def test_embedding_retriever_finds_paraphrases():
 
 
 @pytest.mark.skipif(baselines.embedding_model_folder() is None, reason="embedding model missing")
-def test_embeddings_in_length_sorted_batches_equal_one_at_a_time_and_are_kept(isolated_home):
+def test_embeddings_in_length_sorted_batches_equal_one_at_a_time_and_are_kept(
+    isolated_home, monkeypatch
+):
     import torch
 
     docs = ["short", "a much longer text about baking bread with flour and water " * 5, "mid one"]
@@ -238,19 +240,27 @@ def test_embeddings_in_length_sorted_batches_equal_one_at_a_time_and_are_kept(is
     assert len(kept) == 1
     calls = []
     original = baselines.Embeddings._embed
-    baselines.Embeddings._embed = lambda self, texts: (
-        calls.append(len(texts)) or original(self, texts)
+    monkeypatch.setattr(
+        baselines.Embeddings,
+        "_embed",
+        lambda self, texts: calls.append(len(texts)) or original(self, texts),
     )
-    try:
-        again = baselines.make_retriever(docs, "embeddings")
-        assert calls == [] and torch.equal(again.docs, retriever.docs)
-        kept[0].write_bytes(b"cut short")  # a damaged file is embedded again, not an error
-        again = baselines.make_retriever(docs, "embeddings")
-        assert calls == [len(docs)] and torch.equal(again.docs, retriever.docs)
-        baselines.make_retriever(docs[:5], "embeddings")  # other texts: their own file
-        assert calls == [len(docs), 5]
-    finally:
-        baselines.Embeddings._embed = original
+    again = baselines.make_retriever(docs, "embeddings")
+    assert calls == [] and torch.equal(again.docs, retriever.docs)
+    kept[0].write_bytes(b"cut short")  # a damaged file is embedded again, not an error
+    again = baselines.make_retriever(docs, "embeddings")
+    assert calls == [len(docs)] and torch.equal(again.docs, retriever.docs)
+    baselines.make_retriever(docs[:5], "embeddings")  # other texts: their own file
+    assert calls == [len(docs), 5]
+
+    # a home it cannot write to: the embeddings are still returned, no half file is left
+    blocked = isolated_home / "embeddings"
+    for file in blocked.iterdir():
+        file.unlink()
+    blocked.rmdir()
+    blocked.write_text("a file where the folder should be")
+    assert torch.equal(baselines.make_retriever(docs, "embeddings").docs, retriever.docs)
+    assert [p.name for p in isolated_home.iterdir()] == ["embeddings"]
 
 
 # -- recommendation --------------------------------------------------------------------------

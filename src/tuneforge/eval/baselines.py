@@ -10,6 +10,7 @@ chat. k shrinks, with a note, when the prompt and the answer would not fit the m
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import re
@@ -214,13 +215,14 @@ class Embeddings(Retriever):
         except Exception:  # absent, cut short or foreign: compute it again
             pass
         embedded = self._embed(texts)
+        partial = path.with_name(f"{path.stem}.{os.getpid()}.partial")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            partial = path.with_name(f"{path.stem}.{os.getpid()}.partial")
             save_file({"embeddings": embedded.contiguous()}, partial)
             os.replace(partial, path)
-        except OSError:
-            pass  # a read-only or full home: embed again next time
+        except OSError:  # a read-only or full home: embed again next time, leave no half file
+            with contextlib.suppress(OSError):
+                partial.unlink(missing_ok=True)
         return embedded
 
     def _embed(self, texts: list[str]) -> Any:
