@@ -44,3 +44,17 @@ def test_tuneforge_threads_wins_and_is_checked(monkeypatch):
     monkeypatch.setenv("TUNEFORGE_THREADS", "many")
     with pytest.raises(UsageError, match="TUNEFORGE_THREADS='many'"):
         device.choose_threads()
+
+
+def test_each_test_worker_gets_its_share_of_the_cores():
+    """tests/conftest.py: under pytest-xdist a worker gives the CLI it runs (TUNEFORGE_THREADS)
+    and torch in its own process cores / workers threads; more would oversubscribe the cores."""
+    import torch
+
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if os.environ.get("TUNEFORGE_TEST_THREADS") != "1":
+        pytest.skip("TUNEFORGE_THREADS was set by the caller, not by tests/conftest.py")
+    share = max(1, (os.cpu_count() or 1) // workers)
+    assert os.environ["TUNEFORGE_THREADS"] == str(share)
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        assert torch.get_num_threads() == share
