@@ -99,13 +99,16 @@ def test_a_failing_python_grader_scores_zero_with_the_reason(body, fragment):
     assert fragment.lower() in grade.details["python_grader_runtime_error"].lower()
 
 
-def test_a_looping_python_grader_is_stopped_at_its_time_limit():
-    from tuneforge.eval.graders import run_python_source
+def test_a_looping_python_grader_is_stopped_at_its_time_limit(monkeypatch):
+    from tuneforge.eval import graders
 
-    ok, why = run_python_source(
-        "def grade(sample, item):\n    while True: pass\n", {}, {}, timeout=2
-    )
-    assert not ok and "limit" in why
+    monkeypatch.setattr(graders, "PYTHON_TIMEOUT_S", 2)
+    source = "def grade(sample, item):\n    while True: pass\n"
+    grade = run_grader({"type": "python", "name": "loops", "source": source}, make_sample("x"))
+    # OpenAI's flag for a grader that does not answer in time.
+    assert grade.reward == 0.0 and grade.errors["unresponsive_reward_error"]
+    assert not grade.errors["python_grader_runtime_error"]
+    assert "2 s limit" in grade.details["unresponsive_reward_error"]
 
 
 def test_multi_grader_formula():

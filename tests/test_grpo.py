@@ -222,6 +222,96 @@ def test_bad_prompts_and_graders_are_clear_errors(prompt_dir, tiny_model_dir, tm
         make_plan(grpo_config(prompt_dir, tiny_model_dir, tmp_path / "o", grader=None))
 
 
+def python_grader(body: str) -> dict:
+    return {"type": "python", "name": "py", "source": "def grade(sample, item):\n" + body}
+
+
+def test_a_grader_failing_on_some_answers_is_told_once_and_counted(
+    prompt_dir, tiny_model_dir, tmp_path
+):
+    """Answers holding an "e" make the grader raise: they score 0 (OpenAI's rule), the run's
+    events name the reason once, and `frac_grader_errors` counts them at every step."""
+    picky = python_grader(
+        "    if 'e' in sample['output_text'].lower():\n"
+        "        raise ValueError('this grader cannot read an e')\n"
+        "    return 1.0\n"
+    )
+    events: list[str] = []
+    out = tmp_path / "picky"
+    config = grpo_config(
+        prompt_dir, tiny_model_dir, out, grader=picky, grpo_group_size=4, batch_size=2, max_steps=2
+    )
+    train(make_plan(config), on_event=events.append)
+    told = [e for e in events if "cannot read an e" in e]
+    assert len(told) == 1, events
+    assert told[0].startswith("preflight: the grader failed on ") and "score 0" in told[0]
+    rows = rd.read_metrics(out)
+    assert len(rows) == 2 and all(0.0 <= r["frac_grader_errors"] <= 1.0 for r in rows)
+    # An answer fails exactly when it scores 0 here: the fraction is the reward's complement.
+    assert [r["frac_grader_errors"] for r in rows] == pytest.approx([1 - r["reward"] for r in rows])
+
+
+def test_a_grader_that_fails_on_every_answer_stops_the_run_before_training(
+    prompt_dir, tiny_model_dir, tmp_path
+):
+    out = tmp_path / "broken"
+    config = grpo_config(
+        prompt_dir, tiny_model_dir, out, grader=python_grader("    return 1 / 0\n")
+    )
+    with pytest.raises(TrainingFailed, match="failed on every answer of the preflight"):
+        train(make_plan(config))
+    status = rd.read_status(out)
+    assert status["error"]["code"] == "grader_failed"
+    assert "ZeroDivisionError" in status["error"]["message"]
+    assert not rd.read_metrics(out)
+
+
+def test_a_grader_past_its_time_limit_in_a_row_stops_the_run(
+    prompt_dir, tiny_model_dir, tmp_path, monkeypatch
+):
+    """A looping python grader would cost its whole limit (2 minutes) on every answer: after
+    `GRADER_TIMEOUTS_IN_A_ROW` such answers the run stops and says why."""
+    from tuneforge.eval import graders
+    from tuneforge.train import recipe
+
+    monkeypatch.setattr(graders, "PYTHON_TIMEOUT_S", 0.5)
+    runs = []
+    original = graders.run_python_source
+
+    def counted(*args, **kwargs):
+        runs.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(graders, "run_python_source", counted)
+    out = tmp_path / "loops"
+    config = grpo_config(
+        prompt_dir, tiny_model_dir, out, grader=python_grader("    while True: pass\n")
+    )
+    with pytest.raises(TrainingFailed, match="time limit on 3 answers in a row"):
+        train(make_plan(config))
+    # Stopped after 3 answers, not after the preflight's 64.
+    assert len(runs) == recipe.GRADER_TIMEOUTS_IN_A_ROW == 3
+    status = rd.read_status(out)
+    assert status["error"]["code"] == "grader_timeout"
+    assert "0.5 s limit" in status["error"]["message"]
+
+
+def test_a_kl_penalty_with_init_from_is_refused(prompt_dir, tiny_model_dir, tmp_path):
+    """With LoRA the KL reference is the adapter switched off: the base, not init_from's run."""
+    config = grpo_config(
+        prompt_dir,
+        tiny_model_dir,
+        tmp_path / "o",
+        method="lora",
+        grpo_beta=0.04,
+        init_from=str(tmp_path / "some-sft-run"),
+    )
+    with pytest.raises(ConfigError) as info:
+        make_plan(config)
+    (problem,) = [p for p in info.value.problems if p.field == "grpo_beta"]
+    assert "not" in problem.message and "grpo_beta=0" in problem.message
+
+
 @pytest.mark.integration
 def test_kill_9_mid_run_then_resume_samples_and_logs_the_same(prompt_dir, tiny_model_dir, tmp_path):
     """`tuneforge train objective=grpo` killed with SIGKILL at a random step, then

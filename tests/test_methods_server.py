@@ -125,8 +125,9 @@ def test_openai_client_runs_and_validates_graders(tmp_path):
 
 
 def test_openai_client_runs_a_reinforcement_job(tiny_model_dir, tmp_path):
-    """A reinforcement job with a python grader: RFT prompts upload, the grader is checked when
-    the job is created, the worker trains, and events carry OpenAI's reward message."""
+    """Reinforcement jobs with a python and a string_check grader: RFT prompts upload, the
+    grader is checked when the job is created, the worker trains, and events carry OpenAI's
+    reward message."""
     from openai import OpenAI
 
     server = Server(tmp_path / "home").start()
@@ -166,5 +167,30 @@ def test_openai_client_runs_a_reinforcement_job(tiny_model_dir, tmp_path):
         assert any("train mean reward=" in m for m in log), log
         config = rd.read_config(server.home / "jobs" / job.id / "run")
         assert config["objective"] == "grpo" and config["grpo_group_size"] == 8
+
+        # The same prompts scored by a string_check grader, OpenAI's other common kind.
+        has_e = {
+            "type": "string_check",
+            "name": "has_e",
+            "input": "{{ sample.output_text }}",
+            "reference": "{{ item.want }}",
+            "operation": "ilike",
+        }
+        second = client.fine_tuning.jobs.create(
+            model=str(tiny_model_dir),
+            training_file=training.id,
+            method={
+                "type": "reinforcement",
+                "reinforcement": {
+                    "grader": has_e,
+                    "hyperparameters": {"n_epochs": 1, "batch_size": 4},
+                },
+            },
+            extra_body={"training_config": {"max_completion_tokens": 2}},
+        )
+        done = wait_for_job(client, second.id)
+        assert done.status == "succeeded", done.error
+        assert done.method.reinforcement.grader.type == "string_check"
+        assert any("train mean reward=" in m for m in messages(server, second.id))
     finally:
         server.stop()

@@ -77,8 +77,9 @@ class TrainConfig(BaseModel):
     grpo_beta: float = Field(
         0.0,
         ge=0,
-        description="grpo only: weight of the KL penalty to the starting model. 0 (TRL's "
-        "default): none, and no reference forward pass. LoRA only when above 0.",
+        description="grpo only: weight of the KL penalty to the base model (the adapter "
+        "switched off). 0 (TRL's default): none, and no reference forward pass. Above 0: LoRA "
+        "only, and not with init_from.",
     )
     grpo_loss_type: Literal["dapo", "grpo", "dr_grpo", "bnpo"] = Field(
         "dapo",

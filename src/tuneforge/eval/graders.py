@@ -12,7 +12,8 @@ Types (OpenAI's field names, https://platform.openai.com/docs/guides/graders):
 - `python`: `source` defining `grade(sample, item) -> float`, run in a separate process with a
   wall-clock limit, CPU and memory limits (RLIMIT_CPU, RLIMIT_AS), a scrubbed environment, a
   temporary working folder and, where `unshare -rn` works (Linux user namespaces), no network.
-  An exception, a timeout or a non-number scores 0, with the reason in `errors`.
+  An exception, a timeout or a non-number scores 0, with the reason in `errors` (a timeout
+  as OpenAI's `unresponsive_reward_error`, the others `python_grader_runtime_error`).
 - `multi`: `graders` (an object of named graders, none of them `multi`) and `calculate_output`, a
   formula over their names with + - * / ^ and min max abs floor ceil exp sqrt log, parsed with
   `ast` and evaluated by walking the tree (never `eval`).
@@ -72,6 +73,7 @@ FORMULA_FUNCTIONS = {
 MAX_SOURCE_BYTES = 256 * 1024  # OpenAI's limit on a python grader's code
 PYTHON_TIMEOUT_S = 120.0  # OpenAI's: 2 minutes per grading execution
 PYTHON_MEMORY_BYTES = 2 * 1024**3  # OpenAI's: 2 GB of RAM
+TIMED_OUT = "the grader ran over its"  # how a timeout's reason starts (unresponsive_reward_error)
 ERROR_FLAGS = (
     "formula_parse_error",
     "invalid_variable_error",
@@ -508,6 +510,8 @@ def _run(spec: dict, sample: dict, item: dict, grade: Grade, judge: Any) -> None
             ok, value = run_python_source(spec["source"], sample, item)
             if ok:
                 grade.reward = value
+            elif value.startswith(TIMED_OUT):
+                grade.failed("unresponsive_reward_error", value)
             else:
                 grade.failed("python_grader_runtime_error", value)
     elif kind == "score_model":
@@ -631,10 +635,12 @@ def run_python_source(
     sample: dict,
     item: dict,
     *,
-    timeout: float = PYTHON_TIMEOUT_S,
+    timeout: float | None = None,
     memory_bytes: int = PYTHON_MEMORY_BYTES,
 ) -> tuple[bool, Any]:
-    """(True, score) or (False, why). The grader runs in its own process, killed at `timeout`."""
+    """(True, score) or (False, why). The grader runs in its own process, killed at `timeout`
+    (default `PYTHON_TIMEOUT_S`)."""
+    timeout = PYTHON_TIMEOUT_S if timeout is None else timeout
     payload = json.dumps({"source": source, "sample": sample, "item": item})
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONDONTWRITEBYTECODE": "1"}
     cpu = max(1, math.ceil(timeout))
@@ -659,7 +665,7 @@ def run_python_source(
                 env=env,
             )
         except subprocess.TimeoutExpired:
-            return False, f"the grader ran over its {timeout:g} s limit and was stopped"
+            return False, f"{TIMED_OUT} {timeout:g} s limit and was stopped"
     try:
         result = json.loads(done.stdout)
     except json.JSONDecodeError:

@@ -30,6 +30,7 @@ EXTRA_METRIC_NAMES = (
     "completions/",
     "clip_ratio/",
     "kl",
+    "grader_errors",
 )
 EXIT_LEASE_HELD = 75  # EX_TEMPFAIL: another worker owns the job; nothing was touched
 

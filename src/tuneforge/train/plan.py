@@ -552,6 +552,15 @@ def make_plan(config: TrainConfig, run_dir: Path | None = None) -> Plan:
                 "use method=lora, or grpo_beta=0",
             )
         )
+    elif grpo and config.grpo_beta > 0 and config.init_from is not None:
+        problems.append(
+            Problem(
+                "grpo_beta",
+                "the KL reference is the model with its adapter switched off, which is the base "
+                f"model, not {config.init_from} that this run starts from: the penalty would pull "
+                "it back toward the base. Use grpo_beta=0 (TRL's default), or leave out init_from",
+            )
+        )
     train: list = []
     validation: list = []
     if grpo and tokenizer is not None and template is not None:

@@ -22,6 +22,7 @@ import os
 import random
 import signal
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,11 @@ from tuneforge.train import dpo, grpo
 from tuneforge.train.bf16 import cast_once_for_bf16
 from tuneforge.train.compiled import compile_layers
 from tuneforge.train.plan import Plan, TokenizedExample
+
+# GRPO: a grader past its time limit on this many answers in a row stops the run (at OpenAI's
+# 2-minute limit, a looping grader would otherwise cost hours per step).
+GRADER_TIMEOUTS_IN_A_ROW = 3
+MAX_GRADER_REASONS = 5  # distinct grader failures told in a run's events; later ones only counted
 
 StepCallback = Callable[[dict[str, Any]], None]
 
@@ -343,6 +349,8 @@ class SFTRecipe:
         self.interrupted: str | None = None
         self.started = time.time()
         self.elapsed_before = 0.0  # training seconds of earlier (interrupted) sessions
+        self._grader_reasons: set[str] = set()  # grader failures already told (GRPO)
+        self._timeouts_in_a_row = 0
 
     # -- setup -----------------------------------------------------------------------------
     def setup(self, resume: bool = False) -> None:
@@ -646,6 +654,54 @@ class SFTRecipe:
         text = self.plan.tokenizer.decode(answer, skip_special_tokens=True)
         return run_grader(self.config.grader, make_sample(text), prompt.item)
 
+    def _score_groups(self, prompts: list[Any], groups: list[list[Any]], where: str) -> list:
+        """Grade every answer of every group. A grader that fails on an answer scores it 0
+        (OpenAI's rule); the run's events say why — each reason once — since a silent 0 looks
+        like a bad model. A grader that runs past its time limit on `GRADER_TIMEOUTS_IN_A_ROW`
+        answers in a row stops the run: it loops, or is too slow, and each answer would cost
+        the whole limit."""
+        grades = []
+        for prompt, answers in zip(prompts, groups, strict=True):
+            row = []
+            for ids, _ in answers:
+                grade = self._score(prompt, ids)
+                if grade.errors.get("unresponsive_reward_error"):
+                    self._timeouts_in_a_row += 1
+                    if self._timeouts_in_a_row >= GRADER_TIMEOUTS_IN_A_ROW:
+                        self._fail(
+                            "grader_timeout",
+                            f"{where}: the grader {grade.name!r} ran past its time limit on "
+                            f"{self._timeouts_in_a_row} answers in a row "
+                            f"({grade.details['unresponsive_reward_error']}): it loops, or is "
+                            "too slow for this machine. Fix it, try it on one answer with POST "
+                            "/v1/fine_tuning/alpha/graders/run, and start the run again",
+                        )
+                else:
+                    self._timeouts_in_a_row = 0
+                row.append(grade)
+            grades.append(row)
+        self._tell_grader_failures([g for row in grades for g in row], where)
+        return grades
+
+    def _tell_grader_failures(self, grades: list, where: str) -> None:
+        reasons = Counter(
+            reason
+            for grade in grades
+            for flag, reason in grade.details.items()
+            if grade.errors.get(flag)
+        )
+        new = [r for r in reasons if r not in self._grader_reasons]
+        if not new or len(self._grader_reasons) >= MAX_GRADER_REASONS:
+            return
+        new = new[: MAX_GRADER_REASONS - len(self._grader_reasons)]
+        self._grader_reasons.update(new)
+        failed = sum(1 for grade in grades if any(grade.errors.values()))
+        self.on_event(
+            f"{where}: the grader failed on {failed} of {len(grades)} answers, which score 0: "
+            + "; ".join(f"{reason} ({reasons[reason]}×)" for reason in new)
+            + " (each reason is told once; frac_grader_errors counts failures at every step)"
+        )
+
     def _preflight(self) -> None:
         """Before training: sample groups from the starting model on the first prompts. If every
         group scores the same, no answer is better than its siblings and GRPO has nothing to
@@ -653,10 +709,9 @@ class SFTRecipe:
         config = self.config
         prompts = self.plan.train[: min(8, len(self.plan.train))]
         groups = self._sample(prompts, config.grpo_group_size, seed=config.seed * 1_000_003 - 1)
-        rewards = [
-            [self._score(prompt, a).reward for a, _ in answers]
-            for prompt, answers in zip(prompts, groups, strict=True)
-        ]
+        grades = self._score_groups(prompts, groups, "preflight")
+        rewards = [[grade.reward for grade in row] for row in grades]
+        failed = [grade for row in grades for grade in row if any(grade.errors.values())]
         flat = [r for group in rewards for r in group]
         zero = sum(1 for group in rewards if max(group) == min(group)) / len(rewards)
         mean = sum(flat) / len(flat)
@@ -668,6 +723,14 @@ class SFTRecipe:
             f"preflight: {len(prompts)} prompts × {config.grpo_group_size} answers from the "
             f"starting model: mean reward {mean:.3f}, {zero:.0%} of groups without spread"
         )
+        if failed and len(failed) == len(flat):
+            reason = next(r for flag, r in failed[0].details.items() if failed[0].errors[flag])
+            self._fail(
+                "grader_failed",
+                f"the grader failed on every answer of the preflight ({reason}), so every "
+                "reward is 0 and GRPO has nothing to learn. Fix the grader, try it on one answer "
+                "with POST /v1/fine_tuning/alpha/graders/run, and start the run again",
+            )
         if zero == 1.0:
             self._fail(
                 "no_reward_signal",
@@ -690,10 +753,7 @@ class SFTRecipe:
         # what the uninterrupted one did.
         G = config.grpo_group_size
         answers = self._sample(prompts, G, seed=(config.seed * 1_000_003 + step) * 4096)
-        grades = [
-            [self._score(prompt, ids) for ids, _ in group]
-            for prompt, group in zip(prompts, answers, strict=True)
-        ]
+        grades = self._score_groups(prompts, answers, f"step {step + 1}")
         rewards = torch.tensor([[g.reward for g in group] for group in grades])
         advantages = grpo.group_advantages(rewards)
         flat = [
@@ -753,6 +813,10 @@ class SFTRecipe:
             "completions/mean_length": sum(lengths) / len(lengths),
             "completions/clipped_ratio": sum(1 for *_, done in flat if not done) / len(flat),
             "clip_ratio/region_mean": clipped / max(1, tokens),
+            "frac_grader_errors": sum(
+                1 for group in grades for g in group if any(g.errors.values())
+            )
+            / len(flat),
         }
         metrics |= _grader_means(config.grader, [g for group in grades for g in group])
         if config.grpo_beta > 0:
