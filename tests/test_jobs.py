@@ -345,6 +345,57 @@ def test_kill_9_of_the_server_alone_never_starts_a_second_worker(tiny_model_dir,
 
 
 @pytest.mark.integration
+def test_pause_and_resume_a_reinforcement_job(tiny_model_dir, tmp_path):
+    """Pause and resume work for every method: a GRPO job paused after a checkpoint resumes
+    from it and succeeds."""
+    from test_api_openai_client import Server
+
+    prompts = [
+        {"messages": [{"role": "user", "content": f"Prompt {i}"}], "want": "e"} for i in range(16)
+    ]
+    server = Server(tmp_path / "home").start()
+    try:
+        data = write_lines(tmp_path / "prompts.jsonl", prompts)
+        with data.open("rb") as f:
+            file = api_post(server, "/v1/files", files={"file": f}, data={"purpose": "fine-tune"})
+        grader = {
+            "type": "string_check",
+            "name": "has_e",
+            "input": "{{ sample.output_text }}",
+            "reference": "{{ item.want }}",
+            "operation": "ilike",
+        }
+        body = {
+            "model": str(tiny_model_dir),
+            "training_file": file["id"],
+            "method": {
+                "type": "reinforcement",
+                "reinforcement": {
+                    "grader": grader,
+                    "hyperparameters": {"n_epochs": 3, "batch_size": 2, "compute_multiplier": 1},
+                },
+            },
+            "training_config": {"checkpoint_every": 1, "max_completion_tokens": 2},
+        }
+        job = api_post(server, "/v1/fine_tuning/jobs", json=body)
+        worker = wait_for_checkpoint(server, job["id"], step=2)
+        assert api_post(server, f"/v1/fine_tuning/jobs/{job['id']}/pause")["status"] == "paused"
+        deadline = time.time() + 60
+        while pid_alive(worker) and time.time() < deadline:
+            time.sleep(0.1)
+        assert not pid_alive(worker)
+        run = server.home / "jobs" / job["id"] / "run"
+        paused_at = rd.latest_checkpoint(run)[0]
+        assert paused_at < 24  # paused mid-run, not after the last step
+        api_post(server, f"/v1/fine_tuning/jobs/{job['id']}/resume")
+        done = wait_for_status(server, job["id"], ("succeeded", "failed"))
+        assert done["status"] == "succeeded", done["error"]
+        assert f"resumed from checkpoint step-{paused_at}" in messages(server, job["id"])
+        assert [r["step"] for r in rd.read_metrics(run)] == list(range(1, 25))
+    finally:
+        server.stop()
+
+
 def test_pause_resume_and_cancel_a_running_job(tiny_model_dir, tmp_path):
     from test_api_openai_client import Server
 
