@@ -723,15 +723,16 @@ class SFTRecipe:
             f"preflight: {len(prompts)} prompts × {config.grpo_group_size} answers from the "
             f"starting model: mean reward {mean:.3f}, {zero:.0%} of groups without spread"
         )
-        if failed and len(failed) == len(flat):
-            reason = next(r for flag, r in failed[0].details.items() if failed[0].errors[flag])
-            self._fail(
-                "grader_failed",
-                f"the grader failed on every answer of the preflight ({reason}), so every "
-                "reward is 0 and GRPO has nothing to learn. Fix the grader, try it on one answer "
-                "with POST /v1/fine_tuning/alpha/graders/run, and start the run again",
-            )
         if zero == 1.0:
+            if failed and len(failed) == len(flat):
+                reason = next(r for flag, r in failed[0].details.items() if failed[0].errors[flag])
+                self._fail(
+                    "grader_failed",
+                    f"the grader failed on every answer of the preflight ({reason}), so "
+                    "every answer scores the same and GRPO has nothing to learn. Fix the "
+                    "grader, try it on one answer with POST /v1/fine_tuning/alpha/graders/run, "
+                    "and start the run again",
+                )
             self._fail(
                 "no_reward_signal",
                 f"every sampled group of the starting model scored the same (all "
