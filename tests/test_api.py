@@ -295,6 +295,8 @@ def test_a_dpo_job_echoes_its_method_and_the_schema_lists_the_methods(api, tiny)
 
 
 def test_a_reinforcement_job_takes_openais_fields_and_checks_its_grader(api, tiny):
+    from tuneforge.jobs.spec import job_config
+
     prompts = [
         {"messages": [{"role": "user", "content": f"Say {i}"}], "answer": str(i)} for i in range(8)
     ]
@@ -314,7 +316,13 @@ def test_a_reinforcement_job_takes_openais_fields_and_checks_its_grader(api, tin
             "type": "reinforcement",
             "reinforcement": {
                 "grader": grader,
-                "hyperparameters": {"compute_multiplier": 2, "reasoning_effort": "low"},
+                "response_format": {"type": "json_schema", "json_schema": {"name": "n"}},
+                "hyperparameters": {
+                    "compute_multiplier": 2,
+                    "reasoning_effort": "low",
+                    "eval_interval": 3,
+                    "eval_samples": 2,
+                },
             },
         },
     }
@@ -325,6 +333,16 @@ def test_a_reinforcement_job_takes_openais_fields_and_checks_its_grader(api, tin
     assert job["method"]["reinforcement"]["hyperparameters"]["compute_multiplier"] == 2
     stored = api.app.state.store.get_job(job["id"])
     assert stored["training_config"] == {"objective": "grpo", "grader": grader}
+    # What the fields become here: 4 × 2 answers per prompt, a validation every 3 steps;
+    # eval_samples, reasoning_effort and response_format are accepted and change nothing.
+    config = job_config(stored, Path("train.jsonl"), None)
+    assert (config.grpo_group_size, config.eval_every) == (8, 3)
+    plain = job_config(
+        stored | {"hyperparameters": {"compute_multiplier": 2, "eval_interval": 3}},
+        Path("train.jsonl"),
+        None,
+    )
+    assert plain == config
     bad = body | {
         "method": {
             "type": "reinforcement",

@@ -133,6 +133,63 @@ def test_disabled_adapter_reference_equals_the_base_model(tiny_model_dir, tokeni
     assert torch.equal(reference.float(), expected.float())
 
 
+def summed_logp(model, example) -> float:
+    """The answer's summed log-prob from a plain forward pass over this sequence alone."""
+    logits = model(input_ids=torch.tensor([example.input_ids])).logits[0, :-1]
+    targets = torch.tensor(example.input_ids[1:])
+    mask = torch.tensor(example.labels[1:]) != -100
+    return torch.log_softmax(logits, -1).gather(1, targets[:, None])[:, 0][mask].sum().item()
+
+
+def test_pairs_packed_in_one_row_score_as_each_sequence_alone(tiny_model_dir, tokenizer, template):
+    """DPO always packs a micro-batch's pairs into one row ([chosen₀, rejected₀, chosen₁, …]):
+    each sequence's summed log-prob equals that sequence run alone through the model (fp32,
+    1e-5), and the same row without its segment bounds — every token seeing the earlier
+    sequences — does not, so the check can fail."""
+    from dataclasses import replace
+
+    from transformers import AutoModelForCausalLM
+
+    from tuneforge.data.conversation import Conversation, Message
+    from tuneforge.data.tokenize import encode_pair
+    from tuneforge.models.attention import use_varlen_attention
+    from tuneforge.train import dpo
+    from tuneforge.train.plan import TokenizedExample, TokenizedPair
+
+    pairs = []
+    for question, good, bad in [
+        ("Pick one.", "Apples, please.", "No."),
+        ("What is two plus two? Answer briefly.", "Four.", "It is five, I think."),
+        ("Name a colour.", "Blue", "A colour is a property of light and of the eye that sees it."),
+    ]:
+        conv = Conversation(
+            (Message("user", question), Message("assistant", good)),
+            rejected=(Message("assistant", bad),),
+        )
+        chosen, rejected = encode_pair(conv, tokenizer, template)
+        pairs.append(
+            TokenizedPair(
+                TokenizedExample(chosen.input_ids, chosen.labels),
+                TokenizedExample(rejected.input_ids, rejected.labels),
+            )
+        )
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    use_varlen_attention(model)
+    cpu = torch.device("cpu")
+    packed = dpo.make_pair_batch(pairs)
+    with torch.no_grad():
+        together, _ = dpo.sequence_logps(model, packed, cpu)
+        alone = torch.tensor(
+            [[summed_logp(model, ex) for ex in (p.chosen, p.rejected)] for p in pairs]
+        )
+        # A single segment over the whole row: the later sequences attend to the earlier ones.
+        crossed, _ = dpo.sequence_logps(model, replace(packed, bounds=[0, packed.bounds[-1]]), cpu)
+    assert together.shape == (3, 2)
+    torch.testing.assert_close(together, alone, rtol=0, atol=1e-5)
+    assert torch.allclose(crossed[0, 0], alone[0, 0], atol=1e-5)  # the first sees nothing before
+    assert (crossed.flatten()[1:] - alone.flatten()[1:]).abs().min() > 1e-3
+
+
 def test_dpo_loss_gradient_is_minus_beta_over_two_at_zero():
     from tuneforge.train import dpo
 

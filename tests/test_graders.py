@@ -153,6 +153,28 @@ def test_score_model_parses_the_judges_number():
     assert no_number.reward == 0.0 and no_number.errors["model_grader_parse_error"]
 
 
+@pytest.mark.integration
+def test_score_model_asks_a_real_local_model(monkeypatch):
+    """No injected judge: the registry's default model is loaded and answers the rendered prompt
+    greedily; its number is the score (the 135M model is no judge of quality, but it can
+    repeat a digit, which is enough to show the sample reaches it and its answer is read)."""
+    from tuneforge.eval import graders
+
+    monkeypatch.setattr(graders, "_JUDGES", {})
+    ask = "Repeat this number and nothing else:"
+    spec = validate_grader(
+        {
+            "type": "score_model",
+            "name": "echo",
+            "model": "smollm2-135m-instruct",
+            "input": [{"role": "user", "content": f"{ask} {{{{ sample.output_text }}}}"}],
+            "range": [0, 10],
+        }
+    )
+    assert [run_grader(spec, make_sample(d)).reward for d in ("7", "3", "0")] == [7.0, 3.0, 0.0]
+    assert list(graders._JUDGES) == ["smollm2-135m-instruct"]  # loaded once, kept
+
+
 def test_a_function_grader(tmp_path, monkeypatch):
     (tmp_path / "my_reward.py").write_text(
         "def exact(sample, item):\n    return float(sample['output_text'] == item['a'])\n"
