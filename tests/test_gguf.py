@@ -8,7 +8,6 @@ llama.cpp itself wrote) and answers the demo prompts as tuneforge does (integrat
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
@@ -146,43 +145,34 @@ def test_the_tokenizer_and_template_travel(tiny, tmp_path):
 # -- Ollama ------------------------------------------------------------------------------------
 
 
-def render_go_subset(template: str, system: str | None, messages: list[Message]) -> str:
-    """The Go text/template subset we emit, with Ollama's rule that SYSTEM is prepended as a
-    message when the first message is not a system message: `{{- range .Messages }}`, `{{ end }}`,
-    `{{ .Role }}`, `{{ .Content }}` and text (`{{-` trims the whitespace before it)."""
-    if system and (not messages or messages[0].role != "system"):
-        messages = [Message("system", system), *messages]
-    parts = re.split(r"({{-?\s*[^}]*?\s*-?}})", template)
-    out: list[str] = []
-    i = 0
+OLLAMA_RENDER = Path(__file__).parent / "ollama" / "render.go"
 
-    def emit(start: int, end: int, message: Message | None) -> None:
-        for part in parts[start:end]:
-            if not part.startswith("{{"):
-                out.append(part)
-                continue
-            if part.startswith("{{-") and out:
-                out[-1] = out[-1].rstrip()
-            action = part.strip("{}- ")
-            out.append(
-                {".Role": message.role, ".Content": message.content}[action] if message else ""
-            )
 
-    while i < len(parts):
-        part = parts[i]
-        if part.startswith("{{") and "range .Messages" in part:
-            if part.startswith("{{-") and out:
-                out[-1] = out[-1].rstrip()
-            end = next(j for j in range(i + 1, len(parts)) if parts[j].strip("{}- ") == "end")
-            for message in messages:
-                emit(i + 1, end, message)
-            i = end + 1
-            continue
-        if part.startswith("{{"):
-            raise AssertionError(f"action outside the subset: {part}")
-        out.append(part)
-        i += 1
-    return "".join(out)
+def ollama_render(modelfile_path: Path, conversations: list[list[Message]]) -> dict:
+    """Ollama's own Modelfile parser, template code and SYSTEM rule (copied from its source into
+    tests/ollama/render.go) run by Go: the Modelfile's commands and each conversation's prompt.
+    Skips without Go on a developer machine; fails under CI=true (`.ci/run` installs Debian's
+    golang-go)."""
+    import json
+    import os
+    import shutil
+    import subprocess
+
+    if shutil.which("go") is None:
+        why = "no Go toolchain (apt-get install golang-go) to run Ollama's template code"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{why} on this CI machine: the Modelfile check must run in CI")
+        pytest.skip(why)
+    payload = [[{"role": m.role, "content": m.content} for m in c] for c in conversations]
+    done = subprocess.run(
+        ["go", "run", str(OLLAMA_RENDER), str(modelfile_path)],
+        input=json.dumps(payload),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
 
 
 CONVERSATIONS = [
@@ -205,39 +195,63 @@ CONVERSATIONS = [
 ]
 
 
-def test_modelfile_renders_what_the_jinja_template_renders(tiny, tmp_path):
+def test_ollama_renders_the_modelfile_as_our_jinja_template(tiny, tmp_path):
     from tuneforge.inference.gguf_export import default_system
 
-    text = modelfile(
-        tmp_path / "m.gguf",
-        tmp_path,
-        tiny.template,
-        chatml_stop_tokens(tiny.tokenizer, tiny.text.eos_ids),
-        2048,
+    path = tmp_path / "Modelfile"
+    path.write_text(
+        modelfile(
+            tmp_path / "m.gguf",
+            tmp_path,
+            tiny.template,
+            chatml_stop_tokens(tiny.tokenizer, tiny.text.eos_ids),
+            2048,
+            trained_system="Extract the ingredients.",
+        )
     )
-    assert "FROM ./m.gguf" in text
-    template = re.search(r'TEMPLATE """(.*?)"""', text, re.S).group(1)
-    assert template == CHATML_TEMPLATE
-    system = re.search(r'SYSTEM """(.*?)"""', text, re.S).group(1)
-    assert system == default_system(tiny.template)  # SmolLM2's default system prompt
-    stops = re.findall(r'PARAMETER stop "(.*?)"', text)
-    assert "<|im_end|>" in stops
+    ollama = ollama_render(path, CONVERSATIONS)
+    commands: dict[str, list[str]] = {}
+    for command in ollama["commands"]:
+        commands.setdefault(command["name"], []).append(command["args"])
+    assert commands["model"] == ["./m.gguf"]
+    assert commands["template"] == [CHATML_TEMPLATE]
+    assert commands["system"] == [default_system(tiny.template)]  # SmolLM2's default
+    assert commands["num_ctx"] == ["2048"] and commands["temperature"] == ["0"]
     vocab = tiny.tokenizer.get_vocab()
-    assert all(s in vocab for s in stops)  # each stop is one token
-    for messages in CONVERSATIONS:
+    assert "<|im_end|>" in commands["stop"] and all(s in vocab for s in commands["stop"])
+    for messages, prompt in zip(CONVERSATIONS, ollama["renders"], strict=True):
         jinja = tiny.template.render_conversation(
             Conversation(tuple(messages)), add_generation_prompt=True
         )
-        assert render_go_subset(template, system, messages) == jinja, messages
+        assert prompt == jinja, messages
 
 
-def test_the_renderer_can_tell_a_wrong_template(tiny):
-    wrong = CHATML_TEMPLATE.replace("<|im_end|>\n{{ end }}", "<|im_end|>{{ end }}")
+def test_ollama_merges_consecutive_turns_of_one_role(tiny, tmp_path):
+    """Ollama joins consecutive messages of one role with a blank line before rendering (its
+    template.collate); our template renders them as separate turns. Said in the Modelfile's
+    header, and shown here so the difference is known, not found by users."""
+    path = tmp_path / "Modelfile"
+    path.write_text(modelfile(tmp_path / "m.gguf", tmp_path, tiny.template, ["<|im_end|>"], 2048))
+    split = [Message("user", "first"), Message("user", "second")]
+    (prompt,) = ollama_render(path, [split])["renders"]
+    merged = Conversation((Message("user", "first\n\nsecond"),))
+    assert prompt == tiny.template.render_conversation(merged, add_generation_prompt=True)
+    assert prompt != tiny.template.render_conversation(
+        Conversation(tuple(split)), add_generation_prompt=True
+    )
+
+
+def test_the_check_can_tell_a_wrong_template(tiny, tmp_path):
+    """A Modelfile whose TEMPLATE drops the newline after each turn renders differently."""
+    path = tmp_path / "Modelfile"
+    text = modelfile(tmp_path / "m.gguf", tmp_path, tiny.template, ["<|im_end|>"], 2048)
+    path.write_text(text.replace("<|im_end|>\n{{ end }}", "<|im_end|>{{ end }}"))
     messages = CONVERSATIONS[2]
+    (prompt,) = ollama_render(path, [messages])["renders"]
     jinja = tiny.template.render_conversation(
         Conversation(tuple(messages)), add_generation_prompt=True
     )
-    assert render_go_subset(wrong, "s", messages) != jinja
+    assert prompt != jinja
 
 
 # -- the command and bad input -----------------------------------------------------------------
@@ -263,6 +277,16 @@ def test_export_command_writes_gguf_and_modelfile(tiny_model_dir, demo_dir, tmp_
     assert (logits(back, ids) - logits(merged, ids)).abs().max().item() <= 5e-2
     code, _, err = run_cli("export", run, "--ollama", tmp_path / "ollama", "--quant", "q8_0")
     assert code == 2 and "already exists" in err and "--overwrite" in err
+    # Ollama, sent the trained system prompt as the header says, gets the prompt we trained on.
+    from tuneforge import run_dir as rd
+
+    system = rd.read_status(run)["system_prompt"]
+    messages = [Message("system", system), Message("user", "Title: Soup")]
+    (prompt,) = ollama_render(tmp_path / "ollama" / "Modelfile", [messages])["renders"]
+    template = load_for_inference(run).template
+    assert prompt == template.render_conversation(
+        Conversation(tuple(messages)), add_generation_prompt=True
+    )
 
 
 @pytest.mark.parametrize(

@@ -331,6 +331,8 @@ def modelfile(
     if trained_system:
         lines.append(f"# Trained with the system prompt: {trained_system!r}; send it as the")
         lines.append("# first (system) message to get the answers tuneforge measured.")
+    lines.append("# Ollama joins consecutive messages of one role into one turn (a blank line")
+    lines.append("# between them); tuneforge renders each as its own turn.")
     lines += [f"FROM {source}", f'TEMPLATE """{CHATML_TEMPLATE}"""']
     system = default_system(template)
     if system:
