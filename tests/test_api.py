@@ -193,7 +193,7 @@ def test_a_succeeded_job_lists_its_step_metrics_csv(api, training_file, tiny):
     file = api.get(f"/v1/files/{file_id}").json()
     assert file["purpose"] == "fine-tune-results" and file["filename"] == "step_metrics.csv"
     assert api.get(f"/v1/files/{file_id}/content").text.splitlines() == [
-        "step,train_loss,train_mean_token_accuracy,valid_loss,valid_mean_token_accuracy,"
+        "step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy,"
         "full_valid_loss,full_valid_mean_token_accuracy",
         "1,2.5,0.25,,,,",
         "2,2.0,0.5,2.25,0.4,2.2,0.45",
@@ -393,6 +393,36 @@ def test_transitions_only_from_their_states(api, training_file, tiny):
     assert_error(api.post(f"/v1/fine_tuning/jobs/{job_id}/cancel"), 400, code="invalid_job_state")
     events = api.get(f"/v1/fine_tuning/jobs/{job_id}/events").json()["data"]
     assert events[0]["message"] == "Fine-tuning job cancelled"  # newest first
+
+
+def test_jobs_list_filters_by_metadata_as_openai(api, training_file, tiny):
+    """`jobs.list(metadata={"team": "a"})` sends `metadata[team]=a`; every pair must match."""
+    ids = {}
+    for name, metadata in [
+        ("a1", {"team": "a"}),
+        ("b", {"team": "b"}),
+        ("a2", {"team": "a", "x": "1"}),
+    ]:
+        body = {"model": tiny, "training_file": training_file, "metadata": metadata}
+        job = api.post("/v1/fine_tuning/jobs", json=body).json()
+        api.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel")
+        ids[name] = job["id"]
+
+    def listed(params) -> list[str]:
+        response = api.get("/v1/fine_tuning/jobs", params=params)
+        assert response.status_code == 200, response.text
+        return [j["id"] for j in response.json()["data"]]
+
+    assert listed({"metadata[team]": "a"}) == [ids["a2"], ids["a1"]]  # newest first
+    assert listed({"metadata[team]": "a", "metadata[x]": "1"}) == [ids["a2"]]
+    assert listed({"metadata[team]": "nobody"}) == []
+    page = api.get("/v1/fine_tuning/jobs", params={"metadata[team]": "a", "limit": 1}).json()
+    assert [j["id"] for j in page["data"]] == [ids["a2"]] and page["has_more"] is True
+    rest = listed({"metadata[team]": "a", "after": ids["a2"]})
+    assert rest == [ids["a1"]]
+    assert_error(
+        api.get("/v1/fine_tuning/jobs", params={"metadata": "team"}), 400, param="metadata"
+    )
 
 
 @pytest.mark.parametrize("query", [{"limit": 0}, {"limit": 101}, {"limit": "many"}])

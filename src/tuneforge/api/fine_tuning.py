@@ -252,12 +252,32 @@ def list_jobs(
     after: Annotated[str | None, Query(max_length=512)] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> dict[str, Any]:
-    rows = get_store(request).list_jobs(after=after, limit=limit + 1)
+    rows = get_store(request).list_jobs(
+        after=after, limit=limit + 1, metadata=_metadata_filter(request)
+    )
     return {
         "object": "list",
         "data": [job_object(j) for j in rows[:limit]],
         "has_more": len(rows) > limit,
     }
+
+
+def _metadata_filter(request: Request) -> dict[str, str]:
+    """OpenAI's `metadata[key]=value` query parameters (what the `openai` package sends for
+    `jobs.list(metadata={...})`): only jobs whose metadata has every such pair are listed."""
+    pairs: dict[str, str] = {}
+    for name, value in request.query_params.multi_items():
+        if name == "metadata" or (name.startswith("metadata") and not name.startswith("metadata[")):
+            raise APIError(
+                400,
+                "filter by metadata as metadata[key]=value (one parameter per key)",
+                param="metadata",
+            )
+        if name.startswith("metadata["):
+            if not name.endswith("]") or len(name) == len("metadata[]"):
+                raise APIError(400, f"{name!r} is not metadata[key]", param="metadata")
+            pairs[name[len("metadata[") : -1]] = value
+    return pairs
 
 
 def _get(request: Request, job_id: str) -> dict[str, Any]:

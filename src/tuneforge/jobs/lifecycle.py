@@ -88,6 +88,21 @@ RESULTS_FILENAME = "step_metrics.csv"  # OpenAI's name for a job's results file
 RESULTS_PURPOSE = "fine-tune-results"
 
 
+# The results file's columns as OpenAI's guide documents them (`step,train_loss,train_accuracy,
+# valid_loss,valid_mean_token_accuracy`, then the full-validation pair its files add) → the
+# metric each reads. Only the training accuracy is named differently there than in the API's
+# checkpoint metrics (`train_mean_token_accuracy`).
+RESULTS_COLUMNS = {
+    "train_loss": "train_loss",
+    "train_accuracy": "train_mean_token_accuracy",
+    "valid_loss": "valid_loss",
+    "valid_mean_token_accuracy": "valid_mean_token_accuracy",
+    "full_valid_loss": "full_valid_loss",
+    "full_valid_mean_token_accuracy": "full_valid_mean_token_accuracy",
+}
+assert set(RESULTS_COLUMNS.values()) == set(rd.METRIC_KEYS)
+
+
 def write_results_file(store: Store, job_id: str, run_dir: Path) -> str:
     """The run's metrics as OpenAI's results file (`step` and the OpenAI metric names, one row
     per step, empty where a step has no value), stored as a file of purpose fine-tune-results;
@@ -100,9 +115,9 @@ def write_results_file(store: Store, job_id: str, run_dir: Path) -> str:
 
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(["step", *rd.METRIC_KEYS])
+    writer.writerow(["step", *RESULTS_COLUMNS])
     for row in rd.read_metrics(run_dir):
-        writer.writerow([row["step"], *(row.get(key, "") for key in rd.METRIC_KEYS)])
+        writer.writerow([row["step"], *(row.get(key, "") for key in RESULTS_COLUMNS.values())])
     folder = files_dir()
     folder.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".results-", suffix=".csv", dir=folder)

@@ -275,12 +275,23 @@ class Store:
     def get_job(self, job_id: str) -> dict[str, Any] | None:
         return _row(self.conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
 
-    def list_jobs(self, *, after: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
-        query = "SELECT * FROM jobs"
+    def list_jobs(
+        self, *, after: str | None = None, limit: int = 20, metadata: dict[str, str] | None = None
+    ) -> list[dict[str, Any]]:
+        """Newest first; with `metadata`, only jobs whose metadata holds every key/value pair."""
+        where: list[str] = []
         params: list[Any] = []
         if after:
-            query += " WHERE rowid < (SELECT rowid FROM jobs WHERE id = ?)"
+            where.append("rowid < (SELECT rowid FROM jobs WHERE id = ?)")
             params.append(after)
+        for key, value in (metadata or {}).items():
+            where.append(
+                "EXISTS (SELECT 1 FROM json_each(jobs.metadata) WHERE key = ? AND value = ?)"
+            )
+            params += [key, value]
+        query = "SELECT * FROM jobs"
+        if where:
+            query += " WHERE " + " AND ".join(where)
         query += " ORDER BY rowid DESC LIMIT ?"
         params.append(limit)
         return [_row(r) for r in self.conn.execute(query, params)]
