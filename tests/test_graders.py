@@ -135,7 +135,7 @@ def test_score_model_parses_the_judges_number():
     spec = {
         "type": "score_model",
         "name": "judge",
-        "model": "any-local-model",
+        "model": "smollm2-135m-instruct",  # the judge is injected below: nothing loads
         "input": [{"role": "user", "content": "Rate: {{ sample.output_text }}"}],
         "range": [0, 1],
     }
@@ -259,6 +259,24 @@ def test_a_function_grader(tmp_path, monkeypatch):
                 "calculate_output": "a",
             },
             "grader.graders.a.input",
+        ),
+        (  # OpenAI's RFT examples name hosted judges; ours run locally
+            {
+                "type": "score_model",
+                "name": "j",
+                "model": "o3-mini-2025-01-31",
+                "input": [{"role": "user", "content": "Rate {{ sample.output_text }}"}],
+            },
+            "grader.model",
+        ),
+        (
+            {
+                "type": "score_model",
+                "name": "j",
+                "model": "./no/such/folder",
+                "input": [{"role": "user", "content": "Rate {{ sample.output_text }}"}],
+            },
+            "grader.model",
         ),
     ],
 )

@@ -42,6 +42,7 @@ import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from tuneforge.errors import TuneforgeError
@@ -231,7 +232,7 @@ def validate_grader(spec: Any, param: str = "grader", *, inside_multi: bool = Fa
         else:
             _check_python_source(_require(spec, "source", param), f"{param}.source")
     elif kind == "score_model":
-        _require(spec, "model", param)
+        _check_judge(_require(spec, "model", param), f"{param}.model")
         messages = _require(spec, "input", param, list)
         if not messages:
             raise GraderError(
@@ -275,6 +276,27 @@ def validate_grader(spec: Any, param: str = "grader", *, inside_multi: bool = Fa
             validate_grader(sub, f"{param}.graders.{key}", inside_multi=True)
         parse_formula(_require(spec, "calculate_output", param), set(graders), param)
     return spec
+
+
+def _check_judge(model: str, param: str) -> None:
+    """A score_model's judge runs here, so it must be a model tuneforge can load: a registry
+    name, a model folder or run directory that exists, or a hub id (`org/name`, from the local
+    Hugging Face cache when offline). OpenAI's hosted judges (`o3-mini`, `gpt-4.1`) are not."""
+    from tuneforge.models import REGISTRY
+    from tuneforge.models.registry import looks_like_path
+
+    if model in REGISTRY or Path(model).expanduser().exists():
+        return
+    if looks_like_path(model):
+        raise GraderError(f"{param}: {model}: no such folder", param=param)
+    if model.count("/") != 1:
+        raise GraderError(
+            f"{param} {model!r} is not a model tuneforge can run: score_model graders run their "
+            f"judge locally, not on OpenAI's servers; name one of {', '.join(REGISTRY)}, a "
+            "model folder, a run directory, or a Hugging Face id (org/name) cached on this "
+            "machine",
+            param=param,
+        )
 
 
 def _check_python_source(source: str, param: str) -> None:
