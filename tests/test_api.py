@@ -396,12 +396,15 @@ def test_transitions_only_from_their_states(api, training_file, tiny):
 
 
 def test_jobs_list_filters_by_metadata_as_openai(api, training_file, tiny):
-    """`jobs.list(metadata={"team": "a"})` sends `metadata[team]=a`; every pair must match."""
+    """`jobs.list(metadata={"squad": "a"})` sends `metadata[squad]=a`; every pair must match.
+
+    The key is one no other test in this module uses: the `api` fixture is shared.
+    """
     ids = {}
     for name, metadata in [
-        ("a1", {"team": "a"}),
-        ("b", {"team": "b"}),
-        ("a2", {"team": "a", "x": "1"}),
+        ("a1", {"squad": "a"}),
+        ("b", {"squad": "b"}),
+        ("a2", {"squad": "a", "x": "1"}),
     ]:
         body = {"model": tiny, "training_file": training_file, "metadata": metadata}
         job = api.post("/v1/fine_tuning/jobs", json=body).json()
@@ -413,12 +416,12 @@ def test_jobs_list_filters_by_metadata_as_openai(api, training_file, tiny):
         assert response.status_code == 200, response.text
         return [j["id"] for j in response.json()["data"]]
 
-    assert listed({"metadata[team]": "a"}) == [ids["a2"], ids["a1"]]  # newest first
-    assert listed({"metadata[team]": "a", "metadata[x]": "1"}) == [ids["a2"]]
-    assert listed({"metadata[team]": "nobody"}) == []
-    page = api.get("/v1/fine_tuning/jobs", params={"metadata[team]": "a", "limit": 1}).json()
+    assert listed({"metadata[squad]": "a"}) == [ids["a2"], ids["a1"]]  # newest first
+    assert listed({"metadata[squad]": "a", "metadata[x]": "1"}) == [ids["a2"]]
+    assert listed({"metadata[squad]": "nobody"}) == []
+    page = api.get("/v1/fine_tuning/jobs", params={"metadata[squad]": "a", "limit": 1}).json()
     assert [j["id"] for j in page["data"]] == [ids["a2"]] and page["has_more"] is True
-    rest = listed({"metadata[team]": "a", "after": ids["a2"]})
+    rest = listed({"metadata[squad]": "a", "after": ids["a2"]})
     assert rest == [ids["a1"]]
     assert_error(
         api.get("/v1/fine_tuning/jobs", params={"metadata": "team"}), 400, param="metadata"
@@ -463,6 +466,15 @@ def test_chat_completion_shape_and_usage(api, tiny):
     usage = body["usage"]
     assert 1 <= usage["completion_tokens"] <= 5
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+
+
+def test_response_format_text_and_logprobs_false_are_accepted(api, tiny):
+    """What OpenAI's defaults send explicitly; JSON modes and logprobs are 400s that say why."""
+    body = {"max_tokens": 3, "temperature": 0, "logprobs": False}
+    response = chat(api, tiny, response_format={"type": "text"}, **body)
+    assert response.status_code == 200, response.text
+    error = assert_error(chat(api, tiny, response_format={"type": "json_object"}), 400)
+    assert "free text" in error["message"] and "Value error" not in error["message"]
 
 
 def test_n_choices_and_seeded_sampling(api, tiny):
@@ -578,6 +590,8 @@ def test_message_variants_are_accepted(api, tiny):
         ({"logprobs": True}, "logprobs", None),
         ({"presence_penalty": 1.0}, "presence_penalty", None),
         ({"response_format": {"type": "json_object"}}, "response_format", None),
+        ({"response_format": {"type": "json_schema", "json_schema": {}}}, "response_format", None),
+        ({"top_logprobs": 3}, "top_logprobs", None),
         ({"model": ""}, "model", None),
     ],
 )

@@ -102,7 +102,8 @@ def _describe(error: dict[str, Any]) -> str:
         return f"Missing required parameter: '{where}'" if where else "The request body is missing"
     got = error.get("input")
     shown = "" if isinstance(got, dict | list) or got is None else f" (got {str(got)[:60]!r})"
-    return f"Invalid value for '{where or 'body'}': {error['msg']}{shown}"
+    message = error["msg"].removeprefix("Value error, ")  # our validators' own words
+    return f"Invalid value for '{where or 'body'}': {message}{shown}"
 
 
 async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

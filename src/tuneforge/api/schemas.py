@@ -412,7 +412,29 @@ class ChatCompletionRequest(Strict):
     user: str | None = Field(None, max_length=MAX_ID)
     presence_penalty: float | None = Field(None, ge=0, le=0, description="Only 0 is supported.")
     frequency_penalty: float | None = Field(None, ge=0, le=0, description="Only 0 is supported.")
-    logprobs: Literal[False] | None = Field(None, description="Not supported.")
+    logprobs: bool | None = Field(None, description="Not supported yet: only false.")
+    top_logprobs: int | None = Field(None, description="Not supported yet.")
+    response_format: dict[str, Any] | None = Field(
+        None, description='Only {"type": "text"} (the default): no constrained JSON output yet.'
+    )
+
+    @field_validator("logprobs", "top_logprobs")
+    @classmethod
+    def _no_logprobs(cls, value: bool | int | None) -> bool | int | None:
+        if value:
+            raise ValueError("tuneforge does not return log-probabilities yet; leave it out")
+        return value
+
+    @field_validator("response_format")
+    @classmethod
+    def _text_only(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None and value.get("type") != "text":
+            raise ValueError(
+                f"type {value.get('type')!r}: tuneforge answers in free text and cannot constrain "
+                'output to JSON yet; send {"type": "text"} or leave it out, and ask for JSON in '
+                "the prompt (a model fine-tuned on JSON answers answers in JSON)"
+            )
+        return value
 
     @field_validator("stop")
     @classmethod
