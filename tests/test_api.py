@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 from helpers import good_examples
 
 from tuneforge.api.app import create_app
+from tuneforge.data.chat_template import tool_call_prefix
 
 UPLOAD_LIMIT = 64 * 1024
 # Jinja's sandbox caps one range() at 100k; nesting two makes 10^10 iterations of output.
@@ -477,6 +478,66 @@ def test_response_format_text_and_logprobs_false_are_accepted(api, tiny):
     assert "free text" in error["message"] and "Value error" not in error["message"]
 
 
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city now.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+}
+
+
+def stream_text(api, body: dict) -> tuple[str, list[dict]]:
+    """The content of a streamed answer, and its chunks' choices."""
+    with api.stream("POST", "/v1/chat/completions", json=body | {"stream": True}) as response:
+        assert response.status_code == 200, response.read()
+        lines = [line for line in response.iter_lines() if line and line != "data: [DONE]"]
+    choices = [c for line in lines for c in json.loads(line.removeprefix("data: "))["choices"]]
+    return "".join(c["delta"].get("content") or "" for c in choices), choices
+
+
+def test_tools_go_into_the_prompt_and_tool_choice_is_honoured(api, tiny):
+    """Tool definitions reach the prompt as training put them there; "none" leaves them out;
+    a named function starts the answer as its call (the random model then writes noise, which
+    comes back as text, not as a made-up call)."""
+    base = {"max_tokens": 3, "temperature": 0}
+    plain = chat(api, tiny, **base).json()["usage"]["prompt_tokens"]
+    with_tools = chat(api, tiny, tools=[WEATHER_TOOL], **base).json()
+    assert with_tools["usage"]["prompt_tokens"] > plain + 20  # the definition is in the prompt
+    none = chat(api, tiny, tools=[WEATHER_TOOL], tool_choice="none", **base).json()
+    assert none["usage"]["prompt_tokens"] == plain
+
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    body = {"tools": [WEATHER_TOOL], "tool_choice": named, **base}
+    forced = chat(api, tiny, **body).json()
+    (choice,) = forced["choices"]
+    assert choice["message"]["content"].startswith(tool_call_prefix("get_weather"))
+    assert choice["message"]["tool_calls"] is None and choice["finish_reason"] == "length"
+    assert forced["usage"]["prompt_tokens"] > with_tools["usage"]["prompt_tokens"]
+    streamed, _ = stream_text(
+        api, {"model": tiny, "messages": [{"role": "user", "content": "Hello there"}], **body}
+    )
+    assert streamed == choice["message"]["content"]  # greedy: the same answer both ways
+
+
+def test_openai_arguments_that_change_nothing_are_accepted(api, tiny):
+    body = {
+        "store": False,
+        "metadata": {"team": "a"},
+        "service_tier": "auto",
+        "prompt_cache_key": "k",
+        "safety_identifier": "user-1",
+        "parallel_tool_calls": False,
+        "tools": [WEATHER_TOOL | {"function": WEATHER_TOOL["function"] | {"strict": False}}],
+    }
+    response = chat(api, tiny, **body)
+    assert response.status_code == 200, response.text
+    assert response.json()["service_tier"] == "default"
+    streamed = chat(api, tiny, stream=True, stream_options={"include_obfuscation": False})
+    assert streamed.status_code == 200, streamed.text
+
+
 def test_n_choices_and_seeded_sampling(api, tiny):
     body = {"n": 3, "temperature": 1.0, "seed": 7, "max_tokens": 12}
     first = chat(api, tiny, **body).json()
@@ -592,6 +653,28 @@ def test_message_variants_are_accepted(api, tiny):
         ({"response_format": {"type": "json_object"}}, "response_format", None),
         ({"response_format": {"type": "json_schema", "json_schema": {}}}, "response_format", None),
         ({"top_logprobs": 3}, "top_logprobs", None),
+        ({"store": True}, "store", None),
+        ({"tool_choice": "auto"}, "tool_choice", None),
+        (
+            {
+                "tools": [WEATHER_TOOL],
+                "tool_choice": {"type": "function", "function": {"name": "x"}},
+            },
+            "tool_choice",
+            None,
+        ),
+        ({"tools": [WEATHER_TOOL], "tool_choice": "sometimes"}, "tool_choice", None),
+        (
+            {"tools": [WEATHER_TOOL | {"function": {"name": "f", "strict": True}}]},
+            "tools[0].function.strict",
+            None,
+        ),
+        (
+            {"tools": [{"type": "function", "function": {"name": "has space"}}]},
+            "tools[0].function.name",
+            None,
+        ),
+        ({"tools": [{"type": "custom", "custom": {"name": "f"}}]}, "tools", None),
         ({"model": ""}, "model", None),
     ],
 )

@@ -7,6 +7,7 @@ statuses, events, ids, usage counts, stream chunks and `data: [DONE]`.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -253,3 +254,97 @@ def test_cli_generate_uses_a_served_model_id(server, finished_job):
     )
     assert unknown.returncode == 2
     assert "unknown fine-tuned model" in unknown.stderr and "fix:" in unknown.stderr
+
+
+WEATHER_TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "The weather in a city now.",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        },
+    }
+]
+ASKED = {"role": "user", "content": "Weather in Paris?"}
+CALLED = {
+    "role": "assistant",
+    "tool_calls": [
+        {
+            "id": "call_1",
+            "type": "function",
+            "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+        }
+    ],
+}
+REPLY = "It is 18 °C in Paris."
+
+
+def test_function_calling_with_a_model_fine_tuned_on_tool_calls(
+    client, default_model_dir, tmp_path
+):
+    """OpenAI's function-calling fine-tune, end to end: train on conversations with `tools`,
+    then call the model with the same tools. The answer comes back as `tool_calls` the SDK
+    parses (whole and streamed), and the tool's result sent back gets the trained reply.
+
+    The real SmolLM2 (by its folder, so the server converts nothing): a LoRA on the random tiny
+    model cannot sharpen its output enough to write a call exactly (its loss stays near 9.6).
+    """
+
+    def row(i: int) -> dict:  # one conversation; only the call ids differ, as in real logs
+        called = {**CALLED, "tool_calls": [CALLED["tool_calls"][0] | {"id": f"call_{i}"}]}
+        result = {"role": "tool", "tool_call_id": f"call_{i}", "content": '{"temp_c": 18}'}
+        return {
+            "messages": [ASKED, called, result, {"role": "assistant", "content": REPLY}],
+            "tools": WEATHER_TOOLS,
+        }
+
+    with write_lines(tmp_path / "tools.jsonl", [row(i) for i in range(10)]).open("rb") as f:
+        training = client.files.create(file=f, purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(
+        training_file=training.id,
+        model=str(default_model_dir),
+        method={
+            "type": "supervised",
+            "supervised": {"hyperparameters": {"n_epochs": 4, "batch_size": 5}},
+        },
+        extra_body={"training_config": {"learning_rate": 1e-3}},  # learnt in 8 steps
+    )
+    job = wait_for_job(client, job.id)
+    assert job.status == "succeeded", job.error
+
+    asked = {"model": job.fine_tuned_model, "tools": WEATHER_TOOLS, "temperature": 0}
+    completion = client.chat.completions.create(messages=[ASKED], **asked)
+    choice = completion.choices[0]
+    assert choice.finish_reason == "tool_calls", choice.message.content
+    (call,) = choice.message.tool_calls
+    assert call.type == "function" and call.id.startswith("call_")
+    assert call.function.name == "get_weather"
+    assert json.loads(call.function.arguments) == {"city": "Paris"}
+    assert choice.message.content is None
+
+    chunks = list(client.chat.completions.create(messages=[ASKED], stream=True, **asked))
+    deltas = [d for c in chunks for d in (c.choices[0].delta.tool_calls or [])]
+    assert [(d.index, d.function.name) for d in deltas] == [(0, "get_weather")]
+    assert json.loads(deltas[0].function.arguments) == {"city": "Paris"}
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+    assert not "".join(c.choices[0].delta.content or "" for c in chunks)
+
+    result = {"role": "tool", "tool_call_id": call.id, "content": '{"temp_c": 18}'}
+    answer = client.chat.completions.create(messages=[ASKED, choice.message, result], **asked)
+    assert answer.choices[0].message.content == REPLY
+    assert answer.choices[0].message.tool_calls is None
+
+    forced = client.chat.completions.create(
+        messages=[ASKED],
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+        parallel_tool_calls=False,
+        **asked,
+    )
+    assert [c.function.name for c in forced.choices[0].message.tool_calls] == ["get_weather"]
+    # "none" leaves the tools out of the prompt: the model was never trained without them,
+    # so whatever it writes is plain text.
+    plain = client.chat.completions.create(
+        messages=[ASKED], tool_choice="none", max_tokens=8, **asked
+    )
+    assert plain.choices[0].message.tool_calls is None

@@ -11,7 +11,15 @@ import json
 import re
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from tuneforge.data.chat_template import (
+    ParsedAnswer,
+    parse_tool_calls,
+    template_messages,
+    tool_call_prefix,
+)
 from tuneforge.data.conversation import Conversation, Message
 from tuneforge.data.formats import parse_record
 from tuneforge.data.tokenize import IGNORE_INDEX, encode
@@ -139,6 +147,65 @@ def test_tool_calls_are_trained_as_the_assistant_turn(tokenizer, template):
     assert trained == f"<tool_call>\n{call}\n</tool_call><|im_end|>It is 18 °C in Paris.<|im_end|>"
     # The tool result and the tool definitions are context.
     assert '{"temp_c": 18}' in enc.text and "get_weather" in enc.text.split("<|im_end|>")[0]
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+calls_strategy = st.lists(
+    st.tuples(
+        st.from_regex(r"[A-Za-z0-9_-]{1,12}", fullmatch=True),
+        st.dictionaries(st.text(max_size=6), json_values, max_size=3),
+    ),
+    min_size=1,
+    max_size=3,
+)
+
+
+@given(content=st.text(max_size=20).filter(lambda t: "<tool_call>" not in t), calls=calls_strategy)
+def test_parse_tool_calls_inverts_the_trained_text(content, calls):
+    """What the server reads back from an answer is what training wrote for the calls."""
+    as_openai = tuple(
+        {"id": f"c{i}", "type": "function", "function": {"name": n, "arguments": json.dumps(a)}}
+        for i, (n, a) in enumerate(calls)
+    )
+    message = template_messages([Message("assistant", content or None, tool_calls=as_openai)])
+    parsed = parse_tool_calls(message[0]["content"])
+    assert parsed is not None
+    assert [(n, json.loads(a)) for n, a in parsed.calls] == calls
+    assert parsed.content == (content.rstrip() or None)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Just words.",
+        '<tool_call>\n{"name": "f", "arguments": {"a": 1}}',  # cut off inside the block
+        '<tool_call>\n{"name": "f", "arguments": {"a": 1}\n</tool_call>',  # bad JSON
+        '<tool_call>\n{"name": "f", "arguments": "a=1"}\n</tool_call>',  # not an object
+        '<tool_call>\n{"arguments": {}}\n</tool_call>',  # no name
+        '<tool_call>\n{"name": "f", "arguments": {}}\n</tool_call>\n<tool_call>\n{"name"',
+    ],
+)
+def test_answers_that_are_not_well_formed_calls_stay_text(text):
+    assert parse_tool_calls(text) is None
+
+
+def test_text_after_the_calls_is_kept_in_the_content():
+    text = 'Checking.\n<tool_call>\n{"name": "f", "arguments": {}}\n</tool_call>\nDone.'
+    parsed = parse_tool_calls(text)
+    assert parsed == ParsedAnswer("Checking.\nDone.", (("f", "{}"),))
+
+
+def test_the_forced_opening_is_the_start_of_the_trained_text():
+    call = {"id": "c", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+    trained = template_messages([Message("assistant", None, tool_calls=(call,))])[0]["content"]
+    assert trained.startswith(tool_call_prefix("get_weather"))
+    assert trained.startswith(tool_call_prefix())
 
 
 def test_truncation_keeps_labels_aligned(tokenizer, template):

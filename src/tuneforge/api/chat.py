@@ -5,6 +5,12 @@ path training uses), so a fine-tuned model sees exactly the text shape it was tr
 request is checked against the context before any generation: prompt + max_tokens over the
 context is a 400 `context_length_exceeded`, as OpenAI answers it. Generation happens in the
 engine's batch; the client going away (stream or not) cancels its rows.
+
+Tools: the definitions go into the prompt as training put them there (`template_messages`), and
+the answer's `<tool_call>` blocks, the text a tool-call fine-tune was trained to write, come back
+as OpenAI's `tool_calls`. `tool_choice` "required" or a named function starts the answer with
+the block's opening (`tool_call_prefix`) instead of constraining decoding, so a model that then
+writes no well-formed call answers in plain text: the caller sees what it wrote.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import json
 import secrets
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -23,7 +30,7 @@ from fastapi.responses import Response, StreamingResponse
 from tuneforge.api.deps import get_catalog, get_engine
 from tuneforge.api.errors import APIError, error_body, from_tuneforge
 from tuneforge.api.schemas import ChatCompletion, ChatCompletionRequest
-from tuneforge.data.chat_template import TemplateError
+from tuneforge.data.chat_template import TOOL_CALL_OPEN, TemplateError, parse_tool_calls
 from tuneforge.data.conversation import Message
 from tuneforge.errors import TuneforgeError
 from tuneforge.inference.engine import (
@@ -57,10 +64,10 @@ def to_messages(body: ChatCompletionRequest) -> list[Message]:
     return out
 
 
-def _prompt_ids(text: TextSide, messages: list[Message]) -> list[int]:
+def _prompt_ids(text: TextSide, body: ChatCompletionRequest) -> list[int]:
     """`TextSide.prompt_ids`; a template that cannot render the messages is a 400."""
     try:
-        return text.prompt_ids(messages)
+        return text.prompt_ids(to_messages(body), body.prompt_tools(), body.forced_call() or "")
     except TemplateError as exc:
         raise APIError(
             400,
@@ -95,6 +102,52 @@ def completion_budget(body: ChatCompletionRequest, prompt_tokens: int, context: 
             code="context_length_exceeded",
         )
     return requested
+
+
+@dataclass
+class _Answer:
+    """One choice's text as it is generated. With tools, the stream sends the text before the
+    first `<tool_call>` (holding back what may be the start of one, and trailing whitespace)
+    and the calls at the end, so that streamed and whole answers say the same."""
+
+    text: str  # starts with the forced call opening, if any
+    tools: bool
+    sent: int = 0  # characters of content streamed so far
+
+    def streamable(self) -> str:
+        if not self.tools:
+            safe = self.text
+        else:
+            at = self.text.find(TOOL_CALL_OPEN)
+            if at < 0:
+                at = len(self.text) - _open_started(self.text)
+            safe = self.text[:at].rstrip()
+        piece = safe[self.sent :]
+        self.sent = max(self.sent, len(safe))
+        return piece
+
+    def final(self, parallel: bool) -> tuple[str | None, list[dict[str, Any]] | None]:
+        """The content and the tool calls (None without any) of the whole answer."""
+        parsed = parse_tool_calls(self.text) if self.tools else None
+        if parsed is None:
+            return self.text, None
+        calls = parsed.calls if parallel else parsed.calls[:1]
+        return parsed.content, [
+            {
+                "id": f"call_{secrets.token_hex(12)}",
+                "type": "function",
+                "function": {"name": name, "arguments": arguments},
+            }
+            for name, arguments in calls
+        ]
+
+
+def _open_started(text: str) -> int:
+    """Length of the longest end of `text` that `<tool_call>` starts with."""
+    for size in range(min(len(TOOL_CALL_OPEN) - 1, len(text)), 0, -1):
+        if TOOL_CALL_OPEN.startswith(text[-size:]):
+            return size
+    return 0
 
 
 def _failure(error: BaseException) -> APIError:
@@ -137,7 +190,9 @@ async def chat_completions(request: Request, body: ChatCompletionRequest) -> Any
     engine = get_engine(request)
     served = await run_in_threadpool(catalog.get, body.model)
     text = await run_in_threadpool(catalog.text_side, served.target.base)
-    prompt = await run_in_threadpool(_prompt_ids, text, to_messages(body))
+    if problem := body.tool_choice_problem():
+        raise APIError(400, problem, param="tool_choice")
+    prompt = await run_in_threadpool(_prompt_ids, text, body)
     params = SamplingParams(
         max_tokens=completion_budget(body, len(prompt), text.context_length),
         temperature=1.0 if body.temperature is None else body.temperature,
@@ -160,15 +215,21 @@ async def chat_completions(request: Request, body: ChatCompletionRequest) -> Any
         "created": int(time.time()),
         "model": body.model,
         "system_fingerprint": None,
+        "service_tier": "default",  # every request is served alike
     }
+    tools = body.prompt_tools() is not None
+    answers = [_Answer(body.forced_call() or "", tools) for _ in range(n)]
+    parallel = body.parallel_tool_calls is not False
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return StreamingResponse(
-            _stream(generation, request, first, meta, len(prompt), include_usage),
+            _stream(
+                generation, request, first, meta, len(prompt), include_usage, answers, parallel
+            ),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
-    return await _complete(generation, request, first, meta, len(prompt))
+    return await _complete(generation, request, first, meta, len(prompt), answers, parallel)
 
 
 async def _complete(
@@ -177,8 +238,9 @@ async def _complete(
     first: tuple[int, Event],
     meta: dict[str, Any],
     prompt_tokens: int,
+    answers: list[_Answer],
+    parallel: bool,
 ) -> dict[str, Any] | Response:
-    texts: list[list[str]] = [[] for _ in range(generation.n)]
     finished: dict[int, Finished] = {}
     item: tuple[int, Event] | None = first
     try:
@@ -189,7 +251,7 @@ async def _complete(
             if isinstance(event, Failed):
                 raise _failure(event.error)
             if isinstance(event, Delta):
-                texts[index].append(event.text)
+                answers[index].text += event.text
             else:
                 finished[index] = event
                 if len(finished) == generation.n:
@@ -198,15 +260,14 @@ async def _complete(
     finally:
         if len(finished) < generation.n:
             generation.cancel()
-    choices = [
-        {
-            "index": i,
-            "message": {"role": "assistant", "content": "".join(texts[i]), "refusal": None},
-            "logprobs": None,
-            "finish_reason": finished[i].reason,
-        }
-        for i in range(generation.n)
-    ]
+    choices = []
+    for i, answer in enumerate(answers):
+        content, calls = answer.final(parallel)
+        message = {"role": "assistant", "content": content, "refusal": None}
+        if calls:
+            message["tool_calls"] = calls
+        reason = "tool_calls" if calls else finished[i].reason
+        choices.append({"index": i, "message": message, "logprobs": None, "finish_reason": reason})
     completion_tokens = sum(f.completion_tokens for f in finished.values())
     return {
         **meta,
@@ -227,6 +288,8 @@ async def _stream(
     meta: dict[str, Any],
     prompt_tokens: int,
     include_usage: bool,
+    answers: list[_Answer],
+    parallel: bool,
 ) -> AsyncIterator[str]:
     def chunk(index: int, delta: dict[str, Any], finish_reason: str | None = None) -> str:
         body = {
@@ -254,10 +317,18 @@ async def _stream(
                 failure = _failure(event.error)
                 yield _sse(error_body(failure.message, failure.type, failure.param, failure.code))
                 return
+            answer = answers[index]
             if isinstance(event, Delta):
-                yield chunk(index, {"content": event.text})
+                answer.text += event.text
+                if piece := answer.streamable():
+                    yield chunk(index, {"content": piece})
             else:
-                yield chunk(index, {}, event.reason)
+                content, calls = answer.final(parallel)
+                if rest := (content or "")[answer.sent :]:
+                    yield chunk(index, {"content": rest})
+                for j, call in enumerate(calls or ()):
+                    yield chunk(index, {"tool_calls": [{"index": j, **call}]})
+                yield chunk(index, {}, "tool_calls" if calls else event.reason)
                 completion_tokens += event.completion_tokens
                 remaining -= 1
                 if not remaining:

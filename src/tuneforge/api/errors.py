@@ -24,6 +24,7 @@ log = logging.getLogger("tuneforge.api")
 # they are not fields.
 _BRANCH_NAMES = {"str", "int", "float", "bool", "none", "dict", "list", "bytes"}
 _SCHEMA_KIND = re.compile(r"[a-z]+(-[a-z]+)+")
+_MODEL_BRANCH = re.compile(r"[A-Z][a-z]+([A-Z][a-z]*)+")  # a union's model branch: NamedToolChoice
 
 
 class APIError(Exception):
@@ -82,7 +83,10 @@ def field_path(loc: tuple[Any, ...]) -> str | None:
         if isinstance(part, int):
             path += f"[{part}]"
         elif isinstance(part, str) and (
-            part in _BRANCH_NAMES or "[" in part or _SCHEMA_KIND.fullmatch(part)
+            part in _BRANCH_NAMES
+            or "[" in part
+            or _SCHEMA_KIND.fullmatch(part)
+            or _MODEL_BRANCH.fullmatch(part)
         ):
             continue
         else:

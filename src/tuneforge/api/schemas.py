@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from tuneforge.data.chat_template import tool_call_prefix
+
 Auto = Literal["auto"]
 MAX_ID = 512
 
@@ -395,6 +397,44 @@ class ChatMessage(BaseModel):
 
 class StreamOptions(Strict):
     include_usage: bool = False
+    # Padding OpenAI adds to stream chunks against side channels; tuneforge adds none.
+    include_obfuscation: bool | None = None
+
+
+class FunctionDefinition(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = Field(None, description="Only false: arguments are not constrained.")
+
+    @field_validator("strict")
+    @classmethod
+    def _not_strict(cls, value: bool | None) -> bool | None:
+        if value:
+            raise ValueError(
+                "tuneforge cannot constrain arguments to the schema (structured outputs); set "
+                "strict to false or leave it out, and check the arguments you receive"
+            )
+        return value
+
+
+class Tool(Strict):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+    def as_sent(self) -> dict[str, Any]:
+        """The definition as the model sees it in its prompt: OpenAI's key order, the order
+        its fine-tuning guide's examples (and so most training files) write tools in."""
+        return self.model_dump(exclude_none=True)
+
+
+class FunctionName(Strict):
+    name: str
+
+
+class NamedToolChoice(Strict):
+    type: Literal["function"]
+    function: FunctionName
 
 
 class ChatCompletionRequest(Strict):
@@ -417,6 +457,71 @@ class ChatCompletionRequest(Strict):
     response_format: dict[str, Any] | None = Field(
         None, description='Only {"type": "text"} (the default): no constrained JSON output yet.'
     )
+    tools: list[Tool] | None = Field(None, max_length=128)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = Field(
+        None,
+        description="auto (the default with tools): the model decides; required or a named "
+        "function: the answer is started as a call; none: the tools are left out of the prompt.",
+    )
+    parallel_tool_calls: bool | None = Field(
+        None, description="false: only the first call of an answer is returned."
+    )
+    # Accepted so that OpenAI code runs unchanged; none changes what tuneforge generates.
+    store: bool | None = Field(None, description="Only false: tuneforge stores no completions.")
+    metadata: dict[str, str] | None = Field(None, max_length=16)
+    service_tier: Literal["auto", "default"] | None = None
+    prompt_cache_key: str | None = Field(None, max_length=MAX_ID)
+    safety_identifier: str | None = Field(None, max_length=MAX_ID)
+
+    @field_validator("tools", mode="before")
+    @classmethod
+    def _function_tools(cls, value: Any) -> Any:
+        for i, tool in enumerate(value if isinstance(value, list) else ()):
+            kind = tool.get("type") if isinstance(tool, dict) else None
+            if kind != "function":
+                raise ValueError(
+                    f"tools[{i}] has type {kind!r}: tuneforge serves function tools only "
+                    '({"type": "function", "function": {"name": ..., "parameters": ...}})'
+                )
+        return value
+
+    @field_validator("store")
+    @classmethod
+    def _not_stored(cls, value: bool | None) -> bool | None:
+        if value:
+            raise ValueError(
+                "tuneforge does not store chat completions (OpenAI's stored completions, for "
+                "evals and distillation); leave store out, or save the answers you get"
+            )
+        return value
+
+    def tool_choice_problem(self) -> str | None:
+        """Why tool_choice cannot be honoured (checked by the route, to name the field)."""
+        choice = self.tool_choice
+        if choice is not None and not self.tools:
+            return "tool_choice is only allowed when tools are given"
+        if isinstance(choice, NamedToolChoice):
+            names = [t.function.name for t in self.tools or ()]
+            if choice.function.name not in names:
+                return (
+                    f"tool_choice names the function {choice.function.name!r}, which is not in "
+                    f"tools ({', '.join(names)})"
+                )
+        return None
+
+    def prompt_tools(self) -> list[dict[str, Any]] | None:
+        """The tool definitions the model is shown: none for tool_choice "none"."""
+        if not self.tools or self.tool_choice == "none":
+            return None
+        return [t.as_sent() for t in self.tools]
+
+    def forced_call(self) -> str | None:
+        """Text the answer must start with for tool_choice "required" or a named function."""
+        if isinstance(self.tool_choice, NamedToolChoice):
+            return tool_call_prefix(self.tool_choice.function.name)
+        if self.tool_choice == "required":
+            return tool_call_prefix()
+        return None
 
     @field_validator("logprobs", "top_logprobs")
     @classmethod
@@ -454,13 +559,14 @@ class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None
     refusal: None = None
+    tool_calls: list[ToolCall] | None = None
 
 
 class Choice(BaseModel):
     index: int
     message: AssistantMessage
     logprobs: None = None
-    finish_reason: Literal["stop", "length"]
+    finish_reason: Literal["stop", "length", "tool_calls"]
 
 
 class Usage(BaseModel):
@@ -477,3 +583,4 @@ class ChatCompletion(BaseModel):
     choices: list[Choice]
     usage: Usage
     system_fingerprint: str | None = None
+    service_tier: Literal["default"] = "default"

@@ -8,6 +8,7 @@ hostile template or message cannot hang or flood the process.
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -119,6 +120,10 @@ class ChatTemplate:
         )
 
 
+TOOL_CALL_OPEN, TOOL_CALL_CLOSE = "<tool_call>", "</tool_call>"
+_TOOL_CALL_BLOCK = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
+
+
 def format_tool_calls(tool_calls: tuple[dict[str, Any], ...]) -> str:
     """Tool calls as text for templates without tool support (the Hermes/Qwen convention)."""
     blocks = []
@@ -126,11 +131,61 @@ def format_tool_calls(tool_calls: tuple[dict[str, Any], ...]) -> str:
         fn = call["function"]
         args = json.loads(fn["arguments"])
         blocks.append(
-            "<tool_call>\n"
+            f"{TOOL_CALL_OPEN}\n"
             + json.dumps({"name": fn["name"], "arguments": args}, ensure_ascii=False)
-            + "\n</tool_call>"
+            + f"\n{TOOL_CALL_CLOSE}"
         )
     return "\n".join(blocks)
+
+
+def tool_call_prefix(name: str | None = None) -> str:
+    """The start of a `format_tool_calls` block, to put after the generation prompt so that the
+    model answers with a call (of `name`, when given): how the server honours `tool_choice`."""
+    if name is None:
+        return f'{TOOL_CALL_OPEN}\n{{"name": "'
+    return f'{TOOL_CALL_OPEN}\n{{"name": {json.dumps(name, ensure_ascii=False)}, "arguments": '
+
+
+@dataclass(frozen=True)
+class ParsedAnswer:
+    """A generated answer split as OpenAI returns it: text, and function calls."""
+
+    content: str | None
+    calls: tuple[tuple[str, str], ...]  # (function name, arguments as a JSON string)
+
+
+def parse_tool_calls(text: str) -> ParsedAnswer | None:
+    """The inverse of `format_tool_calls`: the `<tool_call>` blocks of a generated answer.
+
+    Returns None when the answer is plain text: no block, a block left open (generation stopped
+    inside it) or a block that is not `{"name": str, "arguments": object}`, so nothing the model
+    wrote is dropped. The content is the text before the first block without its trailing
+    whitespace (the "\n" `template_messages` puts there), plus any text after the blocks.
+    """
+    blocks = list(_TOOL_CALL_BLOCK.finditer(text))
+    if not blocks or TOOL_CALL_OPEN in text[blocks[-1].end() :]:
+        return None
+    calls = []
+    for block in blocks:
+        try:
+            call = json.loads(block.group(1))
+        except json.JSONDecodeError:
+            return None
+        if not (
+            isinstance(call, dict)
+            and isinstance(call.get("name"), str)
+            and call["name"]
+            and isinstance(call.get("arguments"), dict)
+        ):
+            return None
+        calls.append((call["name"], json.dumps(call["arguments"], ensure_ascii=False)))
+    content = text[: blocks[0].start()].rstrip()
+    ends = [b.end() for b in blocks]
+    starts = [b.start() for b in blocks[1:]] + [len(text)]
+    rest = "".join(text[a:b] for a, b in zip(ends, starts, strict=True))
+    if rest.strip():
+        content = f"{content}\n{rest.strip()}" if content else rest.strip()
+    return ParsedAnswer(content or None, tuple(calls))
 
 
 def template_messages(

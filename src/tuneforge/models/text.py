@@ -39,13 +39,20 @@ class TextSide:
     # explicit max_seq_len only against a real limit, never against DEFAULT_CONTEXT.
     config_context: int | None = None
 
-    def prompt_ids(self, messages: Sequence[Message]) -> list[int]:
-        """Token ids of a chat to answer: the messages rendered with the model's template (the
-        path training uses) and the assistant's generation prompt. Raises TemplateError."""
+    def prompt_ids(
+        self,
+        messages: Sequence[Message],
+        tools: Sequence[dict[str, Any]] | None = None,
+        answer_prefix: str = "",
+    ) -> list[int]:
+        """Token ids of a chat to answer: the messages (and tool definitions) rendered with the
+        model's template (the path training uses), the assistant's generation prompt, and
+        `answer_prefix`, text the answer is made to start with. Raises TemplateError."""
         rendered = self.template.render_conversation(
-            Conversation(tuple(messages)), add_generation_prompt=True
+            Conversation(tuple(messages), tuple(tools) if tools else None),
+            add_generation_prompt=True,
         )
-        return self.tokenizer(rendered, add_special_tokens=False)["input_ids"]
+        return self.tokenizer(rendered + answer_prefix, add_special_tokens=False)["input_ids"]
 
 
 def load_text_side(model: str, *, require_fast: bool = True) -> TextSide:
