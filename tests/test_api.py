@@ -7,6 +7,7 @@ Chat runs on the tiny random model, which becomes a served base model once a job
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -749,6 +750,22 @@ def test_oversized_json_bodies_are_413(api, tiny):
 # ---------------------------------------------------------------------------------------------
 # API key
 # ---------------------------------------------------------------------------------------------
+
+
+def test_every_response_carries_its_own_request_id(api, tiny, tmp_path, monkeypatch):
+    """OpenAI's `x-request-id`: on answers, errors, streams and the guard's refusals."""
+    responses = [
+        api.get("/v1/models"),
+        api.get("/v1/nowhere"),
+        chat(api, tiny, max_tokens=2),
+        chat(api, tiny, max_tokens=2, stream=True),
+    ]
+    monkeypatch.setenv("TUNEFORGE_HOME", str(tmp_path))
+    with TestClient(create_app(api_key="s3cret")) as guarded:
+        responses.append(guarded.get("/v1/models"))
+    assert [r.status_code for r in responses] == [200, 404, 200, 200, 401]
+    ids = [r.headers["x-request-id"] for r in responses]
+    assert all(re.fullmatch(r"req_[0-9a-f]{32}", i) for i in ids) and len(set(ids)) == len(ids)
 
 
 def test_api_key_guards_every_route_but_health(tmp_path, monkeypatch):

@@ -155,6 +155,7 @@ def test_tutorial_chat_with_the_fine_tuned_model(client, finished_job):
     )
     assert completion.object == "chat.completion"
     assert completion.id.startswith("chatcmpl-")
+    assert completion._request_id.startswith("req_")  # the SDK reads x-request-id
     assert completion.model == job.fine_tuned_model
     choice = completion.choices[0]
     assert choice.message.role == "assistant" and isinstance(choice.message.content, str)

@@ -49,6 +49,20 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
+def _with_request_id(send: Send) -> Send:
+    """Every response carries `x-request-id`, as OpenAI's do (its SDK shows it as `_request_id`):
+    an id to quote from a client's log when asking what the server did."""
+    request_id = f"req_{secrets.token_hex(16)}".encode()
+
+    async def send_with_id(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = [*message.get("headers", []), (b"x-request-id", request_id)]
+            message = {**message, "headers": headers}
+        await send(message)
+
+    return send_with_id
+
+
 class Guard:
     """ASGI middleware: the Host check, the API key on every route but the open ones, and a
     cap on body sizes.
@@ -85,6 +99,7 @@ class Guard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        send = _with_request_id(send)
         path = scope["path"]
         if self.allowed_hosts is not None:
             host = host_name(_header(scope, b"host") or "")
