@@ -117,6 +117,12 @@ def test_file_list_pages(api):
     assert [f["id"] for f in first["data"]] == ids[::-1][:2] and first["has_more"]
     second = api.get("/v1/files", params={"limit": 2, "after": ids[1]}).json()
     assert second["data"][0]["id"] == ids[0]
+    # files.list(order="asc"): oldest first, and `after` pages forward in time.
+    everything = [f["id"] for f in api.get("/v1/files", params={"order": "asc"}).json()["data"]]
+    assert everything[-3:] == ids
+    onward = api.get("/v1/files", params={"order": "asc", "after": ids[0], "limit": 1}).json()
+    assert [f["id"] for f in onward["data"]] == [ids[1]] and onward["has_more"]
+    assert_error(api.get("/v1/files", params={"order": "sideways"}), 400, param="order")
 
 
 @pytest.mark.parametrize(

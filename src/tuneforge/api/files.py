@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
@@ -213,8 +213,11 @@ def list_files(
     purpose: Annotated[str | None, Query(max_length=64)] = None,
     after: Annotated[str | None, Query(max_length=512)] = None,
     limit: Annotated[int, Query(ge=1, le=10000)] = 10000,
+    order: Literal["asc", "desc"] = "desc",
 ) -> dict:
-    rows = get_store(request).list_files(purpose=purpose, after=after, limit=limit + 1)
+    rows = get_store(request).list_files(
+        purpose=purpose, after=after, limit=limit + 1, oldest_first=order == "asc"
+    )
     return {
         "object": "list",
         "data": [file_object(r) for r in rows[:limit]],

@@ -225,18 +225,25 @@ class Store:
         return _row(self.conn.execute("SELECT * FROM files WHERE id = ?", (file_id,)).fetchone())
 
     def list_files(
-        self, *, purpose: str | None = None, after: str | None = None, limit: int = 10000
+        self,
+        *,
+        purpose: str | None = None,
+        after: str | None = None,
+        limit: int = 10000,
+        oldest_first: bool = False,
     ) -> list[dict[str, Any]]:
-        """Newest first, like OpenAI; `after` is the id of the last file of the previous page."""
+        """Newest first (OpenAI's `order=desc`) unless `oldest_first`; `after` is the id of the
+        last file of the previous page."""
         query = "SELECT * FROM files WHERE 1=1"
         params: list[Any] = []
         if purpose:
             query += " AND purpose = ?"
             params.append(purpose)
         if after:
-            query += " AND rowid < (SELECT rowid FROM files WHERE id = ?)"
+            side = ">" if oldest_first else "<"
+            query += f" AND rowid {side} (SELECT rowid FROM files WHERE id = ?)"
             params.append(after)
-        query += " ORDER BY rowid DESC LIMIT ?"
+        query += f" ORDER BY rowid {'ASC' if oldest_first else 'DESC'} LIMIT ?"
         params.append(limit)
         return [_row(r) for r in self.conn.execute(query, params)]
 
