@@ -670,3 +670,34 @@ def test_quickstart_fast_end_to_end(tmp_path):
         [sys.executable, "scripts/check_report.py", str(out)], capture_output=True, text=True
     )
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_a_tool_call_answer_is_evaluated_as_the_text_training_taught(tokenizer, template):
+    """A test row whose answer is a tool call: its reference is the `<tool_call>` text the model
+    learnt to write (what the server parses calls from), and its tools are in the prompt."""
+    from tuneforge.data.chat_template import parse_tool_calls
+    from tuneforge.data.formats import Example, parse_record
+    from tuneforge.eval.evaluate import to_request
+    from tuneforge.models.text import TextSide
+
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {}}}]
+    call = {"name": "get_weather", "arguments": '{"city": "Paris"}'}
+    raw = {
+        "messages": [
+            {"role": "user", "content": "Weather in Paris?"},
+            {
+                "role": "assistant",
+                "tool_calls": [{"id": "c", "type": "function", "function": call}],
+            },
+        ],
+        "tools": tools,
+    }
+    parsed = parse_record(raw, "openai-chat")
+    assert parsed.errors == []
+    request = to_request(Example(1, parsed.conversation), "test.jsonl")
+    assert parse_tool_calls(request.reference).calls == (("get_weather", '{"city": "Paris"}'),)
+    assert request.tools == tuple(tools)
+    text = TextSide(tokenizer, template, 2048, frozenset())
+    with_tools = tokenizer.decode(text.prompt_ids(request.messages, request.tools))
+    assert "get_weather" in with_tools
+    assert "get_weather" not in tokenizer.decode(text.prompt_ids(request.messages))

@@ -50,7 +50,7 @@ def zero_shot(test: list[Request]) -> Built:
 
 
 def _fits(loaded: LoadedModel, request: Request, budget: int) -> bool:
-    return len(loaded.text.prompt_ids(request.messages)) <= budget
+    return len(loaded.text.prompt_ids(request.messages, request.tools)) <= budget
 
 
 def few_shot(

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from tuneforge.data.chat_template import template_messages
 from tuneforge.data.conversation import Conversation, Message
 from tuneforge.data.formats import Example
 from tuneforge.errors import DataError
@@ -28,9 +29,10 @@ Progress = Callable[[int, int], None]
 @dataclass(frozen=True)
 class Request:
     messages: tuple[Message, ...]  # the prompt: everything before the answer
-    reference: str  # the answer the data holds
+    reference: str  # the answer the data holds (tool calls as the text the model writes)
     # The row as a grader reads it (`{{ item.… }}`): its reference answer and its other fields.
     item: dict[str, Any] = field(default_factory=dict, compare=False)
+    tools: tuple[dict[str, Any], ...] | None = None  # the row's tool definitions, in the prompt
 
 
 @dataclass
@@ -72,14 +74,17 @@ def to_request(example: Example, path: str) -> Request:
     """Split a test conversation into its prompt and its last assistant answer."""
     messages = example.conversation.messages
     last = max((i for i, m in enumerate(messages) if m.role == "assistant"), default=None)
-    if last is None or not messages[last].content:
+    if last is None or not (messages[last].content or messages[last].tool_calls):
         raise DataError(
             f"{path}, line {example.line}: a test example needs an assistant answer to compare "
             "with",
             hint="end each test conversation with the expected assistant message",
         )
-    reference = messages[last].content or ""
-    return Request(messages[:last], reference, {REFERENCE_KEY: reference} | example.item)
+    # An answer with tool calls is compared as the text training taught the model to write
+    # (`<tool_call>` blocks), the text the server reads its calls back from.
+    reference = template_messages(messages[last : last + 1])[0]["content"]
+    item = {REFERENCE_KEY: reference} | example.item
+    return Request(messages[:last], reference, item, example.conversation.tools)
 
 
 def reference_loss(loaded: LoadedModel, requests: list[Request], batch_tokens: int = 4096) -> float:
@@ -96,7 +101,9 @@ def reference_loss(loaded: LoadedModel, requests: list[Request], batch_tokens: i
             Message(m.role, m.content, weight=0) if m.role == "assistant" else m
             for m in request.messages
         )
-        conversation = Conversation((*context, Message("assistant", request.reference)))
+        conversation = Conversation(
+            (*context, Message("assistant", request.reference)), request.tools
+        )
         encoded.append(encode(conversation, loaded.tokenizer, loaded.template))
     model = loaded.model
     device = next(model.parameters()).device
@@ -148,7 +155,7 @@ def evaluate(
     on_progress: Progress | None = None,
 ) -> Evaluation:
     """Answer every request greedily, score the answers, and measure tokens and latency."""
-    prompts = [loaded.text.prompt_ids(r.messages) for r in requests]
+    prompts = [loaded.text.prompt_ids(r.messages, r.tools) for r in requests]
     answers_ids: list[list[int] | None] = [None] * len(requests)
     latencies: list[float] = []
     done = 0
