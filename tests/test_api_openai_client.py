@@ -311,7 +311,7 @@ def test_function_calling_with_a_model_fine_tuned_on_tool_calls(
         },
         extra_body={"training_config": {"learning_rate": 1e-3}},  # learnt in 8 steps
     )
-    job = wait_for_job(client, job.id)
+    job = wait_for_job(client, job.id, timeout=900)  # the real model, beside another worker
     assert job.status == "succeeded", job.error
 
     asked = {"model": job.fine_tuned_model, "tools": WEATHER_TOOLS, "temperature": 0}
