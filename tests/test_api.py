@@ -661,6 +661,8 @@ def test_message_variants_are_accepted(api, tiny):
         ({"response_format": {"type": "json_schema", "json_schema": {}}}, "response_format", None),
         ({"top_logprobs": 3}, "top_logprobs", None),
         ({"store": True}, "store", None),
+        ({"metadata": {"k" * 65: "v"}}, "metadata", None),
+        ({"metadata": {str(i): "v" for i in range(17)}}, "metadata", None),
         ({"tool_choice": "auto"}, "tool_choice", None),
         (
             {

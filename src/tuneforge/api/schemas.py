@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from tuneforge.data.chat_template import tool_call_prefix
 
@@ -20,6 +20,29 @@ MAX_ID = 512
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+def _refused(why: str) -> AfterValidator:
+    """For an OpenAI setting tuneforge cannot honour when set (true, or a count): a 400 on the
+    field that says why, instead of the setting silently doing nothing."""
+
+    def check(value: Any) -> Any:
+        if value:
+            raise ValueError(why)
+        return value
+
+    return AfterValidator(check)
+
+
+def _metadata_sizes(value: dict[str, str] | None) -> dict[str, str] | None:
+    for key, item in (value or {}).items():
+        if len(key) > 64 or len(item) > 512:
+            raise ValueError("keys are at most 64 characters and values at most 512")
+    return value
+
+
+# OpenAI's metadata: at most 16 pairs, keys up to 64 characters, values up to 512.
+Metadata = Annotated[dict[str, str], Field(max_length=16), AfterValidator(_metadata_sizes)]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -184,7 +207,7 @@ class JobCreate(Strict):
     method: Method | None = None
     suffix: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9_-]*$")
     seed: int | None = Field(None, ge=0, le=2**31 - 1)
-    metadata: dict[str, str] | None = Field(None, max_length=16)
+    metadata: Metadata | None = None
     integrations: list[Integration] | None = Field(
         None,
         max_length=1,
@@ -195,14 +218,6 @@ class JobCreate(Strict):
         description="tuneforge extension: more TrainConfig fields (e.g. lora_rank, max_steps, "
         "checkpoint_every), checked like `tuneforge config validate`.",
     )
-
-    @field_validator("metadata")
-    @classmethod
-    def _metadata_sizes(cls, value: dict[str, str] | None) -> dict[str, str] | None:
-        for key, item in (value or {}).items():
-            if len(key) > 64 or len(item) > 512:
-                raise ValueError("keys are at most 64 characters and values at most 512")
-        return value
 
 
 class JobError(BaseModel):
@@ -405,17 +420,13 @@ class FunctionDefinition(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
     description: str | None = None
     parameters: dict[str, Any] | None = None
-    strict: bool | None = Field(None, description="Only false: arguments are not constrained.")
-
-    @field_validator("strict")
-    @classmethod
-    def _not_strict(cls, value: bool | None) -> bool | None:
-        if value:
-            raise ValueError(
-                "tuneforge cannot constrain arguments to the schema (structured outputs); set "
-                "strict to false or leave it out, and check the arguments you receive"
-            )
-        return value
+    strict: Annotated[
+        bool | None,
+        _refused(
+            "tuneforge cannot constrain arguments to the schema (structured outputs); set "
+            "strict to false or leave it out, and check the arguments you receive"
+        ),
+    ] = Field(None, description="Only false: arguments are not constrained.")
 
 
 class Tool(Strict):
@@ -437,6 +448,9 @@ class NamedToolChoice(Strict):
     function: FunctionName
 
 
+NO_LOGPROBS = "tuneforge does not return log-probabilities yet; leave it out"
+
+
 class ChatCompletionRequest(Strict):
     model: str = Field(min_length=1, max_length=MAX_ID)
     messages: list[ChatMessage] = Field(min_length=1)
@@ -452,8 +466,12 @@ class ChatCompletionRequest(Strict):
     user: str | None = Field(None, max_length=MAX_ID)
     presence_penalty: float | None = Field(None, ge=0, le=0, description="Only 0 is supported.")
     frequency_penalty: float | None = Field(None, ge=0, le=0, description="Only 0 is supported.")
-    logprobs: bool | None = Field(None, description="Not supported yet: only false.")
-    top_logprobs: int | None = Field(None, description="Not supported yet.")
+    logprobs: Annotated[bool | None, _refused(NO_LOGPROBS)] = Field(
+        None, description="Not supported yet: only false."
+    )
+    top_logprobs: Annotated[int | None, _refused(NO_LOGPROBS)] = Field(
+        None, description="Not supported yet."
+    )
     response_format: dict[str, Any] | None = Field(
         None, description='Only {"type": "text"} (the default): no constrained JSON output yet.'
     )
@@ -467,8 +485,14 @@ class ChatCompletionRequest(Strict):
         None, description="false: only the first call of an answer is returned."
     )
     # Accepted so that OpenAI code runs unchanged; none changes what tuneforge generates.
-    store: bool | None = Field(None, description="Only false: tuneforge stores no completions.")
-    metadata: dict[str, str] | None = Field(None, max_length=16)
+    store: Annotated[
+        bool | None,
+        _refused(
+            "tuneforge does not store chat completions (OpenAI's stored completions, for "
+            "evals and distillation); leave store out, or save the answers you get"
+        ),
+    ] = Field(None, description="Only false: tuneforge stores no completions.")
+    metadata: Metadata | None = None
     service_tier: Literal["auto", "default"] | None = None
     prompt_cache_key: str | None = Field(None, max_length=MAX_ID)
     safety_identifier: str | None = Field(None, max_length=MAX_ID)
@@ -483,16 +507,6 @@ class ChatCompletionRequest(Strict):
                     f"tools[{i}] has type {kind!r}: tuneforge serves function tools only "
                     '({"type": "function", "function": {"name": ..., "parameters": ...}})'
                 )
-        return value
-
-    @field_validator("store")
-    @classmethod
-    def _not_stored(cls, value: bool | None) -> bool | None:
-        if value:
-            raise ValueError(
-                "tuneforge does not store chat completions (OpenAI's stored completions, for "
-                "evals and distillation); leave store out, or save the answers you get"
-            )
         return value
 
     def tool_choice_problem(self) -> str | None:
@@ -522,13 +536,6 @@ class ChatCompletionRequest(Strict):
         if self.tool_choice == "required":
             return tool_call_prefix()
         return None
-
-    @field_validator("logprobs", "top_logprobs")
-    @classmethod
-    def _no_logprobs(cls, value: bool | int | None) -> bool | int | None:
-        if value:
-            raise ValueError("tuneforge does not return log-probabilities yet; leave it out")
-        return value
 
     @field_validator("response_format")
     @classmethod
