@@ -78,6 +78,37 @@ def test_compare_and_set_status(store):
     assert store.get_job(job["id"])["status"] == "running"
 
 
+def test_a_status_change_and_its_event_are_written_together(store, tiny_model_dir, tmp_path):
+    """The scheduler queues a job just as the API cancels it. Each change's event must come with
+    the change, so the events tell the changes in the order they happened: CI once saw "Files
+    validated" listed after "cancelled", when the event was a second write after the status."""
+    tmp = write_lines(tmp_path / "upload.jsonl", good_examples())
+    store.add_file("file-t", tmp, filename="train.jsonl", purpose="fine-tune")
+    job = add_job(
+        store, status="validating_files", model=str(tiny_model_dir), training_file="file-t"
+    )
+    manager = JobManager(store)
+    update_job = store.update_job
+
+    def cancel_right_after_queued(job_id, **fields):
+        done = update_job(job_id, **fields)
+        if fields.get("status") == "queued":
+            manager.cancel(job_id)  # the API's thread, between the change and anything after it
+        return done
+
+    store.update_job = cancel_right_after_queued
+    manager._validate(job)
+    assert store.get_job(job["id"])["status"] == "cancelled"
+    events = [e["message"] for e in store.list_events(job["id"])]  # newest first
+    assert events[:2] == [
+        "Fine-tuning job cancelled",
+        "Files validated, moving job to queued state",
+    ]
+    # a change that does not happen writes no event
+    assert not update_job(job["id"], expect=("queued",), status="running", event="never")
+    assert "never" not in [e["message"] for e in store.list_events(job["id"])]
+
+
 def test_events_page_newest_first(store):
     job = add_job(store)
     for i in range(5):

@@ -55,12 +55,15 @@ def error(code: str, message: str, param: str | None = None) -> dict[str, Any]:
 
 
 def fail(store: Store, job_id: str, err: dict[str, Any], *, expect: tuple[str, ...]) -> bool:
-    if not store.update_job(
-        job_id, expect=expect, status="failed", error=err, finished_at=int(time.time())
-    ):
-        return False
-    store.add_event(job_id, f"Fine-tuning job failed: {err['message']}", level="error")
-    return True
+    return store.update_job(
+        job_id,
+        expect=expect,
+        status="failed",
+        error=err,
+        finished_at=int(time.time()),
+        event=f"Fine-tuning job failed: {err['message']}",
+        event_level="error",
+    )
 
 
 def succeed(store: Store, job: dict[str, Any]) -> bool:
@@ -75,12 +78,16 @@ def succeed(store: Store, job: dict[str, Any]) -> bool:
         trained_tokens=tokens,
         finished_at=int(time.time()),
         error=None,
+        event=f"New fine-tuned model created: {model_id}",
     ):
         return False
-    store.add_event(job["id"], f"New fine-tuned model created: {model_id}")
     results = write_results_file(store, job["id"], run_dir)
-    store.update_job(job["id"], expect=("succeeded",), result_files=[results])
-    store.add_event(job["id"], "The job has successfully completed")
+    store.update_job(
+        job["id"],
+        expect=("succeeded",),
+        result_files=[results],
+        event="The job has successfully completed",
+    )
     return True
 
 
@@ -176,12 +183,15 @@ def settle(store: Store, job_id: str, cause: str) -> None:
                 ),
                 expect=("running",),
             )
-        elif store.update_job(job_id, expect=("running",), status="queued", crashes=crashes):
+        else:
             at = f" at step {run['step']}" if run.get("step") else ""
-            store.add_event(
+            store.update_job(
                 job_id,
-                f"The training process stopped ({cause}){at}; {_checkpoint_note(run_dir)}",
-                level="warn",
+                expect=("running",),
+                status="queued",
+                crashes=crashes,
+                event=f"The training process stopped ({cause}){at}; {_checkpoint_note(run_dir)}",
+                event_level="warn",
             )
     store.update_job(job_id, worker_pid=None)
 

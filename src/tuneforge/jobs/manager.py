@@ -248,8 +248,12 @@ class JobManager:
                 expect=("validating_files",),
             )
             return
-        if self.store.update_job(job_id, expect=("validating_files",), status="queued"):
-            self.store.add_event(job_id, "Files validated, moving job to queued state")
+        self.store.update_job(
+            job_id,
+            expect=("validating_files",),
+            status="queued",
+            event="Files validated, moving job to queued state",
+        )
 
     # -- transitions the API asks for ----------------------------------------------------------
     def cancel(self, job_id: str) -> bool:
@@ -258,28 +262,29 @@ class JobManager:
             expect=("validating_files", "queued", "running", "paused"),
             status="cancelled",
             finished_at=int(time.time()),
+            event="Fine-tuning job cancelled",
         )
         if done:
-            self.store.add_event(job_id, "Fine-tuning job cancelled")
             self.wake()
         return done
 
     def pause(self, job_id: str) -> bool:
         done = self.store.update_job(
-            job_id, expect=("validating_files", "queued", "running"), status="paused"
+            job_id,
+            expect=("validating_files", "queued", "running"),
+            status="paused",
+            event="Fine-tuning job paused; it saves a checkpoint and resumes from it",
         )
         if done:
-            self.store.add_event(
-                job_id, "Fine-tuning job paused; it saves a checkpoint and resumes from it"
-            )
             self.wake()
         return done
 
     def resume(self, job_id: str) -> bool:
         """Back through validation: cheap, and right whether the pause came before or after it."""
-        done = self.store.update_job(job_id, expect=("paused",), status="validating_files")
+        done = self.store.update_job(
+            job_id, expect=("paused",), status="validating_files", event="Fine-tuning job resumed"
+        )
         if done:
-            self.store.add_event(job_id, "Fine-tuning job resumed")
             self.wake()
         return done
 

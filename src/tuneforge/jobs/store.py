@@ -316,12 +316,21 @@ class Store:
         return [_row(r) for r in rows]
 
     def update_job(
-        self, job_id: str, *, expect: tuple[str, ...] | None = None, **fields: Any
+        self,
+        job_id: str,
+        *,
+        expect: tuple[str, ...] | None = None,
+        event: str | None = None,
+        event_level: str = "info",
+        **fields: Any,
     ) -> bool:
         """Set fields; with `expect`, only if the status is one of those (compare-and-set).
 
         Every status change goes through here with `expect`, so the server, the scheduler and
-        a worker can race on a job without one overwriting another's decision.
+        a worker can race on a job without one overwriting another's decision. `event` is the
+        change's event, written in the same transaction when the update happens: a status change
+        and its event cannot be split by another thread's change (whose event would otherwise
+        land first, and the event list would tell the changes in the wrong order).
         """
         values = {
             k: json.dumps(v) if k in _JSON_COLUMNS and v is not None else v
@@ -335,7 +344,10 @@ class Store:
             query += f" AND status IN ({marks})"
             params |= {f"_s{i}": s for i, s in enumerate(expect)}
         with self.transaction() as conn:
-            return conn.execute(query, params).rowcount == 1
+            done = conn.execute(query, params).rowcount == 1
+            if done and event is not None:
+                _insert_event(conn, job_id, event, level=event_level)
+            return done
 
     # -- exports ---------------------------------------------------------------------------
     def add_export(self, fields: dict[str, Any]) -> dict[str, Any]:
@@ -390,19 +402,7 @@ class Store:
         data: dict[str, Any] | None = None,
     ) -> None:
         with self.transaction() as conn:
-            conn.execute(
-                "INSERT INTO events (id, job_id, created_at, level, message, type, data) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    new_id("ftevent"),
-                    job_id,
-                    int(time.time()),
-                    level,
-                    message,
-                    type,
-                    json.dumps(data) if data is not None else None,
-                ),
-            )
+            _insert_event(conn, job_id, message, level=level, type=type, data=data)
 
     def list_events(
         self, job_id: str, *, after: str | None = None, limit: int = 20
@@ -430,3 +430,27 @@ class Store:
         query += " ORDER BY seq ASC LIMIT ?"
         params.append(limit)
         return [_row(r) for r in self.conn.execute(query, params)]
+
+
+def _insert_event(
+    conn: sqlite3.Connection,
+    job_id: str,
+    message: str,
+    *,
+    level: str = "info",
+    type: str = "message",
+    data: dict[str, Any] | None = None,
+) -> None:
+    conn.execute(
+        "INSERT INTO events (id, job_id, created_at, level, message, type, data) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (
+            new_id("ftevent"),
+            job_id,
+            int(time.time()),
+            level,
+            message,
+            type,
+            json.dumps(data) if data is not None else None,
+        ),
+    )
