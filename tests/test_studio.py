@@ -80,6 +80,13 @@ def test_every_page_renders_with_its_security_headers(client, cancelled_job, fil
     assert root.status_code == 307 and root.headers["location"] == "/studio/"
 
 
+def test_a_data_files_train_link_works_before_its_script_runs(client, file_id):
+    """The link is in the HTML (the script adds the chosen model): a click while the page still
+    loads its data opens the new-job form for this file instead of going nowhere ("#")."""
+    html = client.get(f"/studio/data/{file_id}").text
+    assert f'id="train-link" class="button" href="/studio/jobs/new?training_file={file_id}"' in html
+
+
 def test_ids_from_the_url_are_escaped_or_refused(client):
     assert client.get("/studio/jobs/<script>").status_code == 404
     assert client.get('/studio/jobs/a"b').status_code == 404
