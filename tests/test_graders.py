@@ -340,3 +340,33 @@ def test_graders_validate_names_the_bad_field(api):
         error = answer.json()["error"]
         assert error["param"] == "grader.graders.name.input", error
         assert "foo" in error["message"]
+
+
+def test_a_tool_call_answer_reaches_graders_as_output_tools():
+    """As OpenAI's graders see a function-calling answer: the calls in `output_tools` (chat
+    completions' `tool_calls` shape), the text beside them in `output_text`."""
+    answer = 'Let me look.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}'
+    answer += "\n</tool_call>"
+    sample = make_sample(answer)
+    assert sample["output_text"] == "Let me look."
+    [call] = sample["output_tools"]
+    assert call["type"] == "function" and call["id"].startswith("call_")
+    assert call["function"] == {"name": "get_weather", "arguments": '{"city": "Paris"}'}
+    assert sample["choices"][0]["message"]["tool_calls"] == [call]
+    assert sample["choices"][0]["finish_reason"] == "tool_calls"
+    named = check("eq", "get_weather") | {"input": "{{ sample.output_tools[0].function.name }}"}
+    assert run_grader(validate_grader(named), sample).reward == 1.0
+    source = (
+        "import json\n"
+        "def grade(sample, item):\n"
+        "    args = json.loads(sample['output_tools'][0]['function']['arguments'])\n"
+        "    return float(args['city'] == item['city'])\n"
+    )
+    python = {"type": "python", "name": "city", "source": source}
+    assert run_grader(python, sample, {"city": "Paris"}).reward == 1.0
+    assert run_grader(python, sample, {"city": "Rome"}).reward == 0.0
+    # plain text, and a block the model left open, stay text with no calls
+    for text in ("It is sunny.", '<tool_call>\n{"name": "get_weather", "arguments": {'):
+        plain = make_sample(text)
+        assert plain["output_text"] == text and plain["output_tools"] == []
+        assert plain["choices"][0]["message"] == {"role": "assistant", "content": text}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -186,6 +187,18 @@ def parse_tool_calls(text: str) -> ParsedAnswer | None:
     if rest.strip():
         content = f"{content}\n{rest.strip()}" if content else rest.strip()
     return ParsedAnswer(content or None, tuple(calls))
+
+
+def tool_call_objects(calls: tuple[tuple[str, str], ...]) -> list[dict[str, Any]]:
+    """Parsed calls in OpenAI's chat-completions `tool_calls` shape, each with a new `call_` id."""
+    return [
+        {
+            "id": f"call_{secrets.token_hex(12)}",
+            "type": "function",
+            "function": {"name": name, "arguments": arguments},
+        }
+        for name, arguments in calls
+    ]
 
 
 def template_messages(

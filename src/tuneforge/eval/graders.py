@@ -24,7 +24,8 @@ Types (OpenAI's field names, https://platform.openai.com/docs/guides/graders):
   calls a function of an importable module in this process (`function(sample, item) -> float`).
 
 Templates: `{{ item.field }}`, `{{ sample.output_text }}`, nested with dots and `[i]`
-(`{{ sample.output_json.answer }}`). Strings are inserted as they are, anything else as JSON. A
+(`{{ sample.output_json.answer }}`, `{{ sample.output_tools[0].function.name }}` for an answer
+of `<tool_call>` blocks: `make_sample`). Strings are inserted as they are, anything else as JSON. A
 namespace other than item/sample, or an unclosed `{{`, is an error when the grader is validated; a
 field the row does not have scores 0 with `invalid_variable_error`.
 """
@@ -45,6 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tuneforge.data.chat_template import parse_tool_calls, tool_call_objects
 from tuneforge.errors import TuneforgeError
 
 GRADER_TYPES = ("string_check", "text_similarity", "python", "score_model", "multi")
@@ -447,17 +449,35 @@ def check_items(spec: dict, rows: list[tuple[int, dict]], label: str) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
-def make_sample(output_text: str) -> dict[str, Any]:
-    """OpenAI's `sample` for a plain-text answer: `output_json` when it parses as JSON."""
+def make_sample(answer: str) -> dict[str, Any]:
+    """OpenAI's `sample` for a generated answer, as its graders see one.
+
+    `output_json` when the text parses as JSON. An answer with well-formed `<tool_call>` blocks
+    (what a tool-call fine-tune writes) is split as the chat API returns it: `output_tools` holds
+    the calls in chat-completions' `tool_calls` shape and `output_text` the text beside them
+    ("" when the answer is only calls). `choices` holds that one assistant message.
+    """
+    parsed = parse_tool_calls(answer)
+    output_text = answer if parsed is None else parsed.content or ""
+    output_tools = [] if parsed is None else tool_call_objects(parsed.calls)
     try:
         output_json = json.loads(output_text)
     except (json.JSONDecodeError, ValueError):
         output_json = None
+    message: dict[str, Any] = {"role": "assistant", "content": output_text}
+    if output_tools:
+        message["tool_calls"] = output_tools
     return {
         "output_text": output_text,
         "output_json": output_json,
-        "output_tools": [],
-        "choices": [],
+        "output_tools": output_tools,
+        "choices": [
+            {
+                "index": 0,
+                "message": message,
+                "finish_reason": "tool_calls" if output_tools else "stop",
+            }
+        ],
         "output_audio": None,
     }
 
