@@ -693,6 +693,203 @@ def test_bad_chat_requests_are_400_naming_the_field(api, tiny, patch, param, cod
     assert_error(chat(api, model, **body), 400, param=param, code=code)
 
 
+# ---------------------------------------------------------------------------------------------
+# Responses API
+# ---------------------------------------------------------------------------------------------
+
+
+def respond(api, model: str, **body):
+    body = {"input": "Hello there", "max_output_tokens": 4, "temperature": 0} | body
+    return api.post("/v1/responses", json={"model": model, **body})
+
+
+def response_text(body: dict) -> str:
+    return "".join(
+        part["text"]
+        for item in body["output"]
+        if item["type"] == "message"
+        for part in item["content"]
+    )
+
+
+def stream_events(api, body: dict) -> list[dict]:
+    with api.stream("POST", "/v1/responses", json=body | {"stream": True}) as response:
+        assert response.status_code == 200, response.read()
+        lines = [line for line in response.iter_lines() if line]
+    events = []
+    for name, data in zip(lines[::2], lines[1::2], strict=True):
+        event = json.loads(data.removeprefix("data: "))
+        assert name == f"event: {event['type']}"
+        events.append(event)
+    return events
+
+
+def test_a_response_answers_as_the_chat_api_does(api, tiny):
+    """The same prompt, tokens and greedy answer as chat completions, in the Responses shape."""
+    instructions = "Answer briefly."
+    body = respond(api, tiny, instructions=instructions, max_output_tokens=6).json()
+    messages = [
+        {"role": "system", "content": instructions},
+        {"role": "user", "content": "Hello there"},
+    ]
+    completion = chat(api, tiny, messages=messages, max_tokens=6, temperature=0).json()
+    assert body["object"] == "response" and body["id"].startswith("resp_")
+    assert body["model"] == tiny and body["instructions"] == instructions
+    (message,) = body["output"]
+    assert message["type"] == "message" and message["role"] == "assistant"
+    assert message["status"] == "completed" and message["id"].startswith("msg_")
+    assert message["content"][0]["type"] == "output_text"
+    assert response_text(body) == completion["choices"][0]["message"]["content"]
+    usage = body["usage"]
+    assert usage["input_tokens"] == completion["usage"]["prompt_tokens"]
+    assert usage["output_tokens"] == completion["usage"]["completion_tokens"]
+    assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
+    if completion["choices"][0]["finish_reason"] == "length":  # the budget ran out
+        assert body["status"] == "incomplete"
+        assert body["incomplete_details"] == {"reason": "max_output_tokens"}
+    else:
+        assert body["status"] == "completed" and body["incomplete_details"] is None
+
+
+def test_a_stored_response_continues_with_previous_response_id(api, tiny):
+    first = respond(api, tiny, input="Hi").json()
+    assert first["store"] is True  # OpenAI's default
+    assert api.get(f"/v1/responses/{first['id']}").json() == first
+    follow = respond(api, tiny, input="And then?", previous_response_id=first["id"]).json()
+    assert follow["previous_response_id"] == first["id"]
+    # the follow-up's prompt is the whole conversation, as chat would be sent it
+    said = response_text(first)
+    messages = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": said},
+        {"role": "user", "content": "And then?"},
+    ]
+    completion = chat(api, tiny, messages=messages, max_tokens=4, temperature=0).json()
+    assert follow["usage"]["input_tokens"] == completion["usage"]["prompt_tokens"]
+    assert response_text(follow) == completion["choices"][0]["message"]["content"]
+
+    deleted = api.delete(f"/v1/responses/{first['id']}").json()
+    assert deleted == {"id": first["id"], "object": "response", "deleted": True}
+    assert_error(api.get(f"/v1/responses/{first['id']}"), 404, param="response_id")
+    assert_error(api.delete(f"/v1/responses/{first['id']}"), 404, param="response_id")
+    again = respond(api, tiny, input="More", previous_response_id=first["id"])
+    assert_error(again, 404, param="previous_response_id", code="previous_response_not_found")
+
+    unstored = respond(api, tiny, store=False).json()
+    assert unstored["store"] is False
+    assert_error(api.get(f"/v1/responses/{unstored['id']}"), 404)
+
+
+def test_response_input_items_become_the_chat_messages(api, tiny):
+    """Messages with input_text parts, a function call and its output: the prompt equals the
+    chat request with the same conversation."""
+    items = [
+        {"role": "developer", "content": "Be brief."},
+        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Hi"}]},
+        {"type": "function_call", "call_id": "c1", "name": "f", "arguments": '{"x": 1}'},
+        {"type": "function_call_output", "call_id": "c1", "output": "42"},
+    ]
+    body = respond(api, tiny, input=items).json()
+    messages = [
+        {"role": "developer", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "f", "arguments": '{"x": 1}'}}
+            ],
+        },
+        {"role": "tool", "tool_call_id": "c1", "content": "42"},
+    ]
+    completion = chat(api, tiny, messages=messages, max_tokens=4, temperature=0).json()
+    assert body["usage"]["input_tokens"] == completion["usage"]["prompt_tokens"]
+
+
+def test_response_tools_are_chat_tools_in_the_prompt(api, tiny):
+    tool = {"type": "function", **WEATHER_TOOL["function"]}
+    body = respond(api, tiny, tools=[tool]).json()
+    completion = chat(api, tiny, tools=[WEATHER_TOOL], max_tokens=4, temperature=0).json()
+    assert body["usage"]["input_tokens"] == completion["usage"]["prompt_tokens"]
+    assert body["tools"] == [tool | {"strict": False}] and body["tool_choice"] == "auto"
+    named = respond(
+        api, tiny, tools=[tool], tool_choice={"type": "function", "name": "get_weather"}
+    )
+    forced = chat(
+        api,
+        tiny,
+        tools=[WEATHER_TOOL],
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+        max_tokens=4,
+        temperature=0,
+    ).json()
+    # the random model writes no well-formed call after the forced opening: text, as in chat
+    assert response_text(named.json()) == forced["choices"][0]["message"]["content"]
+
+
+def test_a_streamed_response_sends_openais_events(api, tiny):
+    body = {"model": tiny, "input": "Hello there", "max_output_tokens": 6, "temperature": 0}
+    whole = api.post("/v1/responses", json=body).json()
+    events = stream_events(api, body)
+    kinds = [e["type"] for e in events]
+    assert kinds[:4] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+    ]
+    assert kinds[-4:] == [
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.incomplete" if whole["status"] == "incomplete" else "response.completed",
+    ]
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    assert events[0]["response"]["status"] == "in_progress"
+    deltas = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
+    assert deltas == response_text(whole)  # greedy: the same answer both ways
+    final = events[-1]["response"]
+    assert response_text(final) == deltas and final["usage"] == whole["usage"]
+    assert api.get(f"/v1/responses/{final['id']}").json() == final  # stored when it ended
+
+
+@pytest.mark.parametrize(
+    ("patch", "param", "code"),
+    [
+        ({"input": []}, "input", None),
+        ({"input": [{"role": "wizard", "content": "hi"}]}, "input", None),
+        ({"input": [{"role": "user", "content": [{"type": "input_image"}]}]}, "input", None),
+        ({"input": [{"type": "reasoning", "summary": []}]}, "input", None),
+        (
+            {"input": [{"type": "function_call", "call_id": "c", "name": "f", "arguments": "{"}]},
+            "input",
+            None,
+        ),
+        ({"input": [{"type": "function_call_output", "output": "x"}]}, "input", None),
+        ({"tools": [{"type": "web_search"}]}, "tools", None),
+        ({"tools": [{"type": "function", "name": "f", "strict": True}]}, "tools[0].strict", None),
+        ({"tool_choice": "sometimes"}, "tool_choice", None),
+        ({"text": {"format": {"type": "json_object"}}}, "text.format.type", None),
+        ({"reasoning": {"effort": "low"}}, "reasoning", None),
+        ({"background": True}, "background", None),
+        ({"include": ["message.output_text.logprobs"]}, "include", None),
+        ({"truncation": "auto"}, "truncation", None),
+        ({"max_output_tokens": 10**6}, "max_output_tokens", "context_length_exceeded"),
+        ({"input": "word " * 3000, "max_output_tokens": None}, "input", "context_length_exceeded"),
+        ({"temperature": 3}, "temperature", None),
+        ({"modalities": ["text"]}, "modalities", None),
+    ],
+)
+def test_bad_response_requests_are_400_naming_the_field(api, tiny, patch, param, code):
+    assert_error(respond(api, tiny, **patch), 400, param=param, code=code)
+
+
+def test_response_unknown_model_and_previous_id_are_404(api, tiny):
+    assert_error(respond(api, "gpt-17"), 404, param="model", code="model_not_found")
+    missing = respond(api, tiny, previous_response_id="resp_nope")
+    assert_error(missing, 404, param="previous_response_id", code="previous_response_not_found")
+
+
 def test_prompt_over_the_context_is_context_length_exceeded(api, tiny):
     long = [{"role": "user", "content": "word " * 3000}]  # > the tiny model's 2048 positions
     error = assert_error(

@@ -181,6 +181,50 @@ def test_tutorial_chat_with_the_fine_tuned_model(client, finished_job):
     assert streamed == choice.message.content  # greedy: the same answer both ways
 
 
+def test_responses_api_with_the_fine_tuned_model(client, finished_job):
+    """OpenAI's newer API for the same model: `responses.create`, its stream helper (which
+    checks the events' order as it rebuilds the response), retrieve, previous_response_id and
+    delete, through the official SDK."""
+    import openai
+
+    job, _ = finished_job
+    asked = {"model": job.fine_tuned_model, "max_output_tokens": 8, "temperature": 0}
+    instructions = "You answer with the capital city."
+    question = "What is the capital of country number 3?"
+    response = client.responses.create(input=question, instructions=instructions, **asked)
+    completion = client.chat.completions.create(
+        model=job.fine_tuned_model,
+        messages=[
+            {"role": "system", "content": instructions},
+            {"role": "user", "content": question},
+        ],
+        max_tokens=8,
+        temperature=0,
+    )
+    assert response.object == "response" and response.status in ("completed", "incomplete")
+    assert response.output_text == completion.choices[0].message.content
+    assert response.usage.input_tokens == completion.usage.prompt_tokens
+
+    with client.responses.stream(input=question, instructions=instructions, **asked) as stream:
+        events = list(stream)
+    deltas = [e.delta for e in events if e.type == "response.output_text.delta"]
+    # the SDK rebuilt the response from the events; an answer cut by max_output_tokens ends
+    # with response.incomplete, as OpenAI's does
+    last = events[-1]
+    assert last.type == f"response.{response.status}"
+    assert "".join(deltas) == last.response.output_text == response.output_text
+
+    assert client.responses.retrieve(response.id).output_text == response.output_text
+    follow = client.responses.create(
+        input="And of country number 4?", previous_response_id=response.id, **asked
+    )
+    assert follow.previous_response_id == response.id
+    assert follow.usage.input_tokens > response.usage.total_tokens  # the whole conversation
+    client.responses.delete(response.id)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(response.id)
+
+
 def test_stream_ends_with_done_on_the_wire(server, finished_job):
     job, _ = finished_job
     body = {
@@ -349,3 +393,20 @@ def test_function_calling_with_a_model_fine_tuned_on_tool_calls(
         messages=[ASKED], tool_choice="none", max_tokens=8, **asked
     )
     assert plain.choices[0].message.tool_calls is None
+
+    # The Responses API: the call is a function_call item; its output, sent back with
+    # previous_response_id, gets the trained reply.
+    tools = [{"type": "function", **WEATHER_TOOLS[0]["function"]}]
+    asked = {"model": job.fine_tuned_model, "tools": tools, "temperature": 0}
+    response = client.responses.create(input=[ASKED], **asked)
+    (item,) = response.output
+    assert item.type == "function_call" and item.name == "get_weather", response.output
+    assert json.loads(item.arguments) == {"city": "Paris"} and item.call_id.startswith("call_")
+    events = list(client.responses.create(input=[ASKED], stream=True, **asked))
+    done = [e.item for e in events if e.type == "response.output_item.done"]
+    assert [(i.type, i.name, json.loads(i.arguments)) for i in done] == [
+        ("function_call", "get_weather", {"city": "Paris"})
+    ]
+    output = {"type": "function_call_output", "call_id": item.call_id, "output": '{"temp_c": 18}'}
+    reply = client.responses.create(input=[output], previous_response_id=response.id, **asked)
+    assert reply.output_text == REPLY

@@ -26,6 +26,7 @@ from tuneforge.api import (
     forms,
     graders,
     models,
+    responses,
 )
 from tuneforge.api.catalog import Catalog
 from tuneforge.api.deps import get_engine
@@ -278,7 +279,18 @@ def create_app(
         """Liveness, open without the API key; `generating` counts choices in flight."""
         return {"status": "ok", "generating": get_engine(request).active}
 
-    modules = (files, file_views, fine_tuning, exports, graders, forms, comparisons, models, chat)
+    modules = (
+        files,
+        file_views,
+        fine_tuning,
+        exports,
+        graders,
+        forms,
+        comparisons,
+        models,
+        chat,
+        responses,
+    )
     for module in modules:
         app.include_router(module.router)
     app.add_middleware(

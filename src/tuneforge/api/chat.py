@@ -30,7 +30,12 @@ from fastapi.responses import Response, StreamingResponse
 from tuneforge.api.deps import get_catalog, get_engine
 from tuneforge.api.errors import APIError, error_body, from_tuneforge
 from tuneforge.api.schemas import ChatCompletion, ChatCompletionRequest
-from tuneforge.data.chat_template import TOOL_CALL_OPEN, TemplateError, parse_tool_calls
+from tuneforge.data.chat_template import (
+    TOOL_CALL_OPEN,
+    TemplateError,
+    parse_tool_calls,
+    tool_call_objects,
+)
 from tuneforge.data.conversation import Message
 from tuneforge.errors import TuneforgeError
 from tuneforge.inference.engine import (
@@ -105,7 +110,7 @@ def completion_budget(body: ChatCompletionRequest, prompt_tokens: int, context: 
 
 
 @dataclass
-class _Answer:
+class Answer:
     """One choice's text as it is generated. With tools, the stream sends the text before the
     first `<tool_call>` (holding back what may be the start of one, and trailing whitespace)
     and the calls at the end, so that streamed and whole answers say the same."""
@@ -131,15 +136,7 @@ class _Answer:
         parsed = parse_tool_calls(self.text) if self.tools else None
         if parsed is None:
             return self.text, None
-        calls = parsed.calls if parallel else parsed.calls[:1]
-        return parsed.content, [
-            {
-                "id": f"call_{secrets.token_hex(12)}",
-                "type": "function",
-                "function": {"name": name, "arguments": arguments},
-            }
-            for name, arguments in calls
-        ]
+        return parsed.content, tool_call_objects(parsed.calls if parallel else parsed.calls[:1])
 
 
 def _open_started(text: str) -> int:
@@ -150,7 +147,7 @@ def _open_started(text: str) -> int:
     return 0
 
 
-def _failure(error: BaseException) -> APIError:
+def api_failure(error: BaseException) -> APIError:
     if isinstance(error, TuneforgeError):
         return from_tuneforge(error, param="model")
     return APIError(
@@ -161,7 +158,7 @@ def _failure(error: BaseException) -> APIError:
     )
 
 
-async def _next(generation: Generation, request: Request) -> tuple[int, Event] | None:
+async def next_event(generation: Generation, request: Request) -> tuple[int, Event] | None:
     """The next event, or None once the client has gone (the generation is then cancelled)."""
     while True:
         try:
@@ -180,12 +177,19 @@ def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     }
 
 
-@router.post(
-    "/v1/chat/completions",
-    response_model=ChatCompletion,
-    responses={200: {"content": {"text/event-stream": {}}}},
-)
-async def chat_completions(request: Request, body: ChatCompletionRequest) -> Any:
+@dataclass
+class Started:
+    """A generation the engine has begun: its first event is in hand."""
+
+    generation: Generation
+    first: tuple[int, Event]
+    prompt_tokens: int
+
+
+async def start(request: Request, body: ChatCompletionRequest) -> Started | Response:
+    """Check the request against the model, render the prompt and submit it to the engine, then
+    wait for the first event, so that a model that fails to load gets a proper status code
+    instead of an error inside a 200 stream. The route of `/v1/responses` starts here too."""
     catalog = get_catalog(request)
     engine = get_engine(request)
     served = await run_in_threadpool(catalog.get, body.model)
@@ -200,16 +204,52 @@ async def chat_completions(request: Request, body: ChatCompletionRequest) -> Any
         seed=body.seed,
         stop=body.stop_list(),
     )
-    n = body.n or 1
-    generation = engine.submit(served.target, text, prompt, params, n=n)
-    # Wait for the first event before answering, so that a model that fails to load gets a
-    # proper status code instead of an error inside a 200 stream.
-    first = await _next(generation, request)
+    generation = engine.submit(served.target, text, prompt, params, n=body.n or 1)
+    first = await next_event(generation, request)
     if first is None:
         return Response(status_code=CLIENT_CLOSED)
     if isinstance(first[1], Failed):
         generation.cancel()
-        raise _failure(first[1].error)
+        raise api_failure(first[1].error)
+    return Started(generation, first, len(prompt))
+
+
+async def collect(
+    started: Started, request: Request, answers: list[Answer]
+) -> dict[int, Finished] | None:
+    """Every choice's whole answer (into `answers`) and how it finished; None once the client
+    has gone. A failure raises the APIError it maps to."""
+    generation = started.generation
+    finished: dict[int, Finished] = {}
+    item: tuple[int, Event] | None = started.first
+    try:
+        while True:
+            if item is None:
+                return None
+            index, event = item
+            if isinstance(event, Failed):
+                raise api_failure(event.error)
+            if isinstance(event, Delta):
+                answers[index].text += event.text
+            else:
+                finished[index] = event
+                if len(finished) == generation.n:
+                    return finished
+            item = await next_event(generation, request)
+    finally:
+        if len(finished) < generation.n:
+            generation.cancel()
+
+
+@router.post(
+    "/v1/chat/completions",
+    response_model=ChatCompletion,
+    responses={200: {"content": {"text/event-stream": {}}}},
+)
+async def chat_completions(request: Request, body: ChatCompletionRequest) -> Any:
+    started = await start(request, body)
+    if isinstance(started, Response):
+        return started
     meta = {
         "id": f"chatcmpl-{secrets.token_hex(12)}",
         "created": int(time.time()),
@@ -218,48 +258,18 @@ async def chat_completions(request: Request, body: ChatCompletionRequest) -> Any
         "service_tier": "default",  # every request is served alike
     }
     tools = body.prompt_tools() is not None
-    answers = [_Answer(body.forced_call() or "", tools) for _ in range(n)]
+    answers = [Answer(body.forced_call() or "", tools) for _ in range(started.generation.n)]
     parallel = body.parallel_tool_calls is not False
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return StreamingResponse(
-            _stream(
-                generation, request, first, meta, len(prompt), include_usage, answers, parallel
-            ),
+            _stream(started, request, meta, include_usage, answers, parallel),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
-    return await _complete(generation, request, first, meta, len(prompt), answers, parallel)
-
-
-async def _complete(
-    generation: Generation,
-    request: Request,
-    first: tuple[int, Event],
-    meta: dict[str, Any],
-    prompt_tokens: int,
-    answers: list[_Answer],
-    parallel: bool,
-) -> dict[str, Any] | Response:
-    finished: dict[int, Finished] = {}
-    item: tuple[int, Event] | None = first
-    try:
-        while True:
-            if item is None:
-                return Response(status_code=CLIENT_CLOSED)
-            index, event = item
-            if isinstance(event, Failed):
-                raise _failure(event.error)
-            if isinstance(event, Delta):
-                answers[index].text += event.text
-            else:
-                finished[index] = event
-                if len(finished) == generation.n:
-                    break
-            item = await _next(generation, request)
-    finally:
-        if len(finished) < generation.n:
-            generation.cancel()
+    finished = await collect(started, request, answers)
+    if finished is None:
+        return Response(status_code=CLIENT_CLOSED)
     choices = []
     for i, answer in enumerate(answers):
         content, calls = answer.final(parallel)
@@ -273,7 +283,7 @@ async def _complete(
         **meta,
         "object": "chat.completion",
         "choices": choices,
-        "usage": _usage(prompt_tokens, completion_tokens),
+        "usage": _usage(started.prompt_tokens, completion_tokens),
     }
 
 
@@ -282,13 +292,11 @@ def _sse(data: dict[str, Any]) -> str:
 
 
 async def _stream(
-    generation: Generation,
+    started: Started,
     request: Request,
-    first: tuple[int, Event],
     meta: dict[str, Any],
-    prompt_tokens: int,
     include_usage: bool,
-    answers: list[_Answer],
+    answers: list[Answer],
     parallel: bool,
 ) -> AsyncIterator[str]:
     def chunk(index: int, delta: dict[str, Any], finish_reason: str | None = None) -> str:
@@ -303,9 +311,10 @@ async def _stream(
             body["usage"] = None
         return _sse(body)
 
+    generation = started.generation
     completion_tokens = 0
     remaining = generation.n
-    item: tuple[int, Event] | None = first
+    item: tuple[int, Event] | None = started.first
     try:
         for index in range(generation.n):
             yield chunk(index, {"role": "assistant", "content": ""})
@@ -314,7 +323,7 @@ async def _stream(
                 return
             index, event = item
             if isinstance(event, Failed):
-                failure = _failure(event.error)
+                failure = api_failure(event.error)
                 yield _sse(error_body(failure.message, failure.type, failure.param, failure.code))
                 return
             answer = answers[index]
@@ -333,14 +342,14 @@ async def _stream(
                 remaining -= 1
                 if not remaining:
                     break
-            item = await _next(generation, request)
+            item = await next_event(generation, request)
         if include_usage:
             yield _sse(
                 {
                     **meta,
                     "object": "chat.completion.chunk",
                     "choices": [],
-                    "usage": _usage(prompt_tokens, completion_tokens),
+                    "usage": _usage(started.prompt_tokens, completion_tokens),
                 }
             )
         yield "data: [DONE]\n\n"

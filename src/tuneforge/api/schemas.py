@@ -591,3 +591,202 @@ class ChatCompletion(BaseModel):
     usage: Usage
     system_fingerprint: str | None = None
     service_tier: Literal["default"] = "default"
+
+
+# ----------------------------------------------------------------------------------------------
+# Responses (OpenAI's newer API for the same chat models: `client.responses.create`)
+# ----------------------------------------------------------------------------------------------
+
+
+class ResponseFunctionTool(Strict):
+    type: Literal["function"]
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: Annotated[
+        bool | None,
+        _refused(
+            "tuneforge cannot constrain arguments to the schema (structured outputs); set "
+            "strict to false, and check the arguments you receive"
+        ),
+    ] = Field(None, description="Only false: arguments are not constrained.")
+
+    def as_chat_tool(self) -> dict[str, Any]:
+        """The same function as chat completions (and training files) write it."""
+        return {
+            "type": "function",
+            "function": self.model_dump(exclude={"type", "strict"}, exclude_none=True),
+        }
+
+
+class ResponseNamedToolChoice(Strict):
+    type: Literal["function"]
+    name: str
+
+
+class ResponseTextFormat(Strict):
+    type: Literal["text"] = Field(
+        description='Only "text": tuneforge cannot constrain output to JSON yet; ask for JSON '
+        "in the prompt (a model fine-tuned on JSON answers answers in JSON)."
+    )
+
+
+class ResponseTextConfig(Strict):
+    format: ResponseTextFormat | None = None
+
+
+class ResponseStreamOptions(Strict):
+    # Padding OpenAI adds to stream events against side channels; tuneforge adds none.
+    include_obfuscation: bool | None = None
+
+
+NOT_SERVED = "tuneforge does not serve this yet; leave it out"
+
+
+class ResponseRequest(Strict):
+    model: str = Field(min_length=1, max_length=MAX_ID)
+    input: str | list[dict[str, Any]] = Field(
+        description="A user message, or a list of items: messages ({role, content}), "
+        "function_call and function_call_output items.",
+    )
+    instructions: str | None = Field(
+        None, description="A system message put first; not carried over by previous_response_id."
+    )
+    previous_response_id: str | None = Field(None, max_length=MAX_ID)
+    max_output_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2, description="Default 1; 0 is greedy.")
+    top_p: float | None = Field(None, ge=0, le=1)
+    stream: bool | None = False
+    stream_options: ResponseStreamOptions | None = None
+    store: bool | None = Field(
+        None,
+        description="Default true: the response is kept, for GET /v1/responses/{id} and "
+        "previous_response_id, until it is deleted.",
+    )
+    tools: list[ResponseFunctionTool] | None = Field(None, max_length=128)
+    tool_choice: Literal["none", "auto", "required"] | ResponseNamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    text: ResponseTextConfig | None = None
+    truncation: Literal["disabled"] | None = Field(
+        None, description='Only "disabled": an input over the context is a 400.'
+    )
+    metadata: Metadata | None = None
+    user: str | None = Field(None, max_length=MAX_ID)
+    service_tier: Literal["auto", "default"] | None = None
+    prompt_cache_key: str | None = Field(None, max_length=MAX_ID)
+    safety_identifier: str | None = Field(None, max_length=MAX_ID)
+    # OpenAI settings tuneforge cannot honour: a 400 on the field when set.
+    reasoning: Annotated[
+        dict[str, Any] | None,
+        _refused("tuneforge's models do not reason in hidden tokens; leave reasoning out"),
+    ] = None
+    include: Annotated[list[str] | None, _refused(NOT_SERVED)] = None
+    top_logprobs: Annotated[int | None, _refused(NO_LOGPROBS)] = None
+    background: Annotated[bool | None, _refused("tuneforge answers in the foreground only")] = None
+    conversation: Annotated[Any, _refused(f"conversations: {NOT_SERVED}")] = None
+    prompt: Annotated[Any, _refused(f"stored prompts: {NOT_SERVED}")] = None
+    max_tool_calls: Annotated[int | None, _refused(NOT_SERVED)] = None
+
+    @field_validator("tools", mode="before")
+    @classmethod
+    def _function_tools(cls, value: Any) -> Any:
+        for i, tool in enumerate(value if isinstance(value, list) else ()):
+            kind = tool.get("type") if isinstance(tool, dict) else None
+            if kind != "function":
+                raise ValueError(
+                    f"tools[{i}] has type {kind!r}: tuneforge serves function tools only "
+                    '({"type": "function", "name": ..., "parameters": ...})'
+                )
+        return value
+
+    @field_validator("input")
+    @classmethod
+    def _input_items(cls, value: str | list[dict[str, Any]]) -> str | list[dict[str, Any]]:
+        input_messages(value)  # raises ValueError naming the item
+        return value
+
+    def messages(self) -> list[dict[str, Any]]:
+        """`input` as chat messages (chat completions' shape)."""
+        return input_messages(self.input)
+
+    def chat_tools(self) -> list[dict[str, Any]] | None:
+        return [t.as_chat_tool() for t in self.tools] if self.tools else None
+
+    def chat_tool_choice(self) -> Any:
+        if isinstance(self.tool_choice, ResponseNamedToolChoice):
+            return {"type": "function", "function": {"name": self.tool_choice.name}}
+        return self.tool_choice
+
+
+_INPUT_ROLES = ("user", "assistant", "system", "developer")
+_TEXT_PARTS = ("input_text", "output_text")
+
+
+def input_messages(value: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The Responses API's input → chat messages: a string is one user message; a
+    `function_call` item joins the assistant message before it (or starts one), as the calls of
+    one chat answer; a `function_call_output` is a tool message. ValueError names the item."""
+    if isinstance(value, str):
+        return [{"role": "user", "content": value}]
+    if not value:
+        raise ValueError("input is an empty list: send a message")
+    out: list[dict[str, Any]] = []
+    for i, item in enumerate(value):
+        where = f"input[{i}]"
+        kind = item.get("type", "message")
+        if kind == "message":
+            role = item.get("role")
+            if role not in _INPUT_ROLES:
+                raise ValueError(f"{where}.role is {role!r}; use one of {', '.join(_INPUT_ROLES)}")
+            out.append(
+                {"role": role, "content": _item_text(item.get("content"), f"{where}.content")}
+            )
+        elif kind == "function_call":
+            name, arguments = item.get("name"), item.get("arguments")
+            call_id = item.get("call_id")
+            if not (isinstance(name, str) and name and isinstance(call_id, str) and call_id):
+                raise ValueError(f"{where}: a function_call needs a name and a call_id")
+            if not isinstance(arguments, str):
+                raise ValueError(f"{where}.arguments must be a JSON string")
+            try:
+                json.loads(arguments)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{where}.arguments must be a JSON string ({exc.msg})") from None
+            call = {
+                "id": call_id,
+                "type": "function",
+                "function": {"name": name, "arguments": arguments},
+            }
+            if out and out[-1]["role"] == "assistant":
+                out[-1].setdefault("tool_calls", []).append(call)
+            else:
+                out.append({"role": "assistant", "content": None, "tool_calls": [call]})
+        elif kind == "function_call_output":
+            call_id = item.get("call_id")
+            if not (isinstance(call_id, str) and call_id):
+                raise ValueError(f"{where}: a function_call_output needs the call_id it answers")
+            text = _item_text(item.get("output"), f"{where}.output")
+            out.append({"role": "tool", "tool_call_id": call_id, "content": text})
+        else:
+            raise ValueError(
+                f"{where} has type {kind!r}: tuneforge takes message, function_call and "
+                "function_call_output items"
+            )
+    return out
+
+
+def _item_text(content: Any, where: str) -> str:
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise ValueError(f"{where} must be a string or a list of input_text parts")
+    texts = []
+    for j, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind not in _TEXT_PARTS or not isinstance(part.get("text"), str):
+            raise ValueError(
+                f"{where}[{j}] has type {kind!r}: tuneforge's models read text only "
+                '({"type": "input_text", "text": ...})'
+            )
+        texts.append(part["text"])
+    return "".join(texts)

@@ -1,5 +1,5 @@
-"""The embedded database: uploaded files, fine-tuning jobs and their events, in one SQLite file
-at `$TUNEFORGE_HOME/tuneforge.db`.
+"""The embedded database: uploaded files, fine-tuning jobs and their events, and stored
+responses (`/v1/responses`), in one SQLite file at `$TUNEFORGE_HOME/tuneforge.db`.
 
 Why SQLite: one file, no daemon, transactions that survive kill -9. WAL mode lets the server read
 while a worker process appends events; `busy_timeout` makes a writer wait for the lock instead of
@@ -100,6 +100,16 @@ MIGRATIONS: list[str] = [
         finished_at INTEGER
     );
     CREATE INDEX exports_job ON exports(job_id);
+    """,
+    # m005: stored responses of /v1/responses (OpenAI's `store`, on by default): the response
+    # object as returned, and the conversation it ends (chat messages), for previous_response_id
+    """
+    CREATE TABLE responses (
+        id TEXT PRIMARY KEY,
+        created_at INTEGER NOT NULL,
+        body TEXT NOT NULL,
+        messages TEXT NOT NULL
+    );
     """,
 ]
 
@@ -390,6 +400,27 @@ class Store:
                 "WHERE status IN ('queued', 'running')",
                 (json.dumps({"code": "server_stopped", "message": message}), int(time.time())),
             )
+
+    # -- responses -------------------------------------------------------------------------
+    def add_response(self, body: dict[str, Any], messages: list[dict[str, Any]]) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO responses (id, created_at, body, messages) VALUES (?, ?, ?, ?)",
+                (body["id"], body["created_at"], json.dumps(body), json.dumps(messages)),
+            )
+
+    def get_response(self, response_id: str) -> dict[str, Any] | None:
+        """{"body": the response object, "messages": the conversation it ends}, or None."""
+        row = self.conn.execute(
+            "SELECT body, messages FROM responses WHERE id = ?", (response_id,)
+        ).fetchone()
+        if row is None:
+            return None
+        return {"body": json.loads(row["body"]), "messages": json.loads(row["messages"])}
+
+    def delete_response(self, response_id: str) -> bool:
+        with self.transaction() as conn:
+            return conn.execute("DELETE FROM responses WHERE id = ?", (response_id,)).rowcount == 1
 
     # -- events ----------------------------------------------------------------------------
     def add_event(

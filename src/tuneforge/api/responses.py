@@ -1,0 +1,330 @@
+"""/v1/responses: OpenAI's Responses API (`client.responses.create`) on the models chat serves.
+
+A request becomes a chat completion request (`ResponseRequest.messages`: `instructions` first,
+then the conversation of `previous_response_id`, then `input`) and runs through the chat route's
+own path (`chat.start` / `chat.collect` / `Answer`): the same prompt, budget checks, tool calls
+and engine, so the two APIs answer alike. What differs is the shape: output items (a `message`
+with `output_text`, `function_call` items) and, when streaming, OpenAI's typed events
+(`response.created` … `response.output_text.delta` … `response.completed`).
+
+`store` is on by default, as OpenAI's: the response object and the conversation it ends are kept
+in the server's database, for `GET /v1/responses/{id}`, `previous_response_id` and
+`DELETE /v1/responses/{id}`; `store: false` keeps nothing. As on OpenAI, the instructions of an
+earlier response are not carried over.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response, StreamingResponse
+from pydantic import ValidationError
+
+from tuneforge.api import chat
+from tuneforge.api.deps import get_store
+from tuneforge.api.errors import APIError, not_found
+from tuneforge.api.schemas import ChatCompletionRequest, ResponseRequest
+from tuneforge.inference.engine import Delta, Event, Failed, Finished
+
+router = APIRouter()
+
+# chat's parameter names → this API's, for the errors the shared path raises
+_PARAMS = {"messages": "input", "max_completion_tokens": "max_output_tokens"}
+
+
+def _chat_request(body: ResponseRequest, history: list[dict[str, Any]]) -> ChatCompletionRequest:
+    messages = [{"role": "system", "content": body.instructions}] if body.instructions else []
+    try:
+        return ChatCompletionRequest.model_validate(
+            {
+                "model": body.model,
+                "messages": messages + history + body.messages(),
+                "temperature": body.temperature,
+                "top_p": body.top_p,
+                "max_completion_tokens": body.max_output_tokens,
+                "tools": body.chat_tools(),
+                "tool_choice": body.chat_tool_choice(),
+                "parallel_tool_calls": body.parallel_tool_calls,
+            }
+        )
+    except ValidationError as exc:  # input that the item checks let through, e.g. a tool role
+        first = exc.errors()[0]
+        raise APIError(400, f"input: {first['msg']}", param="input") from None
+
+
+def _response_object(
+    body: ResponseRequest, response_id: str, created: int, *, status: str
+) -> dict[str, Any]:
+    """The response as OpenAI's SDK types it, without output and usage yet."""
+    tool_choice = body.tool_choice or "auto"
+    return {
+        "id": response_id,
+        "object": "response",
+        "created_at": created,
+        "status": status,
+        "background": False,
+        "completed_at": None,
+        "error": None,
+        "incomplete_details": None,
+        "instructions": body.instructions,
+        "max_output_tokens": body.max_output_tokens,
+        "metadata": body.metadata or {},
+        "model": body.model,
+        "output": [],
+        "parallel_tool_calls": body.parallel_tool_calls is not False,
+        "previous_response_id": body.previous_response_id,
+        "reasoning": {"effort": None, "summary": None},
+        "service_tier": "default",
+        "store": body.store is not False,
+        "temperature": 1.0 if body.temperature is None else body.temperature,
+        "text": {"format": {"type": "text"}},
+        "tool_choice": tool_choice if isinstance(tool_choice, str) else tool_choice.model_dump(),
+        "tools": [t.model_dump() | {"strict": False} for t in body.tools or ()],
+        "top_p": 1.0 if body.top_p is None else body.top_p,
+        "truncation": "disabled",
+        "usage": None,
+        "user": body.user,
+    }
+
+
+def _message_item(item_id: str, text: str, status: str = "completed") -> dict[str, Any]:
+    content = [] if status != "completed" else [_text_part(text)]
+    return {
+        "id": item_id,
+        "type": "message",
+        "status": status,
+        "role": "assistant",
+        "content": content,
+    }
+
+
+def _text_part(text: str) -> dict[str, Any]:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+
+
+def _call_item(call: dict[str, Any], status: str = "completed") -> dict[str, Any]:
+    return {
+        "id": f"fc_{secrets.token_hex(12)}",
+        "type": "function_call",
+        "status": status,
+        "call_id": call["id"],
+        "name": call["function"]["name"],
+        "arguments": call["function"]["arguments"] if status == "completed" else "",
+    }
+
+
+def _finish(
+    response: dict[str, Any], finished: Finished, prompt_tokens: int, calls: list | None
+) -> None:
+    """Status, usage and timing of a response whose output is complete."""
+    incomplete = finished.reason == "length" and not calls
+    response["status"] = "incomplete" if incomplete else "completed"
+    response["incomplete_details"] = {"reason": "max_output_tokens"} if incomplete else None
+    response["completed_at"] = int(time.time())
+    response["usage"] = {
+        "input_tokens": prompt_tokens,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": finished.completion_tokens,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": prompt_tokens + finished.completion_tokens,
+    }
+
+
+def _answer_message(content: str | None, calls: list | None) -> dict[str, Any]:
+    """The answer as a chat message, for the stored conversation."""
+    message: dict[str, Any] = {"role": "assistant", "content": content}
+    if calls:
+        message["tool_calls"] = calls
+    return message
+
+
+async def _save(request: Request, response: dict[str, Any], messages: list[dict]) -> None:
+    if response["store"]:
+        await run_in_threadpool(get_store(request).add_response, response, messages)
+
+
+@router.post("/v1/responses", responses={200: {"content": {"text/event-stream": {}}}})
+async def create_response(request: Request, body: ResponseRequest) -> Any:
+    history: list[dict[str, Any]] = []
+    if body.previous_response_id:
+        earlier = await run_in_threadpool(
+            get_store(request).get_response, body.previous_response_id
+        )
+        if earlier is None:
+            raise APIError(
+                404,
+                f"Previous response with id '{body.previous_response_id}' not found: it was "
+                "deleted, made with store: false, or made by another server",
+                param="previous_response_id",
+                code="previous_response_not_found",
+            )
+        history = earlier["messages"]
+    request_chat = _chat_request(body, history)
+    try:
+        started = await chat.start(request, request_chat)
+    except APIError as exc:
+        exc.param = _PARAMS.get(exc.param or "", exc.param)
+        raise
+    if isinstance(started, Response):
+        return started
+    response = _response_object(
+        body, f"resp_{secrets.token_hex(16)}", int(time.time()), status="in_progress"
+    )
+    conversation = history + body.messages()
+    answer = chat.Answer(request_chat.forced_call() or "", request_chat.prompt_tools() is not None)
+    parallel = body.parallel_tool_calls is not False
+    if body.stream:
+        return StreamingResponse(
+            _stream(started, request, response, answer, parallel, conversation),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+    finished = await chat.collect(started, request, [answer])
+    if finished is None:
+        return Response(status_code=chat.CLIENT_CLOSED)
+    content, calls = answer.final(parallel)
+    if content or not calls:
+        response["output"].append(_message_item(f"msg_{secrets.token_hex(12)}", content or ""))
+    response["output"] += [_call_item(call) for call in calls or ()]
+    _finish(response, finished[0], started.prompt_tokens, calls)
+    await _save(request, response, conversation + [_answer_message(content, calls)])
+    return response
+
+
+class _Events:
+    """OpenAI's stream events: `event: <type>` and the JSON with its type and sequence number."""
+
+    def __init__(self) -> None:
+        self.sequence = 0
+
+    def __call__(self, kind: str, **fields: Any) -> str:
+        data = {"type": kind, "sequence_number": self.sequence, **fields}
+        self.sequence += 1
+        text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+        return f"event: {kind}\ndata: {text}\n\n"
+
+
+async def _stream(
+    started: chat.Started,
+    request: Request,
+    response: dict[str, Any],
+    answer: chat.Answer,
+    parallel: bool,
+    conversation: list[dict[str, Any]],
+) -> AsyncIterator[str]:
+    event = _Events()
+    message_id = f"msg_{secrets.token_hex(12)}"
+    opened = False  # the message item and its text part were announced
+
+    def open_message() -> list[str]:
+        return [
+            event(
+                "response.output_item.added",
+                output_index=0,
+                item=_message_item(message_id, "", "in_progress"),
+            ),
+            event(
+                "response.content_part.added",
+                item_id=message_id,
+                output_index=0,
+                content_index=0,
+                part=_text_part(""),
+            ),
+        ]
+
+    item: tuple[int, Event] | None = started.first
+    try:
+        yield event("response.created", response=response)
+        yield event("response.in_progress", response=response)
+        while True:
+            if item is None:
+                return
+            _, happened = item
+            if isinstance(happened, Failed):
+                failure = chat.api_failure(happened.error)
+                yield event(
+                    "error", code=failure.code, message=failure.message, param=failure.param
+                )
+                return
+            if isinstance(happened, Delta):
+                answer.text += happened.text
+                if piece := answer.streamable():
+                    if not opened:
+                        opened = True
+                        for line in open_message():
+                            yield line
+                    yield event(
+                        "response.output_text.delta",
+                        item_id=message_id,
+                        output_index=0,
+                        content_index=0,
+                        delta=piece,
+                        logprobs=[],
+                    )
+                item = await chat.next_event(started.generation, request)
+                continue
+            content, calls = answer.final(parallel)
+            if content or not calls:
+                if not opened:
+                    for line in open_message():
+                        yield line
+                text = content or ""
+                if rest := text[answer.sent :]:
+                    yield event(
+                        "response.output_text.delta",
+                        item_id=message_id,
+                        output_index=0,
+                        content_index=0,
+                        delta=rest,
+                        logprobs=[],
+                    )
+                done = {"item_id": message_id, "output_index": 0, "content_index": 0}
+                yield event("response.output_text.done", **done, text=text, logprobs=[])
+                yield event("response.content_part.done", **done, part=_text_part(text))
+                message = _message_item(message_id, text)
+                yield event("response.output_item.done", output_index=0, item=message)
+                response["output"].append(message)
+            for call in calls or ():
+                index = len(response["output"])
+                pending = _call_item(call, "in_progress")
+                where = {"item_id": pending["id"], "output_index": index}
+                yield event("response.output_item.added", output_index=index, item=pending)
+                arguments = call["function"]["arguments"]
+                yield event("response.function_call_arguments.delta", **where, delta=arguments)
+                yield event(
+                    "response.function_call_arguments.done",
+                    **where,
+                    name=call["function"]["name"],
+                    arguments=arguments,
+                )
+                done_item = pending | {"status": "completed", "arguments": arguments}
+                yield event("response.output_item.done", output_index=index, item=done_item)
+                response["output"].append(done_item)
+            _finish(response, happened, started.prompt_tokens, calls)
+            await _save(request, response, conversation + [_answer_message(content, calls)])
+            kind = "response.incomplete" if response["status"] == "incomplete" else None
+            yield event(kind or "response.completed", response=response)
+            return
+    finally:
+        started.generation.cancel()  # a no-op when finished; stops the row when the client left
+
+
+@router.get("/v1/responses/{response_id}")
+async def retrieve_response(request: Request, response_id: str) -> Any:
+    stored = await run_in_threadpool(get_store(request).get_response, response_id)
+    if stored is None:
+        raise not_found("response", response_id, param="response_id")
+    return stored["body"]
+
+
+@router.delete("/v1/responses/{response_id}")
+async def delete_response(request: Request, response_id: str) -> Any:
+    if not await run_in_threadpool(get_store(request).delete_response, response_id):
+        raise not_found("response", response_id, param="response_id")
+    return {"id": response_id, "object": "response", "deleted": True}
