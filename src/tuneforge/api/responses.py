@@ -222,6 +222,16 @@ async def _stream(
     message_id = f"msg_{secrets.token_hex(12)}"
     opened = False  # the message item and its text part were announced
 
+    def text_delta(piece: str) -> str:
+        return event(
+            "response.output_text.delta",
+            item_id=message_id,
+            output_index=0,
+            content_index=0,
+            delta=piece,
+            logprobs=[],
+        )
+
     def open_message() -> list[str]:
         return [
             event(
@@ -259,14 +269,7 @@ async def _stream(
                         opened = True
                         for line in open_message():
                             yield line
-                    yield event(
-                        "response.output_text.delta",
-                        item_id=message_id,
-                        output_index=0,
-                        content_index=0,
-                        delta=piece,
-                        logprobs=[],
-                    )
+                    yield text_delta(piece)
                 item = await chat.next_event(started.generation, request)
                 continue
             content, calls = answer.final(parallel)
@@ -276,14 +279,7 @@ async def _stream(
                         yield line
                 text = content or ""
                 if rest := text[answer.sent :]:
-                    yield event(
-                        "response.output_text.delta",
-                        item_id=message_id,
-                        output_index=0,
-                        content_index=0,
-                        delta=rest,
-                        logprobs=[],
-                    )
+                    yield text_delta(rest)
                 done = {"item_id": message_id, "output_index": 0, "content_index": 0}
                 yield event("response.output_text.done", **done, text=text, logprobs=[])
                 yield event("response.content_part.done", **done, part=_text_part(text))
