@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -109,6 +110,43 @@ def test_file_round_trip_under_our_own_name(api, home):
     assert deleted.json() == {"id": file["id"], "object": "file", "deleted": True}
     assert not (home / "files" / f"{file['id']}.jsonl").exists()
     assert_error(api.get(f"/v1/files/{file['id']}"), 404, param="file_id")
+
+
+def test_file_expires_after_as_openai_sends_it(api, home, monkeypatch):
+    """files.create(expires_after={"anchor": "created_at", "seconds": N}) arrives as two form
+    fields; the file shows its expires_at, and past it the file is gone from every route (the
+    scheduler deletes the bytes). Bad values and unknown form fields are 400s naming them."""
+    content = jsonl(good_examples(10))
+    expiry = {"expires_after[anchor]": "created_at", "expires_after[seconds]": "3600"}
+    response = api.post(
+        "/v1/files", files={"file": ("t.jsonl", content)}, data={"purpose": "fine-tune"} | expiry
+    )
+    assert response.status_code == 200, response.text
+    file = response.json()
+    assert file["expires_at"] == file["created_at"] + 3600
+    assert upload(api, content).json()["expires_at"] is None
+    assert api.get(f"/v1/files/{file['id']}").json() == file
+
+    later = time.time() + 3601
+    monkeypatch.setattr("tuneforge.jobs.store.time.time", lambda: later)
+    assert_error(api.get(f"/v1/files/{file['id']}"), 404, param="file_id")
+    assert file["id"] not in [f["id"] for f in api.get("/v1/files").json()["data"]]
+    deadline = time.monotonic() + 10
+    while (home / "files" / f"{file['id']}.jsonl").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)  # the scheduler's tick (every 0.25 s) deletes it
+    assert not (home / "files" / f"{file['id']}.jsonl").exists()
+
+    def post(**data):
+        fields = {"purpose": "fine-tune"} | data
+        return api.post("/v1/files", files={"file": ("t.jsonl", content)}, data=fields)
+
+    bad_anchor = {"expires_after[anchor]": "last_used", "expires_after[seconds]": "3600"}
+    assert_error(post(**bad_anchor), 400, param="expires_after.anchor")
+    for seconds in ("60", "2592001", "soon"):
+        fields = expiry | {"expires_after[seconds]": seconds}
+        assert_error(post(**fields), 400, param="expires_after.seconds")
+    assert_error(post(**{"expires_after[seconds]": "3600"}), 400, param="expires_after.anchor")
+    assert_error(post(purpse="fine-tune"), 400, param="purpse")
 
 
 def test_file_list_pages(api):

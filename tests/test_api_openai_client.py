@@ -225,6 +225,16 @@ def test_responses_api_with_the_fine_tuned_model(client, finished_job):
         client.responses.retrieve(response.id)
 
 
+def test_files_expire_after_as_the_sdk_sends_it(client, tmp_path):
+    path = write_lines(tmp_path / "train.jsonl", good_examples(10))
+    with path.open("rb") as f:
+        file = client.files.create(
+            file=f, purpose="fine-tune", expires_after={"anchor": "created_at", "seconds": 3600}
+        )
+    assert file.expires_at == file.created_at + 3600
+    assert client.files.retrieve(file.id).expires_at == file.expires_at
+
+
 def test_stream_ends_with_done_on_the_wire(server, finished_job):
     job, _ = finished_job
     body = {

@@ -109,6 +109,41 @@ def test_a_status_change_and_its_event_are_written_together(store, tiny_model_di
     assert "never" not in [e["message"] for e in store.list_events(job["id"])]
 
 
+def test_an_expired_file_waits_for_the_unfinished_job_that_reads_it(store, tmp_path):
+    """OpenAI's expires_after: past expires_at a file is hidden and deleted, unless a job that
+    has not finished reads it (a resumed run reads its data again); then it goes after."""
+    now = time.time()
+    kept = store.add_file(
+        "file-kept",
+        write_lines(tmp_path / "a.jsonl", good_examples()),
+        filename="a.jsonl",
+        purpose="fine-tune",
+        expires_after=3600,
+    )
+    gone = store.add_file(
+        "file-gone",
+        write_lines(tmp_path / "b.jsonl", good_examples()),
+        filename="b.jsonl",
+        purpose="fine-tune",
+        expires_after=3600,
+    )
+    forever = store.add_file(
+        "file-forever",
+        write_lines(tmp_path / "c.jsonl", good_examples()),
+        filename="c.jsonl",
+        purpose="fine-tune",
+    )
+    job = add_job(store, status="running", training_file="file-other", validation_file="file-kept")
+    assert store.expire_files(now + 3599) == []
+    assert store.expire_files(now + 3601) == ["file-gone"]
+    assert store.get_file("file-gone") is None and not Path(gone["path"]).exists()
+    assert store.get_file("file-kept") is not None and Path(kept["path"]).exists()
+    assert store.get_file("file-forever") is not None
+    store.update_job(job["id"], status="succeeded")
+    assert store.expire_files(now + 3601) == ["file-kept"]
+    assert not Path(kept["path"]).exists() and Path(forever["path"]).exists()
+
+
 def test_events_page_newest_first(store):
     job = add_job(store)
     for i in range(5):

@@ -31,9 +31,39 @@ MAX_LISTED_PROBLEMS = 3
 
 
 def file_object(row: dict) -> dict:
-    return {k: row[k] for k in ("id", "bytes", "created_at", "filename", "purpose", "status")} | {
-        "object": "file"
-    }
+    fields = ("id", "bytes", "created_at", "filename", "purpose", "status", "expires_at")
+    return {k: row.get(k) for k in fields} | {"object": "file"}
+
+
+# OpenAI's limits on `expires_after.seconds`: one hour to 30 days.
+EXPIRY_SECONDS = (3600, 2_592_000)
+FORM_FIELDS = ("file", "purpose", "column_map", "expires_after[anchor]", "expires_after[seconds]")
+
+
+def _expires_after(anchor: str | None, seconds: str | None) -> int | None:
+    """OpenAI's `expires_after: {anchor: "created_at", seconds: N}` (the SDK sends it as the
+    form fields expires_after[anchor] and expires_after[seconds]) → seconds, or None."""
+    if anchor is None and seconds is None:
+        return None
+    if anchor != "created_at":
+        raise APIError(
+            400,
+            f"expires_after.anchor is {anchor!r}: the one anchor is 'created_at'",
+            param="expires_after.anchor",
+        )
+    low, high = EXPIRY_SECONDS
+    try:
+        value = int(seconds or "")
+    except ValueError:
+        value = -1
+    if not low <= value <= high:
+        raise APIError(
+            400,
+            f"expires_after.seconds is {seconds!r}: give a whole number of seconds from {low} "
+            f"(one hour) to {high:,} (30 days)",
+            param="expires_after.seconds",
+        )
+    return value
 
 
 def _extension(filename: str) -> str:
@@ -185,7 +215,31 @@ async def upload_file(
             "stored converted to OpenAI chat JSONL.",
         ),
     ] = None,
+    expires_anchor: Annotated[
+        str | None,
+        Form(
+            alias="expires_after[anchor]",
+            max_length=64,
+            description="OpenAI's expires_after.anchor: `created_at`.",
+        ),
+    ] = None,
+    expires_seconds: Annotated[
+        str | None,
+        Form(
+            alias="expires_after[seconds]",
+            max_length=32,
+            description="OpenAI's expires_after.seconds (3600 to 2592000): the file is deleted "
+            "that long after its upload (kept until an unfinished job that reads it is done).",
+        ),
+    ] = None,
 ) -> dict:
+    form = await request.form()
+    for key in form:
+        if key not in FORM_FIELDS:
+            raise APIError(
+                400, f"Unrecognized request argument supplied: {key[:64]}", param=key[:64]
+            )
+    expires_after = _expires_after(expires_anchor, expires_seconds)
     if purpose != PURPOSE:
         raise APIError(
             400,
@@ -199,7 +253,12 @@ async def upload_file(
     try:
         stored = await run_in_threadpool(check_format, tmp, filename, column_map)
         row = await run_in_threadpool(
-            get_store(request).add_file, new_id("file"), stored, filename=filename, purpose=purpose
+            get_store(request).add_file,
+            new_id("file"),
+            stored,
+            filename=filename,
+            purpose=purpose,
+            expires_after=expires_after,
         )
     finally:
         tmp.unlink(missing_ok=True)  # renamed away on success

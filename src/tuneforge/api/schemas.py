@@ -80,6 +80,7 @@ class FileObject(BaseModel):
     filename: str
     purpose: str
     status: str
+    expires_at: int | None = None
 
 
 class FileList(BaseModel):

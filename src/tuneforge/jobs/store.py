@@ -111,7 +111,21 @@ MIGRATIONS: list[str] = [
         messages TEXT NOT NULL
     );
     """,
+    # m006: OpenAI's `expires_after` of an uploaded file: when it is deleted
+    """
+    ALTER TABLE files ADD COLUMN expires_at INTEGER;
+    """,
 ]
+
+# A file not past its `expires_at` (the one parameter: the time now), or one an unfinished job
+# still reads (it goes once the job has finished). Expired files are hidden at once and deleted
+# by the scheduler's next tick (`Store.expire_files`).
+_UNFINISHED_SQL = ", ".join(f"'{status}'" for status in UNFINISHED)
+_LIVE = (
+    "(expires_at IS NULL OR expires_at > ? OR id IN (SELECT training_file FROM jobs WHERE "
+    f"status IN ({_UNFINISHED_SQL}) UNION SELECT validation_file FROM jobs WHERE "
+    f"validation_file IS NOT NULL AND status IN ({_UNFINISHED_SQL})))"
+)
 
 _JSON_COLUMNS = (
     "hyperparameters",
@@ -202,8 +216,17 @@ class Store:
         return self.conn.execute("PRAGMA user_version").fetchone()[0]
 
     # -- files -----------------------------------------------------------------------------
-    def add_file(self, file_id: str, tmp: Path, *, filename: str, purpose: str) -> dict[str, Any]:
-        """Publish an uploaded temp file under our own name, then record it.
+    def add_file(
+        self,
+        file_id: str,
+        tmp: Path,
+        *,
+        filename: str,
+        purpose: str,
+        expires_after: int | None = None,
+    ) -> dict[str, Any]:
+        """Publish an uploaded temp file under our own name, then record it; `expires_after`
+        seconds from now it is deleted (`expire_files`).
 
         The rename comes first: a crash in between leaves an unlisted file, never a row that
         points at nothing.
@@ -214,25 +237,40 @@ class Store:
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, final)
+        created = int(time.time())
         row = {
             "id": file_id,
             "bytes": final.stat().st_size,
-            "created_at": int(time.time()),
+            "created_at": created,
             "filename": filename,
             "purpose": purpose,
             "status": "processed",
             "path": str(final),
+            "expires_at": None if expires_after is None else created + expires_after,
         }
         with self.transaction() as conn:
             conn.execute(
-                "INSERT INTO files (id, bytes, created_at, filename, purpose, status, path) "
-                "VALUES (:id, :bytes, :created_at, :filename, :purpose, :status, :path)",
+                "INSERT INTO files (id, bytes, created_at, filename, purpose, status, path, "
+                "expires_at) VALUES (:id, :bytes, :created_at, :filename, :purpose, :status, "
+                ":path, :expires_at)",
                 row,
             )
         return row
 
+    def expire_files(self, now: float | None = None) -> list[str]:
+        """Delete the files past their `expires_at`, except those an unfinished job still reads
+        (they go once it has finished); returns the ids deleted."""
+        now = time.time() if now is None else now
+        rows = self.conn.execute(f"SELECT id FROM files WHERE NOT {_LIVE}", (now,)).fetchall()
+        gone = [r["id"] for r in rows]
+        for file_id in gone:
+            self.delete_file(file_id)
+        return gone
+
     def get_file(self, file_id: str) -> dict[str, Any] | None:
-        return _row(self.conn.execute("SELECT * FROM files WHERE id = ?", (file_id,)).fetchone())
+        """The file, or None; an expired one is gone already (see `_LIVE`)."""
+        query = f"SELECT * FROM files WHERE id = ? AND {_LIVE}"
+        return _row(self.conn.execute(query, (file_id, time.time())).fetchone())
 
     def list_files(
         self,
@@ -244,8 +282,8 @@ class Store:
     ) -> list[dict[str, Any]]:
         """Newest first (OpenAI's `order=desc`) unless `oldest_first`; `after` is the id of the
         last file of the previous page."""
-        query = "SELECT * FROM files WHERE 1=1"
-        params: list[Any] = []
+        query = f"SELECT * FROM files WHERE {_LIVE}"
+        params: list[Any] = [time.time()]
         if purpose:
             query += " AND purpose = ?"
             params.append(purpose)
