@@ -806,9 +806,28 @@ def test_a_stored_response_continues_with_previous_response_id(api, tiny):
     assert follow["usage"]["input_tokens"] == completion["usage"]["prompt_tokens"]
     assert response_text(follow) == completion["choices"][0]["message"]["content"]
 
+    # the input items, as OpenAI lists them: newest first by default, paged with after
+    items = api.get(f"/v1/responses/{follow['id']}/input_items").json()
+    assert items["object"] == "list" and not items["has_more"]
+    [asked] = items["data"]
+    assert asked["type"] == "message" and asked["role"] == "user"
+    assert asked["content"] == [{"type": "input_text", "text": "And then?"}]
+    assert items["first_id"] == items["last_id"] == asked["id"]
+    listed = respond(api, tiny, input=[{"role": "user", "content": t} for t in "abc"]).json()
+    url = f"/v1/responses/{listed['id']}/input_items"
+    newest = api.get(url, params={"limit": 2}).json()
+    assert [i["content"][0]["text"] for i in newest["data"]] == ["c", "b"] and newest["has_more"]
+    rest = api.get(url, params={"limit": 2, "after": newest["last_id"]}).json()
+    assert [i["content"][0]["text"] for i in rest["data"]] == ["a"] and not rest["has_more"]
+    oldest = api.get(url, params={"order": "asc"}).json()
+    assert [i["content"][0]["text"] for i in oldest["data"]] == ["a", "b", "c"]
+    assert_error(api.get(url, params={"after": "msg_nope"}), 400, param="after")
+    assert_error(api.get(url, params={"limit": 101}), 400, param="limit")
+
     deleted = api.delete(f"/v1/responses/{first['id']}").json()
     assert deleted == {"id": first["id"], "object": "response", "deleted": True}
     assert_error(api.get(f"/v1/responses/{first['id']}"), 404, param="response_id")
+    assert_error(api.get(f"/v1/responses/{first['id']}/input_items"), 404, param="response_id")
     assert_error(api.delete(f"/v1/responses/{first['id']}"), 404, param="response_id")
     again = respond(api, tiny, input="More", previous_response_id=first["id"])
     assert_error(again, 404, param="previous_response_id", code="previous_response_not_found")
@@ -842,6 +861,16 @@ def test_response_input_items_become_the_chat_messages(api, tiny):
     ]
     completion = chat(api, tiny, messages=messages, max_tokens=4, temperature=0).json()
     assert body["usage"]["input_tokens"] == completion["usage"]["prompt_tokens"]
+    listed = api.get(f"/v1/responses/{body['id']}/input_items", params={"order": "asc"}).json()
+    assert [(i["type"], i.get("role")) for i in listed["data"]] == [
+        ("message", "developer"),
+        ("message", "user"),
+        ("function_call", None),
+        ("function_call_output", None),
+    ]
+    call, output = listed["data"][2:]
+    assert call["id"].startswith("fc_") and call["call_id"] == "c1" and call["name"] == "f"
+    assert output["call_id"] == "c1" and output["output"] == "42"
 
 
 def test_response_tools_are_chat_tools_in_the_prompt(api, tiny):

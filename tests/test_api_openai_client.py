@@ -220,6 +220,8 @@ def test_responses_api_with_the_fine_tuned_model(client, finished_job):
     )
     assert follow.previous_response_id == response.id
     assert follow.usage.input_tokens > response.usage.total_tokens  # the whole conversation
+    (item,) = client.responses.input_items.list(follow.id).data
+    assert item.type == "message" and item.content[0].text == "And of country number 4?"
     client.responses.delete(response.id)
     with pytest.raises(openai.NotFoundError):
         client.responses.retrieve(response.id)
@@ -420,3 +422,5 @@ def test_function_calling_with_a_model_fine_tuned_on_tool_calls(
     output = {"type": "function_call_output", "call_id": item.call_id, "output": '{"temp_c": 18}'}
     reply = client.responses.create(input=[output], previous_response_id=response.id, **asked)
     assert reply.output_text == REPLY
+    (sent,) = client.responses.input_items.list(reply.id).data
+    assert sent.type == "function_call_output" and sent.call_id == item.call_id

@@ -8,9 +8,9 @@ with `output_text`, `function_call` items) and, when streaming, OpenAI's typed e
 (`response.created` … `response.output_text.delta` … `response.completed`).
 
 `store` is on by default, as OpenAI's: the response object and the conversation it ends are kept
-in the server's database, for `GET /v1/responses/{id}`, `previous_response_id` and
-`DELETE /v1/responses/{id}`; `store: false` keeps nothing. As on OpenAI, the instructions of an
-earlier response are not carried over.
+in the server's database, for `GET /v1/responses/{id}` (and `/input_items`),
+`previous_response_id` and `DELETE /v1/responses/{id}`; `store: false` keeps nothing. As on
+OpenAI, the instructions of an earlier response are not carried over.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import json
 import secrets
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response, StreamingResponse
 from pydantic import ValidationError
@@ -29,7 +29,7 @@ from pydantic import ValidationError
 from tuneforge.api import chat
 from tuneforge.api.deps import get_store
 from tuneforge.api.errors import APIError, not_found
-from tuneforge.api.schemas import ChatCompletionRequest, ResponseRequest
+from tuneforge.api.schemas import MAX_ID, ChatCompletionRequest, ResponseRequest
 from tuneforge.inference.engine import Delta, Event, Failed, Finished
 
 router = APIRouter()
@@ -144,9 +144,42 @@ def _answer_message(content: str | None, calls: list | None) -> dict[str, Any]:
     return message
 
 
-async def _save(request: Request, response: dict[str, Any], messages: list[dict]) -> None:
+def _input_items(value: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The request's input as OpenAI lists it back (`GET /v1/responses/{id}/input_items`):
+    every item typed, with an id (the client's, or a new one) and a status."""
+    items = [{"role": "user", "content": value}] if isinstance(value, str) else value
+    out = []
+    for item in items:
+        kind = item.get("type", "message")
+        given = item.get("id") if isinstance(item.get("id"), str) else None
+        if kind == "message":
+            role = item["role"]
+            part = "output_text" if role == "assistant" else "input_text"
+            content = item["content"]
+            texts = [content] if isinstance(content, str) else [p["text"] for p in content]
+            parts = [{"type": part, "text": text} for text in texts]
+            if role == "assistant":
+                parts = [p | {"annotations": []} for p in parts]
+            entry = {"type": "message", "role": role, "content": parts}
+            prefix = "msg"
+        elif kind == "function_call":
+            entry = {k: item[k] for k in ("type", "call_id", "name", "arguments")}
+            prefix = "fc"
+        else:  # function_call_output, as input_messages let it through
+            entry = {k: item[k] for k in ("type", "call_id", "output")}
+            prefix = "fco"
+        out.append(
+            {"id": given or f"{prefix}_{secrets.token_hex(12)}", **entry} | {"status": "completed"}
+        )
+    return out
+
+
+async def _save(
+    request: Request, response: dict[str, Any], messages: list[dict], body: ResponseRequest
+) -> None:
     if response["store"]:
-        await run_in_threadpool(get_store(request).add_response, response, messages)
+        items = _input_items(body.input)
+        await run_in_threadpool(get_store(request).add_response, response, messages, items)
 
 
 @router.post("/v1/responses", responses={200: {"content": {"text/event-stream": {}}}})
@@ -181,7 +214,7 @@ async def create_response(request: Request, body: ResponseRequest) -> Any:
     parallel = body.parallel_tool_calls is not False
     if body.stream:
         return StreamingResponse(
-            _stream(started, request, response, answer, parallel, conversation),
+            _stream(started, request, response, answer, parallel, conversation, body),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
@@ -193,7 +226,7 @@ async def create_response(request: Request, body: ResponseRequest) -> Any:
         response["output"].append(_message_item(f"msg_{secrets.token_hex(12)}", content or ""))
     response["output"] += [_call_item(call) for call in calls or ()]
     _finish(response, finished[0], started.prompt_tokens, calls)
-    await _save(request, response, conversation + [_answer_message(content, calls)])
+    await _save(request, response, conversation + [_answer_message(content, calls)], body)
     return response
 
 
@@ -217,6 +250,7 @@ async def _stream(
     answer: chat.Answer,
     parallel: bool,
     conversation: list[dict[str, Any]],
+    body: ResponseRequest,
 ) -> AsyncIterator[str]:
     event = _Events()
     message_id = f"msg_{secrets.token_hex(12)}"
@@ -303,7 +337,7 @@ async def _stream(
                 yield event("response.output_item.done", output_index=index, item=done_item)
                 response["output"].append(done_item)
             _finish(response, happened, started.prompt_tokens, calls)
-            await _save(request, response, conversation + [_answer_message(content, calls)])
+            await _save(request, response, conversation + [_answer_message(content, calls)], body)
             kind = "response.incomplete" if response["status"] == "incomplete" else None
             yield event(kind or "response.completed", response=response)
             return
@@ -317,6 +351,36 @@ async def retrieve_response(request: Request, response_id: str) -> Any:
     if stored is None:
         raise not_found("response", response_id, param="response_id")
     return stored["body"]
+
+
+@router.get("/v1/responses/{response_id}/input_items")
+async def list_input_items(
+    request: Request,
+    response_id: str,
+    after: Annotated[str | None, Query(max_length=MAX_ID)] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    order: Literal["asc", "desc"] = "desc",
+) -> Any:
+    """The input items of a stored response, newest first unless order=asc (OpenAI's default)."""
+    stored = await run_in_threadpool(get_store(request).get_response, response_id)
+    if stored is None:
+        raise not_found("response", response_id, param="response_id")
+    items = stored["input_items"][:: -1 if order == "desc" else 1]
+    if after is not None:
+        ids = [item["id"] for item in items]
+        if after not in ids:
+            raise APIError(
+                400, f"after: {after} is not an input item of {response_id}", param="after"
+            )
+        items = items[ids.index(after) + 1 :]
+    page = items[:limit]
+    return {
+        "object": "list",
+        "data": page,
+        "first_id": page[0]["id"] if page else None,
+        "last_id": page[-1]["id"] if page else None,
+        "has_more": len(items) > limit,
+    }
 
 
 @router.delete("/v1/responses/{response_id}")

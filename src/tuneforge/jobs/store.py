@@ -102,13 +102,15 @@ MIGRATIONS: list[str] = [
     CREATE INDEX exports_job ON exports(job_id);
     """,
     # m005: stored responses of /v1/responses (OpenAI's `store`, on by default): the response
-    # object as returned, and the conversation it ends (chat messages), for previous_response_id
+    # object as returned, the conversation it ends (chat messages, for previous_response_id)
+    # and its input items (for GET /v1/responses/{id}/input_items)
     """
     CREATE TABLE responses (
         id TEXT PRIMARY KEY,
         created_at INTEGER NOT NULL,
         body TEXT NOT NULL,
-        messages TEXT NOT NULL
+        messages TEXT NOT NULL,
+        input_items TEXT NOT NULL
     );
     """,
     # m006: OpenAI's `expires_after` of an uploaded file: when it is deleted
@@ -440,21 +442,31 @@ class Store:
             )
 
     # -- responses -------------------------------------------------------------------------
-    def add_response(self, body: dict[str, Any], messages: list[dict[str, Any]]) -> None:
+    def add_response(
+        self, body: dict[str, Any], messages: list[dict[str, Any]], input_items: list[dict]
+    ) -> None:
         with self.transaction() as conn:
             conn.execute(
-                "INSERT INTO responses (id, created_at, body, messages) VALUES (?, ?, ?, ?)",
-                (body["id"], body["created_at"], json.dumps(body), json.dumps(messages)),
+                "INSERT INTO responses (id, created_at, body, messages, input_items) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (
+                    body["id"],
+                    body["created_at"],
+                    json.dumps(body),
+                    json.dumps(messages),
+                    json.dumps(input_items),
+                ),
             )
 
     def get_response(self, response_id: str) -> dict[str, Any] | None:
-        """{"body": the response object, "messages": the conversation it ends}, or None."""
+        """{"body": the response object, "messages": the conversation it ends, "input_items"},
+        or None."""
         row = self.conn.execute(
-            "SELECT body, messages FROM responses WHERE id = ?", (response_id,)
+            "SELECT body, messages, input_items FROM responses WHERE id = ?", (response_id,)
         ).fetchone()
         if row is None:
             return None
-        return {"body": json.loads(row["body"]), "messages": json.loads(row["messages"])}
+        return {key: json.loads(row[key]) for key in ("body", "messages", "input_items")}
 
     def delete_response(self, response_id: str) -> bool:
         with self.transaction() as conn:
