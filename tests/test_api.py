@@ -920,6 +920,31 @@ def test_a_streamed_response_sends_openais_events(api, tiny):
     assert api.get(f"/v1/responses/{final['id']}").json() == final  # stored when it ended
 
 
+def test_responses_parse_as_the_openai_sdks_types(api, tiny):
+    """Every shape of the Responses API validated by the official SDK's own pydantic models
+    (the SDK itself builds them without validating, so a missing field would only show when a
+    user's code reads it): the response, each stream event, the input items."""
+    from openai.types.responses import Response, ResponseItem, ResponseStreamEvent
+    from pydantic import TypeAdapter
+
+    tool = {"type": "function", **WEATHER_TOOL["function"]}
+    items = [
+        {"role": "user", "content": "Hi"},
+        {"type": "function_call", "call_id": "c1", "name": "get_weather", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "c1", "output": "sunny"},
+    ]
+    body = {"model": tiny, "input": items, "tools": [tool], "max_output_tokens": 5}
+    response = api.post("/v1/responses", json=body).json()
+    Response.model_validate(response)
+    events = stream_events(api, body)
+    for event in events:
+        TypeAdapter(ResponseStreamEvent).validate_python(event)
+    listed = api.get(f"/v1/responses/{response['id']}/input_items").json()["data"]
+    assert len(listed) == 3
+    for item in listed:
+        TypeAdapter(ResponseItem).validate_python(item)
+
+
 @pytest.mark.parametrize(
     ("patch", "param", "code"),
     [
