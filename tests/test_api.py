@@ -775,7 +775,7 @@ def test_a_response_answers_as_the_chat_api_does(api, tiny):
     assert body["model"] == tiny and body["instructions"] == instructions
     (message,) = body["output"]
     assert message["type"] == "message" and message["role"] == "assistant"
-    assert message["status"] == "completed" and message["id"].startswith("msg_")
+    assert message["id"].startswith("msg_")
     assert message["content"][0]["type"] == "output_text"
     assert response_text(body) == completion["choices"][0]["message"]["content"]
     usage = body["usage"]
@@ -783,10 +783,12 @@ def test_a_response_answers_as_the_chat_api_does(api, tiny):
     assert usage["output_tokens"] == completion["usage"]["completion_tokens"]
     assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
     if completion["choices"][0]["finish_reason"] == "length":  # the budget ran out
-        assert body["status"] == "incomplete"
+        assert body["status"] == message["status"] == "incomplete"
         assert body["incomplete_details"] == {"reason": "max_output_tokens"}
+        assert body["completed_at"] is None
     else:
-        assert body["status"] == "completed" and body["incomplete_details"] is None
+        assert body["status"] == message["status"] == "completed"
+        assert body["incomplete_details"] is None and body["completed_at"] >= body["created_at"]
 
 
 def test_a_stored_response_continues_with_previous_response_id(api, tiny):
@@ -830,7 +832,7 @@ def test_a_stored_response_continues_with_previous_response_id(api, tiny):
     assert_error(api.get(f"/v1/responses/{first['id']}/input_items"), 404, param="response_id")
     assert_error(api.delete(f"/v1/responses/{first['id']}"), 404, param="response_id")
     again = respond(api, tiny, input="More", previous_response_id=first["id"])
-    assert_error(again, 404, param="previous_response_id", code="previous_response_not_found")
+    assert_error(again, 400, param="previous_response_id", code="previous_response_not_found")
 
     unstored = respond(api, tiny, store=False).json()
     assert unstored["store"] is False
@@ -976,10 +978,10 @@ def test_bad_response_requests_are_400_naming_the_field(api, tiny, patch, param,
     assert_error(respond(api, tiny, **patch), 400, param=param, code=code)
 
 
-def test_response_unknown_model_and_previous_id_are_404(api, tiny):
+def test_response_unknown_model_is_404_and_unknown_previous_id_400(api, tiny):
     assert_error(respond(api, "gpt-17"), 404, param="model", code="model_not_found")
-    missing = respond(api, tiny, previous_response_id="resp_nope")
-    assert_error(missing, 404, param="previous_response_id", code="previous_response_not_found")
+    missing = respond(api, tiny, previous_response_id="resp_nope")  # a 400 at OpenAI too
+    assert_error(missing, 400, param="previous_response_id", code="previous_response_not_found")
 
 
 def test_prompt_over_the_context_is_context_length_exceeded(api, tiny):

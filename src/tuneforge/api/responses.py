@@ -75,6 +75,8 @@ def _response_object(
         "instructions": body.instructions,
         "max_output_tokens": body.max_output_tokens,
         "metadata": body.metadata or {},
+        "prompt_cache_key": body.prompt_cache_key,
+        "safety_identifier": body.safety_identifier,
         "model": body.model,
         "output": [],
         "parallel_tool_calls": body.parallel_tool_calls is not False,
@@ -94,7 +96,9 @@ def _response_object(
 
 
 def _message_item(item_id: str, text: str, status: str = "completed") -> dict[str, Any]:
-    content = [] if status != "completed" else [_text_part(text)]
+    """The answer's text; in_progress: as first announced (no content yet); incomplete: the
+    text a max_output_tokens cut left."""
+    content = [] if status == "in_progress" else [_text_part(text)]
     return {
         "id": item_id,
         "type": "message",
@@ -119,14 +123,19 @@ def _call_item(call: dict[str, Any], status: str = "completed") -> dict[str, Any
     }
 
 
+def _incomplete(finished: Finished, calls: list | None) -> bool:
+    """Cut by max_output_tokens (an answer of whole calls is complete)."""
+    return finished.reason == "length" and not calls
+
+
 def _finish(
     response: dict[str, Any], finished: Finished, prompt_tokens: int, calls: list | None
 ) -> None:
-    """Status, usage and timing of a response whose output is complete."""
-    incomplete = finished.reason == "length" and not calls
+    """Status, usage and timing of a response whose output is all there."""
+    incomplete = _incomplete(finished, calls)
     response["status"] = "incomplete" if incomplete else "completed"
     response["incomplete_details"] = {"reason": "max_output_tokens"} if incomplete else None
-    response["completed_at"] = int(time.time())
+    response["completed_at"] = None if incomplete else int(time.time())
     response["usage"] = {
         "input_tokens": prompt_tokens,
         "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
@@ -190,8 +199,8 @@ async def create_response(request: Request, body: ResponseRequest) -> Any:
             get_store(request).get_response, body.previous_response_id
         )
         if earlier is None:
-            raise APIError(
-                404,
+            raise APIError(  # a 400, as OpenAI answers it
+                400,
                 f"Previous response with id '{body.previous_response_id}' not found: it was "
                 "deleted, made with store: false, or made by another server",
                 param="previous_response_id",
@@ -223,7 +232,9 @@ async def create_response(request: Request, body: ResponseRequest) -> Any:
         return Response(status_code=chat.CLIENT_CLOSED)
     content, calls = answer.final(parallel)
     if content or not calls:
-        response["output"].append(_message_item(f"msg_{secrets.token_hex(12)}", content or ""))
+        status = "incomplete" if _incomplete(finished[0], calls) else "completed"
+        message_id = f"msg_{secrets.token_hex(12)}"
+        response["output"].append(_message_item(message_id, content or "", status))
     response["output"] += [_call_item(call) for call in calls or ()]
     _finish(response, finished[0], started.prompt_tokens, calls)
     await _save(request, response, conversation + [_answer_message(content, calls)], body)
@@ -317,7 +328,8 @@ async def _stream(
                 done = {"item_id": message_id, "output_index": 0, "content_index": 0}
                 yield event("response.output_text.done", **done, text=text, logprobs=[])
                 yield event("response.content_part.done", **done, part=_text_part(text))
-                message = _message_item(message_id, text)
+                status = "incomplete" if _incomplete(happened, calls) else "completed"
+                message = _message_item(message_id, text, status)
                 yield event("response.output_item.done", output_index=0, item=message)
                 response["output"].append(message)
             for call in calls or ():
