@@ -947,6 +947,38 @@ def test_responses_parse_as_the_openai_sdks_types(api, tiny):
         TypeAdapter(ResponseItem).validate_python(item)
 
 
+def test_a_response_that_fails_mid_stream_ends_with_response_failed(api, tiny, monkeypatch):
+    """A failure after the first tokens went out (the 200 is sent): an error event, then
+    response.failed carrying the error, as OpenAI ends such a stream; nothing is stored."""
+    import asyncio
+
+    from openai.types.responses import ResponseStreamEvent
+    from pydantic import TypeAdapter
+
+    from tuneforge.inference.engine import Delta, Failed, Generation
+
+    def failing_submit(target, text, prompt, params, n=1):
+        generation = Generation(asyncio.get_running_loop(), n)
+        generation.events.put_nowait((0, Delta("Hel")))
+        generation.events.put_nowait((0, Failed(RuntimeError("the engine broke"))))
+        return generation
+
+    monkeypatch.setattr(api.app.state.engine, "submit", failing_submit)
+    events = stream_events(api, {"model": tiny, "input": "Hi", "max_output_tokens": 5})
+    assert [e["type"] for e in events][-3:] == [
+        "response.output_text.delta",
+        "error",
+        "response.failed",
+    ]
+    assert events[-3]["delta"] == "Hel"
+    failed = events[-1]["response"]
+    assert failed["status"] == "failed" and failed["error"]["code"] == "server_error"
+    assert "RuntimeError" in failed["error"]["message"] == events[-2]["message"]
+    for event in events:
+        TypeAdapter(ResponseStreamEvent).validate_python(event)
+    assert_error(api.get(f"/v1/responses/{failed['id']}"), 404)
+
+
 @pytest.mark.parametrize(
     ("patch", "param", "code"),
     [

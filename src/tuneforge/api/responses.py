@@ -301,11 +301,14 @@ async def _stream(
             if item is None:
                 return
             _, happened = item
-            if isinstance(happened, Failed):
+            if isinstance(happened, Failed):  # after the 200 went out: OpenAI's error events
                 failure = chat.api_failure(happened.error)
                 yield event(
                     "error", code=failure.code, message=failure.message, param=failure.param
                 )
+                response["status"] = "failed"
+                response["error"] = {"code": "server_error", "message": failure.message}
+                yield event("response.failed", response=response)
                 return
             if isinstance(happened, Delta):
                 answer.text += happened.text
