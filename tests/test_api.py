@@ -182,10 +182,13 @@ def test_file_list_pages(api):
     ],
 )
 def test_bad_uploads_are_refused(api, home, content, filename, purpose, status, param, fragment):
-    before = sorted((home / "files").iterdir()) if (home / "files").exists() else []
+    def stored() -> list[Path]:
+        return sorted((home / "files").iterdir()) if (home / "files").exists() else []
+
+    before = stored()
     error = assert_error(upload(api, content, filename, purpose), status, param=param)
     assert fragment in error["message"]
-    assert sorted((home / "files").iterdir()) == before  # no temp file left behind
+    assert stored() == before  # no temp file left behind
 
 
 def test_upload_without_a_file_names_the_field(api):

@@ -45,6 +45,23 @@ def _metadata_sizes(value: dict[str, str] | None) -> dict[str, str] | None:
 Metadata = Annotated[dict[str, str], Field(max_length=16), AfterValidator(_metadata_sizes)]
 
 
+NO_STRICT = (
+    "tuneforge cannot constrain arguments to the schema (structured outputs); set strict to "
+    "false or leave it out, and check the arguments you receive"
+)
+
+
+def function_tools_only(value: Any, example: str) -> Any:
+    """A `tools` list's every entry is a function tool (written as `example`), or ValueError."""
+    for i, tool in enumerate(value if isinstance(value, list) else ()):
+        kind = tool.get("type") if isinstance(tool, dict) else None
+        if kind != "function":
+            raise ValueError(
+                f"tools[{i}] has type {kind!r}: tuneforge serves function tools only ({example})"
+            )
+    return value
+
+
 # ----------------------------------------------------------------------------------------------
 # Errors and lists
 # ----------------------------------------------------------------------------------------------
@@ -423,10 +440,7 @@ class FunctionDefinition(Strict):
     parameters: dict[str, Any] | None = None
     strict: Annotated[
         bool | None,
-        _refused(
-            "tuneforge cannot constrain arguments to the schema (structured outputs); set "
-            "strict to false or leave it out, and check the arguments you receive"
-        ),
+        _refused(NO_STRICT),
     ] = Field(None, description="Only false: arguments are not constrained.")
 
 
@@ -501,14 +515,9 @@ class ChatCompletionRequest(Strict):
     @field_validator("tools", mode="before")
     @classmethod
     def _function_tools(cls, value: Any) -> Any:
-        for i, tool in enumerate(value if isinstance(value, list) else ()):
-            kind = tool.get("type") if isinstance(tool, dict) else None
-            if kind != "function":
-                raise ValueError(
-                    f"tools[{i}] has type {kind!r}: tuneforge serves function tools only "
-                    '({"type": "function", "function": {"name": ..., "parameters": ...}})'
-                )
-        return value
+        return function_tools_only(
+            value, '{"type": "function", "function": {"name": ..., "parameters": ...}}'
+        )
 
     def tool_choice_problem(self) -> str | None:
         """Why tool_choice cannot be honoured (checked by the route, to name the field)."""
@@ -606,10 +615,7 @@ class ResponseFunctionTool(Strict):
     parameters: dict[str, Any] | None = None
     strict: Annotated[
         bool | None,
-        _refused(
-            "tuneforge cannot constrain arguments to the schema (structured outputs); set "
-            "strict to false, and check the arguments you receive"
-        ),
+        _refused(NO_STRICT),
     ] = Field(None, description="Only false: arguments are not constrained.")
 
     def as_chat_tool(self) -> dict[str, Any]:
@@ -691,14 +697,7 @@ class ResponseRequest(Strict):
     @field_validator("tools", mode="before")
     @classmethod
     def _function_tools(cls, value: Any) -> Any:
-        for i, tool in enumerate(value if isinstance(value, list) else ()):
-            kind = tool.get("type") if isinstance(tool, dict) else None
-            if kind != "function":
-                raise ValueError(
-                    f"tools[{i}] has type {kind!r}: tuneforge serves function tools only "
-                    '({"type": "function", "name": ..., "parameters": ...})'
-                )
-        return value
+        return function_tools_only(value, '{"type": "function", "name": ..., "parameters": ...}')
 
     @field_validator("input")
     @classmethod
