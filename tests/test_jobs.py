@@ -112,27 +112,15 @@ def test_a_status_change_and_its_event_are_written_together(store, tiny_model_di
 def test_an_expired_file_waits_for_the_unfinished_job_that_reads_it(store, tmp_path):
     """OpenAI's expires_after: past expires_at a file is hidden and deleted, unless a job that
     has not finished reads it (a resumed run reads its data again); then it goes after."""
+
+    def add(file_id: str, expires_after: int | None = 3600) -> dict:
+        data = write_lines(tmp_path / f"{file_id}.jsonl", good_examples())
+        return store.add_file(
+            file_id, data, filename="t.jsonl", purpose="fine-tune", expires_after=expires_after
+        )
+
     now = time.time()
-    kept = store.add_file(
-        "file-kept",
-        write_lines(tmp_path / "a.jsonl", good_examples()),
-        filename="a.jsonl",
-        purpose="fine-tune",
-        expires_after=3600,
-    )
-    gone = store.add_file(
-        "file-gone",
-        write_lines(tmp_path / "b.jsonl", good_examples()),
-        filename="b.jsonl",
-        purpose="fine-tune",
-        expires_after=3600,
-    )
-    forever = store.add_file(
-        "file-forever",
-        write_lines(tmp_path / "c.jsonl", good_examples()),
-        filename="c.jsonl",
-        purpose="fine-tune",
-    )
+    kept, gone, forever = add("file-kept"), add("file-gone"), add("file-forever", None)
     job = add_job(store, status="running", training_file="file-other", validation_file="file-kept")
     assert store.expire_files(now + 3599) == []
     assert store.expire_files(now + 3601) == ["file-gone"]

@@ -55,7 +55,9 @@ def _chat_request(body: ResponseRequest, history: list[dict[str, Any]]) -> ChatC
         )
     except ValidationError as exc:  # input that the item checks let through, e.g. a tool role
         first = exc.errors()[0]
-        raise APIError(400, f"input: {first['msg']}", param="input") from None
+        raise APIError(
+            400, f"input: {first['msg'].removeprefix('Value error, ')}", param="input"
+        ) from None
 
 
 def _response_object(

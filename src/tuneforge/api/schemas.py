@@ -438,10 +438,9 @@ class FunctionDefinition(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
     description: str | None = None
     parameters: dict[str, Any] | None = None
-    strict: Annotated[
-        bool | None,
-        _refused(NO_STRICT),
-    ] = Field(None, description="Only false: arguments are not constrained.")
+    strict: Annotated[bool | None, _refused(NO_STRICT)] = Field(
+        None, description="Only false: arguments are not constrained."
+    )
 
 
 class Tool(Strict):
@@ -608,15 +607,10 @@ class ChatCompletion(BaseModel):
 # ----------------------------------------------------------------------------------------------
 
 
-class ResponseFunctionTool(Strict):
+class ResponseFunctionTool(FunctionDefinition):
+    """The Responses API writes a function tool flat: chat's definition beside its type."""
+
     type: Literal["function"]
-    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
-    description: str | None = None
-    parameters: dict[str, Any] | None = None
-    strict: Annotated[
-        bool | None,
-        _refused(NO_STRICT),
-    ] = Field(None, description="Only false: arguments are not constrained.")
 
     def as_chat_tool(self) -> dict[str, Any]:
         """The same function as chat completions (and training files) write it."""
