@@ -1030,6 +1030,7 @@ def test_prompt_over_the_context_is_context_length_exceeded(api, tiny):
 def test_unknown_model_is_404(api):
     assert_error(chat(api, "gpt-17"), 404, param="model", code="model_not_found")
     assert_error(chat(api, "/etc"), 404, code="model_not_found")  # no arbitrary paths
+    assert_error(chat(api, "run\u0000"), 404, code="model_not_found")  # found by schemathesis
 
 
 @pytest.mark.parametrize(

@@ -88,8 +88,8 @@ class Catalog:
 
     def _run(self, name: str) -> ServedModel | None:
         """A finished LoRA run of `tuneforge train`, by its name under the runs folder only."""
-        if not name or "/" in name or name.startswith("."):
-            return None
+        if not name or "/" in name or "\0" in name or name.startswith("."):
+            return None  # a NUL is no file name: the OS would refuse it (ValueError)
         path = rd.runs_root() / name
         adapter = path / "model"
         status = rd.read_status(path) or {}
