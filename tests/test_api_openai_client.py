@@ -227,6 +227,105 @@ def test_responses_api_with_the_fine_tuned_model(client, finished_job):
         client.responses.retrieve(response.id)
 
 
+def test_evals_api_as_openais_getting_started_guide_drives_it(
+    client, server, finished_job, tmp_path
+):
+    """OpenAI's evals guide, unchanged but for base_url: create an eval with a string_check,
+    upload the rows (purpose "evals"), run them through the fine-tuned model, poll the run,
+    read the output items. Every object parses as the SDK's own pydantic types."""
+    import openai
+    from openai.types import EvalCreateResponse
+    from openai.types.evals import RunRetrieveResponse
+    from openai.types.evals.runs import OutputItemListResponse
+
+    job, _ = finished_job
+    instructions = "You answer with the capital city."
+    questions = [f"What is the capital of country number {i}?" for i in range(3)]
+    first = client.chat.completions.create(
+        model=job.fine_tuned_model,
+        messages=[
+            {"role": "developer", "content": instructions},
+            {"role": "user", "content": questions[0]},
+        ],
+        max_completion_tokens=8,
+        temperature=0,
+    )
+    answers = [first.choices[0].message.content, "no such answer", "nor this"]
+    evaluation = client.evals.create(
+        name="Capitals",
+        data_source_config={
+            "type": "custom",
+            "item_schema": {
+                "type": "object",
+                "properties": {"question": {"type": "string"}, "answer": {"type": "string"}},
+                "required": ["question", "answer"],
+            },
+            "include_sample_schema": True,
+        },
+        testing_criteria=[
+            {
+                "type": "string_check",
+                "name": "Match the expected answer",
+                "input": "{{ sample.output_text }}",
+                "operation": "eq",
+                "reference": "{{ item.answer }}",
+            }
+        ],
+    )
+    rows = [{"item": {"question": q, "answer": a}} for q, a in zip(questions, answers, strict=True)]
+    with write_lines(tmp_path / "rows.jsonl", rows).open("rb") as f:
+        file = client.files.create(file=f, purpose="evals")
+    run = client.evals.runs.create(
+        evaluation.id,
+        name="fine-tuned",
+        data_source={
+            "type": "completions",
+            "model": job.fine_tuned_model,
+            "input_messages": {
+                "type": "template",
+                "template": [
+                    {"role": "developer", "content": instructions},
+                    {"role": "user", "content": "{{ item.question }}"},
+                ],
+            },
+            "sampling_params": {"temperature": 0, "max_completion_tokens": 8},
+            "source": {"type": "file_id", "id": file.id},
+        },
+    )
+    deadline = time.time() + 120
+    while run.status in ("queued", "in_progress"):
+        assert time.time() < deadline, run
+        time.sleep(0.3)
+        run = client.evals.runs.retrieve(run.id, eval_id=evaluation.id)
+    assert run.status == "completed"
+    assert (run.result_counts.total, run.result_counts.passed) == (3, 1)
+    assert run.per_testing_criteria_results[0].testing_criteria == "Match the expected answer"
+    assert run.per_model_usage[0].model_name == job.fine_tuned_model
+    items = client.evals.runs.output_items.list(run.id, eval_id=evaluation.id).data
+    assert [i.datasource_item_id for i in items] == [0, 1, 2]
+    assert [i.status for i in items] == ["pass", "fail", "fail"]
+    assert items[0].sample.output[0].content == answers[0]
+    assert items[0].results[0].passed and items[0].results[0].score == 1.0
+    assert [r.id for r in client.evals.runs.list(evaluation.id).data] == [run.id]
+
+    # The SDK builds its objects without checking them; check the wire JSON against its types.
+    # OpenAI sends `"error": null` for a run and a sample without one, which the types declare
+    # as required objects: those two are filled before validating.
+    def raw(path: str) -> dict:
+        return httpx.get(f"{server.url}/v1{path}", timeout=10).json()
+
+    no_error = {"code": "", "message": ""}
+    EvalCreateResponse.model_validate(raw(f"/evals/{evaluation.id}"), strict=False)
+    wire = raw(f"/evals/{evaluation.id}/runs/{run.id}")
+    RunRetrieveResponse.model_validate(wire | {"error": wire["error"] or no_error})
+    for item in raw(f"/evals/{evaluation.id}/runs/{run.id}/output_items")["data"]:
+        item["sample"]["error"] = item["sample"]["error"] or no_error
+        OutputItemListResponse.model_validate(item)
+    client.evals.delete(evaluation.id)
+    with pytest.raises(openai.NotFoundError):
+        client.evals.runs.retrieve(run.id, eval_id=evaluation.id)
+
+
 def test_files_expire_after_as_the_sdk_sends_it(client, tmp_path):
     path = write_lines(tmp_path / "train.jsonl", good_examples(10))
     with path.open("rb") as f:

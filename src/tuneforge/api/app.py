@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from tuneforge.api import (
     chat,
     comparisons,
+    evals,
     exports,
     file_views,
     files,
@@ -253,9 +254,12 @@ def create_app(
         app.state.catalog = Catalog(store)
         app.state.comparisons = ComparisonRunner()
         app.state.exports = export_runner
+        app.state.evals = evals.EvalRunner(app)
+        app.state.evals.start()
         try:
             yield
         finally:
+            await app.state.evals.stop()
             export_runner.stop()
             engine.stop()
             await run_in_threadpool(manager.stop)
@@ -290,6 +294,7 @@ def create_app(
         models,
         chat,
         responses,
+        evals,
     )
     for module in modules:
         app.include_router(module.router)

@@ -7,6 +7,7 @@ tokenizer checks run when a job validates its files), then renamed into place an
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -25,6 +26,7 @@ from tuneforge.jobs.store import files_dir, new_id
 router = APIRouter()
 
 PURPOSE = "fine-tune"
+EVALS_PURPOSE = "evals"  # rows of an eval run: {"item": {...}} per line, optionally "sample"
 EXTENSIONS = (".jsonl", ".json", ".csv")  # what `tuneforge data` reads
 CHUNK = 1 << 20
 MAX_LISTED_PROBLEMS = 3
@@ -144,6 +146,47 @@ def check_format(path: Path, filename: str, column_map: str | None = None) -> Pa
     return converted
 
 
+def read_eval_rows(path: Path, filename: str) -> list[dict]:
+    """The rows of an evals JSONL file: {"item": {...}, "sample": {...}?} per line. A bad line
+    is a TuneforgeError naming the file and line."""
+    rows = []
+    with open(path, encoding="utf-8", errors="strict") as lines:
+        try:
+            for number, line in enumerate(lines, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except ValueError as exc:
+                    raise TuneforgeError(f"{filename} line {number}: not JSON ({exc})") from None
+                if not isinstance(row, dict) or not isinstance(row.get("item"), dict):
+                    raise TuneforgeError(
+                        f'{filename} line {number}: an evals row is an object with an "item" '
+                        'object (the data), e.g. {"item": {"question": "…", "answer": "…"}}',
+                        hint='wrap each row as {"item": ROW}',
+                    )
+                extra = set(row) - {"item", "sample"}
+                if extra or not isinstance(row.get("sample", {}), dict):
+                    raise TuneforgeError(
+                        f'{filename} line {number}: an evals row holds "item" and, '
+                        'optionally, a "sample" object (a model\'s answer already made); '
+                        f"found {', '.join(sorted(extra)) or 'a sample that is not an object'}"
+                    )
+                rows.append(row)
+        except UnicodeDecodeError:
+            raise TuneforgeError(f"{filename} is not UTF-8 text") from None
+    if not rows:
+        raise TuneforgeError(f'{filename} holds no rows: add one {{"item": ...}} per line')
+    return rows
+
+
+def check_eval_rows(path: Path, filename: str) -> None:
+    try:
+        read_eval_rows(path, filename)
+    except TuneforgeError as exc:
+        raise APIError(400, exc.inline(), param="file", code="invalid_file_format") from None
+
+
 def _is_prompt_file(path: Path, problems: list) -> bool:
     """Every problem is a missing answer and every line is a reinforcement prompt."""
     from tuneforge.data.formats import load_prompts
@@ -204,7 +247,9 @@ async def _save_upload(upload: UploadFile, suffix: str, limit: int) -> Path:
 async def upload_file(
     request: Request,
     file: Annotated[UploadFile, File(description="Fine-tuning data (.jsonl).")],
-    purpose: Annotated[str, Form(description="Must be `fine-tune`.")],
+    purpose: Annotated[
+        str, Form(description="`fine-tune` (training data) or `evals` (rows of eval runs).")
+    ],
     column_map: Annotated[
         str | None,
         Form(
@@ -240,18 +285,28 @@ async def upload_file(
                 400, f"Unrecognized request argument supplied: {key[:64]}", param=key[:64]
             )
     expires_after = _expires_after(expires_anchor, expires_seconds)
-    if purpose != PURPOSE:
+    if purpose not in (PURPOSE, EVALS_PURPOSE):
         raise APIError(
             400,
-            f"Invalid purpose {purpose[:40]!r}: this server only stores fine-tuning data; "
-            f"use purpose={PURPOSE!r}",
+            f"Invalid purpose {purpose[:40]!r}: this server stores fine-tuning data "
+            f"(purpose={PURPOSE!r}) and eval rows (purpose={EVALS_PURPOSE!r})",
             param="purpose",
         )
     filename = Path(file.filename or "upload.jsonl").name[:255] or "upload.jsonl"
+    if purpose == EVALS_PURPOSE and (column_map is not None or _extension(filename) != ".jsonl"):
+        raise APIError(
+            400,
+            'An evals file is JSONL, one {"item": {...}} object per line, without column_map',
+            param="column_map" if column_map is not None else "file",
+            code="invalid_file_format",
+        )
     tmp = await _save_upload(file, _extension(filename), request.app.state.max_upload_bytes)
     stored = tmp
     try:
-        stored = await run_in_threadpool(check_format, tmp, filename, column_map)
+        if purpose == EVALS_PURPOSE:
+            await run_in_threadpool(check_eval_rows, tmp, filename)
+        else:
+            stored = await run_in_threadpool(check_format, tmp, filename, column_map)
         row = await run_in_threadpool(
             get_store(request).add_file,
             new_id("file"),

@@ -205,10 +205,21 @@ def create_job(request: Request, body: JobCreate) -> dict[str, Any]:
     store = get_store(request)
     for param in ("training_file", "validation_file"):
         file_id = getattr(body, param)
-        if file_id is not None and store.get_file(file_id) is None:
+        if file_id is None:
+            continue
+        file = store.get_file(file_id)
+        if file is None:
             raise APIError(
                 400,
                 f"Invalid {param}: no file {file_id!r}; upload it first with POST /v1/files",
+                param=param,
+                code="invalid_file_id",
+            )
+        if file["purpose"] != "fine-tune":
+            raise APIError(
+                400,
+                f"Invalid {param}: file {file_id!r} has purpose {file['purpose']!r}; a job "
+                "trains on files uploaded with purpose 'fine-tune'",
                 param=param,
                 code="invalid_file_id",
             )

@@ -117,6 +117,34 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE files ADD COLUMN expires_at INTEGER;
     """,
+    # m007: OpenAI's Evals API: evals, their runs (the run object as returned, kept up to date
+    # with its counts) and each run's output items (one per data row, written with the run's
+    # new counts in one transaction, so a resumed run skips exactly the rows it has)
+    """
+    CREATE TABLE evals (
+        id TEXT PRIMARY KEY,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        body TEXT NOT NULL
+    );
+    CREATE TABLE eval_runs (
+        id TEXT PRIMARY KEY,
+        eval_id TEXT NOT NULL REFERENCES evals(id) ON DELETE CASCADE,
+        created_at INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        body TEXT NOT NULL
+    );
+    CREATE INDEX eval_runs_eval ON eval_runs(eval_id, created_at);
+    CREATE TABLE eval_output_items (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        run_id TEXT NOT NULL REFERENCES eval_runs(id) ON DELETE CASCADE,
+        datasource_item_id INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        body TEXT NOT NULL,
+        UNIQUE (run_id, datasource_item_id)
+    );
+    """,
 ]
 
 # A file not past its `expires_at` (the one parameter: the time now), or one an unfinished job
@@ -471,6 +499,166 @@ class Store:
     def delete_response(self, response_id: str) -> bool:
         with self.transaction() as conn:
             return conn.execute("DELETE FROM responses WHERE id = ?", (response_id,)).rowcount == 1
+
+    # -- evals -----------------------------------------------------------------------------
+    def add_eval(self, body: dict[str, Any]) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO evals (id, created_at, updated_at, body) VALUES (?, ?, ?, ?)",
+                (body["id"], body["created_at"], body["created_at"], json.dumps(body)),
+            )
+
+    def get_eval(self, eval_id: str) -> dict[str, Any] | None:
+        row = self.conn.execute("SELECT body FROM evals WHERE id = ?", (eval_id,)).fetchone()
+        return None if row is None else json.loads(row["body"])
+
+    def update_eval(self, body: dict[str, Any]) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE evals SET body = ?, updated_at = ? WHERE id = ?",
+                (json.dumps(body), int(time.time()), body["id"]),
+            )
+
+    def list_evals(
+        self, *, after: str | None, limit: int, oldest_first: bool, by: str = "created_at"
+    ) -> list[dict[str, Any]]:
+        return self._page("evals", "", [], after, limit, oldest_first, by)
+
+    def delete_eval(self, eval_id: str) -> bool:
+        """The eval, its runs and their output items (ON DELETE CASCADE)."""
+        with self.transaction() as conn:
+            return conn.execute("DELETE FROM evals WHERE id = ?", (eval_id,)).rowcount == 1
+
+    def add_eval_run(self, body: dict[str, Any]) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO eval_runs (id, eval_id, created_at, status, body) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (body["id"], body["eval_id"], body["created_at"], body["status"], json.dumps(body)),
+            )
+
+    def get_eval_run(self, run_id: str) -> dict[str, Any] | None:
+        row = self.conn.execute("SELECT body FROM eval_runs WHERE id = ?", (run_id,)).fetchone()
+        return None if row is None else json.loads(row["body"])
+
+    def update_eval_run(self, body: dict[str, Any], *, only_from: tuple[str, ...] = ()) -> bool:
+        """Write the run object; with `only_from`, only while its stored status is one of those
+        (a compare-and-set: a cancel is never overwritten by the runner's last write)."""
+        query = "UPDATE eval_runs SET body = ?, status = ? WHERE id = ?"
+        params: list[Any] = [json.dumps(body), body["status"], body["id"]]
+        if only_from:
+            query += f" AND status IN ({', '.join('?' * len(only_from))})"
+            params += list(only_from)
+        with self.transaction() as conn:
+            return conn.execute(query, params).rowcount == 1
+
+    def list_eval_runs(
+        self,
+        eval_id: str,
+        *,
+        after: str | None,
+        limit: int,
+        oldest_first: bool,
+        status: str | None = None,
+    ) -> list[dict[str, Any]]:
+        where, params = " AND eval_id = ?", [eval_id]
+        if status:
+            where, params = where + " AND status = ?", params + [status]
+        return self._page("eval_runs", where, params, after, limit, oldest_first)
+
+    def eval_runs_with_status(self, *statuses: str) -> list[dict[str, Any]]:
+        rows = self.conn.execute(
+            f"SELECT body FROM eval_runs WHERE status IN ({', '.join('?' * len(statuses))}) "
+            "ORDER BY created_at, rowid",
+            statuses,
+        )
+        return [json.loads(r["body"]) for r in rows]
+
+    def delete_eval_run(self, run_id: str) -> bool:
+        with self.transaction() as conn:
+            return conn.execute("DELETE FROM eval_runs WHERE id = ?", (run_id,)).rowcount == 1
+
+    def add_output_item(self, item: dict[str, Any], run: dict[str, Any]) -> bool:
+        """One row's output item and the run's new counts, together; False (nothing written)
+        when the run is no longer in progress (cancelled or deleted meanwhile)."""
+        with self.transaction() as conn:
+            live = conn.execute(
+                "UPDATE eval_runs SET body = ? WHERE id = ? AND status = 'in_progress'",
+                (json.dumps(run), run["id"]),
+            ).rowcount
+            if live:
+                conn.execute(
+                    "INSERT INTO eval_output_items (id, run_id, datasource_item_id, status, body) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (
+                        item["id"],
+                        item["run_id"],
+                        item["datasource_item_id"],
+                        item["status"],
+                        json.dumps(item),
+                    ),
+                )
+        return bool(live)
+
+    def output_item_rows(self, run_id: str) -> set[int]:
+        """The data rows (datasource_item_id) a run has already graded."""
+        rows = self.conn.execute(
+            "SELECT datasource_item_id FROM eval_output_items WHERE run_id = ?", (run_id,)
+        )
+        return {r[0] for r in rows}
+
+    def get_output_item(self, run_id: str, item_id: str) -> dict[str, Any] | None:
+        row = self.conn.execute(
+            "SELECT body FROM eval_output_items WHERE id = ? AND run_id = ?", (item_id, run_id)
+        ).fetchone()
+        return None if row is None else json.loads(row["body"])
+
+    def list_output_items(
+        self,
+        run_id: str,
+        *,
+        after: str | None,
+        limit: int,
+        oldest_first: bool,
+        status: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """In the order of the data rows (`asc`), whatever order they were graded in."""
+        query = "SELECT body FROM eval_output_items WHERE run_id = ?"
+        params: list[Any] = [run_id]
+        if status:
+            query += " AND status = ?"
+            params.append(status)
+        if after:
+            compare = ">" if oldest_first else "<"
+            query += (
+                f" AND datasource_item_id {compare} "
+                "(SELECT datasource_item_id FROM eval_output_items WHERE id = ?)"
+            )
+            params.append(after)
+        query += f" ORDER BY datasource_item_id {'ASC' if oldest_first else 'DESC'} LIMIT ?"
+        params.append(limit)
+        return [json.loads(r["body"]) for r in self.conn.execute(query, params)]
+
+    def _page(
+        self,
+        table: str,
+        where: str,
+        params: list[Any],
+        after: str | None,
+        limit: int,
+        oldest_first: bool,
+        by: str = "created_at",
+    ) -> list[dict[str, Any]]:
+        """A page of bodies ordered by `by` then rowid; `after`: the last id of the page before."""
+        direction, compare = ("ASC", ">") if oldest_first else ("DESC", "<")
+        query = f"SELECT body FROM {table} WHERE 1 = 1{where}"
+        params = list(params)
+        if after:
+            query += f" AND ({by}, rowid) {compare} (SELECT {by}, rowid FROM {table} WHERE id = ?)"
+            params.append(after)
+        query += f" ORDER BY {by} {direction}, rowid {direction} LIMIT ?"
+        params.append(limit)
+        return [json.loads(r["body"]) for r in self.conn.execute(query, params)]
 
     # -- events ----------------------------------------------------------------------------
     def add_event(

@@ -1,0 +1,531 @@
+"""OpenAI's Evals API (/v1/evals) in-process: evals, runs over given samples and over a served
+model's answers, output items, counts, paging, cancel, resume after a restart, and a 400 naming
+the field for each mistake. Answers come from the tiny random model (noise): the tests compare
+them with what /v1/chat/completions answers to the same prompt, never with fixed text."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from helpers import good_examples
+
+from tuneforge.api.app import create_app
+from tuneforge.eval.testing_criteria import grade, pick_label, validate_criteria
+
+SCHEMA = {
+    "type": "object",
+    "properties": {"question": {"type": "string"}, "answer": {"type": "string"}},
+    "required": ["question", "answer"],
+}
+EXACT = {
+    "type": "string_check",
+    "name": "exact",
+    "input": "{{ sample.output_text }}",
+    "reference": "{{ item.answer }}",
+    "operation": "eq",
+}
+SIMILAR = {
+    "type": "text_similarity",
+    "name": "similar",
+    "input": "{{ sample.output_text }}",
+    "reference": "{{ item.answer }}",
+    "evaluation_metric": "fuzzy_match",
+    "pass_threshold": 0.8,
+}
+SLOW = {  # a python grader that takes a while per row: time to cancel or stop mid-run
+    "type": "python",
+    "name": "slow",
+    "source": "import time\ndef grade(sample, item):\n    time.sleep(0.4)\n    return 1.0\n",
+}
+
+
+def jsonl(rows: list) -> bytes:
+    return "".join(json.dumps(r) + "\n" for r in rows).encode()
+
+
+def assert_error(response, status: int, param: str | None = None) -> dict:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["message"]
+    if param is not None:
+        assert error["param"] == param, error
+    return error
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory, default_model_dir) -> Path:
+    home = tmp_path_factory.mktemp("evals-home")
+    (home / "models").symlink_to(default_model_dir.parent, target_is_directory=True)
+    return home
+
+
+def open_api(home: Path, monkeypatch_context) -> TestClient:
+    monkeypatch_context.setenv("TUNEFORGE_HOME", str(home))
+    return TestClient(create_app())
+
+
+@pytest.fixture(scope="module")
+def api(home):
+    with pytest.MonkeyPatch.context() as mp, open_api(home, mp) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def tiny(api, tiny_model_dir) -> str:
+    """The tiny model, served once a job names it (cancelled at once: no training)."""
+    upload = api.post(
+        "/v1/files",
+        files={"file": ("train.jsonl", jsonl(good_examples(12)))},
+        data={"purpose": "fine-tune"},
+    )
+    job = api.post(
+        "/v1/fine_tuning/jobs",
+        json={"model": str(tiny_model_dir), "training_file": upload.json()["id"]},
+    )
+    assert job.status_code == 200, job.text
+    api.post(f"/v1/fine_tuning/jobs/{job.json()['id']}/cancel")
+    return str(tiny_model_dir)
+
+
+def new_eval(api, criteria=(EXACT, SIMILAR), schema=SCHEMA, **extra) -> dict:
+    response = api.post(
+        "/v1/evals",
+        json={
+            "name": "capitals",
+            "data_source_config": {
+                "type": "custom",
+                "item_schema": schema,
+                "include_sample_schema": True,
+            },
+            "testing_criteria": list(criteria),
+        }
+        | extra,
+    )
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def wait_run(api, eval_id: str, run_id: str, timeout: float = 120) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        run = api.get(f"/v1/evals/{eval_id}/runs/{run_id}").json()
+        if run["status"] not in ("queued", "in_progress"):
+            return run
+        time.sleep(0.1)
+    raise AssertionError(f"run {run_id} did not finish: {run}")
+
+
+def items_of(api, eval_id: str, run_id: str, **query) -> list[dict]:
+    url = f"/v1/evals/{eval_id}/runs/{run_id}/output_items"
+    return api.get(url, params={"limit": 100} | query).json()["data"]
+
+
+ROWS = [
+    {
+        "item": {"question": "Capital of France?", "answer": "Paris"},
+        "sample": {"output_text": "Paris"},
+    },
+    {
+        "item": {"question": "Capital of Italy?", "answer": "Rome"},
+        "sample": {"output_text": "Rome"},
+    },
+    {
+        "item": {"question": "Capital of Spain?", "answer": "Madrid"},
+        "sample": {"output_text": "Lisbon"},
+    },
+    {"item": {"question": "Capital of Peru?", "answer": "Lima"}, "sample": {"choices": []}},
+]
+
+
+def test_an_eval_is_stored_listed_updated_and_deleted(api):
+    created = new_eval(api, metadata={"team": "a"})
+    assert created["object"] == "eval" and created["id"].startswith("eval_")
+    assert created["testing_criteria"] == [EXACT, SIMILAR]
+    schema = created["data_source_config"]["schema"]
+    assert created["data_source_config"]["type"] == "custom"
+    assert schema["properties"]["item"] == SCHEMA and "sample" in schema["properties"]
+    assert api.get(f"/v1/evals/{created['id']}").json() == created
+    updated = api.post(f"/v1/evals/{created['id']}", json={"name": "renamed"}).json()
+    assert updated["name"] == "renamed" and updated["metadata"] == {"team": "a"}
+    other = new_eval(api)
+    listed = api.get("/v1/evals", params={"limit": 100}).json()
+    ids = [e["id"] for e in listed["data"]]
+    assert ids.index(created["id"]) < ids.index(other["id"])  # oldest first, as OpenAI's default
+    newest = api.get("/v1/evals", params={"order": "desc", "limit": 1}).json()
+    assert newest["data"][0]["id"] == other["id"] and newest["has_more"] is True
+    after = api.get("/v1/evals", params={"order": "desc", "limit": 1, "after": other["id"]})
+    assert after.json()["data"][0]["id"] == created["id"]
+    deleted = api.delete(f"/v1/evals/{created['id']}").json()
+    assert deleted == {"object": "eval.deleted", "deleted": True, "eval_id": created["id"]}
+    assert_error(api.get(f"/v1/evals/{created['id']}"), 404, "eval_id")
+
+
+def test_a_jsonl_run_grades_the_rows_own_samples(api):
+    evaluation = new_eval(api)
+    eid = evaluation["id"]
+    created = api.post(
+        f"/v1/evals/{eid}/runs",
+        json={
+            "name": "given",
+            "data_source": {"type": "jsonl", "source": {"type": "file_content", "content": ROWS}},
+        },
+    )
+    assert created.status_code == 200, created.text
+    assert created.json()["status"] == "queued" and created.json()["id"].startswith("evalrun_")
+    run = wait_run(api, eid, created.json()["id"])
+    assert run["status"] == "completed", run
+    # Paris and Rome pass both; Lisbon fails both; the fourth row has no output_text: errored.
+    assert run["result_counts"] == {"total": 4, "passed": 2, "failed": 1, "errored": 1}
+    assert run["per_testing_criteria_results"] == [
+        {"testing_criteria": "exact", "passed": 2, "failed": 2},
+        {"testing_criteria": "similar", "passed": 2, "failed": 2},
+    ]
+    items = items_of(api, eid, run["id"])
+    assert [i["datasource_item_id"] for i in items] == [0, 1, 2, 3]
+    assert [i["status"] for i in items] == ["pass", "pass", "fail", "fail"]
+    assert items[2]["results"][0] == {
+        "name": "exact",
+        "type": "string_check",
+        "score": 0.0,
+        "passed": False,
+        "sample": None,
+    }
+    assert items[2]["datasource_item"] == ROWS[2]["item"]
+    assert items[2]["sample"]["output"] == [{"role": "assistant", "content": "Lisbon"}]
+    assert "invalid_variable_error" in items[3]["results"][0]["sample"]["error"]
+    # filters and paging
+    assert [i["datasource_item_id"] for i in items_of(api, eid, run["id"], status="pass")] == [0, 1]
+    page = api.get(f"/v1/evals/{eid}/runs/{run['id']}/output_items", params={"limit": 2}).json()
+    assert page["has_more"] and page["last_id"] == items[1]["id"]
+    rest = items_of(api, eid, run["id"], after=page["last_id"])
+    assert [i["id"] for i in rest] == [items[2]["id"], items[3]["id"]]
+    one = api.get(f"/v1/evals/{eid}/runs/{run['id']}/output_items/{items[0]['id']}").json()
+    assert one == items[0]
+    listed = api.get(f"/v1/evals/{eid}/runs", params={"status": "completed"}).json()
+    assert [r["id"] for r in listed["data"]] == [run["id"]]
+
+
+def test_a_model_run_scores_what_chat_completions_answers(api, tiny):
+    """Each row's prompt is the template filled with the row, answered as the chat route
+    answers it: the output item holds the same text, and graders see it."""
+    params = {"temperature": 0, "max_completion_tokens": 6}
+    questions = ["Capital of France?", "What is 2 + 2?", "Name a colour."]
+
+    def chat_answer(question: str) -> str:
+        body = {
+            "model": tiny,
+            "messages": [
+                {"role": "system", "content": "Answer briefly."},
+                {"role": "user", "content": question},
+            ],
+            "temperature": 0,
+            "max_completion_tokens": 6,
+        }
+        return api.post("/v1/chat/completions", json=body).json()["choices"][0]["message"][
+            "content"
+        ]
+
+    expected = [chat_answer(q) for q in questions]
+    content = [
+        {"item": {"question": q, "answer": expected[0] if i == 0 else "not what it says"}}
+        for i, q in enumerate(questions)
+    ]
+    evaluation = new_eval(api, criteria=[EXACT])
+    created = api.post(
+        f"/v1/evals/{evaluation['id']}/runs",
+        json={
+            "data_source": {
+                "type": "completions",
+                "model": tiny,
+                "input_messages": {
+                    "type": "template",
+                    "template": [
+                        {"role": "developer", "content": "Answer briefly."},
+                        {"role": "user", "content": "{{ item.question }}"},
+                    ],
+                },
+                "sampling_params": params,
+                "source": {"type": "file_content", "content": content},
+            }
+        },
+    )
+    assert created.status_code == 200, created.text
+    run = wait_run(api, evaluation["id"], created.json()["id"])
+    assert run["status"] == "completed" and run["model"] == tiny
+    assert run["result_counts"] == {"total": 3, "passed": 1, "failed": 2, "errored": 0}
+    items = items_of(api, evaluation["id"], run["id"])
+    assert [i["sample"]["output"][0]["content"] for i in items] == expected
+    sample = items[0]["sample"]
+    assert sample["input"] == [
+        {"role": "developer", "content": "Answer briefly."},
+        {"role": "user", "content": questions[0]},
+    ]
+    assert sample["temperature"] == 0 and sample["max_completion_tokens"] == 6
+    assert sample["usage"]["completion_tokens"] <= 6 and sample["usage"]["prompt_tokens"] > 0
+    assert sample["finish_reason"] in ("stop", "length") and sample["error"] is None
+    usage = run["per_model_usage"]
+    assert usage[0]["model_name"] == tiny and usage[0]["invocation_count"] == 3
+    assert usage[0]["completion_tokens"] == sum(
+        i["sample"]["usage"]["completion_tokens"] for i in items
+    )
+
+
+def test_a_run_reads_rows_from_an_uploaded_evals_file(api, tiny):
+    evaluation = new_eval(api, criteria=[EXACT])
+    upload = api.post(
+        "/v1/files",
+        files={"file": ("rows.jsonl", jsonl(ROWS[:3]))},
+        data={"purpose": "evals"},
+    )
+    assert upload.status_code == 200, upload.text
+    assert upload.json()["purpose"] == "evals"
+    source = {"type": "file_id", "id": upload.json()["id"]}
+    created = api.post(
+        f"/v1/evals/{evaluation['id']}/runs",
+        json={"data_source": {"type": "jsonl", "source": source}},
+    )
+    run = wait_run(api, evaluation["id"], created.json()["id"])
+    assert run["result_counts"] == {"total": 3, "passed": 2, "failed": 1, "errored": 0}
+    # An evals file is not training data, and a bad evals file names its line.
+    job = api.post(
+        "/v1/fine_tuning/jobs", json={"model": tiny, "training_file": upload.json()["id"]}
+    )
+    assert "purpose 'evals'" in assert_error(job, 400, "training_file")["message"]
+    bad = api.post(
+        "/v1/files",
+        files={"file": ("rows.jsonl", jsonl([ROWS[0], {"question": "no item"}]))},
+        data={"purpose": "evals"},
+    )
+    assert "rows.jsonl line 2" in assert_error(bad, 400, "file")["message"]
+
+
+@pytest.mark.parametrize(
+    ("change", "param"),
+    [
+        ({"data_source_config": {"type": "logs"}}, "data_source_config.type"),
+        ({"data_source_config": {"type": "custom"}}, "data_source_config.item_schema"),
+        ({"testing_criteria": []}, "testing_criteria"),
+        ({"testing_criteria": [{"type": "multi", "name": "m"}]}, "testing_criteria[0].type"),
+        (
+            {"testing_criteria": [SIMILAR | {"pass_threshold": None}]},
+            "testing_criteria[0].pass_threshold",
+        ),
+        (
+            {"testing_criteria": [EXACT | {"reference": "{{ item.capital }}"}]},
+            "testing_criteria[0].reference",
+        ),
+        ({"testing_criteria": [EXACT, EXACT]}, "testing_criteria[1].name"),
+        ({"testing_criteria": [EXACT | {"operation": "regex"}]}, "testing_criteria[0].operation"),
+        (
+            {"testing_criteria": [SIMILAR | {"evaluation_metric": "cosine"}]},
+            "testing_criteria[0].evaluation_metric",
+        ),
+        (
+            {
+                "testing_criteria": [
+                    {
+                        "type": "label_model",
+                        "name": "l",
+                        "model": "o3-mini",
+                        "input": [],
+                        "labels": ["a"],
+                        "passing_labels": ["a"],
+                    }
+                ]
+            },
+            "testing_criteria[0].model",
+        ),
+    ],
+)
+def test_a_bad_eval_is_a_400_naming_the_field(api, change, param):
+    body = {
+        "data_source_config": {"type": "custom", "item_schema": SCHEMA},
+        "testing_criteria": [EXACT],
+    } | change
+    assert_error(api.post("/v1/evals", json=body), 400, param)
+
+
+def test_a_label_model_criterion_needs_passing_labels_among_its_labels(tiny):
+    judge = {
+        "type": "label_model",
+        "name": "tone",
+        "model": tiny,
+        "input": [{"role": "user", "content": "Is this polite? {{ sample.output_text }}"}],
+        "labels": ["polite", "rude"],
+        "passing_labels": ["kind"],
+    }
+    with pytest.raises(Exception, match="passing_labels"):
+        validate_criteria([judge], SCHEMA)
+    judge["passing_labels"] = ["polite"]
+    assert validate_criteria([judge], SCHEMA) == [judge]
+    answers = iter(["Polite.", "I would say it is rude, not polite", "no idea"])
+    results = grade(
+        [judge], {"output_text": "Thanks!"}, {}, judge=lambda model, messages: next(answers)
+    )
+    assert results[0].passed and results[0].score == 1.0
+    results = grade(
+        [judge], {"output_text": "Go away"}, {}, judge=lambda model, messages: next(answers)
+    )
+    assert not results[0].passed and results[0].to_json()["sample"]["label"] == "rude"
+    results = grade([judge], {"output_text": "?"}, {}, judge=lambda model, messages: next(answers))
+    assert results[0].error and results[0].error.startswith("model_grader_parse_error")
+
+
+def test_pick_label():
+    assert pick_label(" 'Correct'. ", ["correct", "incorrect"]) == "correct"
+    assert pick_label("This is incorrect.", ["correct", "incorrect"]) == "incorrect"
+    assert pick_label("correct, not incorrect", ["incorrect", "correct"]) == "correct"
+    assert pick_label("maybe", ["correct", "incorrect"]) is None
+
+
+def test_a_bad_run_is_a_400_naming_the_field(api, tiny):
+    evaluation = new_eval(api, criteria=[EXACT])
+    url = f"/v1/evals/{evaluation['id']}/runs"
+    content = [{"item": {"question": "q", "answer": "a"}}]
+    template = {
+        "type": "template",
+        "template": [{"role": "user", "content": "{{ item.question }}"}],
+    }
+    model_run = {
+        "type": "completions",
+        "model": tiny,
+        "input_messages": template,
+        "source": {"type": "file_content", "content": content},
+    }
+    cases = [
+        ({"type": "jsonl", "source": {"type": "stored_completions"}}, "data_source.source.type"),
+        (
+            {
+                "type": "jsonl",
+                "source": {"type": "file_content", "content": [{"item": {"question": "q"}}]},
+            },
+            "data_source.source",
+        ),
+        (
+            {"type": "jsonl", "source": {"type": "file_id", "id": "file-nope"}},
+            "data_source.source.id",
+        ),
+        ({"type": "jsonl", "model": tiny, "source": model_run["source"]}, "data_source.model"),
+        ({"type": "batch"}, "data_source.type"),
+        (model_run | {"model": None}, "data_source.model"),
+        (model_run | {"model": "gpt-4.1"}, "data_source.model"),
+        (model_run | {"input_messages": None}, "data_source.input_messages"),
+        (
+            model_run
+            | {
+                "input_messages": {
+                    "type": "template",
+                    "template": [{"role": "user", "content": "{{ item.topic }}"}],
+                }
+            },
+            "data_source.input_messages.template",
+        ),
+        (
+            model_run
+            | {
+                "input_messages": {
+                    "type": "template",
+                    "template": [{"role": "user", "content": "{{ sample.output_text }}"}],
+                }
+            },
+            "data_source.input_messages.template[0].content",
+        ),
+        (
+            model_run | {"sampling_params": {"temperature": 3}},
+            "data_source.sampling_params.temperature",
+        ),
+        (
+            model_run | {"sampling_params": {"response_format": {"type": "json_object"}}},
+            "data_source.sampling_params.response_format",
+        ),
+        (
+            model_run
+            | {"input_messages": {"type": "item_reference", "item_reference": "item.history"}},
+            "data_source.input_messages.item_reference",
+        ),
+    ]
+    for data_source, param in cases:
+        status = (
+            404
+            if param in ("data_source.source.id", "data_source.model")
+            and ("file-nope" in json.dumps(data_source) or data_source.get("model") == "gpt-4.1")
+            else 400
+        )
+        assert_error(api.post(url, json={"data_source": data_source}), status, param)
+    missing = api.post(
+        url,
+        json={
+            "data_source": model_run
+            | {
+                "source": {
+                    "type": "file_content",
+                    "content": content + [{"item": {"question": 3, "answer": "a"}}],
+                }
+            }
+        },
+    )
+    assert "content[1]" in assert_error(missing, 400, "data_source.source")["message"]
+    assert_error(
+        api.post("/v1/evals/eval_nope/runs", json={"data_source": model_run}), 404, "eval_id"
+    )
+
+
+def test_a_cancelled_run_stays_cancelled(api):
+    evaluation = new_eval(api, criteria=[SLOW])
+    rows = [{"item": {"question": str(i), "answer": "a"}} for i in range(30)]
+    created = api.post(
+        f"/v1/evals/{evaluation['id']}/runs",
+        json={
+            "data_source": {"type": "jsonl", "source": {"type": "file_content", "content": rows}}
+        },
+    ).json()
+    url = f"/v1/evals/{evaluation['id']}/runs/{created['id']}"
+    cancelled = api.post(url)
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "canceled"
+    time.sleep(2)  # rows in flight when it was cancelled are not stored after it
+    run = api.get(url).json()
+    assert run["status"] == "canceled"
+    assert run["result_counts"]["total"] == len(items_of(api, evaluation["id"], created["id"])) < 30
+    assert_error(api.post(url), 400, "run_id")
+    deleted = api.delete(url).json()
+    assert deleted == {"object": "eval.run.deleted", "deleted": True, "run_id": created["id"]}
+    assert_error(api.get(url), 404, "run_id")
+
+
+def test_a_run_the_server_was_running_when_it_stopped_resumes(tmp_path, default_model_dir):
+    """Stop the server mid-run (its lifespan ends), start a new one on the same home: the run
+    goes on and grades every row exactly once."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "models").symlink_to(default_model_dir.parent, target_is_directory=True)
+    rows = [{"item": {"question": str(i), "answer": "a"}} for i in range(24)]
+    with pytest.MonkeyPatch.context() as mp:
+        with open_api(home, mp) as first:
+            evaluation = new_eval(first, criteria=[SLOW])
+            run_id = first.post(
+                f"/v1/evals/{evaluation['id']}/runs",
+                json={
+                    "data_source": {
+                        "type": "jsonl",
+                        "source": {"type": "file_content", "content": rows},
+                    }
+                },
+            ).json()["id"]
+            url = f"/v1/evals/{evaluation['id']}/runs/{run_id}"
+            deadline = time.time() + 60
+            while first.get(url).json()["result_counts"]["total"] < 8:
+                assert time.time() < deadline
+                time.sleep(0.1)
+        with open_api(home, mp) as second:
+            stopped = second.get(url).json()
+            assert 8 <= stopped["result_counts"]["total"] < 24
+            run = wait_run(second, evaluation["id"], run_id)
+            assert run["status"] == "completed"
+            assert run["result_counts"] == {"total": 24, "passed": 24, "failed": 0, "errored": 0}
+            items = items_of(second, evaluation["id"], run_id)
+            items += items_of(second, evaluation["id"], run_id, after=items[-1]["id"])
+            assert sorted(i["datasource_item_id"] for i in items) == list(range(24))
