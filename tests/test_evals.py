@@ -9,6 +9,7 @@ import json
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from helpers import good_examples
@@ -375,6 +376,35 @@ def test_a_label_model_criterion_needs_passing_labels_among_its_labels(tiny):
     assert results[0].error and results[0].error.startswith("model_grader_parse_error")
 
 
+def test_a_label_model_criterion_runs_its_local_judge(api, tiny):
+    """The judge is a local model (the tiny one: its answers are noise). Whatever it says, the
+    row gets a result with the judge's answer, and a label or a parse error, never a crash."""
+    judge = {
+        "type": "label_model",
+        "name": "tone",
+        "model": tiny,
+        "input": [{"role": "user", "content": "Is this polite? {{ sample.output_text }}"}],
+        "labels": ["polite", "rude"],
+        "passing_labels": ["polite"],
+    }
+    evaluation = new_eval(api, criteria=[judge])
+    source = {"type": "file_content", "content": ROWS[:2]}
+    created = api.post(
+        f"/v1/evals/{evaluation['id']}/runs",
+        json={"data_source": {"type": "jsonl", "source": source}},
+    )
+    run = wait_run(api, evaluation["id"], created.json()["id"])
+    assert run["status"] == "completed" and run["result_counts"]["total"] == 2
+    for item in items_of(api, evaluation["id"], run["id"]):
+        (result,) = item["results"]
+        assert result["type"] == "label_model" and isinstance(result["sample"]["judge_output"], str)
+        label = result["sample"]["label"]
+        assert label in ("polite", "rude") or result["sample"]["error"].startswith(
+            "model_grader_parse_error"
+        )
+        assert result["passed"] == (label == "polite")
+
+
 def test_pick_label():
     assert pick_label(" 'Correct'. ", ["correct", "incorrect"]) == "correct"
     assert pick_label("This is incorrect.", ["correct", "incorrect"]) == "incorrect"
@@ -529,3 +559,45 @@ def test_a_run_the_server_was_running_when_it_stopped_resumes(tmp_path, default_
             items = items_of(second, evaluation["id"], run_id)
             items += items_of(second, evaluation["id"], run_id, after=items[-1]["id"])
             assert sorted(i["datasource_item_id"] for i in items) == list(range(24))
+
+
+@pytest.mark.integration
+def test_kill_9_of_the_server_mid_run_then_restart_grades_every_row_once(tmp_path):
+    """kill -9, not a clean stop: the rows stored before it stay, the rest are graded after
+    the restart, none twice."""
+    from test_api_openai_client import Server
+
+    home = tmp_path / "home"
+    server = Server(home).start()
+    rows = [{"item": {"question": str(i), "answer": "a"}} for i in range(20)]
+    try:
+        evaluation = httpx.post(
+            f"{server.url}/v1/evals",
+            json={
+                "data_source_config": {"type": "custom", "item_schema": SCHEMA},
+                "testing_criteria": [SLOW],
+            },
+        ).json()
+        source = {"type": "file_content", "content": rows}
+        run = httpx.post(
+            f"{server.url}/v1/evals/{evaluation['id']}/runs",
+            json={"data_source": {"type": "jsonl", "source": source}},
+        ).json()
+        url = f"/v1/evals/{evaluation['id']}/runs/{run['id']}"
+        deadline = time.time() + 60
+        while httpx.get(server.url + url).json()["result_counts"]["total"] < 4:
+            assert time.time() < deadline
+            time.sleep(0.1)
+    finally:
+        server.kill()
+    server = Server(home).start()
+    try:
+        deadline = time.time() + 90
+        while (done := httpx.get(server.url + url).json())["status"] != "completed":
+            assert done["status"] == "in_progress" and time.time() < deadline, done
+            time.sleep(0.2)
+        assert done["result_counts"] == {"total": 20, "passed": 20, "failed": 0, "errored": 0}
+        items = httpx.get(server.url + url + "/output_items", params={"limit": 100}).json()
+        assert [i["datasource_item_id"] for i in items["data"]] == list(range(20))
+    finally:
+        server.stop()

@@ -40,6 +40,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -603,6 +604,10 @@ def _score_model(spec: dict, sample: dict, item: dict, grade: Grade, judge: Any)
 
 
 _JUDGES: dict[str, Any] = {}
+# One judge call at a time per process: graders run on several threads (the server grades a
+# run's rows concurrently), and two threads loading one model at once fail inside
+# transformers' meta-device initialisation ("Cannot copy out of meta tensor").
+_JUDGE_LOCK = threading.Lock()
 
 
 def local_judge(model: str, messages: list[dict]) -> str:
@@ -611,11 +616,12 @@ def local_judge(model: str, messages: list[dict]) -> str:
     from tuneforge.inference.generate import generate
     from tuneforge.inference.load import load_for_inference
 
-    if model not in _JUDGES:
-        _JUDGES[model] = load_for_inference(model, packed=True)
-    text, _ = generate(
-        _JUDGES[model], [Message(m["role"], m["content"]) for m in messages], max_new_tokens=64
-    )
+    with _JUDGE_LOCK:
+        if model not in _JUDGES:
+            _JUDGES[model] = load_for_inference(model, packed=True)
+        text, _ = generate(
+            _JUDGES[model], [Message(m["role"], m["content"]) for m in messages], max_new_tokens=64
+        )
     return text
 
 
