@@ -65,6 +65,8 @@ def test_every_page_renders_with_its_security_headers(client, cancelled_job, fil
         f"/studio/data/{file_id}",
         f"/studio/jobs/{cancelled_job}",
         "/studio/compare/cmp-0123",
+        "/studio/evals/eval_0123",
+        "/studio/evals/eval_0123/runs/evalrun_0123",
     ]
     for path in paths:
         response = client.get(path)

@@ -627,3 +627,62 @@ def test_a_csv_gets_a_column_mapping_step(server, browse, tmp_path):
     assert "12 of 12" in page.inner_text("#validation-verdict")
     page.wait_for_selector(".example mark.trained")
     assert '["eggs", "salt"]' in page.locator(".example mark.trained").first.inner_text()
+
+
+def test_an_eval_made_run_and_read_in_the_studio(server, browse, tmp_path, tiny_model_dir):
+    """OpenAI's dashboard habit: make an eval with the form, upload rows, have a model answer
+    them, and read each row's answer and scores; the run's report_url is that page."""
+    new_page, _ = browse
+    client = server.api()
+    questions = ["Capital of France?", "What is 2 + 2?", "Name a colour."]
+    chat = client.post(
+        "/v1/chat/completions",
+        json={
+            "model": str(tiny_model_dir),
+            "messages": [{"role": "user", "content": questions[0]}],
+            "temperature": 0,
+            "max_completion_tokens": 64,
+            "seed": 42,
+        },
+    )
+    first = chat.json()["choices"][0]["message"]["content"]
+    rows = tmp_path / "capitals.jsonl"
+    answers = [first, "not this", "nor this"]
+    rows.write_text(
+        "".join(
+            json.dumps({"item": {"question": q, "answer": a}}) + "\n"
+            for q, a in zip(questions, answers, strict=True)
+        )
+    )
+    page = new_page()
+    page.goto(f"{server.url}/studio/evals")
+    page.wait_for_selector("#evals p, #evals table")
+    page.fill("#name", "Capitals")
+    page.click("#eval-form button[type=submit]")
+    page.wait_for_url("**/studio/evals/eval_*")
+    eval_id = page.url.rsplit("/", 1)[1]
+    page.wait_for_selector("#model option", state="attached")
+    page.set_input_files("#upload", str(rows))
+    page.select_option("#model", str(tiny_model_dir))
+    page.click("#run-form button[type=submit]")
+    link = page.wait_for_selector("#runs table a")
+    link.click()
+    page.wait_for_url(f"**/studio/evals/{eval_id}/runs/evalrun_*")
+    run_id = page.url.rsplit("/", 1)[1]
+    wait(lambda: "completed" in page.inner_text("#run-status"), 120, "the run to complete")
+    wait(lambda: page.locator("#items tbody tr").count() == 3, 20, "three rows")
+    # exact: only the first row's answer is the model's own; close (fuzzy >= 0.8) the same
+    assert page.inner_text("#run-counts") == "3: 1 passed, 2 failed, 0 errored"
+    cells = page.locator("#items tbody tr").first.locator("td")
+    assert cells.nth(3).inner_text() == first  # the answer, as the chat route gives it
+    assert cells.nth(4).inner_text().startswith("✓ pass")
+    run = client.get(f"/v1/evals/{eval_id}/runs/{run_id}").json()
+    assert run["report_url"] == page.url
+    folder = shots_dir(tmp_path)
+    snapshot(page, folder, "eval-run")
+    page.check("#filter input[value=fail]")
+    wait(lambda: page.locator("#items tbody tr").count() == 2, 20, "the two failed rows")
+    page.goto(f"{server.url}/studio/evals/{eval_id}")
+    page.wait_for_selector("#runs table")
+    assert "33 %" in page.inner_text("#runs table")
+    snapshot(page, folder, "eval")

@@ -406,6 +406,15 @@ def _runner(request: Request) -> EvalRunner:
     return request.app.state.evals
 
 
+def _report_url(request: Request, eval_id: str, run_id: str) -> str:
+    """The run's page in the Studio when the server has one (OpenAI links its dashboard here),
+    else its output items."""
+    page = getattr(request.app.state, "eval_run_page", None)
+    if page is None:
+        return str(request.url_for("list_output_items", eval_id=eval_id, run_id=run_id))
+    return str(request.base_url).rstrip("/") + page.format(eval_id=eval_id, run_id=run_id)
+
+
 @router.post("/v1/evals/{eval_id}/runs")
 async def create_run(request: Request, eval_id: str, body: RunCreate) -> dict[str, Any]:
     stored = _stored_eval(request, eval_id)
@@ -441,14 +450,14 @@ async def create_run(request: Request, eval_id: str, body: RunCreate) -> dict[st
         "object": "eval.run",
         "id": run_id,
         "eval_id": eval_id,
-        "name": body.name or f"{model or 'jsonl'} {time.strftime('%Y-%m-%d %H:%M:%S')}",
+        "name": body.name or f"{Path(model).name or 'jsonl'} {time.strftime('%Y-%m-%d %H:%M:%S')}",
         "created_at": int(time.time()),
         "status": "queued",
         "model": model,
         "data_source": data_source,
         "metadata": body.metadata or {},
         "error": None,
-        "report_url": str(request.url_for("list_output_items", eval_id=eval_id, run_id=run_id)),
+        "report_url": _report_url(request, eval_id, run_id),
         "result_counts": {"total": 0, "passed": 0, "failed": 0, "errored": 0},
         "per_testing_criteria_results": [
             {"testing_criteria": c["name"], "passed": 0, "failed": 0}

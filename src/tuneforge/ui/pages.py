@@ -26,6 +26,7 @@ NAV = (
     ("/jobs", "Jobs"),
     ("/jobs/new", "New job"),
     ("/compare", "Compare"),
+    ("/evals", "Evals"),
     ("/playground", "Playground"),
     ("/models", "Models"),
 )
@@ -91,6 +92,7 @@ PAGES = (
     ("/jobs", "jobs", "Fine-tuning jobs", "/jobs"),
     ("/jobs/new", "newjob", "New fine-tuning job", "/jobs/new"),
     ("/compare", "compare", "Compare", "/compare"),
+    ("/evals", "evals", "Evals", "/evals"),
     ("/playground", "playground", "Playground", "/playground"),
     ("/models", "models", "Models", "/models"),
 )
@@ -125,6 +127,18 @@ def comparison(comparison_id: str) -> HTMLResponse:
     )
 
 
+@router.get(f"{STUDIO}/evals/{{eval_id}}")
+def eval_page(eval_id: str) -> HTMLResponse:
+    return render("eval", "Eval", "/evals", eval=_id(eval_id, "eval"))
+
+
+@router.get(f"{STUDIO}/evals/{{eval_id}}/runs/{{run_id}}")
+def eval_run(eval_id: str, run_id: str) -> HTMLResponse:
+    return render(
+        "evalrun", "Eval run", "/evals", eval=_id(eval_id, "eval"), run=_id(run_id, "eval run")
+    )
+
+
 class _StaticFiles(StaticFiles):
     """Static files with the pages' security headers."""
 
@@ -136,6 +150,8 @@ class _StaticFiles(StaticFiles):
 
 def mount(app: FastAPI) -> None:
     app.include_router(router)
+    # An eval run's `report_url` (OpenAI's link to its dashboard page) points at its page here.
+    app.state.eval_run_page = f"{STUDIO}/evals/{{eval_id}}/runs/{{run_id}}"
     app.mount(STATIC, _StaticFiles(directory=HERE / "static"), name="studio-static")
 
 

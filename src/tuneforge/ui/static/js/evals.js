@@ -1,0 +1,46 @@
+// Evals: the evals on this server (GET /v1/evals) and a form for a new one (POST /v1/evals).
+import { $, api, el, replace, ROOT, showError, table, when } from "./lib.js";
+
+async function listEvals() {
+  const evals = await api("/v1/evals?limit=100&order=desc");
+  replace("#evals", evals.data.length ? table([
+    { label: "Eval", value: (e) => el("a", { href: `${ROOT}/evals/${e.id}` }, e.name) },
+    { label: "Criteria", value: (e) => e.testing_criteria.map((c) => `${c.name} (${c.type})`).join(", ") },
+    { label: "Row fields", value: (e) => Object.keys(e.data_source_config.schema.properties.item.properties || {}).join(", ") },
+    { label: "Created", value: (e) => when(e.created_at) },
+  ], evals.data) : el("p", { class: "muted" }, "None yet: create one below."));
+}
+
+function itemSchema(text) {
+  const fields = text.split(",").map((f) => f.trim()).filter(Boolean);
+  const properties = Object.fromEntries(fields.map((f) => [f, { type: "string" }]));
+  return { type: "object", properties, required: fields };
+}
+
+$("#eval-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  $("#form-error").hidden = true;
+  $("#criteria").removeAttribute("aria-invalid");
+  $("#criteria-error").textContent = "";
+  let criteria = $("#criteria").value;
+  // Text that is not JSON is sent as it is: the API names what is wrong, as for any field.
+  try { criteria = JSON.parse(criteria); } catch { /* sent as text */ }
+  const body = {
+    name: $("#name").value.trim() || undefined,
+    data_source_config: { type: "custom", item_schema: itemSchema($("#fields").value), include_sample_schema: true },
+    testing_criteria: criteria,
+  };
+  try {
+    const created = await api("/v1/evals", { method: "POST", json: body });
+    location.assign(`${ROOT}/evals/${created.id}`);
+  } catch (err) {
+    if ((err.param || "").startsWith("testing_criteria")) {
+      $("#criteria").setAttribute("aria-invalid", "true");
+      $("#criteria-error").textContent = err.message;
+      $("#criteria").focus();
+    }
+    showError("#form-error", err);
+  }
+});
+
+listEvals().catch((err) => showError("#form-error", err));
