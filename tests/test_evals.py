@@ -601,3 +601,59 @@ def test_kill_9_of_the_server_mid_run_then_restart_grades_every_row_once(tmp_pat
         assert [i["datasource_item_id"] for i in items["data"]] == list(range(20))
     finally:
         server.stop()
+
+
+def test_a_responses_run_with_an_item_reference_answers_as_chat_does(api, tiny):
+    """A `responses` run prompted by `item_reference` (a list of messages in each row), with a
+    Responses-shaped function tool: the prompt is the row's messages with the tool, as a chat
+    request with the same tool gets it."""
+    tool = {
+        "type": "function",
+        "name": "get_weather",
+        "description": "Weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    }
+    messages = [
+        {"role": "system", "content": "Use the tools."},
+        {"role": "user", "content": "Weather in Paris?"},
+    ]
+    chat = api.post(
+        "/v1/chat/completions",
+        json={
+            "model": tiny,
+            "messages": messages,
+            "temperature": 0,
+            "max_completion_tokens": 5,
+            "tools": [
+                {
+                    "type": "function",
+                    "function": {k: tool[k] for k in ("name", "description", "parameters")},
+                }
+            ],
+        },
+    ).json()
+    schema = {"type": "object", "properties": {"messages": {"type": "array"}}}
+    evaluation = new_eval(
+        api,
+        criteria=[EXACT | {"reference": "never this"}],
+        schema=schema,
+    )
+    created = api.post(
+        f"/v1/evals/{evaluation['id']}/runs",
+        json={
+            "data_source": {
+                "type": "responses",
+                "model": tiny,
+                "input_messages": {"type": "item_reference", "item_reference": "item.messages"},
+                "sampling_params": {"temperature": 0, "max_completion_tokens": 5, "tools": [tool]},
+                "source": {"type": "file_content", "content": [{"item": {"messages": messages}}]},
+            }
+        },
+    )
+    assert created.status_code == 200, created.text
+    run = wait_run(api, evaluation["id"], created.json()["id"])
+    (item,) = items_of(api, evaluation["id"], run["id"])
+    assert item["sample"]["input"] == messages
+    assert item["sample"]["usage"]["prompt_tokens"] == chat["usage"]["prompt_tokens"]
+    assert item["sample"]["output"][0]["content"] == chat["choices"][0]["message"]["content"]
+    assert run["result_counts"] == {"total": 1, "passed": 0, "failed": 1, "errored": 0}
