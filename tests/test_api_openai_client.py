@@ -299,7 +299,9 @@ def test_evals_api_as_openais_getting_started_guide_drives_it(
         run = client.evals.runs.retrieve(run.id, eval_id=evaluation.id)
     assert run.status == "completed"
     assert (run.result_counts.total, run.result_counts.passed) == (3, 1)
-    assert run.per_testing_criteria_results[0].testing_criteria == "Match the expected answer"
+    criterion = evaluation.testing_criteria[0]
+    assert criterion.id.startswith("Match the expected answer-")  # OpenAI's "<name>-<uuid>"
+    assert run.per_testing_criteria_results[0].testing_criteria == criterion.id
     assert run.per_model_usage[0].model_name == job.fine_tuned_model
     items = client.evals.runs.output_items.list(run.id, eval_id=evaluation.id).data
     assert [i.datasource_item_id for i in items] == [0, 1, 2]

@@ -145,7 +145,12 @@ ROWS = [
 def test_an_eval_is_stored_listed_updated_and_deleted(api):
     created = new_eval(api, metadata={"team": "a"})
     assert created["object"] == "eval" and created["id"].startswith("eval_")
-    assert created["testing_criteria"] == [EXACT, SIMILAR]
+    # as given, each with OpenAI's id "<name>-<uuid>" (what results are named by)
+    assert [{k: v for k, v in c.items() if k != "id"} for c in created["testing_criteria"]] == [
+        EXACT,
+        SIMILAR,
+    ]
+    assert [c["id"].split("-")[0] for c in created["testing_criteria"]] == ["exact", "similar"]
     schema = created["data_source_config"]["schema"]
     assert created["data_source_config"]["type"] == "custom"
     assert schema["properties"]["item"] == SCHEMA and "sample" in schema["properties"]
@@ -181,15 +186,16 @@ def test_a_jsonl_run_grades_the_rows_own_samples(api):
     assert run["status"] == "completed", run
     # Paris and Rome pass both; Lisbon fails both; the fourth row has no output_text: errored.
     assert run["result_counts"] == {"total": 4, "passed": 2, "failed": 1, "errored": 1}
+    exact, similar = (c["id"] for c in evaluation["testing_criteria"])
     assert run["per_testing_criteria_results"] == [
-        {"testing_criteria": "exact", "passed": 2, "failed": 2},
-        {"testing_criteria": "similar", "passed": 2, "failed": 2},
+        {"testing_criteria": exact, "passed": 2, "failed": 2},
+        {"testing_criteria": similar, "passed": 2, "failed": 2},
     ]
     items = items_of(api, eid, run["id"])
     assert [i["datasource_item_id"] for i in items] == [0, 1, 2, 3]
     assert [i["status"] for i in items] == ["pass", "pass", "fail", "fail"]
     assert items[2]["results"][0] == {
-        "name": "exact",
+        "name": exact,
         "type": "string_check",
         "score": 0.0,
         "passed": False,
@@ -319,7 +325,6 @@ def test_a_run_reads_rows_from_an_uploaded_evals_file(api, tiny):
             {"testing_criteria": [EXACT | {"reference": "{{ item.capital }}"}]},
             "testing_criteria[0].reference",
         ),
-        ({"testing_criteria": [EXACT, EXACT]}, "testing_criteria[1].name"),
         ({"testing_criteria": [EXACT | {"operation": "regex"}]}, "testing_criteria[0].operation"),
         (
             {"testing_criteria": [SIMILAR | {"evaluation_metric": "cosine"}]},
@@ -657,3 +662,101 @@ def test_a_responses_run_with_an_item_reference_answers_as_chat_does(api, tiny):
     assert item["sample"]["usage"]["prompt_tokens"] == chat["usage"]["prompt_tokens"]
     assert item["sample"]["output"][0]["content"] == chat["choices"][0]["message"]["content"]
     assert run["result_counts"] == {"total": 1, "passed": 0, "failed": 1, "errored": 0}
+
+
+def test_what_openais_own_examples_send_is_accepted(api, tiny):
+    """Spellings from OpenAI's examples and cookbooks: `max_completions_tokens`, a
+    `reasoning_effort`, score_model messages as content parts, graders reading into a tool
+    call's JSON `arguments`, and an `item_reference` to a conversation with tool turns and
+    literal braces (data, not a template)."""
+    judge = {
+        "type": "score_model",
+        "name": "judge",
+        "model": tiny,
+        "input": [
+            {"role": "system", "content": {"type": "input_text", "text": "Score 0 to 1."}},
+            {
+                "role": "user",
+                "content": [{"type": "input_text", "text": "{{ sample.output_text }}"}],
+            },
+        ],
+        "pass_threshold": 0.5,
+    }
+    assert validate_criteria([judge], SCHEMA) == [judge]
+    city = {
+        "type": "string_check",
+        "name": "city",
+        "input": "{{ sample.output_tools[0].function.arguments.city }}",
+        "reference": "Paris",
+        "operation": "eq",
+    }
+    sample = {
+        "output_text": "",
+        "output_tools": [
+            {"type": "function", "function": {"name": "w", "arguments": '{"city": "Paris"}'}}
+        ],
+    }
+    (result,) = grade([city], sample, {})
+    assert result.passed and result.error is None
+    conversation = [
+        {"role": "user", "content": "Weather in {{ Paris"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "c1",
+                    "type": "function",
+                    "function": {"name": "w", "arguments": '{"city": "Paris"}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "c1", "content": "18 C"},
+    ]
+    evaluation = new_eval(api, criteria=[EXACT], schema={"type": "object"})
+    created = api.post(
+        f"/v1/evals/{evaluation['id']}/runs",
+        json={
+            "data_source": {
+                "type": "completions",
+                "model": tiny,
+                "input_messages": {"type": "item_reference", "item_reference": "item.conversation"},
+                "sampling_params": {
+                    "temperature": 0,
+                    "max_completions_tokens": 3,
+                    "reasoning_effort": "medium",
+                },
+                "source": {
+                    "type": "file_content",
+                    "content": [{"item": {"conversation": conversation, "answer": "x"}}],
+                },
+            }
+        },
+    )
+    assert created.status_code == 200, created.text
+    run = wait_run(api, evaluation["id"], created.json()["id"])
+    (item,) = items_of(api, evaluation["id"], run["id"])
+    assert item["sample"]["max_completion_tokens"] == 3 and item["sample"]["error"] is None
+    assert item["sample"]["input"][0]["content"] == "Weather in {{ Paris"
+    assert item["sample"]["usage"]["completion_tokens"] <= 3
+
+
+def test_a_cancel_keeps_the_counts_of_the_rows_stored_before_it(tmp_path):
+    """The cancel changes the status on the stored run, in the transaction that reads it: the
+    counts written with an output item just before are kept (a cancel that wrote back a run it
+    had read earlier lost them)."""
+    from tuneforge.jobs.store import Store
+
+    store = Store(tmp_path / "db.sqlite")
+    store.add_eval({"id": "eval_1", "created_at": 1, "name": "e"})
+    run = {"id": "evalrun_1", "eval_id": "eval_1", "created_at": 1, "status": "in_progress"}
+    store.add_eval_run(run | {"result_counts": {"total": 0}})
+    item = {"id": "outputitem_1", "run_id": "evalrun_1", "datasource_item_id": 0, "status": "pass"}
+    assert store.add_output_item(item, run | {"result_counts": {"total": 1}})
+    cancelled = store.set_eval_run_status("evalrun_1", "canceled", only_from=("in_progress",))
+    assert cancelled["status"] == "canceled" and cancelled["result_counts"] == {"total": 1}
+    assert store.get_eval_run("evalrun_1") == cancelled
+    item2 = item | {"id": "outputitem_2", "datasource_item_id": 1}
+    assert not store.add_output_item(item2, run | {"result_counts": {"total": 2}})
+    assert store.output_item_rows("evalrun_1") == {0}
+    assert store.set_eval_run_status("evalrun_1", "completed", only_from=("in_progress",)) is None

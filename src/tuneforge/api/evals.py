@@ -29,6 +29,7 @@ import contextlib
 import copy
 import secrets
 import time
+import uuid
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -96,12 +97,22 @@ class SamplingParams(Strict):
     top_p: float | None = Field(None, ge=0, le=1)
     seed: int | None = None
     max_completion_tokens: int | None = Field(None, ge=1)
+    max_completions_tokens: int | None = Field(
+        None, ge=1, description="The same, as OpenAI's own examples and cookbooks spell it."
+    )
     response_format: dict[str, Any] | None = None  # completions
     text: dict[str, Any] | None = None  # responses: {"format": {...}}
     tools: list[dict[str, Any]] | None = None
-    reasoning_effort: Literal["none"] | None = Field(
-        None, description="Only `none`: tuneforge's models do not reason before answering."
+    reasoning_effort: str | None = Field(
+        None, description="Accepted, changes nothing: tuneforge's models answer without reasoning."
     )
+
+    def max_tokens(self) -> int:
+        return (
+            self.max_completion_tokens
+            or self.max_completions_tokens
+            or DEFAULT_MAX_COMPLETION_TOKENS
+        )
 
 
 def _new_id(prefix: str) -> str:
@@ -177,7 +188,8 @@ async def create_eval(request: Request, body: EvalCreate) -> dict[str, Any]:
         "name": body.name or f"eval {time.strftime('%Y-%m-%d %H:%M', time.gmtime(created))}",
         "created_at": created,
         "data_source_config": {"type": "custom", "schema": data_source_schema(schema, include)},
-        "testing_criteria": criteria,
+        # OpenAI gives each criterion an id, "<name>-<uuid>", which names its results
+        "testing_criteria": [c | {"id": f"{c['name']}-{uuid.uuid4()}"} for c in criteria],
         "metadata": body.metadata or {},
         "_item_schema": schema,  # what rows are checked against (not shown)
     }
@@ -220,7 +232,8 @@ def delete_eval(request: Request, eval_id: str) -> dict[str, Any]:
     store = get_store(request)
     _stored_eval(request, eval_id)
     for run in store.list_eval_runs(eval_id, after=None, limit=MAX_ROWS, oldest_first=True):
-        _runner(request).cancel(run["id"])
+        if run["status"] in LIVE:
+            _runner(request).cancel(run["id"])
     store.delete_eval(eval_id)
     return {"object": "eval.deleted", "deleted": True, "eval_id": eval_id}
 
@@ -356,7 +369,7 @@ def chat_request(data_source: dict[str, Any], messages: list[dict]) -> ChatCompl
             "temperature": params.temperature,
             "top_p": params.top_p,
             "seed": DEFAULT_SEED if params.seed is None else params.seed,
-            "max_completion_tokens": params.max_completion_tokens or DEFAULT_MAX_COMPLETION_TOKENS,
+            "max_completion_tokens": params.max_tokens(),
             "response_format": params.response_format or text_format,
             "tools": _chat_tools(data_source["type"], params.tools),
         }
@@ -460,7 +473,7 @@ async def create_run(request: Request, eval_id: str, body: RunCreate) -> dict[st
         "report_url": _report_url(request, eval_id, run_id),
         "result_counts": {"total": 0, "passed": 0, "failed": 0, "errored": 0},
         "per_testing_criteria_results": [
-            {"testing_criteria": c["name"], "passed": 0, "failed": 0}
+            {"testing_criteria": c["id"], "passed": 0, "failed": 0}
             for c in stored["testing_criteria"]
         ],
         "per_model_usage": [],
@@ -493,9 +506,8 @@ def retrieve_run(request: Request, eval_id: str, run_id: str) -> dict[str, Any]:
 
 @router.post("/v1/evals/{eval_id}/runs/{run_id}")
 def cancel_run(request: Request, eval_id: str, run_id: str) -> dict[str, Any]:
-    run = _stored_run(request, eval_id, run_id)
-    run["status"] = "canceled"
-    if not get_store(request).update_eval_run(run, only_from=LIVE):
+    _stored_run(request, eval_id, run_id)
+    if get_store(request).set_eval_run_status(run_id, "canceled", only_from=LIVE) is None:
         run = _stored_run(request, eval_id, run_id)
         raise APIError(
             400,
@@ -510,8 +522,8 @@ def cancel_run(request: Request, eval_id: str, run_id: str) -> dict[str, Any]:
 
 @router.delete("/v1/evals/{eval_id}/runs/{run_id}")
 def delete_run(request: Request, eval_id: str, run_id: str) -> dict[str, Any]:
-    _stored_run(request, eval_id, run_id)
-    _runner(request).cancel(run_id)
+    if _stored_run(request, eval_id, run_id)["status"] in LIVE:
+        _runner(request).cancel(run_id)
     get_store(request).delete_eval_run(run_id)
     return {"object": "eval.run.deleted", "deleted": True, "run_id": run_id}
 
@@ -587,13 +599,12 @@ class EvalRunner:
         self._queue.put_nowait(run_id)
 
     def cancel(self, run_id: str) -> None:
+        """Stop a run's generations (the caller has changed or deleted the stored run)."""
         self.stopped.add(run_id)
 
     async def _loop(self) -> None:
         while True:
             run_id = await self._queue.get()
-            if run_id in self.stopped:
-                continue
             try:
                 await self._execute(run_id)
             except asyncio.CancelledError:
@@ -602,12 +613,14 @@ class EvalRunner:
                 await self._fail(run_id, "server_error", f"{type(exc).__name__}: {exc}")
 
     async def _fail(self, run_id: str, code: str, message: str) -> None:
-        store = self.app.state.store
-        run = await run_in_threadpool(store.get_eval_run, run_id)
-        if run is not None:
-            run["status"] = "failed"
-            run["error"] = {"code": code, "message": message}
-            await run_in_threadpool(store.update_eval_run, run, only_from=LIVE)
+        self.stopped.add(run_id)  # rows still generating stop at their next step
+        await run_in_threadpool(
+            self.app.state.store.set_eval_run_status,
+            run_id,
+            "failed",
+            only_from=LIVE,
+            error={"code": code, "message": message},
+        )
 
     async def _execute(self, run_id: str) -> None:
         store = self.app.state.store
@@ -615,11 +628,12 @@ class EvalRunner:
         if run is None or run["status"] not in LIVE:
             return
         stored = await run_in_threadpool(store.get_eval, run["eval_id"])
-        run["status"] = "in_progress"
-        if stored is None or not await run_in_threadpool(
-            store.update_eval_run, run, only_from=LIVE
-        ):
+        started = await run_in_threadpool(
+            store.set_eval_run_status, run_id, "in_progress", only_from=LIVE
+        )
+        if stored is None or started is None:
             return
+        run = started
         data_source = run["data_source"]
         try:
             rows = await run_in_threadpool(self._rows, data_source)
@@ -651,10 +665,16 @@ class EvalRunner:
                     if not await run_in_threadpool(store.add_output_item, item, snapshot):
                         self.stopped.add(run_id)  # cancelled or deleted meanwhile
 
-        await asyncio.gather(*(one(i) for i in range(len(rows)) if i not in done))
+        try:
+            await asyncio.gather(*(one(i) for i in range(len(rows)) if i not in done))
+        except BaseException:
+            self.stopped.add(run_id)  # the other rows stop too (the loop marks the run failed)
+            raise
         if run_id not in self.stopped:
-            run["status"] = "completed"
-            await run_in_threadpool(store.update_eval_run, run, only_from=("in_progress",))
+            await run_in_threadpool(
+                store.set_eval_run_status, run_id, "completed", only_from=("in_progress",)
+            )
+        self.stopped.discard(run_id)  # nothing of this run generates any more
 
     def _rows(self, data_source: dict[str, Any]) -> list[dict[str, Any]]:
         source = data_source["source"]

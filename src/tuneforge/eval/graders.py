@@ -137,6 +137,28 @@ def _require(spec: dict, key: str, param: str, kind: type | tuple = str) -> Any:
     return value
 
 
+def content_text(content: Any, param: str) -> str:
+    """A message's content as text, in every form OpenAI's grader inputs take: a string, one
+    `input_text` / `output_text` part, or a list of those parts and strings (joined)."""
+    if isinstance(content, str):
+        return content
+    parts = content if isinstance(content, list) else [content]
+    texts = []
+    for i, part in enumerate(parts):
+        if isinstance(part, str):
+            texts.append(part)
+        elif isinstance(part, dict) and part.get("type") in ("input_text", "output_text"):
+            texts.append(str(part.get("text", "")))
+        else:
+            kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+            raise GraderError(
+                f"{param}: a {kind!r} part cannot be run here; tuneforge's models read text "
+                "(a string, or input_text / output_text parts)",
+                param=f"{param}[{i}]" if isinstance(content, list) else param,
+            )
+    return "".join(texts)
+
+
 def check_template(text: str, param: str) -> None:
     """Every `{{ … }}` names item.… or sample.<a sample field>…, and no `{{` is left open."""
     for match in TEMPLATE.finditer(text):
@@ -253,10 +275,8 @@ def validate_grader(spec: Any, param: str = "grader", *, inside_multi: bool = Fa
                     f"{where} must be a message with role system, developer, user or assistant",
                     param=f"{where}.role",
                 )
-            content = message.get("content")
-            if not isinstance(content, str):
-                raise GraderError(f"{where}.content must be a string", param=f"{where}.content")
-            check_template(content, f"{where}.content")
+            text = content_text(message.get("content"), f"{where}.content")
+            check_template(text, f"{where}.content")
         bounds = spec.get("range", [0, 1])
         if (
             not isinstance(bounds, list)
@@ -415,7 +435,8 @@ def templates(spec: dict, param: str = "grader") -> list[tuple[str, str, str]]:
             found.append((spec["name"], f"{param}.{key}", spec[key]))
     if spec["type"] == "score_model":
         for i, message in enumerate(spec["input"]):
-            found.append((spec["name"], f"{param}.input[{i}].content", message["content"]))
+            text = content_text(message["content"], f"{param}.input[{i}].content")
+            found.append((spec["name"], f"{param}.input[{i}].content", text))
     for key, sub in (spec.get("graders") or {}).items():
         found.extend(templates(sub, f"{param}.graders.{key}"))
     return found
@@ -494,13 +515,25 @@ def render(text: str, sample: dict, item: dict) -> str:
         namespace, path = _parse_variable(match.group(1), "template")
         current: Any = sample if namespace == "sample" else item
         for part in path:
-            try:
-                current = current[part]
-            except (KeyError, IndexError, TypeError):
-                raise _MissingVariable(match.group(0)) from None
+            current = _step(current, part, match.group(0))
         return current if isinstance(current, str) else json.dumps(current, ensure_ascii=False)
 
     return TEMPLATE.sub(value, text)
+
+
+def _step(current: Any, part: str | int, shown: str) -> Any:
+    """One step of a template path. A string that holds JSON is stepped into as its value, as
+    OpenAI's templates do (`{{ sample.output_tools[0].function.arguments.city }}`: the
+    arguments of a tool call are a JSON string)."""
+    if isinstance(current, str):
+        try:
+            current = json.loads(current)
+        except ValueError:
+            raise _MissingVariable(shown) from None
+    try:
+        return current[part]
+    except (KeyError, IndexError, TypeError):
+        raise _MissingVariable(shown) from None
 
 
 def run_grader(spec: dict, sample: dict, item: dict | None = None, *, judge: Any = None) -> Grade:
@@ -578,7 +611,7 @@ def _score_model(spec: dict, sample: dict, item: dict, grade: Grade, judge: Any)
     messages = [
         {
             "role": "system" if m["role"] == "developer" else m["role"],
-            "content": render(m["content"], sample, item),
+            "content": render(content_text(m["content"], "input"), sample, item),
         }
         for m in spec["input"]
     ]

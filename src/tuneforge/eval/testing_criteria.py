@@ -29,6 +29,7 @@ from tuneforge.eval.graders import (
     _MissingVariable,
     _parse_variable,
     check_template,
+    content_text,
     local_judge,
     render,
     run_grader,
@@ -121,24 +122,6 @@ def _fits(value: Any, kind: str) -> bool:
     return isinstance(value, JSON_TYPES[kind])
 
 
-def _message_text(content: Any, where: str) -> str:
-    """A message's content as text: a string, one text part, or a list of text parts."""
-    if isinstance(content, str):
-        return content
-    parts = content if isinstance(content, list) else [content]
-    texts = []
-    for i, part in enumerate(parts):
-        if not isinstance(part, dict) or part.get("type") not in ("input_text", "output_text"):
-            kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-            raise CriteriaError(
-                f"{where}: a {kind!r} part cannot be run here; tuneforge's models read text "
-                "(a string, or input_text / output_text parts)",
-                param=f"{where}[{i}]" if isinstance(content, list) else where,
-            )
-        texts.append(str(part.get("text", "")))
-    return "".join(texts)
-
-
 def check_messages(messages: Any, param: str, *, namespaces: tuple[str, ...]) -> list[dict]:
     """Template messages (a judge's `input`, a run's `input_messages.template`) as
     [{"role", "content"}], each template checked and naming only `namespaces`."""
@@ -151,7 +134,7 @@ def check_messages(messages: Any, param: str, *, namespaces: tuple[str, ...]) ->
             raise CriteriaError(
                 f"{where} must be a message with role {', '.join(ROLES)}", param=f"{where}.role"
             )
-        text = _message_text(message.get("content"), f"{where}.content")
+        text = content_text(message.get("content"), f"{where}.content")
         check_template(text, f"{where}.content")
         for match in TEMPLATE.finditer(text):
             namespace, _ = _parse_variable(match.group(1), f"{where}.content")
@@ -171,7 +154,6 @@ def validate_criteria(criteria: Any, item_schema: dict[str, Any]) -> list[dict[s
     param = "testing_criteria"
     if not isinstance(criteria, list) or not criteria:
         raise CriteriaError(f"{param} must hold at least one grader", param=param)
-    names: set[str] = set()
     for i, spec in enumerate(criteria):
         where = f"{param}[{i}]"
         kind = spec.get("type") if isinstance(spec, dict) else None
@@ -199,12 +181,6 @@ def validate_criteria(criteria: Any, item_schema: dict[str, Any]) -> list[dict[s
             raise CriteriaError(
                 f"{where}.pass_threshold must be a number", param=f"{where}.pass_threshold"
             )
-        if spec["name"] in names:
-            raise CriteriaError(
-                f"{where}.name {spec['name']!r} is used twice; give each criterion its own name",
-                param=f"{where}.name",
-            )
-        names.add(spec["name"])
         _check_item_fields(spec, where, item_schema)
     return criteria
 
@@ -292,7 +268,26 @@ def referenced_messages(item: dict[str, Any], reference: str) -> list[dict[str, 
             ) from None
     if isinstance(current, str):
         return [{"role": "user", "content": current}]
-    return check_messages(current, reference, namespaces=())
+    return conversation(current, reference)
+
+
+def conversation(messages: Any, where: str) -> list[dict[str, Any]]:
+    """A row's own messages (an `item_reference`): chat messages as they are, `{{ }}` included
+    (they are data, not templates), tool calls and tool results kept."""
+    param = "data_source.input_messages.item_reference"
+    if not isinstance(messages, list) or not messages:
+        raise CriteriaError(f"{where} must be a list of messages", param=param)
+    out = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") not in (*ROLES, "tool"):
+            raise CriteriaError(
+                f"{where}[{i}] must be a message with role {', '.join(ROLES)} or tool", param=param
+            )
+        kept = {k: message[k] for k in ("tool_calls", "tool_call_id", "name") if k in message}
+        content = message.get("content")
+        text = None if content is None else content_text(content, f"{where}[{i}].content")
+        out.append({"role": message["role"], "content": text} | kept)
+    return out
 
 
 @dataclass
@@ -334,6 +329,7 @@ def grade(
     for spec in criteria:
         if spec["type"] == "label_model":
             results.append(_label_model(spec, sample, item, judge or local_judge))
+            results[-1].name = spec.get("id", spec["name"])
             continue
         inner = {k: v for k, v in spec.items() if k not in ("pass_threshold", "image_tag")}
         outcome = run_grader(inner, sample, item, judge=judge)
@@ -343,7 +339,7 @@ def grade(
             error = f"{raised[0]}: {outcome.details.get(raised[0], '')}".rstrip(": ")
         results.append(
             Result(
-                spec["name"],
+                spec.get("id", spec["name"]),
                 spec["type"],
                 outcome.reward,
                 not raised and passes(spec, outcome.reward),

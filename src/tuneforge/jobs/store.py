@@ -541,16 +541,32 @@ class Store:
         row = self.conn.execute("SELECT body FROM eval_runs WHERE id = ?", (run_id,)).fetchone()
         return None if row is None else json.loads(row["body"])
 
-    def update_eval_run(self, body: dict[str, Any], *, only_from: tuple[str, ...] = ()) -> bool:
-        """Write the run object; with `only_from`, only while its stored status is one of those
-        (a compare-and-set: a cancel is never overwritten by the runner's last write)."""
-        query = "UPDATE eval_runs SET body = ?, status = ? WHERE id = ?"
-        params: list[Any] = [json.dumps(body), body["status"], body["id"]]
-        if only_from:
-            query += f" AND status IN ({', '.join('?' * len(only_from))})"
-            params += list(only_from)
+    def set_eval_run_status(
+        self,
+        run_id: str,
+        status: str,
+        *,
+        only_from: tuple[str, ...],
+        error: dict[str, str] | None = None,
+    ) -> dict[str, Any] | None:
+        """Move a run to `status` if its stored status is one of `only_from` (a compare-and-set
+        inside one transaction, on the stored body: the counts a concurrent output item wrote
+        are kept). Returns the new body, or None when the run is gone or in another status."""
         with self.transaction() as conn:
-            return conn.execute(query, params).rowcount == 1
+            row = conn.execute("SELECT body FROM eval_runs WHERE id = ?", (run_id,)).fetchone()
+            if row is None:
+                return None
+            body = json.loads(row["body"])
+            if body["status"] not in only_from:
+                return None
+            body["status"] = status
+            if error is not None:
+                body["error"] = error
+            conn.execute(
+                "UPDATE eval_runs SET body = ?, status = ? WHERE id = ?",
+                (json.dumps(body), status, run_id),
+            )
+        return body
 
     def list_eval_runs(
         self,

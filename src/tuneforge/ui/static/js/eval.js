@@ -5,6 +5,7 @@ import { $, api, badge, el, fmt, notice, pageData, replace, ROOT, showError, tab
 const id = pageData("eval");
 const LIVE = ["queued", "in_progress"];
 let timer = null;
+let names = new Map();  // criterion id → name
 
 function rate(counts) {
   const graded = counts.total;
@@ -21,7 +22,7 @@ async function showRuns() {
     { label: "Failed", num: true, value: (r) => r.result_counts.failed },
     { label: "Errored", num: true, value: (r) => r.result_counts.errored },
     { label: "Pass rate", num: true, value: (r) => rate(r.result_counts) },
-    { label: "By criterion", value: (r) => r.per_testing_criteria_results.map((c) => `${c.testing_criteria}: ${c.passed}/${c.passed + c.failed}`).join(", ") },
+    { label: "By criterion", value: (r) => r.per_testing_criteria_results.map((c) => `${names.get(c.testing_criteria) || c.testing_criteria}: ${c.passed}/${c.passed + c.failed}`).join(", ") },
     { label: "Created", value: (r) => when(r.created_at) },
     { label: "", value: (r) => (LIVE.includes(r.status) ? el("button", { type: "button", class: "danger", "aria-label": `Cancel ${r.name}`,
       onclick: async () => {
@@ -37,6 +38,7 @@ async function main() {
   const [ev, files, models] = await Promise.all([
     api(`/v1/evals/${id}`), api("/v1/files?purpose=evals"), api("/v1/models"),
   ]);
+  names = new Map(ev.testing_criteria.map((c) => [c.id, c.name]));
   document.title = `${ev.name} · tuneforge Studio`;
   $("h1").textContent = `Eval: ${ev.name}`;
   const fields = Object.keys(ev.data_source_config.schema.properties.item.properties || {});

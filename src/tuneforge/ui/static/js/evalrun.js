@@ -5,6 +5,9 @@ import { $, api, badge, el, fmt, pageData, replace, showError, table, when } fro
 const evalId = pageData("eval");
 const runId = pageData("run");
 const LIVE = ["queued", "in_progress"];
+let names = new Map();  // criterion id ("<name>-<uuid>", what results are named by) → its name
+
+function nameOf(id) { return names.get(id) || id; }
 
 async function allItems(status) {
   const items = [];
@@ -39,7 +42,7 @@ function resultCell(result) {
 async function showItems(run) {
   const show = document.querySelector("#filter input:checked").value;
   const items = await allItems(show);
-  const names = run.per_testing_criteria_results.map((c) => c.testing_criteria);
+  const ids = run.per_testing_criteria_results.map((c) => c.testing_criteria);
   replace("#items", items.length ? table([
     { label: "Row", num: true, value: (i) => i.datasource_item_id + 1 },
     { label: "Status", value: (i) => badge(i.status) },
@@ -47,7 +50,7 @@ async function showItems(run) {
     { label: "Answer", value: (i) => (i.sample.error
       ? el("span", { class: "bad" }, i.sample.error.message)
       : text((i.sample.output[0] || {}).content ?? "–")) },
-    ...names.map((name) => ({ label: name, value: (i) => resultCell(i.results.find((r) => r.name === name)) })),
+    ...ids.map((cid) => ({ label: nameOf(cid), value: (i) => resultCell(i.results.find((r) => r.name === cid)) })),
   ], items) : el("p", { class: "muted" }, LIVE.includes(run.status) ? "No rows graded yet." : "No rows to show."));
 }
 
@@ -61,7 +64,7 @@ async function poll() {
     el("dt", {}, "Rows graded"), el("dd", { id: "run-counts" },
       `${counts.total}: ${counts.passed} passed, ${counts.failed} failed, ${counts.errored} errored`),
     el("dt", {}, "By criterion"), el("dd", {}, run.per_testing_criteria_results
-      .map((c) => `${c.testing_criteria}: ${c.passed} of ${c.passed + c.failed} passed`).join("; ")),
+      .map((c) => `${nameOf(c.testing_criteria)}: ${c.passed} of ${c.passed + c.failed} passed`).join("; ")),
     run.per_model_usage.length ? [el("dt", {}, "Tokens"), el("dd", {},
       `${run.per_model_usage[0].prompt_tokens} in, ${run.per_model_usage[0].completion_tokens} out`)] : null,
     run.error ? [el("dt", {}, "Error"), el("dd", { class: "bad" }, run.error.message)] : null,
@@ -75,4 +78,6 @@ document.querySelectorAll("#filter input").forEach((input) => input.addEventList
   api(`/v1/evals/${evalId}/runs/${runId}`).then(showItems).catch((err) => showError("#items", err));
 }));
 
-poll().catch((err) => showError("#items", err));
+api(`/v1/evals/${evalId}`)
+  .then((ev) => { names = new Map(ev.testing_criteria.map((c) => [c.id, c.name])); return poll(); })
+  .catch((err) => showError("#items", err));
