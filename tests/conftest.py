@@ -19,6 +19,9 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 TEST_HOME = Path(os.environ.get("TUNEFORGE_TEST_HOME", REPO / ".tuneforge-test-home"))
 os.environ["TUNEFORGE_HOME"] = str(TEST_HOME)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub
+# One kernels folder for every test home (and the servers and CLIs the tests start): the
+# kernel's per-machine measurement takes ~20 s per model shape, once instead of once per home.
+os.environ.setdefault("TUNEFORGE_KERNEL_DIR", str(TEST_HOME / "kernels"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # CLI commands pick torch threads from the cores idle right now; tests fix the count instead, so
 # the suite runs alike on a busy or an idle machine (tests/test_device.py covers the choice).

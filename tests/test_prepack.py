@@ -105,6 +105,7 @@ def test_the_kernel_matches_matmul_at_every_row_count_and_shape(threads):
 def test_without_the_kernel_packing_falls_back_to_onednn(monkeypatch, tmp_path):
     """No compiler (or TUNEFORGE_NO_KERNEL=1): no error, oneDNN packing instead."""
     monkeypatch.setenv("TUNEFORGE_HOME", str(tmp_path))
+    monkeypatch.delenv("TUNEFORGE_KERNEL_DIR", raising=False)  # the home's own folder
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
     small_gemm._library.cache_clear()
     try:
@@ -222,6 +223,7 @@ def test_the_kernels_row_counts_are_measured_once_per_machine_and_kept(monkeypat
     """The first packing measures the kernel against MKL on the model's weights and writes the
     verdicts, with their timings, under the home's kernels folder; the next reads them back."""
     monkeypatch.setenv("TUNEFORGE_HOME", str(tmp_path))
+    monkeypatch.delenv("TUNEFORGE_KERNEL_DIR", raising=False)  # the home's own folder
     monkeypatch.delenv(small_gemm.MAX_ROWS_ENV, raising=False)
     small_gemm._library.cache_clear()
     measured = []
@@ -264,3 +266,13 @@ def test_a_bad_row_limit_setting_says_what_to_set(monkeypatch, value):
     assert "from 0 (never our kernel) to 256" in str(exc.value)
     monkeypatch.setenv(small_gemm.MAX_ROWS_ENV, "24")
     assert small_gemm.kernel_row_counts([]) == frozenset(range(1, 25))
+
+
+def test_the_kernels_folder_is_the_homes_unless_one_is_named(monkeypatch, tmp_path):
+    from tuneforge.paths import kernels_dir
+
+    monkeypatch.setenv("TUNEFORGE_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("TUNEFORGE_KERNEL_DIR", raising=False)
+    assert kernels_dir() == tmp_path / "home" / "kernels"
+    monkeypatch.setenv("TUNEFORGE_KERNEL_DIR", str(tmp_path / "shared"))
+    assert kernels_dir() == tmp_path / "shared"

@@ -19,7 +19,9 @@ How a README line becomes a command:
 Environment: `TUNEFORGE_HOME` is a temp dir whose `models/` is a symlink to the converted default
 model's folder (as tests/test_api.py's `home` fixture does: no 30 s conversion),
 `HF_HUB_OFFLINE=1`, `TUNEFORGE_THREADS` as tests/conftest.py sets it (the cores this test
-worker has), this venv's bin/ first on PATH, the working dir on
+worker has), `TUNEFORGE_KERNEL_DIR` (the suite's one kernels folder: the kernel's measurement is
+made once per suite, not once per home; it changes where a cache lives, nothing a command
+does), this venv's bin/ first on PATH, the working dir on
 PYTHONPATH (for `mymetrics`), `KEY` set for `--api-key "$KEY"`; each line runs with `bash -c` (so
 `>` redirects work) in the working dir, timed.
 

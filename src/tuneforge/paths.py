@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 HOME_ENV = "TUNEFORGE_HOME"
+KERNELS_ENV = "TUNEFORGE_KERNEL_DIR"
 
 
 def tuneforge_home() -> Path:
@@ -17,3 +18,12 @@ def tuneforge_home() -> Path:
 def models_dir() -> Path:
     """Converted models live here, one folder per registry name."""
     return tuneforge_home() / "models"
+
+
+def kernels_dir() -> Path:
+    """Our compiled GEMM kernel and its per-machine measurements (`inference/small_gemm.py`):
+    `$TUNEFORGE_KERNEL_DIR`, default `$TUNEFORGE_HOME/kernels`. The files are keyed by machine,
+    compiler and shapes, so homes on one machine may share a folder (the test suite does: the
+    measurement takes ~20 s per model, once instead of once per home)."""
+    env = os.environ.get(KERNELS_ENV)
+    return Path(env).expanduser() if env else tuneforge_home() / "kernels"

@@ -11,14 +11,14 @@ wins at 4-16 rows (1.3-1.6×), ties at 1, loses at 2 and from ~32 up.
 So which GEMM runs at which row count is decided per machine: `kernel_row_counts` times the
 kernel against MKL on the model's own weights once, at row counts from 1 up until MKL is clearly
 faster twice in a row, and keeps the kernel at the row counts where it is not clearly slower;
-the others go to MKL (`nn.Linear`). The answer is cached in `$TUNEFORGE_HOME/kernels/
-rows-<key>.json` (key: CPU model and flags, torch version, threads, kernel build, weight
-shapes), with the timings it was decided from; `TUNEFORGE_KERNEL_MAX_ROWS=N` overrides it
-(the kernel at 1 to N rows; 0: never).
+the others go to MKL (`nn.Linear`). The answer is cached in `rows-<key>.json` under
+`paths.kernels_dir()` (`$TUNEFORGE_HOME/kernels`, or `$TUNEFORGE_KERNEL_DIR`; key: CPU model and
+flags, torch version, threads, kernel build, weight shapes), with the timings it was decided
+from; `TUNEFORGE_KERNEL_MAX_ROWS=N` overrides it (the kernel at 1 to N rows; 0: never).
 
 Where it cannot be built — not x86-64 Linux, no AVX2/FMA, no C compiler, or
 `TUNEFORGE_NO_KERNEL=1` — `available()` is False and callers use oneDNN (`prepack.py`). The
-shared library is cached under `$TUNEFORGE_HOME/kernels`, named by a hash of the source and the
+shared library is cached there too, named by a hash of the source and the
 compiler command, and written atomically (temp file + rename), so concurrent first uses are safe.
 """
 
@@ -42,7 +42,7 @@ from pathlib import Path
 import torch
 
 from tuneforge.errors import UsageError
-from tuneforge.paths import tuneforge_home
+from tuneforge.paths import kernels_dir
 
 log = logging.getLogger("tuneforge.kernels")
 
@@ -95,7 +95,7 @@ def _library() -> ctypes.CDLL | None:
         return None
     compiler = shlex.split(found)  # CC may carry flags ("gcc -m64")
     key = hashlib.sha256(SOURCE.read_bytes() + " ".join([*compiler, *FLAGS]).encode())
-    target = tuneforge_home() / "kernels" / f"small_gemm-{key.hexdigest()[:16]}.so"
+    target = kernels_dir() / f"small_gemm-{key.hexdigest()[:16]}.so"
     try:
         if not target.exists():
             _compile(compiler, target)
@@ -286,7 +286,7 @@ def kernel_row_counts(layers: list[tuple[torch.Tensor, torch.Tensor]]) -> frozen
         "weights_mb": round(size / 1e6, 1),
     }
     key = hashlib.sha256(json.dumps(machine, sort_keys=True).encode()).hexdigest()[:16]
-    path = tuneforge_home() / "kernels" / f"rows-{key}.json"
+    path = kernels_dir() / f"rows-{key}.json"
     try:
         saved = json.loads(path.read_text())["kernel_rows"]
         return frozenset(r for a, b in saved for r in range(int(a), int(b) + 1))
