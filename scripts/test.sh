@@ -11,4 +11,6 @@ export HF_HUB_OFFLINE=1
 # TUNEFORGE_TEST_WORKERS=0 runs it in one process; a later `-n N` among the arguments wins.
 workers=${TUNEFORGE_TEST_WORKERS:-$(( $(nproc) >= 2 ? 2 : 0 ))}
 # --no-loadscope-reorder keeps tests/conftest.py's order: the longest files start first.
-exec .venv/bin/python -m pytest -n "$workers" --dist loadfile --no-loadscope-reorder "$@"
+# --durations: the slowest tests at the end of every run (CI keeps under 30 minutes).
+exec .venv/bin/python -m pytest -n "$workers" --dist loadfile --no-loadscope-reorder \
+  --durations=25 "$@"

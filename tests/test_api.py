@@ -842,6 +842,29 @@ def test_a_stored_response_continues_with_previous_response_id(api, tiny):
     assert_error(api.get(f"/v1/responses/{unstored['id']}"), 404)
 
 
+def test_a_stored_response_is_kept_30_days(api, home, tiny):
+    """OpenAI keeps a stored response for 30 days: past them it is gone from the routes at once,
+    and the scheduler's tick deletes it (`Store.expire_responses`)."""
+    from tuneforge.jobs.store import Store
+
+    kept, old = (respond(api, tiny, input=text).json() for text in ("Hi", "Hello"))
+    store = Store(home / "tuneforge.db")
+    with store.transaction() as conn:  # `old` was made 30 days and a minute ago
+        conn.execute(
+            "UPDATE responses SET created_at = created_at - ? WHERE id = ?",
+            (30 * 86400 + 60, old["id"]),
+        )
+    assert_error(api.get(f"/v1/responses/{old['id']}"), 404, param="response_id")
+    follow = respond(api, tiny, input="More", previous_response_id=old["id"])
+    assert_error(follow, 400, param="previous_response_id", code="previous_response_not_found")
+    assert api.get(f"/v1/responses/{kept['id']}").status_code == 200
+    deadline = time.monotonic() + 10
+    while store.conn.execute("SELECT 1 FROM responses WHERE id = ?", (old["id"],)).fetchone():
+        assert time.monotonic() < deadline, "the scheduler's tick did not delete it"
+        time.sleep(0.05)
+    assert api.get(f"/v1/responses/{kept['id']}").status_code == 200
+
+
 def test_response_input_items_become_the_chat_messages(api, tiny):
     """Messages with input_text parts, a function call and its output: the prompt equals the
     chat request with the same conversation."""

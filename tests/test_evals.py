@@ -210,6 +210,9 @@ def test_a_jsonl_run_grades_the_rows_own_samples(api):
     assert page["has_more"] and page["last_id"] == items[1]["id"]
     rest = items_of(api, eid, run["id"], after=page["last_id"])
     assert [i["id"] for i in rest] == [items[2]["id"], items[3]["id"]]
+    lists = (f"/v1/evals/{eid}/runs/{run['id']}/output_items", f"/v1/evals/{eid}/runs", "/v1/evals")
+    for url in lists:
+        assert_error(api.get(url, params={"after": "outputitem_nope"}), 400, "after")
     one = api.get(f"/v1/evals/{eid}/runs/{run['id']}/output_items/{items[0]['id']}").json()
     assert one == items[0]
     listed = api.get(f"/v1/evals/{eid}/runs", params={"status": "completed"}).json()
@@ -355,15 +358,19 @@ def test_a_bad_eval_is_a_400_naming_the_field(api, change, param):
     assert_error(api.post("/v1/evals", json=body), 400, param)
 
 
-def test_a_label_model_criterion_needs_passing_labels_among_its_labels(tiny):
-    judge = {
+def tone_judge(model: str) -> dict:
+    return {
         "type": "label_model",
         "name": "tone",
-        "model": tiny,
+        "model": model,
         "input": [{"role": "user", "content": "Is this polite? {{ sample.output_text }}"}],
         "labels": ["polite", "rude"],
-        "passing_labels": ["kind"],
+        "passing_labels": ["polite"],
     }
+
+
+def test_a_label_model_criterion_needs_passing_labels_among_its_labels(tiny):
+    judge = tone_judge(tiny) | {"passing_labels": ["kind"]}
     with pytest.raises(Exception, match="passing_labels"):
         validate_criteria([judge], SCHEMA)
     judge["passing_labels"] = ["polite"]
@@ -384,15 +391,7 @@ def test_a_label_model_criterion_needs_passing_labels_among_its_labels(tiny):
 def test_a_label_model_criterion_runs_its_local_judge(api, tiny):
     """The judge is a local model (the tiny one: its answers are noise). Whatever it says, the
     row gets a result with the judge's answer, and a label or a parse error, never a crash."""
-    judge = {
-        "type": "label_model",
-        "name": "tone",
-        "model": tiny,
-        "input": [{"role": "user", "content": "Is this polite? {{ sample.output_text }}"}],
-        "labels": ["polite", "rude"],
-        "passing_labels": ["polite"],
-    }
-    evaluation = new_eval(api, criteria=[judge])
+    evaluation = new_eval(api, criteria=[tone_judge(tiny)])
     source = {"type": "file_content", "content": ROWS[:2]}
     created = api.post(
         f"/v1/evals/{evaluation['id']}/runs",

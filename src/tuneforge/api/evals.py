@@ -205,9 +205,9 @@ def list_evals(
     order: Literal["asc", "desc"] = "asc",
     order_by: Literal["created_at", "updated_at"] = "created_at",
 ) -> dict[str, Any]:
-    rows = get_store(request).list_evals(
-        after=after, limit=limit + 1, oldest_first=order == "asc", by=order_by
-    )
+    store = get_store(request)
+    _known_after(after, after is None or store.get_eval(after) is not None)
+    rows = store.list_evals(after=after, limit=limit + 1, oldest_first=order == "asc", by=order_by)
     return _page([eval_object(r) for r in rows], limit)
 
 
@@ -236,6 +236,16 @@ def delete_eval(request: Request, eval_id: str) -> dict[str, Any]:
             _runner(request).cancel(run["id"])
     store.delete_eval(eval_id)
     return {"object": "eval.deleted", "deleted": True, "eval_id": eval_id}
+
+
+def _known_after(after: str | None, known: bool) -> None:
+    """`after` must be an id of the list it pages (as the Responses API's input items answer)."""
+    if not known:
+        raise _bad(
+            f"after: {str(after)[:64]!r} is not an id of this list; pass the last_id of the "
+            "page before",
+            "after",
+        )
 
 
 def _page(data: list[dict[str, Any]], limit: int) -> dict[str, Any]:
@@ -493,7 +503,10 @@ def list_runs(
     status: Literal["queued", "in_progress", "completed", "canceled", "failed"] | None = None,
 ) -> dict[str, Any]:
     _stored_eval(request, eval_id)
-    rows = get_store(request).list_eval_runs(
+    store = get_store(request)
+    earlier = None if after is None else store.get_eval_run(after)
+    _known_after(after, after is None or (earlier is not None and earlier["eval_id"] == eval_id))
+    rows = store.list_eval_runs(
         eval_id, after=after, limit=limit + 1, oldest_first=order == "asc", status=status
     )
     return _page(rows, limit)
@@ -539,7 +552,9 @@ def list_output_items(
     status: Literal["pass", "fail"] | None = None,
 ) -> dict[str, Any]:
     _stored_run(request, eval_id, run_id)
-    rows = get_store(request).list_output_items(
+    store = get_store(request)
+    _known_after(after, after is None or store.get_output_item(run_id, after) is not None)
+    rows = store.list_output_items(
         run_id, after=after, limit=limit + 1, oldest_first=order == "asc", status=status
     )
     return _page(rows, limit)

@@ -28,6 +28,7 @@ from tuneforge.locks import file_lock
 from tuneforge.paths import tuneforge_home
 
 BUSY_TIMEOUT_MS = 5000
+RESPONSE_DAYS = 30  # OpenAI keeps a stored response (`store: true`) for 30 days
 UNFINISHED = ("validating_files", "queued", "running", "paused")
 
 MIGRATIONS: list[str] = [
@@ -488,13 +489,20 @@ class Store:
 
     def get_response(self, response_id: str) -> dict[str, Any] | None:
         """{"body": the response object, "messages": the conversation it ends, "input_items"},
-        or None."""
+        or None; one older than RESPONSE_DAYS is gone already (`expire_responses`)."""
         row = self.conn.execute(
-            "SELECT body, messages, input_items FROM responses WHERE id = ?", (response_id,)
+            "SELECT body, messages, input_items FROM responses WHERE id = ? AND created_at > ?",
+            (response_id, time.time() - RESPONSE_DAYS * 86400),
         ).fetchone()
         if row is None:
             return None
         return {key: json.loads(row[key]) for key in ("body", "messages", "input_items")}
+
+    def expire_responses(self, now: float | None = None) -> int:
+        """Delete the stored responses older than RESPONSE_DAYS; returns how many."""
+        cutoff = (time.time() if now is None else now) - RESPONSE_DAYS * 86400
+        with self.transaction() as conn:
+            return conn.execute("DELETE FROM responses WHERE created_at <= ?", (cutoff,)).rowcount
 
     def delete_response(self, response_id: str) -> bool:
         with self.transaction() as conn:
