@@ -58,3 +58,30 @@ def test_each_test_worker_gets_its_share_of_the_cores():
     assert os.environ["TUNEFORGE_THREADS"] == str(share)
     if "PYTEST_XDIST_WORKER" in os.environ:
         assert torch.get_num_threads() == share
+
+
+def test_no_gpu_driver_means_no_cuda_without_importing_torch(monkeypatch, tmp_path):
+    import torch
+
+    # No driver file: no, and torch is not asked (a CLI command that plans on the CPU does not
+    # import it just for that).
+    monkeypatch.setattr(device, "GPU_DRIVER_FILES", (str(tmp_path / "nvidiactl"),))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert device.cuda_available() is (sys.platform != "linux")
+    # A driver file: torch decides.
+    (tmp_path / "nvidiactl").touch()
+    assert device.cuda_available() is True
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert device.cuda_available() is False
+
+
+def test_a_cpu_plan_imports_no_torch(tmp_path):
+    code = (
+        "import sys; from tuneforge.models.device import cuda_available; "
+        "print(cuda_available(), 'torch' in sys.modules)"
+    )
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    has_driver = any(os.path.exists(p) for p in device.GPU_DRIVER_FILES)
+    if has_driver:
+        pytest.skip("this machine has a GPU driver: torch is asked")
+    assert found.stdout.split() == ["False", "False"], found.stderr[-2000:]

@@ -3,8 +3,19 @@ CLI does it only for commands that use it), and how many CPU threads to use righ
 
 from __future__ import annotations
 
+# A CUDA (or ROCm) GPU on Linux shows its driver's files: NVIDIA's control device and /proc
+# entry (inside containers given a GPU too), AMD's /dev/kfd, WSL2's /dev/dxg.
+GPU_DRIVER_FILES = ("/dev/nvidiactl", "/dev/nvidia0", "/proc/driver/nvidia", "/dev/kfd", "/dev/dxg")
+
 
 def cuda_available() -> bool:
+    """Whether torch can use a CUDA GPU. On Linux with no GPU driver file the answer is no
+    without importing torch: 2-4 s that `config validate` need not pay on a CPU machine."""
+    import os
+    import sys
+
+    if sys.platform == "linux" and not any(os.path.exists(p) for p in GPU_DRIVER_FILES):
+        return False
     import torch
 
     return torch.cuda.is_available()

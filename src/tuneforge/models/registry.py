@@ -13,8 +13,10 @@ import contextlib
 import importlib.util
 import io
 import json
+import math
 import os
 import shutil
+import struct
 import tempfile
 import time
 from dataclasses import dataclass
@@ -180,11 +182,37 @@ def _hub_error(model: str, exc: Exception) -> ModelError:
     )
 
 
-def load_tokenizer(model: str) -> Any:
-    from transformers import AutoTokenizer
+def _saved_as_tokenizers_backend(source: Path | str) -> bool:
+    """Whether `source` is a local folder whose tokenizer transformers saved as its generic
+    `TokenizersBackend` (a tokenizer.json, no custom code): what our converted models and every
+    run's saved model carry."""
+    if not isinstance(source, Path) or not (source / "tokenizer.json").is_file():
+        return False
+    try:
+        config = json.loads((source / "tokenizer_config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return (
+        isinstance(config, dict)
+        and config.get("tokenizer_class") == "TokenizersBackend"
+        and "auto_map" not in config
+    )
 
+
+def load_tokenizer(model: str) -> Any:
+    """The model's tokenizer. A folder saved with transformers' generic `TokenizersBackend` is
+    loaded with that class directly, the class AutoTokenizer picks for it too: AutoTokenizer first
+    reads the model's config through transformers' auto classes, which import torch and index
+    transformers' modules (~4 s of every CLI command; the loaded tokenizer is the same,
+    tests/test_tokenize.py)."""
     source = resolve_model(model)
     try:
+        if _saved_as_tokenizers_backend(source):
+            from transformers import TokenizersBackend
+
+            return TokenizersBackend.from_pretrained(source)
+        from transformers import AutoTokenizer
+
         return AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError) as exc:
         raise _hub_error(model, exc) from exc
@@ -215,20 +243,20 @@ class ModelInfo:
 
 
 def _count_parameters(folder: Path) -> int | None:
-    from safetensors import safe_open
-
+    """The sum of the tensors' sizes, from each safetensors file's JSON header (8 bytes of
+    length, then the header): no tensor is read and torch is not imported."""
     total = 0
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         return None
     for file in files:
-        with safe_open(file, framework="pt") as f:
-            for key in f.keys():  # noqa: SIM118 - safe_open has no __iter__
-                shape = f.get_slice(key).get_shape()
-                n = 1
-                for d in shape:
-                    n *= d
-                total += n
+        try:
+            with file.open("rb") as f:
+                (length,) = struct.unpack("<Q", f.read(8))
+                header = json.loads(f.read(length))
+            total += sum(math.prod(t["shape"]) for k, t in header.items() if k != "__metadata__")
+        except (OSError, ValueError, TypeError, KeyError, struct.error):
+            return None  # not a readable safetensors file: the count is unknown, not an error
     return total
 
 
@@ -277,10 +305,18 @@ def context_length(model_config: Any) -> int | None:
 
 
 def model_context_length(model: str) -> int | None:
-    """The model's context length from its config, without loading weights."""
+    """The model's context length from its config, without loading weights. A local folder
+    whose config.json states `max_position_embeddings` is read as JSON: AutoConfig imports torch
+    and indexes transformers' modules first (~4 s); other configs (GPT-2's `n_positions`, nested
+    ones) go through AutoConfig."""
+    source = resolve_model(model)
+    if isinstance(source, Path):
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            stated = json.loads((source / "config.json").read_text()).get("max_position_embeddings")
+            if isinstance(stated, int):
+                return stated
     from transformers import AutoConfig
 
-    source = resolve_model(model)
     try:
         config = AutoConfig.from_pretrained(source)
     except (OSError, ValueError) as exc:
