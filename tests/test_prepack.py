@@ -276,3 +276,43 @@ def test_the_kernels_folder_is_the_homes_unless_one_is_named(monkeypatch, tmp_pa
     assert kernels_dir() == tmp_path / "home" / "kernels"
     monkeypatch.setenv("TUNEFORGE_KERNEL_DIR", str(tmp_path / "shared"))
     assert kernels_dir() == tmp_path / "shared"
+
+
+def test_the_timed_sample_has_every_shape_then_fills_to_the_cap(monkeypatch):
+    monkeypatch.setattr(small_gemm, "TUNE_BYTES", 3 * 64 * 32 * 4)  # three 64x32 fp32 weights
+    big = [torch.randn(64, 32) for _ in range(5)]
+    odd = torch.randn(16, 32)
+    layers = [(w, None) for w in [*big, odd]]
+    sample = [w for w, _ in small_gemm._sample(layers)]
+    # The first of each shape (the odd one though it comes last), then the rest up to the cap.
+    assert [w.shape[0] for w in sample] == [64, 16, 64, 64]
+    assert sample[0] is big[0] and sample[2] is big[1] and sample[3] is big[2]
+
+
+@pytest.mark.skipif(not _kernel_expected(), reason="the kernel needs x86-64 Linux, AVX2 and cc")
+def test_lora_layers_are_packed_but_not_measured(monkeypatch):
+    """A base model and its LoRA fine-tunes share one measurement: the adapters' small A/B
+    layers are packed too, but the timing (and the cache's key) covers the model's weights."""
+    from peft import LoraConfig, get_peft_model
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.q_proj = nn.Linear(32, 32)
+            self.up = nn.Linear(32, 64)
+
+        def forward(self, x):
+            return self.up(self.q_proj(x))
+
+    monkeypatch.delenv(small_gemm.MAX_ROWS_ENV, raising=False)
+    seen = []
+    monkeypatch.setattr(
+        small_gemm,
+        "kernel_row_counts",
+        lambda pairs: seen.append(sorted(tuple(w.shape) for w, _ in pairs)) or frozenset({1}),
+    )
+    prepack_linears(Block(), kernel=True)
+    model = get_peft_model(Block(), LoraConfig(r=4, target_modules=["q_proj"]))
+    assert prepack_linears(model, kernel=True) == 4  # q_proj, up, lora_A, lora_B
+    assert seen == [[(32, 32), (64, 32)], [(32, 32), (64, 32)]]
+    assert all(is_packed(m) for m in model.modules() if type(m) is nn.Linear)

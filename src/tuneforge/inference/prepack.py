@@ -97,6 +97,11 @@ def kernel_rows(module: Any) -> frozenset[int]:
     return forward.kernel_rows if isinstance(forward, _PackedForward) else frozenset()
 
 
+def _is_adapter_layer(name: str) -> bool:
+    """peft's LoRA layers: `…q_proj.lora_A.default`, `…lora_B.default`."""
+    return any(part.startswith("lora_") for part in name.split("."))
+
+
 def prepack_linears(
     model: nn.Module, *, kernel: bool | None = None, kernel_rows: Collection[int] | None = None
 ) -> int:
@@ -115,14 +120,21 @@ def prepack_linears(
     automatic = kernel is None
     if kernel is None:
         kernel = small_gemm.available()
-    linears = [
-        module
-        for module in model.modules()
+    named = [
+        (name, module)
+        for name, module in model.named_modules()
         if type(module) is nn.Linear and not isinstance(module.forward, _PackedForward)
     ]
+    linears = [module for _, module in named]
     forwards = [_PackedForward(module, kernel) for module in linears]
     if kernel and kernel_rows is None:
-        pairs = [(forward.weight.detach(), forward.panels) for forward in forwards]
+        # Measured on the model's own weights, not LoRA's small A/B layers: a base model and its
+        # fine-tunes share one measurement (the cache is keyed by the measured shapes).
+        pairs = [
+            (forward.weight.detach(), forward.panels)
+            for (name, _), forward in zip(named, forwards, strict=True)
+            if not _is_adapter_layer(name)
+        ]
         kernel_rows = small_gemm.kernel_row_counts(pairs)
         if not kernel_rows and automatic:  # never faster than MKL here: oneDNN instead
             forwards = [_PackedForward(module, kernel=False) for module in linears]
