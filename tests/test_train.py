@@ -267,3 +267,27 @@ def test_two_runs_started_in_the_same_second_get_their_own_folders(isolated_home
     assert second.name == first.name + "-2" and second.parent == first.parent
     second.mkdir()
     assert default_run_dir(config).name == first.name + "-3"
+
+
+def test_a_lora_run_loaded_to_generate_is_merged_and_computes_the_same(
+    demo_dir, tiny_model_dir, isolated_home
+):
+    """`load_for_inference(packed=True)` (chat, generate, eval, compare) merges a LoRA run's
+    adapter into the weights: a plain model, whose logits are the adapter model's."""
+    from tuneforge.inference.load import load_for_inference
+    from tuneforge.train.recipe import train
+
+    out = isolated_home / "runs" / "lora-run"
+    train(make_plan(tiny_config(demo_dir, tiny_model_dir, out, max_steps=2, learning_rate=0.05)))
+    adapter = load_for_inference(out)
+    merged = load_for_inference(out, packed=True)
+    base = load_for_inference(str(tiny_model_dir))
+    assert hasattr(adapter.model, "merge_and_unload")
+    assert not hasattr(merged.model, "merge_and_unload")
+    ids = torch.tensor([adapter.tokenizer("Title: Soup\nIngredients: water, salt")["input_ids"]])
+    with torch.no_grad():
+        expected = adapter.model(input_ids=ids).logits
+        got = merged.model(input_ids=ids).logits
+        untrained = base.model(input_ids=ids).logits
+    assert (expected - untrained).abs().max() > 1e-2  # the adapter changes the answer…
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)  # …and merged, it still does
