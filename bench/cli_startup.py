@@ -26,7 +26,7 @@ QUICK = [
     ["models", "list"],
     ["runs", "list"],
     ["config", "show", "--defaults"],
-    ["data", "demo", "demo/"],
+    ["data", "demo", "demo-{n}/"],  # a new folder each time: it refuses to overwrite one
     ["data", "validate", "demo/train.jsonl"],
     ["data", "preview", "demo/train.jsonl", "-n", "2"],
     ["config", "validate", "run.yaml", "train_file=demo/train.jsonl"],
@@ -78,8 +78,8 @@ def time_tree(label: str, src: Path, home_models: Path) -> None:
         )
         print(f"\n{label} ({src})")
         for args in QUICK:
-            best = min(run(src, args, env, tmp) for _ in range(3))
-            print(f"  {best:6.2f} s  tuneforge {' '.join(args)}")
+            best = min(run(src, [a.format(n=n) for a in args], env, tmp) for n in range(3))
+            print(f"  {best:6.2f} s  tuneforge {' '.join(args).format(n='N')}")
         train = ["train", "-t", "demo/train.jsonl", "output_dir=run", "max_steps=1"]
         run(src, [*train, "eval_examples=4"], env, tmp)
         prompt = ["generate", "./run", "Title: Pancakes", "--max-tokens", "16"]
