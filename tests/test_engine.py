@@ -355,3 +355,49 @@ def test_generate_in_place_answers_with_the_live_adapter_as_peft_generate_does(
     first = generate_in_place(model, text, prompts, seeded, n=3)
     assert first == generate_in_place(model, text, prompts, seeded, n=3)
     assert len({f.token_ids for f in first[1]}) > 1  # the choices of a prompt differ
+
+
+def test_lean_lora_layers_compute_what_peft_computes(tiny_model_dir, adapters):
+    """`lora_rows.LoraRowsForward` (the engine's LoRA layers) gives peft's own numbers, bit for
+    bit: rows of two adapters and the base mixed, one adapter for the whole batch, all base; and
+    hands anything it does not cover (no adapter_names, training mode) to peft."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from tuneforge.inference.lora_rows import LoraRowsForward, use_lora_rows
+
+    def load():
+        model = PeftModel.from_pretrained(
+            AutoModelForCausalLM.from_pretrained(tiny_model_dir), adapters[0], adapter_name="a"
+        )
+        model.load_adapter(adapters[1], adapter_name="b")
+        return model.eval()
+
+    peft_model, lean = load(), load()
+    assert use_lora_rows(lean) > 0 and use_lora_rows(lean) == 0  # once per layer
+    torch.manual_seed(0)
+    ids = torch.randint(3, 1000, (4, 7))
+    for names in (["a", "b", "__base__", "a"], ["b"] * 4, ["__base__"] * 4, ["a", "a", "b", "b"]):
+        with torch.no_grad():
+            expected = peft_model(input_ids=ids, adapter_names=names).logits
+            got = lean(input_ids=ids, adapter_names=names).logits
+        assert torch.equal(got, expected), names
+    with torch.no_grad():  # the adapters really differ, so the mix is tested
+        a = lean(input_ids=ids, adapter_names=["a"] * 4).logits
+        b = lean(input_ids=ids, adapter_names=["b"] * 4).logits
+    assert not torch.allclose(a, b)
+
+    layer = next(
+        m for m in lean.modules() if isinstance(m.__dict__.get("forward"), LoraRowsForward)
+    )
+    calls = []
+    real = layer.forward.peft_forward
+    layer.forward.peft_forward = lambda *a, **k: calls.append(k) or real(*a, **k)
+    x = torch.randn(2, 3, layer.in_features)
+    with torch.no_grad():
+        layer(x)  # no adapter_names: peft's forward with its active adapter
+        lean.train()
+        layer(x, adapter_names=["a", "b"])
+        lean.eval()
+        layer(x, adapter_names=["a", "b"])
+    assert len(calls) == 2

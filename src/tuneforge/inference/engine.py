@@ -30,7 +30,8 @@ are prefilled one request per forward, with no prefix reuse.
 
 LoRA: every base model is loaded once. Fine-tuned models are peft adapters on it, and one batch
 mixes them: peft's `adapter_names=[...]` runs each row through its own adapter ("__base__" for
-none), so requests to different `ft:` models still share each forward pass.
+none), so requests to different `ft:` models still share each forward pass. The LoRA layers
+compute that with `inference/lora_rows.py`: peft's arithmetic without its per-call Python.
 
 GRPO's trainer samples through the same loop without the thread: `generate_in_place(model, …)`
 runs it in the caller's thread on the model being trained (its own active adapter, no prepacked
@@ -59,6 +60,7 @@ import torch
 
 from tuneforge.inference import packed_prefill, small_gemm
 from tuneforge.inference.kv_cache import BatchCache, full_attention_only, left_pad
+from tuneforge.inference.lora_rows import use_lora_rows
 from tuneforge.inference.prepack import kernel_rows, packed_kind, prepack_linears
 from tuneforge.models.text import TextSide
 
@@ -423,6 +425,7 @@ class InferenceEngine:
                     slot.model, target.adapter, adapter_name=name
                 )
             slot.model.eval()
+            use_lora_rows(slot.model)  # peft's LoRA math with less Python per layer
             slot.adapters[target.model_id] = name
         return slot.adapters[target.model_id]
 
