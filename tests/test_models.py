@@ -26,6 +26,22 @@ def test_default_model_is_cached_with_tokenizer_and_template(default_model_dir):
     assert "quantization_config" not in config  # de-quantized fp32, loadable anywhere
 
 
+def test_parameters_are_counted_from_the_headers_and_a_damaged_file_is_unknown(
+    tiny_model_dir, tmp_path
+):
+    from safetensors.torch import load_file
+
+    from tuneforge.models.registry import _count_parameters
+
+    weights = load_file(tiny_model_dir / "model.safetensors")
+    assert _count_parameters(tiny_model_dir) == sum(t.numel() for t in weights.values())
+    folder = tmp_path / "damaged"
+    folder.mkdir()
+    for damaged in (b"", b"\xff" * 8 + b"{}", (40).to_bytes(8, "little") + b'{"a": 1}'):
+        (folder / "model.safetensors").write_bytes(damaged)
+        assert _count_parameters(folder) is None
+
+
 def test_models_list_cli(run_cli):
     code, out, _ = run_cli("models", "list", "--json")
     rows = json.loads(out)

@@ -253,6 +253,8 @@ def _count_parameters(folder: Path) -> int | None:
         try:
             with file.open("rb") as f:
                 (length,) = struct.unpack("<Q", f.read(8))
+                if length > file.stat().st_size:
+                    return None  # a cut or foreign file: do not read what is not there
                 header = json.loads(f.read(length))
             total += sum(math.prod(t["shape"]) for k, t in header.items() if k != "__metadata__")
         except (OSError, ValueError, TypeError, KeyError, struct.error):
