@@ -42,6 +42,47 @@ def test_parameters_are_counted_from_the_headers_and_a_damaged_file_is_unknown(
         assert _count_parameters(folder) is None
 
 
+def test_the_context_length_is_read_from_config_json_or_asked_of_autoconfig(
+    tiny_model_dir, tmp_path
+):
+    from transformers import AutoConfig
+
+    from tuneforge.models.registry import model_context_length
+
+    stated = AutoConfig.from_pretrained(tiny_model_dir).max_position_embeddings
+    assert model_context_length(str(tiny_model_dir)) == stated
+    gpt2 = tmp_path / "gpt2"  # states n_positions, which AutoConfig maps
+    gpt2.mkdir()
+    (gpt2 / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_positions": 1024}))
+    assert model_context_length(str(gpt2)) == 1024
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--version"],
+        ["models", "list", "--json"],
+        ["runs", "list", "--json"],
+        ["config", "show", "--defaults"],
+    ],
+)
+def test_quick_commands_import_neither_torch_nor_transformers(args, isolated_home):
+    """What keeps them under half a second (bench/cli_startup.py): a command that needs no
+    model must not import torch or transformers."""
+    code = (
+        "import sys\n"
+        "from tuneforge.cli import main\n"
+        "try:\n"
+        f"    main({args!r})\n"
+        "except SystemExit as exc:\n"
+        "    assert exc.code in (0, None), exc.code\n"
+        "print('IMPORTED', sorted(m for m in ('torch', 'transformers') if m in sys.modules))\n"
+    )
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert found.returncode == 0, found.stderr[-2000:]
+    assert found.stdout.strip().splitlines()[-1] == "IMPORTED []"
+
+
 def test_models_list_cli(run_cli):
     code, out, _ = run_cli("models", "list", "--json")
     rows = json.loads(out)

@@ -285,7 +285,7 @@ def kernel_row_counts(layers: list[tuple[torch.Tensor, torch.Tensor]]) -> frozen
     """The row counts (of 1-256) at which these (weight, panels) pairs should run on our kernel
     rather than MKL on this machine: 1 to `TUNEFORGE_KERNEL_MAX_ROWS` if that is set, else
     measured once (12 s for a 135M model on our AMD EPYC) and cached under
-    `$TUNEFORGE_HOME/kernels`. Empty when the kernel is not available or never beats MKL."""
+    `paths.kernels_dir()`. Empty when the kernel is not available or never beats MKL."""
     override = _override()
     if override is not None:
         return override
