@@ -34,12 +34,9 @@ QUICK = [
 
 
 def cpu() -> str:
-    with open("/proc/cpuinfo") as f:
-        info = f.read()
-    model = next(ln.split(":", 1)[1].strip() for ln in info.splitlines() if "model name" in ln)
-    flags = next((ln.split(":", 1)[1].split() for ln in info.splitlines() if "flags" in ln), [])
-    wanted = [f for f in flags if f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile")]
-    return f"{model} ({', '.join(wanted)})"
+    from tuneforge.models.precision import cpu_info
+
+    return cpu_info().describe()
 
 
 def run(src: Path, args: list[str], env: dict[str, str], cwd: Path) -> float:

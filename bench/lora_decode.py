@@ -21,12 +21,9 @@ import torch
 
 
 def cpu() -> str:
-    with open("/proc/cpuinfo") as f:
-        lines = f.read().splitlines()
-    model = next(ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name"))
-    flags = next(ln.split(":", 1)[1].split() for ln in lines if ln.startswith("flags"))
-    wanted = [f for f in flags if f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile")]
-    return f"{model} ({', '.join(wanted)})"
+    from tuneforge.models.precision import cpu_info
+
+    return cpu_info().describe()
 
 
 def main() -> None:
