@@ -227,6 +227,56 @@ def test_responses_api_with_the_fine_tuned_model(client, finished_job):
         client.responses.retrieve(response.id)
 
 
+def test_batch_api_as_openais_batch_guide_drives_it(client, finished_job, tmp_path):
+    """OpenAI's Batch guide, step by step, with the fine-tuned model: upload the requests
+    (purpose batch), create, poll, download the output file and match it by custom_id; each
+    answer is what a live chat completion answers."""
+    job, _ = finished_job
+    questions = {f"request-{i}": f"What is the capital of country number {i}?" for i in (1, 2)}
+    lines = [
+        {
+            "custom_id": custom_id,
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {
+                "model": job.fine_tuned_model,
+                "messages": [{"role": "user", "content": question}],
+                "max_tokens": 8,
+                "temperature": 0,
+            },
+        }
+        for custom_id, question in questions.items()
+    ]
+    path = write_lines(tmp_path / "batchinput.jsonl", lines)
+    with path.open("rb") as f:
+        batch_input_file = client.files.create(file=f, purpose="batch")
+    batch = client.batches.create(
+        input_file_id=batch_input_file.id,
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+        metadata={"description": "nightly eval job"},
+    )
+    deadline = time.time() + 120
+    while batch.status not in ("completed", "failed", "expired", "cancelled"):
+        assert time.time() < deadline, batch
+        time.sleep(0.3)
+        batch = client.batches.retrieve(batch.id)
+    assert batch.status == "completed", batch.errors
+    assert batch.request_counts.completed == 2 and batch.request_counts.failed == 0
+    assert batch.metadata == {"description": "nightly eval job"}
+    results = [
+        json.loads(line) for line in client.files.content(batch.output_file_id).text.splitlines()
+    ]
+    assert sorted(r["custom_id"] for r in results) == sorted(questions)
+    for result in results:
+        live = client.chat.completions.create(
+            **next(x["body"] for x in lines if x["custom_id"] == result["custom_id"])
+        )
+        answer = result["response"]["body"]["choices"][0]["message"]["content"]
+        assert answer == live.choices[0].message.content
+    assert batch.id in [b.id for b in client.batches.list(limit=10).data]
+
+
 def test_evals_api_as_openais_getting_started_guide_drives_it(
     client, server, finished_job, tmp_path
 ):

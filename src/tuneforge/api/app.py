@@ -17,6 +17,7 @@ from fastapi.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tuneforge.api import (
+    batches,
     chat,
     comparisons,
     evals,
@@ -256,9 +257,12 @@ def create_app(
         app.state.exports = export_runner
         app.state.evals = evals.EvalRunner(app)
         app.state.evals.start()
+        app.state.batches = batches.BatchRunner(app)
+        app.state.batches.start()
         try:
             yield
         finally:
+            await app.state.batches.stop()
             await app.state.evals.stop()
             export_runner.stop()
             engine.stop()
@@ -276,6 +280,11 @@ def create_app(
         redoc_url=None,
     )
     app.state.max_upload_bytes = max_upload_bytes
+    # what a batch's requests, sent to this app in-process, present to the Guard
+    app.state.internal_headers = {
+        "host": sorted(allowed_hosts)[0] if allowed_hosts else "127.0.0.1",
+        **({"authorization": f"Bearer {api_key}"} if api_key else {}),
+    }
     install_error_handlers(app)
 
     @app.get("/health")
@@ -295,6 +304,7 @@ def create_app(
         chat,
         responses,
         evals,
+        batches,
     )
     for module in modules:
         app.include_router(module.router)

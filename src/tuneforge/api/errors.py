@@ -64,6 +64,18 @@ def not_found(what: str, ident: str, param: str = "id", code: str | None = None)
     return APIError(404, f"No such {what}: {ident}", param=param, code=code)
 
 
+def check_after(after: str | None, known: bool) -> None:
+    """A list's `after` cursor must be an id of that list (as the Responses API's input items
+    answer)."""
+    if not known:
+        raise APIError(
+            400,
+            f"after: {str(after)[:64]!r} is not an id of this list; pass the last_id of the "
+            "page before",
+            param="after",
+        )
+
+
 def model_not_found(model: str) -> APIError:
     return APIError(
         404,

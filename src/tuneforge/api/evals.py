@@ -25,7 +25,6 @@ stored traffic), image and audio inputs, and OpenAI's hosted judges (a `label_mo
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
 import secrets
 import time
@@ -33,15 +32,22 @@ import uuid
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, FastAPI, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import Field, ValidationError
 
 from tuneforge.api import chat
+from tuneforge.api.background import Caller, QueueRunner
 from tuneforge.api.deps import get_catalog, get_store
-from tuneforge.api.errors import APIError, not_found
+from tuneforge.api.errors import APIError, check_after, not_found
 from tuneforge.api.files import EVALS_PURPOSE, read_eval_rows
-from tuneforge.api.schemas import ChatCompletionRequest, Metadata, ResponseFunctionTool, Strict
+from tuneforge.api.schemas import (
+    ChatCompletionRequest,
+    Metadata,
+    ResponseFunctionTool,
+    Strict,
+    cursor_page,
+)
 from tuneforge.errors import TuneforgeError
 from tuneforge.eval.graders import GraderError, make_sample
 from tuneforge.eval.testing_criteria import (
@@ -206,9 +212,9 @@ def list_evals(
     order_by: Literal["created_at", "updated_at"] = "created_at",
 ) -> dict[str, Any]:
     store = get_store(request)
-    _known_after(after, after is None or store.get_eval(after) is not None)
+    check_after(after, after is None or store.get_eval(after) is not None)
     rows = store.list_evals(after=after, limit=limit + 1, oldest_first=order == "asc", by=order_by)
-    return _page([eval_object(r) for r in rows], limit)
+    return cursor_page([eval_object(r) for r in rows], limit)
 
 
 @router.get("/v1/evals/{eval_id}")
@@ -236,27 +242,6 @@ def delete_eval(request: Request, eval_id: str) -> dict[str, Any]:
             _runner(request).cancel(run["id"])
     store.delete_eval(eval_id)
     return {"object": "eval.deleted", "deleted": True, "eval_id": eval_id}
-
-
-def _known_after(after: str | None, known: bool) -> None:
-    """`after` must be an id of the list it pages (as the Responses API's input items answer)."""
-    if not known:
-        raise _bad(
-            f"after: {str(after)[:64]!r} is not an id of this list; pass the last_id of the "
-            "page before",
-            "after",
-        )
-
-
-def _page(data: list[dict[str, Any]], limit: int) -> dict[str, Any]:
-    shown = data[:limit]
-    return {
-        "object": "list",
-        "data": shown,
-        "first_id": shown[0]["id"] if shown else None,
-        "last_id": shown[-1]["id"] if shown else None,
-        "has_more": len(data) > limit,
-    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -505,11 +490,11 @@ def list_runs(
     _stored_eval(request, eval_id)
     store = get_store(request)
     earlier = None if after is None else store.get_eval_run(after)
-    _known_after(after, after is None or (earlier is not None and earlier["eval_id"] == eval_id))
+    check_after(after, after is None or (earlier is not None and earlier["eval_id"] == eval_id))
     rows = store.list_eval_runs(
         eval_id, after=after, limit=limit + 1, oldest_first=order == "asc", status=status
     )
-    return _page(rows, limit)
+    return cursor_page(rows, limit)
 
 
 @router.get("/v1/evals/{eval_id}/runs/{run_id}")
@@ -553,11 +538,11 @@ def list_output_items(
 ) -> dict[str, Any]:
     _stored_run(request, eval_id, run_id)
     store = get_store(request)
-    _known_after(after, after is None or store.get_output_item(run_id, after) is not None)
+    check_after(after, after is None or store.get_output_item(run_id, after) is not None)
     rows = store.list_output_items(
         run_id, after=after, limit=limit + 1, oldest_first=order == "asc", status=status
     )
-    return _page(rows, limit)
+    return cursor_page(rows, limit)
 
 
 @router.get("/v1/evals/{eval_id}/runs/{run_id}/output_items/{output_item_id}")
@@ -576,56 +561,11 @@ def retrieve_output_item(
 # ----------------------------------------------------------------------------------------------
 
 
-class _RunClient:
-    """What `chat.start` / `chat.collect` read of a request: the app, and whether the caller
-    has gone (here: the run was cancelled or deleted, which stops its generations)."""
-
-    def __init__(self, app: FastAPI, runner: EvalRunner, run_id: str) -> None:
-        self.app = app
-        self._runner = runner
-        self._run_id = run_id
-
-    async def is_disconnected(self) -> bool:
-        return self._run_id in self._runner.stopped
-
-
-class EvalRunner:
+class EvalRunner(QueueRunner):
     """Runs queued eval runs one at a time on the server's event loop."""
 
-    def __init__(self, app: FastAPI) -> None:
-        self.app = app
-        self.stopped: set[str] = set()  # runs cancelled or deleted: stop generating for them
-        self._queue: asyncio.Queue[str] = asyncio.Queue()
-        self._task: asyncio.Task | None = None
-
-    def start(self) -> None:
-        """Start the loop; runs the server left queued or in progress go first."""
-        for run in self.app.state.store.eval_runs_with_status(*LIVE):
-            self._queue.put_nowait(run["id"])
-        self._task = asyncio.create_task(self._loop())
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    def submit(self, run_id: str) -> None:
-        self._queue.put_nowait(run_id)
-
-    def cancel(self, run_id: str) -> None:
-        """Stop a run's generations (the caller has changed or deleted the stored run)."""
-        self.stopped.add(run_id)
-
-    async def _loop(self) -> None:
-        while True:
-            run_id = await self._queue.get()
-            try:
-                await self._execute(run_id)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - one broken run must not stop the others
-                await self._fail(run_id, "server_error", f"{type(exc).__name__}: {exc}")
+    def _unfinished(self) -> list[str]:
+        return [run["id"] for run in self.app.state.store.eval_runs_with_status(*LIVE)]
 
     async def _fail(self, run_id: str, code: str, message: str) -> None:
         self.stopped.add(run_id)  # rows still generating stop at their next step
@@ -661,7 +601,7 @@ class EvalRunner:
             await self._fail(run_id, "invalid_data_source", exc.message)
             return
         done = await run_in_threadpool(store.output_item_rows, run_id)
-        client = _RunClient(self.app, self, run_id)
+        client = self.caller(run_id)
         lock = asyncio.Lock()
         gate = asyncio.Semaphore(ROWS_AT_ONCE)
 
@@ -702,7 +642,7 @@ class EvalRunner:
 
     async def _grade_row(
         self,
-        client: _RunClient,
+        client: Caller,
         stored: dict[str, Any],
         run: dict[str, Any],
         index: int,
@@ -734,7 +674,7 @@ class EvalRunner:
         }
 
     async def _generate(
-        self, client: _RunClient, run: dict[str, Any], prompt: list[dict]
+        self, client: Caller, run: dict[str, Any], prompt: list[dict]
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         """The model's answer to one row: the grader's sample, and OpenAI's `sample` object."""
         request_chat = chat_request(run["data_source"], prompt)

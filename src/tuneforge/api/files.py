@@ -17,6 +17,7 @@ from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 
+from tuneforge.api import batches
 from tuneforge.api.deps import get_store
 from tuneforge.api.errors import APIError, not_found
 from tuneforge.api.schemas import Deleted, FileList, FileObject
@@ -248,7 +249,11 @@ async def upload_file(
     request: Request,
     file: Annotated[UploadFile, File(description="Fine-tuning data (.jsonl).")],
     purpose: Annotated[
-        str, Form(description="`fine-tune` (training data) or `evals` (rows of eval runs).")
+        str,
+        Form(
+            description="`fine-tune` (training data), `evals` (rows of eval runs) or `batch` "
+            "(requests of a batch)."
+        ),
     ],
     column_map: Annotated[
         str | None,
@@ -285,18 +290,20 @@ async def upload_file(
                 400, f"Unrecognized request argument supplied: {key[:64]}", param=key[:64]
             )
     expires_after = _expires_after(expires_anchor, expires_seconds)
-    if purpose not in (PURPOSE, EVALS_PURPOSE):
+    if purpose not in (PURPOSE, EVALS_PURPOSE, batches.PURPOSE):
         raise APIError(
             400,
             f"Invalid purpose {purpose[:40]!r}: this server stores fine-tuning data "
-            f"(purpose={PURPOSE!r}) and eval rows (purpose={EVALS_PURPOSE!r})",
+            f"(purpose={PURPOSE!r}), eval rows (purpose={EVALS_PURPOSE!r}) and batch "
+            f"requests (purpose={batches.PURPOSE!r})",
             param="purpose",
         )
     filename = Path(file.filename or "upload.jsonl").name[:255] or "upload.jsonl"
-    if purpose == EVALS_PURPOSE and (column_map is not None or _extension(filename) != ".jsonl"):
+    if purpose != PURPOSE and (column_map is not None or _extension(filename) != ".jsonl"):
+        one_line = {EVALS_PURPOSE: '{"item": {...}}', batches.PURPOSE: "request"}[purpose]
         raise APIError(
             400,
-            'An evals file is JSONL, one {"item": {...}} object per line, without column_map',
+            f"An {purpose} file is JSONL, one {one_line} object per line, without column_map",
             param="column_map" if column_map is not None else "file",
             code="invalid_file_format",
         )
@@ -305,6 +312,8 @@ async def upload_file(
     try:
         if purpose == EVALS_PURPOSE:
             await run_in_threadpool(check_eval_rows, tmp, filename)
+        elif purpose == batches.PURPOSE:
+            await run_in_threadpool(batches.check_file, tmp, filename)
         else:
             stored = await run_in_threadpool(check_format, tmp, filename, column_map)
         row = await run_in_threadpool(

@@ -784,3 +784,16 @@ def _item_text(content: Any, where: str) -> str:
             )
         texts.append(part["text"])
     return "".join(texts)
+
+
+def cursor_page(data: list[dict[str, Any]], limit: int) -> dict[str, Any]:
+    """OpenAI's cursor page of `data` (fetched with one more row than `limit`, to tell
+    `has_more`)."""
+    shown = data[:limit]
+    return {
+        "object": "list",
+        "data": shown,
+        "first_id": shown[0]["id"] if shown else None,
+        "last_id": shown[-1]["id"] if shown else None,
+        "has_more": len(data) > limit,
+    }

@@ -146,6 +146,26 @@ MIGRATIONS: list[str] = [
         UNIQUE (run_id, datasource_item_id)
     );
     """,
+    # m008: OpenAI's Batch API: batches (the batch object as returned, kept up to date with
+    # its counts) and their requests, one row per input line: the request as validated, then
+    # its output line (written with the batch's new counts in one transaction, so a resumed
+    # batch answers exactly the lines it has not)
+    """
+    CREATE TABLE batches (
+        id TEXT PRIMARY KEY,
+        created_at INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        body TEXT NOT NULL
+    );
+    CREATE TABLE batch_requests (
+        batch_id TEXT NOT NULL REFERENCES batches(id) ON DELETE CASCADE,
+        line INTEGER NOT NULL,
+        request TEXT NOT NULL,
+        output TEXT,
+        failed INTEGER,
+        PRIMARY KEY (batch_id, line)
+    );
+    """,
 ]
 
 # A file not past its `expires_at` (the one parameter: the time now), or one an unfinished job
@@ -683,6 +703,100 @@ class Store:
         query += f" ORDER BY {by} {direction}, rowid {direction} LIMIT ?"
         params.append(limit)
         return [json.loads(r["body"]) for r in self.conn.execute(query, params)]
+
+    # -- batches ---------------------------------------------------------------------------
+    def add_batch(self, body: dict[str, Any], requests: list[tuple[int, dict[str, Any]]]) -> None:
+        """A batch and its input lines (line number, request), together."""
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO batches (id, created_at, status, body) VALUES (?, ?, ?, ?)",
+                (body["id"], body["created_at"], body["status"], json.dumps(body)),
+            )
+            conn.executemany(
+                "INSERT INTO batch_requests (batch_id, line, request) VALUES (?, ?, ?)",
+                ((body["id"], line, json.dumps(request)) for line, request in requests),
+            )
+
+    def get_batch(self, batch_id: str) -> dict[str, Any] | None:
+        row = self.conn.execute("SELECT body FROM batches WHERE id = ?", (batch_id,)).fetchone()
+        return None if row is None else json.loads(row["body"])
+
+    def list_batches(self, *, after: str | None, limit: int) -> list[dict[str, Any]]:
+        """Newest first, as OpenAI lists them."""
+        return self._page("batches", "", [], after, limit, oldest_first=False)
+
+    def batches_with_status(self, *statuses: str) -> list[dict[str, Any]]:
+        rows = self.conn.execute(
+            f"SELECT body FROM batches WHERE status IN ({', '.join('?' * len(statuses))}) "
+            "ORDER BY created_at, rowid",
+            statuses,
+        )
+        return [json.loads(r["body"]) for r in rows]
+
+    def set_batch_status(
+        self, batch_id: str, status: str, *, only_from: tuple[str, ...], **fields: Any
+    ) -> dict[str, Any] | None:
+        """Move a batch to `status` (and set `fields` of its body, with `<status>_at` now) if
+        its stored status is one of `only_from`: a compare-and-set on the stored body, so the
+        counts a concurrent answer wrote are kept. The new body, or None when it is gone or
+        in another status."""
+        with self.transaction() as conn:
+            row = conn.execute("SELECT body FROM batches WHERE id = ?", (batch_id,)).fetchone()
+            if row is None:
+                return None
+            body = json.loads(row["body"])
+            if body["status"] not in only_from:
+                return None
+            body |= fields | {"status": status, f"{status}_at": int(time.time())}
+            conn.execute(
+                "UPDATE batches SET body = ?, status = ? WHERE id = ?",
+                (json.dumps(body), status, batch_id),
+            )
+        return body
+
+    def unanswered_batch_requests(self, batch_id: str) -> list[tuple[int, dict[str, Any]]]:
+        """(line, request) of the lines without an output yet, in the file's order."""
+        rows = self.conn.execute(
+            "SELECT line, request FROM batch_requests WHERE batch_id = ? AND output IS NULL "
+            "ORDER BY line",
+            (batch_id,),
+        )
+        return [(r["line"], json.loads(r["request"])) for r in rows]
+
+    def add_batch_output(
+        self, batch: dict[str, Any], line: int, output: dict[str, Any], failed: bool
+    ) -> bool:
+        """One line's output and the batch's new body (its counts), together; False (nothing
+        written) when the batch is no longer in progress (cancelled meanwhile)."""
+        with self.transaction() as conn:
+            live = conn.execute(
+                "UPDATE batches SET body = ? WHERE id = ? AND status = 'in_progress'",
+                (json.dumps(batch), batch["id"]),
+            ).rowcount
+            if live:
+                conn.execute(
+                    "UPDATE batch_requests SET output = ?, failed = ? "
+                    "WHERE batch_id = ? AND line = ?",
+                    (json.dumps(output), int(failed), batch["id"], line),
+                )
+        return bool(live)
+
+    def batch_outputs(self, batch_id: str) -> list[tuple[int, dict[str, Any], dict | None, bool]]:
+        """Every line, in the file's order: (line, request, output or None, failed)."""
+        rows = self.conn.execute(
+            "SELECT line, request, output, failed FROM batch_requests WHERE batch_id = ? "
+            "ORDER BY line",
+            (batch_id,),
+        )
+        return [
+            (
+                r["line"],
+                json.loads(r["request"]),
+                None if r["output"] is None else json.loads(r["output"]),
+                bool(r["failed"]),
+            )
+            for r in rows
+        ]
 
     # -- events ----------------------------------------------------------------------------
     def add_event(

@@ -1,0 +1,337 @@
+"""OpenAI's Batch API (/v1/batches) in-process: a batch answers every line as the live endpoint
+answers the same request, writes the output and error files in the input's order, fails with
+the bad lines named, cancels keeping what it answered, and resumes after a restart answering
+each line once. Answers come from the tiny random model (noise): the tests compare them with
+what the live endpoint answers to the same body, never with fixed text."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from helpers import good_examples
+
+from tuneforge.api import batches
+from tuneforge.api.app import create_app
+
+TERMINAL = ("completed", "failed", "cancelled", "expired")
+
+
+def jsonl(rows: list) -> bytes:
+    return "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows).encode()
+
+
+def assert_error(response, status: int, param: str | None = None) -> dict:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["message"]
+    if param is not None:
+        assert error["param"] == param, error
+    return error
+
+
+def open_api(home: Path, mp: pytest.MonkeyPatch) -> TestClient:
+    mp.setenv("TUNEFORGE_HOME", str(home))
+    return TestClient(create_app())
+
+
+def new_home(root: Path, default_model_dir: Path) -> Path:
+    home = root / "home"
+    home.mkdir()
+    (home / "models").symlink_to(default_model_dir.parent, target_is_directory=True)
+    return home
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory, default_model_dir) -> Path:
+    return new_home(tmp_path_factory.mktemp("batches"), default_model_dir)
+
+
+@pytest.fixture(scope="module")
+def api(home):
+    with pytest.MonkeyPatch.context() as mp, open_api(home, mp) as client:
+        yield client
+
+
+def serve_tiny(api: TestClient, tiny_model_dir: Path) -> str:
+    """The tiny model, served once a job names it (cancelled at once: no training)."""
+    upload = api.post(
+        "/v1/files",
+        files={"file": ("train.jsonl", jsonl(good_examples(12)))},
+        data={"purpose": "fine-tune"},
+    )
+    job = api.post(
+        "/v1/fine_tuning/jobs",
+        json={"model": str(tiny_model_dir), "training_file": upload.json()["id"]},
+    )
+    assert job.status_code == 200, job.text
+    api.post(f"/v1/fine_tuning/jobs/{job.json()['id']}/cancel")
+    return str(tiny_model_dir)
+
+
+@pytest.fixture(scope="module")
+def tiny(api, tiny_model_dir) -> str:
+    return serve_tiny(api, tiny_model_dir)
+
+
+def chat_line(custom_id: str, model: str, question: str, **body) -> dict:
+    return {
+        "custom_id": custom_id,
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {
+            "model": model,
+            "messages": [{"role": "user", "content": question}],
+            "temperature": 0,
+            "max_tokens": 6,
+        }
+        | body,
+    }
+
+
+def upload(api: TestClient, rows: list, name: str = "batch.jsonl") -> str:
+    response = api.post("/v1/files", files={"file": (name, jsonl(rows))}, data={"purpose": "batch"})
+    assert response.status_code == 200, response.text
+    return response.json()["id"]
+
+
+def create(api: TestClient, file_id: str, endpoint: str = "/v1/chat/completions", **extra):
+    return api.post(
+        "/v1/batches",
+        json={"input_file_id": file_id, "endpoint": endpoint, "completion_window": "24h"} | extra,
+    )
+
+
+def wait(api: TestClient, batch_id: str, timeout: float = 120) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        batch = api.get(f"/v1/batches/{batch_id}").json()
+        if batch["status"] in TERMINAL:
+            return batch
+        time.sleep(0.1)
+    raise AssertionError(f"batch {batch_id} did not finish: {batch}")
+
+
+def lines_of(api: TestClient, file_id: str | None) -> list[dict]:
+    if file_id is None:
+        return []
+    meta = api.get(f"/v1/files/{file_id}").json()
+    assert meta["purpose"] == "batch_output", meta
+    text = api.get(f"/v1/files/{file_id}/content").text
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def test_a_batch_answers_every_line_as_the_live_endpoint_does(api, tiny):
+    questions = ["Capital of France?", "Two plus two?", "Name a colour.", "Say hi.", "Why?"]
+    rows = [chat_line(f"q{i}", tiny, q) for i, q in enumerate(questions)]
+    rows.insert(2, chat_line("too-hot", tiny, "Hello", temperature=5))  # the route's 400
+    rows.insert(4, chat_line("streamed", tiny, "Hello", stream=True))  # not in a batch
+    created = create(api, upload(api, rows), metadata={"purpose": "nightly"})
+    assert created.status_code == 200, created.text
+    batch = created.json()
+    assert batch["object"] == "batch" and batch["status"] == "in_progress"
+    assert batch["model"] == tiny and batch["metadata"] == {"purpose": "nightly"}
+    assert batch["request_counts"] == {"total": 7, "completed": 0, "failed": 0}
+
+    done = wait(api, batch["id"])
+    assert done["status"] == "completed", done
+    assert done["request_counts"] == {"total": 7, "completed": 5, "failed": 2}
+    for stamp in ("in_progress_at", "finalizing_at", "completed_at"):
+        assert done[stamp] >= done["created_at"], stamp
+    answered = lines_of(api, done["output_file_id"])
+    assert [a["custom_id"] for a in answered] == ["q0", "q1", "q2", "q3", "q4"]
+    prompt_tokens = completion_tokens = 0
+    for line, row in zip(
+        answered, [r for r in rows if r["custom_id"].startswith("q")], strict=True
+    ):
+        assert line["id"].startswith("batch_req_") and line["error"] is None
+        response = line["response"]
+        assert response["status_code"] == 200 and response["request_id"].startswith("req_")
+        live = api.post("/v1/chat/completions", json=row["body"]).json()
+        body = response["body"]
+        assert body["object"] == "chat.completion" and body["model"] == tiny
+        assert body["choices"][0]["message"] == live["choices"][0]["message"]
+        assert body["usage"] == live["usage"]
+        prompt_tokens += body["usage"]["prompt_tokens"]
+        completion_tokens += body["usage"]["completion_tokens"]
+    assert done["usage"]["input_tokens"] == prompt_tokens
+    assert done["usage"]["output_tokens"] == completion_tokens
+    assert done["usage"]["total_tokens"] == prompt_tokens + completion_tokens
+
+    failed = {line["custom_id"]: line for line in lines_of(api, done["error_file_id"])}
+    assert list(failed) == ["too-hot", "streamed"]
+    live = api.post("/v1/chat/completions", json=rows[2]["body"])
+    assert failed["too-hot"]["response"]["status_code"] == live.status_code == 400
+    assert failed["too-hot"]["response"]["body"] == live.json()
+    assert failed["streamed"]["response"]["body"]["error"]["param"] == "stream"
+
+    listed = api.get("/v1/batches", params={"limit": 100}).json()
+    assert listed["object"] == "list" and batch["id"] in [b["id"] for b in listed["data"]]
+
+
+def test_a_responses_batch_answers_as_the_responses_api_does(api, tiny):
+    body = {"model": tiny, "input": "Capital of France?", "temperature": 0, "max_output_tokens": 6}
+    rows = [{"custom_id": "r1", "method": "POST", "url": "/v1/responses", "body": body}]
+    batch = create(api, upload(api, rows), endpoint="/v1/responses").json()
+    done = wait(api, batch["id"])
+    assert done["status"] == "completed" and done["error_file_id"] is None, done
+    (line,) = lines_of(api, done["output_file_id"])
+    answer = line["response"]["body"]
+    live = api.post("/v1/responses", json=body).json()
+    assert (
+        answer["object"] == "response"
+        and answer["output"][0]["content"][0]["text"] == (live["output"][0]["content"][0]["text"])
+    )
+    assert done["usage"]["input_tokens"] == answer["usage"]["input_tokens"] > 0
+
+
+def test_the_list_pages_newest_first(api, tiny):
+    ids = [create(api, upload(api, [chat_line("a", tiny, "Hi")])).json()["id"] for _ in range(3)]
+    first = api.get("/v1/batches", params={"limit": 2}).json()
+    assert [b["id"] for b in first["data"]] == ids[::-1][:2] and first["has_more"]
+    rest = api.get("/v1/batches", params={"limit": 2, "after": first["last_id"]}).json()
+    assert rest["data"][0]["id"] == ids[0]
+    assert_error(api.get("/v1/batches", params={"after": "batch_nope"}), 400, "after")
+    for batch_id in ids:
+        wait(api, batch_id)
+
+
+@pytest.mark.parametrize(
+    ("line", "code", "param"),
+    [
+        ("{not json", "invalid_json_line", None),
+        ({"custom_id": "x", "method": "POST", "url": "/v1/chat/completions"}, None, "body"),
+        ({"custom_id": "", "method": "POST", "url": "/u", "body": {"model": "m"}}, None, None),
+        ({"custom_id": "a", "method": "GET", "url": "/u", "body": {"model": "m"}}, None, None),
+    ],
+)
+def test_a_malformed_batch_file_is_refused_at_upload_naming_the_line(api, line, code, param):
+    good = {"custom_id": "a", "method": "POST", "url": "/u", "body": {"model": "m"}}
+    response = api.post(
+        "/v1/files",
+        files={"file": ("mine.jsonl", jsonl([good | {"custom_id": "first"}, line]))},
+        data={"purpose": "batch"},
+    )
+    error = assert_error(response, 400, "file")
+    assert "mine.jsonl line 2:" in error["message"], error
+    assert error["code"] == "invalid_file_format"
+
+
+def test_upload_names_duplicate_ids_mixed_models_and_files_that_are_not_jsonl(api, tiny):
+    line = {"custom_id": "same", "method": "POST", "url": "/u", "body": {"model": "m"}}
+    error = assert_error(
+        api.post(
+            "/v1/files",
+            files={"file": ("dup.jsonl", jsonl([line, line]))},
+            data={"purpose": "batch"},
+        ),
+        400,
+    )
+    assert "dup.jsonl line 2: custom_id 'same' is on line 1 too" in error["message"]
+    two_models = [chat_line("a", tiny, "Hi"), "", chat_line("b", "smollm2-135m-instruct", "Hi")]
+    response = api.post(
+        "/v1/files", files={"file": ("two.jsonl", jsonl(two_models))}, data={"purpose": "batch"}
+    )
+    error = assert_error(response, 400, "file")
+    assert (
+        "two.jsonl line 3: model 'smollm2-135m-instruct' differs from line 1's"
+        in (error["message"])
+    )
+    csv = api.post(
+        "/v1/files", files={"file": ("rows.csv", b"a,b\n1,2\n")}, data={"purpose": "batch"}
+    )
+    assert_error(csv, 400, "file")
+    empty = api.post("/v1/files", files={"file": ("e.jsonl", b"\n")}, data={"purpose": "batch"})
+    assert "holds no requests" in assert_error(empty, 400, "file")["message"]
+
+
+def test_a_batch_of_requests_it_cannot_send_fails_naming_the_line(api, tiny):
+    other_url = [chat_line("a", tiny, "Hi") | {"url": "/v1/responses"}]
+    failed = create(api, upload(api, other_url)).json()
+    assert failed["status"] == "failed" and failed["failed_at"] == failed["created_at"]
+    (problem,) = failed["errors"]["data"]
+    assert problem["code"] == "invalid_url" and problem["line"] == 1 and problem["param"] == "url"
+    assert "endpoint='/v1/responses'" in problem["message"]
+
+    unknown = create(api, upload(api, [chat_line("a", "no-such-model", "Hi")])).json()
+    assert unknown["status"] == "failed"
+    assert unknown["errors"]["data"][0]["code"] == "model_not_found"
+    assert unknown["request_counts"]["total"] == 1 and unknown["output_file_id"] is None
+
+
+def test_a_bad_create_is_a_400_naming_the_field(api, tiny):
+    file_id = upload(api, [chat_line("a", tiny, "Hi")])
+    assert_error(create(api, file_id, endpoint="/v1/embeddings"), 400, "endpoint")
+    assert_error(create(api, file_id, completion_window="1h"), 400, "completion_window")
+    assert_error(create(api, "file-nope"), 404, "input_file_id")
+    training = api.post(
+        "/v1/files",
+        files={"file": ("train.jsonl", jsonl(good_examples(12)))},
+        data={"purpose": "fine-tune"},
+    ).json()["id"]
+    assert "purpose 'batch'" in assert_error(create(api, training), 400, "input_file_id")["message"]
+    assert_error(create(api, file_id, colour="blue"), 400, "colour")
+    assert_error(api.get("/v1/batches/batch_nope"), 404, "batch_id")
+
+
+def test_a_cancel_keeps_the_answered_lines_and_accounts_for_every_request(api, tiny, monkeypatch):
+    monkeypatch.setattr(batches, "REQUESTS_AT_ONCE", 1)
+    rows = [chat_line(f"c{i}", tiny, f"Count to {i}", max_tokens=40) for i in range(30)]
+    batch = create(api, upload(api, rows)).json()
+    deadline = time.time() + 60
+    while api.get(f"/v1/batches/{batch['id']}").json()["request_counts"]["completed"] < 2:
+        assert time.time() < deadline
+        time.sleep(0.05)
+    cancelling = api.post(f"/v1/batches/{batch['id']}/cancel")
+    assert cancelling.status_code == 200, cancelling.text
+    assert cancelling.json()["status"] == "cancelling" and cancelling.json()["cancelling_at"]
+    done = wait(api, batch["id"])
+    assert done["status"] == "cancelled" and done["cancelled_at"], done
+    answered = lines_of(api, done["output_file_id"])
+    left = lines_of(api, done["error_file_id"])
+    assert 2 <= len(answered) == done["request_counts"]["completed"] < 30
+    assert [line["custom_id"] for line in answered + left] == [r["custom_id"] for r in rows]
+    assert all(line["error"]["code"] == "batch_cancelled" for line in left)
+    again = api.post(f"/v1/batches/{batch['id']}/cancel")
+    assert assert_error(again, 409, "batch_id")["code"] == "invalid_batch_state"
+
+
+def test_a_batch_the_server_was_answering_when_it_stopped_resumes(
+    tmp_path, default_model_dir, tiny_model_dir, monkeypatch
+):
+    """Stop the server mid-batch (its lifespan ends), start a new one on the same home: the
+    batch goes on and answers every line exactly once."""
+    monkeypatch.setattr(batches, "REQUESTS_AT_ONCE", 2)
+    home = new_home(tmp_path, default_model_dir)
+    with pytest.MonkeyPatch.context() as mp:
+        with open_api(home, mp) as first:
+            model = serve_tiny(first, tiny_model_dir)
+            rows = [chat_line(f"r{i}", model, f"Row {i}", max_tokens=24) for i in range(16)]
+            batch_id = create(first, upload(first, rows)).json()["id"]
+            deadline = time.time() + 60
+            while first.get(f"/v1/batches/{batch_id}").json()["request_counts"]["completed"] < 3:
+                assert time.time() < deadline
+                time.sleep(0.05)
+        with open_api(home, mp) as second:
+            stopped = second.get(f"/v1/batches/{batch_id}").json()
+            assert 3 <= stopped["request_counts"]["completed"] < 16
+            done = wait(second, batch_id)
+            assert done["status"] == "completed"
+            assert done["request_counts"] == {"total": 16, "completed": 16, "failed": 0}
+            answered = lines_of(second, done["output_file_id"])
+            assert [line["custom_id"] for line in answered] == [f"r{i}" for i in range(16)]
+            assert len({line["id"] for line in answered}) == 16
+
+
+def test_finalizing_twice_writes_each_file_once(api, tiny):
+    """A finalizing a crash interrupted runs again on the next start: same files, no copies."""
+    batch = create(api, upload(api, [chat_line("a", tiny, "Hi")])).json()
+    done = wait(api, batch["id"])
+    runner = api.app.state.batches
+    files = runner._write_files(api.app.state.store.get_batch(batch["id"]))
+    assert files == {"output_file_id": done["output_file_id"], "error_file_id": None}
+    outputs = api.get("/v1/files", params={"purpose": "batch_output"}).json()["data"]
+    assert [f["id"] for f in outputs].count(done["output_file_id"]) == 1
