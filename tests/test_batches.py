@@ -258,7 +258,9 @@ def test_a_batch_of_requests_it_cannot_send_fails_naming_the_line(api, tiny):
 
     unknown = create(api, upload(api, [chat_line("a", "no-such-model", "Hi")])).json()
     assert unknown["status"] == "failed"
-    assert unknown["errors"]["data"][0]["code"] == "model_not_found"
+    (problem,) = unknown["errors"]["data"]
+    assert problem["code"] == "model_not_found" and problem["line"] == 1
+    assert problem["message"].startswith("batch.jsonl line 1: The model `no-such-model`")
     assert unknown["request_counts"]["total"] == 1 and unknown["output_file_id"] is None
 
 

@@ -686,3 +686,51 @@ def test_an_eval_made_run_and_read_in_the_studio(server, browse, tmp_path, tiny_
     page.wait_for_selector("#runs table")
     assert "33 %" in page.inner_text("#runs table")
     snapshot(page, folder, "eval")
+
+
+def test_a_batch_started_and_downloaded_in_the_studio(server, browse, tmp_path, tiny_model_dir):
+    """OpenAI's dashboard habit for batches: upload a requests file, watch it run, download
+    the answers; a file with a bad line is refused with the line named."""
+    new_page, watch = browse
+    client = server.api()
+
+    def line(custom_id: str, question: str) -> str:
+        body = {
+            "model": str(tiny_model_dir),
+            "messages": [{"role": "user", "content": question}],
+            "temperature": 0,
+            "max_tokens": 8,
+        }
+        request = {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions"}
+        return json.dumps(request | {"body": body}) + "\n"
+
+    bad = tmp_path / "twice.jsonl"
+    bad.write_text(line("a", "Hi") + line("a", "Hello"))
+    page = new_page()
+    page.goto(f"{server.url}/studio/batches")
+    page.wait_for_selector("#batches p, #batches table")
+    page.set_input_files("#batch-file", str(bad))
+    page.click("#batch-form button[type=submit]")
+    error = page.wait_for_selector("#form-error:not([hidden])")
+    assert "twice.jsonl line 2: custom_id 'a' is on line 1 too" in error.inner_text()
+    assert watch.errors and all("400" in e for e in watch.errors), watch.errors  # the refusal
+    watch.errors.clear()
+
+    good = tmp_path / "questions.jsonl"
+    questions = {"capital": "Capital of France?", "sum": "What is 2 + 2?", "colour": "A colour?"}
+    good.write_text("".join(line(k, q) for k, q in questions.items()))
+    page.set_input_files("#batch-file", str(good))
+    page.click("#batch-form button[type=submit]")
+    wait(lambda: page.locator("#form-error").is_hidden(), 10, "the error to clear")
+    row = page.locator("#batches tbody tr").first
+    wait(lambda: "completed" in row.inner_text(), 120, "the batch to complete")
+    assert "3 answered, 0 failed, of 3" in row.inner_text()
+    with page.expect_download() as info:
+        row.get_by_role("button", name="Answers").click()
+    answers = [json.loads(x) for x in Path(info.value.path()).read_text().splitlines()]
+    assert [a["custom_id"] for a in answers] == list(questions)
+    batch = client.get("/v1/batches", params={"limit": 1}).json()["data"][0]
+    assert batch["request_counts"] == {"total": 3, "completed": 3, "failed": 0}
+    served = client.get(f"/v1/files/{batch['output_file_id']}/content").text
+    assert Path(info.value.path()).read_text() == served
+    snapshot(page, shots_dir(tmp_path), "batches")

@@ -306,7 +306,9 @@ async def create_batch(request: Request, body: BatchCreate) -> dict[str, Any]:
         try:
             await run_in_threadpool(get_catalog(request).get, model)
         except APIError as exc:
-            problems = [_problem("model_not_found", requests[0][0], exc.message, "body.model")]
+            line = requests[0][0]
+            message = f"{file['filename']} line {line}: {exc.message}"
+            problems = [_problem("model_not_found", line, message, "body.model")]
     batch = _new_batch(body, len(requests), model)
     if problems:
         batch |= {

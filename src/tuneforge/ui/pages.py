@@ -27,6 +27,7 @@ NAV = (
     ("/jobs/new", "New job"),
     ("/compare", "Compare"),
     ("/evals", "Evals"),
+    ("/batches", "Batches"),
     ("/playground", "Playground"),
     ("/models", "Models"),
 )
@@ -93,6 +94,7 @@ PAGES = (
     ("/jobs/new", "newjob", "New fine-tuning job", "/jobs/new"),
     ("/compare", "compare", "Compare", "/compare"),
     ("/evals", "evals", "Evals", "/evals"),
+    ("/batches", "batches", "Batches", "/batches"),
     ("/playground", "playground", "Playground", "/playground"),
     ("/models", "models", "Models", "/models"),
 )

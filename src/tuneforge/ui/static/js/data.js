@@ -98,7 +98,9 @@ async function renderFiles() {
   const files = (await api("/v1/files")).data;
   if (!files.length) { replace("#files", el("p", { class: "muted", id: "no-files" }, "No files yet.")); return; }
   replace("#files", table([
-    { label: "File", value: (f) => el("a", { href: `${ROOT}/data/${f.id}` }, f.filename) },
+    // training data has a page (its validation and trained tokens); other files are listed
+    { label: "File", value: (f) => (f.purpose === "fine-tune" ? el("a", { href: `${ROOT}/data/${f.id}` }, f.filename) : f.filename) },
+    { label: "Purpose", value: (f) => f.purpose },
     { label: "Id", value: (f) => el("code", {}, f.id) },
     { label: "Bytes", value: (f) => f.bytes, num: true },
     { label: "Uploaded", value: (f) => when(f.created_at) },
