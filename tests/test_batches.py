@@ -337,3 +337,23 @@ def test_finalizing_twice_writes_each_file_once(api, tiny):
     assert files == {"output_file_id": done["output_file_id"], "error_file_id": None}
     outputs = api.get("/v1/files", params={"purpose": "batch_output"}).json()["data"]
     assert [f["id"] for f in outputs].count(done["output_file_id"]) == 1
+
+
+def test_a_server_with_an_api_key_and_a_host_check_answers_its_own_batches(
+    tmp_path, default_model_dir, tiny_model_dir
+):
+    """The lines reach the endpoint through the server's own guard: with --api-key and the
+    Host check of a loopback server, they must carry the key and a host it accepts."""
+    from tuneforge.ui import create_app as create_studio_app
+
+    home = new_home(tmp_path, default_model_dir)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TUNEFORGE_HOME", str(home))
+        app = create_studio_app(host="127.0.0.1", api_key="sesame")
+        headers = {"Authorization": "Bearer sesame"}
+        with TestClient(app, base_url="http://localhost:8000", headers=headers) as api:
+            model = serve_tiny(api, tiny_model_dir)
+            done = wait(api, create(api, upload(api, [chat_line("a", model, "Hi")])).json()["id"])
+            assert done["request_counts"] == {"total": 1, "completed": 1, "failed": 0}, done
+            (line,) = lines_of(api, done["output_file_id"])
+            assert line["response"]["body"]["object"] == "chat.completion"

@@ -405,6 +405,11 @@ class BatchRunner(QueueRunner):
     def _unfinished(self) -> list[str]:
         return [b["id"] for b in self.app.state.store.batches_with_status(*LIVE)]
 
+    async def stop(self) -> None:
+        for task in list(self._side_tasks):  # a finalizing cut short runs again at the start
+            task.cancel()
+        await super().stop()
+
     def cancel(self, key: str) -> None:
         """Stop the batch's requests in flight; a batch not being answered now is finalized
         at once (its files hold what an earlier run of the server answered)."""
