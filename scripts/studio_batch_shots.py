@@ -7,23 +7,9 @@ repository root:
 """
 
 import json
-import sys
-import time
 from pathlib import Path
 
-from playwright.sync_api import sync_playwright
-
-from tuneforge.models import resolve_model
-
-sys.path.insert(0, "tests")
-from test_studio_browser import CHROMIUM, Server, make_home, snapshot, wait  # noqa: E402
-
-
-class F:  # tmp_path_factory stand-in
-    def mktemp(self, name):
-        p = Path(f"/tmp/batchshots-{name}-{time.time_ns()}")
-        p.mkdir()
-        return p
+from _shots import MODEL, snapshot, studio, wait
 
 
 def line(custom_id: str, model: str, question: str, **extra) -> str:
@@ -40,7 +26,6 @@ def line(custom_id: str, model: str, question: str, **extra) -> str:
     return json.dumps(request | {"body": body}) + "\n"
 
 
-MODEL = "smollm2-135m-instruct"
 countries = ["France", "Italy", "Japan", "Spain", "Canada", "Australia"]
 good = Path("/tmp/batchshots-capitals.jsonl")
 good.write_text(
@@ -50,26 +35,15 @@ good.write_text(
 unknown = Path("/tmp/batchshots-unknown-model.jsonl")
 unknown.write_text(line("q1", "gpt-4o-mini", "What is the capital of Chile?"))
 
-server = Server(make_home(F(), Path(resolve_model(MODEL)), "home")).start()
-try:
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            headless=True,
-            args=["--disable-background-networking", "--disable-gpu", "--no-first-run"],
-        )
-        page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
-        page.goto(f"{server.url}/studio/batches")
-        page.wait_for_selector("#batches p, #batches table")
-        for path in (unknown, good):
-            page.set_input_files("#batch-file", str(path))
-            page.click("#batch-form button[type=submit]")
-            page.wait_for_selector("#batches table")
-        row = page.locator("#batches tbody tr").first
-        wait(lambda: "completed" in row.inner_text(), 300, "the batch")
-        page.reload()
+with studio("batchshots") as (server, page):
+    page.goto(f"{server.url}/studio/batches")
+    page.wait_for_selector("#batches p, #batches table")
+    for path in (unknown, good):
+        page.set_input_files("#batch-file", str(path))
+        page.click("#batch-form button[type=submit]")
         page.wait_for_selector("#batches table")
-        snapshot(page, Path("docs/studio"), "batches")
-        browser.close()
-finally:
-    server.stop()
+    row = page.locator("#batches tbody tr").first
+    wait(lambda: "completed" in row.inner_text(), 300, "the batch")
+    page.reload()
+    page.wait_for_selector("#batches table")
+    snapshot(page, Path("docs/studio"), "batches")

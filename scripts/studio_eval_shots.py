@@ -6,28 +6,10 @@ answers (the browser test's tiny model answers noise). Run from the repository r
 """
 
 import json
-import sys
-import time
 from pathlib import Path
 
-from playwright.sync_api import sync_playwright
+from _shots import MODEL, snapshot, studio, wait
 
-from tuneforge.models import resolve_model
-
-sys.path.insert(0, "tests")
-from test_studio_browser import CHROMIUM, Server, make_home, snapshot, wait  # noqa: E402
-
-
-class F:  # tmp_path_factory stand-in
-    def mktemp(self, name):
-        p = Path(f"/tmp/evalshots-{name}-{time.time_ns()}")
-        p.mkdir()
-        return p
-
-
-default = Path(resolve_model("smollm2-135m-instruct"))
-server = Server(make_home(F(), default, "home")).start()
-client = server.api()
 rows = [
     ("France", "Paris"),
     ("Italy", "Rome"),
@@ -43,65 +25,62 @@ path.write_text(
         for c, a in rows
     )
 )
-try:
-    ev = client.post(
-        "/v1/evals",
-        json={
-            "name": "Capitals",
-            "data_source_config": {
-                "type": "custom",
-                "item_schema": {
-                    "type": "object",
-                    "properties": {"question": {"type": "string"}, "answer": {"type": "string"}},
-                    "required": ["question", "answer"],
+with studio("evalshots") as (server, page):
+    ev = (
+        server.api()
+        .post(
+            "/v1/evals",
+            json={
+                "name": "Capitals",
+                "data_source_config": {
+                    "type": "custom",
+                    "item_schema": {
+                        "type": "object",
+                        "properties": {
+                            "question": {"type": "string"},
+                            "answer": {"type": "string"},
+                        },
+                        "required": ["question", "answer"],
+                    },
+                    "include_sample_schema": True,
                 },
-                "include_sample_schema": True,
+                "testing_criteria": [
+                    {
+                        "type": "string_check",
+                        "name": "names the capital",
+                        "operation": "ilike",
+                        "input": "{{ sample.output_text }}",
+                        "reference": "{{ item.answer }}",
+                    },
+                    {
+                        "type": "text_similarity",
+                        "name": "close to the answer",
+                        "evaluation_metric": "fuzzy_match",
+                        "input": "{{ sample.output_text }}",
+                        "reference": "{{ item.answer }}",
+                        "pass_threshold": 0.8,
+                    },
+                ],
             },
-            "testing_criteria": [
-                {
-                    "type": "string_check",
-                    "name": "names the capital",
-                    "operation": "ilike",
-                    "input": "{{ sample.output_text }}",
-                    "reference": "{{ item.answer }}",
-                },
-                {
-                    "type": "text_similarity",
-                    "name": "close to the answer",
-                    "evaluation_metric": "fuzzy_match",
-                    "input": "{{ sample.output_text }}",
-                    "reference": "{{ item.answer }}",
-                    "pass_threshold": 0.8,
-                },
-            ],
-        },
-    ).json()
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            headless=True,
-            args=["--disable-background-networking", "--disable-gpu", "--no-first-run"],
         )
-        page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
-        page.goto(f"{server.url}/studio/evals/{ev['id']}")
-        page.wait_for_selector("#model option", state="attached")
-        page.set_input_files("#upload", str(path))
-        page.select_option("#model", "smollm2-135m-instruct")
-        page.fill("#system", "Answer with the city name only.")
-        page.fill("#max_tokens", "16")
-        page.fill("#run-name", "SmolLM2-135M-Instruct, zero-shot")
-        page.click("#run-form button[type=submit]")
-        page.wait_for_selector("#runs table a").click()
-        wait(lambda: "completed" in page.inner_text("#run-status"), 300, "run")
-        wait(lambda: page.locator("#items tbody tr").count() == len(rows), 20, "rows")
-        out = Path("docs/studio")
-        snapshot(page, out, "eval-run")
-        page.goto(f"{server.url}/studio/evals/{ev['id']}")
-        page.wait_for_selector("#runs table")
-        snapshot(page, out, "eval")
-        page.goto(f"{server.url}/studio/evals")
-        page.wait_for_selector("#evals table")
-        snapshot(page, out, "evals")
-        browser.close()
-finally:
-    server.stop()
+        .json()
+    )
+    page.goto(f"{server.url}/studio/evals/{ev['id']}")
+    page.wait_for_selector("#model option", state="attached")
+    page.set_input_files("#upload", str(path))
+    page.select_option("#model", MODEL)
+    page.fill("#system", "Answer with the city name only.")
+    page.fill("#max_tokens", "16")
+    page.fill("#run-name", "SmolLM2-135M-Instruct, zero-shot")
+    page.click("#run-form button[type=submit]")
+    page.wait_for_selector("#runs table a").click()
+    wait(lambda: "completed" in page.inner_text("#run-status"), 300, "run")
+    wait(lambda: page.locator("#items tbody tr").count() == len(rows), 20, "rows")
+    out = Path("docs/studio")
+    snapshot(page, out, "eval-run")
+    page.goto(f"{server.url}/studio/evals/{ev['id']}")
+    page.wait_for_selector("#runs table")
+    snapshot(page, out, "eval")
+    page.goto(f"{server.url}/studio/evals")
+    page.wait_for_selector("#evals table")
+    snapshot(page, out, "evals")

@@ -69,3 +69,19 @@ def wait_for_step(run: Path, proc: Any, step: int, timeout: float = 240) -> None
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.05)
     raise AssertionError(f"step {step} not reached in {timeout} s")
+
+
+def serve_model(api: Any, model: Path | str) -> str:
+    """Make a server (a TestClient or httpx client) list `model`: a base model is served once
+    a job names it, so create one on 12 examples and cancel it at once (no training)."""
+    data = "".join(json.dumps(row) + "\n" for row in good_examples(12)).encode()
+    upload = api.post(
+        "/v1/files", files={"file": ("train.jsonl", data)}, data={"purpose": "fine-tune"}
+    )
+    assert upload.status_code == 200, upload.text
+    job = api.post(
+        "/v1/fine_tuning/jobs", json={"model": str(model), "training_file": upload.json()["id"]}
+    )
+    assert job.status_code == 200, job.text
+    assert api.post(f"/v1/fine_tuning/jobs/{job.json()['id']}/cancel").status_code == 200
+    return str(model)

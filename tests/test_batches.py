@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from helpers import good_examples
+from helpers import good_examples, serve_model
 
 from tuneforge.api import batches
 from tuneforge.api.app import create_app
@@ -56,25 +56,9 @@ def api(home):
         yield client
 
 
-def serve_tiny(api: TestClient, tiny_model_dir: Path) -> str:
-    """The tiny model, served once a job names it (cancelled at once: no training)."""
-    upload = api.post(
-        "/v1/files",
-        files={"file": ("train.jsonl", jsonl(good_examples(12)))},
-        data={"purpose": "fine-tune"},
-    )
-    job = api.post(
-        "/v1/fine_tuning/jobs",
-        json={"model": str(tiny_model_dir), "training_file": upload.json()["id"]},
-    )
-    assert job.status_code == 200, job.text
-    api.post(f"/v1/fine_tuning/jobs/{job.json()['id']}/cancel")
-    return str(tiny_model_dir)
-
-
 @pytest.fixture(scope="module")
 def tiny(api, tiny_model_dir) -> str:
-    return serve_tiny(api, tiny_model_dir)
+    return serve_model(api, tiny_model_dir)
 
 
 def chat_line(custom_id: str, model: str, question: str, **body) -> dict:
@@ -310,7 +294,7 @@ def test_a_batch_the_server_was_answering_when_it_stopped_resumes(
     home = new_home(tmp_path, default_model_dir)
     with pytest.MonkeyPatch.context() as mp:
         with open_api(home, mp) as first:
-            model = serve_tiny(first, tiny_model_dir)
+            model = serve_model(first, tiny_model_dir)
             rows = [chat_line(f"r{i}", model, f"Row {i}", max_tokens=24) for i in range(16)]
             batch_id = create(first, upload(first, rows)).json()["id"]
             deadline = time.time() + 60
@@ -352,7 +336,7 @@ def test_a_server_with_an_api_key_and_a_host_check_answers_its_own_batches(
         app = create_studio_app(host="127.0.0.1", api_key="sesame")
         headers = {"Authorization": "Bearer sesame"}
         with TestClient(app, base_url="http://localhost:8000", headers=headers) as api:
-            model = serve_tiny(api, tiny_model_dir)
+            model = serve_model(api, tiny_model_dir)
             done = wait(api, create(api, upload(api, [chat_line("a", model, "Hi")])).json()["id"])
             assert done["request_counts"] == {"total": 1, "completed": 1, "failed": 0}, done
             (line,) = lines_of(api, done["output_file_id"])

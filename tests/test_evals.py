@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from helpers import good_examples
+from helpers import serve_model
 
 from tuneforge.api.app import create_app
 from tuneforge.eval.testing_criteria import grade, pick_label, validate_criteria
@@ -77,19 +77,7 @@ def api(home):
 
 @pytest.fixture(scope="module")
 def tiny(api, tiny_model_dir) -> str:
-    """The tiny model, served once a job names it (cancelled at once: no training)."""
-    upload = api.post(
-        "/v1/files",
-        files={"file": ("train.jsonl", jsonl(good_examples(12)))},
-        data={"purpose": "fine-tune"},
-    )
-    job = api.post(
-        "/v1/fine_tuning/jobs",
-        json={"model": str(tiny_model_dir), "training_file": upload.json()["id"]},
-    )
-    assert job.status_code == 200, job.text
-    api.post(f"/v1/fine_tuning/jobs/{job.json()['id']}/cancel")
-    return str(tiny_model_dir)
+    return serve_model(api, tiny_model_dir)
 
 
 def new_eval(api, criteria=(EXACT, SIMILAR), schema=SCHEMA, **extra) -> dict:

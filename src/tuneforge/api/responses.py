@@ -29,7 +29,7 @@ from pydantic import ValidationError
 from tuneforge.api import chat
 from tuneforge.api.deps import get_store
 from tuneforge.api.errors import APIError, not_found
-from tuneforge.api.schemas import MAX_ID, ChatCompletionRequest, ResponseRequest
+from tuneforge.api.schemas import MAX_ID, ChatCompletionRequest, ResponseRequest, cursor_page
 from tuneforge.inference.engine import Delta, Event, Failed, Finished
 
 router = APIRouter()
@@ -390,14 +390,7 @@ async def list_input_items(
                 400, f"after: {after} is not an input item of {response_id}", param="after"
             )
         items = items[ids.index(after) + 1 :]
-    page = items[:limit]
-    return {
-        "object": "list",
-        "data": page,
-        "first_id": page[0]["id"] if page else None,
-        "last_id": page[-1]["id"] if page else None,
-        "has_more": len(items) > limit,
-    }
+    return cursor_page(items, limit)
 
 
 @router.delete("/v1/responses/{response_id}")
