@@ -13,11 +13,13 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from fastapi.testclient import TestClient
 from helpers import good_examples
 
 from tuneforge.api.app import create_app
 from tuneforge.data.chat_template import tool_call_prefix
+from tuneforge.data.conversation import Message
 
 UPLOAD_LIMIT = 64 * 1024
 # Jinja's sandbox caps one range() at 100k; nesting two makes 10^10 iterations of output.
@@ -518,12 +520,106 @@ def test_chat_completion_shape_and_usage(api, tiny):
 
 
 def test_response_format_text_and_logprobs_false_are_accepted(api, tiny):
-    """What OpenAI's defaults send explicitly; JSON modes and logprobs are 400s that say why."""
+    """What OpenAI's defaults send explicitly; JSON modes are 400s that say why."""
     body = {"max_tokens": 3, "temperature": 0, "logprobs": False}
     response = chat(api, tiny, response_format={"type": "text"}, **body)
     assert response.status_code == 200, response.text
     error = assert_error(chat(api, tiny, response_format={"type": "json_object"}), 400)
     assert "free text" in error["message"] and "Value error" not in error["message"]
+
+
+def teacher_forced_logprobs(model_dir, prompt: list[int], answer: list[int]) -> torch.Tensor:
+    """Each answer position's log-probabilities from one plain forward of transformers' model
+    over prompt + answer: what the engine's incremental decoding must report."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt + answer])).logits[0, len(prompt) - 1 : -1]
+    return torch.log_softmax(logits.float(), -1)
+
+
+def token_ids(side, entries: list[dict]) -> list[int]:
+    """The ids of logprobs entries, from their bytes (byte-level BPE: SmolLM2's tokenizer)."""
+    from tuneforge.models.text import _byte_level_table
+
+    char = {byte: ch for ch, byte in _byte_level_table().items()}
+    pieces = ["".join(char[b] for b in entry["bytes"]) for entry in entries]
+    return side.tokenizer.convert_tokens_to_ids(pieces)
+
+
+SAMPLED = {"max_tokens": 8, "temperature": 0.7, "seed": 3}  # the tiny model's noise, varied
+
+
+def test_logprobs_are_the_models_own_and_spell_the_answer(api, tiny, tiny_model_dir):
+    """OpenAI's logprobs / top_logprobs: per answer token its text, bytes (which together
+    spell the answer), log-probability in the model's own distribution (a plain forward over
+    prompt + answer gives the same, whatever the temperature) and the most likely tokens at its
+    position, most likely first."""
+    from tuneforge.models.text import load_text_side
+
+    response = chat(api, tiny, logprobs=True, top_logprobs=3, **SAMPLED)
+    assert response.status_code == 200, response.text
+    (choice,) = response.json()["choices"]
+    content = choice["logprobs"]["content"]
+    assert choice["logprobs"]["refusal"] is None
+    assert len(content) == response.json()["usage"]["completion_tokens"] == 8
+    assert (
+        bytes(b for entry in content for b in entry["bytes"]).decode()
+        == (choice["message"]["content"])
+    )
+    side = load_text_side(str(tiny_model_dir))
+    prompt = side.prompt_ids([Message("user", "Hello there")])
+    answer = token_ids(side, content)
+    assert len(set(answer)) > 1  # sampled: not one token over and over
+    expected = teacher_forced_logprobs(tiny_model_dir, prompt, answer)
+    for position, entry in enumerate(content):
+        chosen = float(expected[position, answer[position]])
+        assert entry["logprob"] == pytest.approx(chosen, abs=1e-4)
+        top = entry["top_logprobs"]
+        best = expected[position].topk(3)
+        assert token_ids(side, top) == best.indices.tolist()
+        assert [t["logprob"] for t in top] == pytest.approx(best.values.tolist(), abs=1e-4)
+
+    greedy = chat(api, tiny, max_tokens=4, temperature=0, logprobs=True, top_logprobs=1).json()
+    for entry in greedy["choices"][0]["logprobs"]["content"]:
+        assert entry["top_logprobs"][0]["token"] == entry["token"]  # greedy took the best
+    plain = chat(api, tiny, logprobs=True, **SAMPLED).json()["choices"][0]
+    assert all(entry["top_logprobs"] == [] for entry in plain["logprobs"]["content"])
+    assert plain["message"] == choice["message"]
+    assert chat(api, tiny, **SAMPLED).json()["choices"][0]["logprobs"] is None
+
+
+def test_streamed_logprobs_add_up_to_the_whole_answers(api, tiny):
+    body = {"logprobs": True, "top_logprobs": 2, "stream": True} | SAMPLED
+    whole = chat(api, tiny, **body | {"stream": False}).json()["choices"][0]
+    messages = [{"role": "user", "content": "Hello there"}]
+    with api.stream(
+        "POST", "/v1/chat/completions", json={"model": tiny, "messages": messages} | body
+    ) as response:
+        lines = [line for line in response.iter_lines() if line.startswith("data: {")]
+    chunks = [json.loads(line.removeprefix("data: ")) for line in lines]
+    streamed = [
+        entry
+        for c in chunks
+        for choice in c["choices"]
+        if choice["logprobs"]
+        for entry in choice["logprobs"]["content"]
+    ]
+    assert streamed == whole["logprobs"]["content"]
+
+
+def test_a_stop_string_cuts_the_logprobs_with_the_text(api, tiny):
+    first = chat(api, tiny, logprobs=True, **SAMPLED).json()["choices"][0]
+    entries = first["logprobs"]["content"]
+    stop = bytes(entries[4]["bytes"]).decode(errors="ignore").strip()
+    assert stop, entries[4]
+    cut = chat(api, tiny, logprobs=True, stop=[stop], **SAMPLED).json()["choices"][0]
+    kept = cut["logprobs"]["content"]
+    assert cut["finish_reason"] == "stop" and stop not in cut["message"]["content"]
+    spelled = bytes(b for entry in kept for b in entry["bytes"]).decode(errors="replace")
+    assert spelled.startswith(cut["message"]["content"])
+    assert len(kept) < len(entries) and kept == entries[: len(kept)]
 
 
 WEATHER_TOOL = {
@@ -696,11 +792,12 @@ def test_message_variants_are_accepted(api, tiny):
         ({"stop": [""]}, "stop", None),
         ({"seed": "x"}, "seed", None),
         ({"stream": "yes please"}, "stream", None),
-        ({"logprobs": True}, "logprobs", None),
+        ({"logprobs": "maybe"}, "logprobs", None),
+        ({"logprobs": True, "top_logprobs": 21}, "top_logprobs", None),
         ({"presence_penalty": 1.0}, "presence_penalty", None),
         ({"response_format": {"type": "json_object"}}, "response_format", None),
         ({"response_format": {"type": "json_schema", "json_schema": {}}}, "response_format", None),
-        ({"top_logprobs": 3}, "top_logprobs", None),
+        ({"top_logprobs": 3}, "top_logprobs", None),  # without logprobs: true
         ({"store": True}, "store", None),
         ({"metadata": {"k" * 65: "v"}}, "metadata", None),
         ({"metadata": {str(i): "v" for i in range(17)}}, "metadata", None),

@@ -8,6 +8,7 @@ statuses, events, ids, usage counts, stream chunks and `data: [DONE]`.
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import socket
@@ -179,6 +180,21 @@ def test_tutorial_chat_with_the_fine_tuned_model(client, finished_job):
     assert chunks[-1].choices == [] and chunks[-1].usage.total_tokens == usage.total_tokens
     streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert streamed == choice.message.content  # greedy: the same answer both ways
+
+    # OpenAI's classification recipe: the first token's probability and its alternatives
+    scored = client.chat.completions.create(
+        model=job.fine_tuned_model,
+        messages=messages,
+        max_tokens=1,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=3,
+    )
+    (first,) = scored.choices[0].logprobs.content
+    assert first.token == scored.choices[0].message.content
+    assert 0 < math.exp(first.logprob) <= 1 and bytes(first.bytes).decode() == first.token
+    assert [t.token for t in first.top_logprobs][0] == first.token
+    assert len(first.top_logprobs) == 3
 
 
 def test_responses_api_with_the_fine_tuned_model(client, finished_job):

@@ -401,3 +401,40 @@ def test_lean_lora_layers_compute_what_peft_computes(tiny_model_dir, adapters):
         lean.eval()
         layer(x, adapter_names=["a", "b"])
     assert len(calls) == 2
+
+
+class _Recorded:
+    """A Generation stand-in that keeps the events `_advance` sends."""
+
+    def __init__(self) -> None:
+        self.events: list = []
+        self.cancelled = False
+
+    def put(self, index: int, event) -> None:
+        self.events.append(event)
+
+
+def advance_all(text: TextSide, answer: str, params: SamplingParams, end: bool) -> list:
+    """Feed `answer`'s tokens (then the end-of-turn token) to one row; its events."""
+    from tuneforge.inference.engine import _Row
+
+    generation = _Recorded()
+    row = _Row(generation, 0, Target("m", "m"), text, params, [1, 2, 3], None)  # type: ignore[arg-type]
+    engine = InferenceEngine()
+    tokens = text.tokenizer.encode(answer, add_special_tokens=False)
+    tokens += [min(text.eos_ids)] if end else []
+    for token in tokens:
+        if engine._advance(row, token):
+            break
+    return generation.events
+
+
+def test_text_held_back_for_a_stop_string_is_sent_when_the_answer_ends_there(text):
+    """An answer that ends (end-of-turn token) on what might have begun a stop string sends it:
+    it was not a stop string after all."""
+    params = SamplingParams(max_tokens=50, stop=("\n\n",))
+    events = advance_all(text, "Hi there\n", params, end=True)
+    assert "".join(e.text for e in events if isinstance(e, Delta)) == "Hi there\n"
+    assert isinstance(events[-1], Finished) and events[-1].reason == "stop"
+    stopped = advance_all(text, "Hi there\n\nmore", params, end=False)
+    assert "".join(e.text for e in stopped if isinstance(e, Delta)) == "Hi there"

@@ -19,7 +19,7 @@ import asyncio
 import json
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +45,7 @@ from tuneforge.inference.engine import (
     Finished,
     Generation,
     SamplingParams,
+    TokenLogprob,
 )
 from tuneforge.models.text import TextSide
 
@@ -184,6 +185,25 @@ class Started:
     generation: Generation
     first: tuple[int, Event]
     prompt_tokens: int
+    text: TextSide
+
+
+def logprobs_json(text: TextSide, entries: Sequence[TokenLogprob]) -> list[dict[str, Any]]:
+    """OpenAI's `logprobs.content`: per token its text, log-probability, bytes and the most
+    likely tokens at its position. A token that holds part of a character is shown as
+    `bytes:\\xNN…`, as OpenAI shows one; its `bytes` are the exact ones."""
+
+    def one(token: int, logprob: float) -> dict[str, Any]:
+        raw = text.token_bytes(token)
+        try:
+            shown = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            shown = "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
+        return {"token": shown, "logprob": logprob, "bytes": list(raw)}
+
+    return [
+        one(e.token, e.logprob) | {"top_logprobs": [one(t, lp) for t, lp in e.top]} for e in entries
+    ]
 
 
 async def start(request: Request, body: ChatCompletionRequest) -> Started | Response:
@@ -196,6 +216,8 @@ async def start(request: Request, body: ChatCompletionRequest) -> Started | Resp
     text = await run_in_threadpool(catalog.text_side, served.target.base)
     if problem := body.tool_choice_problem():
         raise APIError(400, problem, param="tool_choice")
+    if problem := body.logprobs_problem():
+        raise APIError(400, problem, param="top_logprobs")
     prompt = await run_in_threadpool(_prompt_ids, text, body)
     params = SamplingParams(
         max_tokens=completion_budget(body, len(prompt), text.context_length),
@@ -203,6 +225,7 @@ async def start(request: Request, body: ChatCompletionRequest) -> Started | Resp
         top_p=1.0 if body.top_p is None else body.top_p,
         seed=body.seed,
         stop=body.stop_list(),
+        logprobs=body.logprobs_wanted(),
     )
     generation = engine.submit(served.target, text, prompt, params, n=body.n or 1)
     first = await next_event(generation, request)
@@ -211,7 +234,7 @@ async def start(request: Request, body: ChatCompletionRequest) -> Started | Resp
     if isinstance(first[1], Failed):
         generation.cancel()
         raise api_failure(first[1].error)
-    return Started(generation, first, len(prompt))
+    return Started(generation, first, len(prompt), text)
 
 
 async def collect(
@@ -263,7 +286,7 @@ async def chat_completions(request: Request, body: ChatCompletionRequest) -> Any
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return StreamingResponse(
-            _stream(started, request, meta, include_usage, answers, parallel),
+            _stream(started, request, meta, include_usage, answers, parallel, bool(body.logprobs)),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
@@ -277,7 +300,13 @@ async def chat_completions(request: Request, body: ChatCompletionRequest) -> Any
         if calls:
             message["tool_calls"] = calls
         reason = "tool_calls" if calls else finished[i].reason
-        choices.append({"index": i, "message": message, "logprobs": None, "finish_reason": reason})
+        logprobs = None
+        if body.logprobs:
+            content_logprobs = logprobs_json(started.text, finished[i].logprobs)
+            logprobs = {"content": content_logprobs, "refusal": None}
+        choices.append(
+            {"index": i, "message": message, "logprobs": logprobs, "finish_reason": reason}
+        )
     completion_tokens = sum(f.completion_tokens for f in finished.values())
     return {
         **meta,
@@ -298,13 +327,28 @@ async def _stream(
     include_usage: bool,
     answers: list[Answer],
     parallel: bool,
+    with_logprobs: bool,
 ) -> AsyncIterator[str]:
+    # with logprobs: the entries of each choice not sent yet, and how many were sent
+    pending: list[list[TokenLogprob]] = [[] for _ in answers]
+    sent = [0] * len(answers)
+
     def chunk(index: int, delta: dict[str, Any], finish_reason: str | None = None) -> str:
+        logprobs = None
+        if with_logprobs and "content" in delta and pending[index]:
+            logprobs = {"content": logprobs_json(started.text, pending[index]), "refusal": None}
+            sent[index] += len(pending[index])
+            pending[index] = []
         body = {
             **meta,
             "object": "chat.completion.chunk",
             "choices": [
-                {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+                {
+                    "index": index,
+                    "delta": delta,
+                    "logprobs": logprobs,
+                    "finish_reason": finish_reason,
+                }
             ],
         }
         if include_usage:
@@ -329,11 +373,14 @@ async def _stream(
             answer = answers[index]
             if isinstance(event, Delta):
                 answer.text += event.text
+                pending[index] += event.logprobs
                 if piece := answer.streamable():
                     yield chunk(index, {"content": piece})
             else:
                 content, calls = answer.final(parallel)
-                if rest := (content or "")[answer.sent :]:
+                pending[index] = list(event.logprobs[sent[index] :])  # a stop string's are cut
+                rest = (content or "")[answer.sent :]
+                if rest or pending[index]:
                     yield chunk(index, {"content": rest})
                 for j, call in enumerate(calls or ()):
                     yield chunk(index, {"tool_calls": [{"index": j, **call}]})

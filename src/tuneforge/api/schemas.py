@@ -462,7 +462,10 @@ class NamedToolChoice(Strict):
     function: FunctionName
 
 
-NO_LOGPROBS = "tuneforge does not return log-probabilities yet; leave it out"
+NO_LOGPROBS = (
+    "the Responses API here returns no log-probabilities; leave it out, or ask "
+    "/v1/chat/completions with logprobs: true and top_logprobs"
+)
 
 
 class ChatCompletionRequest(Strict):
@@ -480,11 +483,16 @@ class ChatCompletionRequest(Strict):
     user: str | None = Field(None, max_length=MAX_ID)
     presence_penalty: float | None = Field(None, ge=0, le=0, description="Only 0 is supported.")
     frequency_penalty: float | None = Field(None, ge=0, le=0, description="Only 0 is supported.")
-    logprobs: Annotated[bool | None, _refused(NO_LOGPROBS)] = Field(
-        None, description="Not supported yet: only false."
+    logprobs: bool | None = Field(
+        None,
+        description="true: each answer token's log-probability (the model's own distribution, "
+        "before temperature and top_p) in choices[].logprobs.content.",
     )
-    top_logprobs: Annotated[int | None, _refused(NO_LOGPROBS)] = Field(
-        None, description="Not supported yet."
+    top_logprobs: int | None = Field(
+        None,
+        ge=0,
+        le=20,
+        description="With logprobs: this many of the most likely tokens at each position.",
     )
     response_format: dict[str, Any] | None = Field(
         None, description='Only {"type": "text"} (the default): no constrained JSON output yet.'
@@ -570,6 +578,16 @@ class ChatCompletionRequest(Strict):
     def stop_list(self) -> tuple[str, ...]:
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
 
+    def logprobs_problem(self) -> str | None:
+        """Why the log-probability fields cannot go together (checked by the route)."""
+        if self.top_logprobs is not None and not self.logprobs:
+            return "top_logprobs needs logprobs: true, as OpenAI requires; add it or leave it out"
+        return None
+
+    def logprobs_wanted(self) -> int | None:
+        """The engine's `SamplingParams.logprobs`: None, or the alternatives per token."""
+        return (self.top_logprobs or 0) if self.logprobs else None
+
 
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
@@ -578,10 +596,25 @@ class AssistantMessage(BaseModel):
     tool_calls: list[ToolCall] | None = None
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChoiceLogprobs(BaseModel):
+    content: list[TokenLogprob] | None
+    refusal: None = None
+
+
 class Choice(BaseModel):
     index: int
     message: AssistantMessage
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
     finish_reason: Literal["stop", "length", "tool_calls"]
 
 

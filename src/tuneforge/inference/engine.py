@@ -38,8 +38,9 @@ runs it in the caller's thread on the model being trained (its own active adapte
 weights, no prefix kept between calls), until every answer is done.
 
 Results travel to the request's asyncio loop as events on a queue: `Delta(text)`, then
-`Finished(reason, completion_tokens, token_ids)`, or `Failed(error)`. `Generation.cancel()` (the
-client went away) removes its row at the next step.
+`Finished(reason, completion_tokens, token_ids)`, or `Failed(error)`; with
+`SamplingParams.logprobs`, each carries the `TokenLogprob`s of its tokens.
+`Generation.cancel()` (the client went away) removes its row at the next step.
 """
 
 from __future__ import annotations
@@ -94,6 +95,9 @@ class SamplingParams:
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    # Log-probabilities: None for none; else each generated token's, with this many of the
+    # most likely tokens at its position (OpenAI's logprobs / top_logprobs, 0-20)
+    logprobs: int | None = None
 
     @property
     def greedy(self) -> bool:
@@ -101,8 +105,20 @@ class SamplingParams:
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token's log-probability under the model's own distribution (the logits'
+    log-softmax, before temperature and top_p, as OpenAI and vLLM report it), and the `top`
+    most likely tokens at its position with theirs, most likely first."""
+
+    token: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
+@dataclass(frozen=True)
 class Delta:
     text: str
+    logprobs: tuple[TokenLogprob, ...] = ()  # of the tokens generated since the last Delta
 
 
 @dataclass(frozen=True)
@@ -110,6 +126,9 @@ class Finished:
     reason: str  # "stop" | "length"
     completion_tokens: int
     token_ids: tuple[int, ...] = ()  # the answer's tokens, with the end-of-turn token on "stop"
+    # with params.logprobs: every token of the answer's text (none for the end-of-turn token,
+    # none past a stop string)
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -156,6 +175,8 @@ class _Row:
     adapter: str = BASE_ADAPTER
     ids: list[int] = field(default_factory=list)
     sent: int = 0  # characters of the answer already sent
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # one per id, with params.logprobs
+    logprobs_sent: int = 0
 
     @property
     def length(self) -> int:
@@ -268,6 +289,16 @@ def _generator(params: SamplingParams, choice: int) -> torch.Generator | None:
         return None
     seed = (params.seed + choice) if params.seed is not None else secrets.randbits(63)
     return torch.Generator().manual_seed(seed % (1 << 63))
+
+
+def token_logprob(logits: torch.Tensor, token: int, top: int) -> TokenLogprob:
+    """`token`'s log-probability in one row's logits, and the `top` most likely tokens'."""
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    best = logprobs.topk(top) if top else None
+    alternatives = (
+        tuple(zip(best.indices.tolist(), best.values.tolist(), strict=True)) if best else ()
+    )
+    return TokenLogprob(token, float(logprobs[token]), alternatives)
 
 
 def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:
@@ -514,7 +545,8 @@ class InferenceEngine:
             slot.prefilling.remove(state)
             self._remember(slot, state)
             row = state.row
-            if not self._advance(row, sample(out.logits[i], row.params, row.generator)):
+            logits = out.logits[i]
+            if not self._advance(row, sample(logits, row.params, row.generator), logits):
                 joining.append(state)
         if joining:
             self._join(slot, joining)
@@ -607,7 +639,8 @@ class InferenceEngine:
         mask = torch.ones_like(ids)
         out = self._forward(slot, [row], input_ids=ids, attention_mask=mask)
         self.prefill_forwards += 1
-        if self._advance(row, sample(out.logits[0, -1], row.params, row.generator)):
+        logits = out.logits[0, -1]
+        if self._advance(row, sample(logits, row.params, row.generator), logits):
             return
         if not slot.rows:
             slot.cache, slot.mask = out.cache, mask
@@ -642,7 +675,7 @@ class InferenceEngine:
             if row.generation.cancelled:
                 continue
             token = greedy[i] if row.params.greedy else sample(logits[i], row.params, row.generator)
-            if not self._advance(row, token):
+            if not self._advance(row, token, logits[i]):
                 keep.append(i)
         if len(keep) < len(rows):
             self._drop_rows(slot, keep)
@@ -663,15 +696,26 @@ class InferenceEngine:
         self._collect(slot)
 
     # -- one new token for one row -----------------------------------------------------------
-    def _advance(self, row: _Row, token: int) -> bool:
-        """Take a token: send the text that is safe to send; say whether the row finished."""
+    def _advance(self, row: _Row, token: int, logits: torch.Tensor | None = None) -> bool:
+        """Take a token (sampled from `logits`): send the text that is safe to send; say
+        whether the row finished."""
         text_side, params = row.text, row.params
+        decode = text_side.tokenizer.decode
         if token in text_side.eos_ids:
+            self._send(row, decode(row.ids, skip_special_tokens=True))  # what was held back
             return self._finish(row, "stop", len(row.ids) + 1, token)
         row.ids.append(token)
-        text = text_side.tokenizer.decode(row.ids, skip_special_tokens=True)
+        if params.logprobs is not None and logits is not None:
+            row.logprobs.append(token_logprob(logits, token, params.logprobs))
+        text = decode(row.ids, skip_special_tokens=True)
         cut = min((i for i in (text.find(s) for s in params.stop) if i >= 0), default=-1)
         if cut >= 0:
+            if row.logprobs:  # only the tokens that start before the stop string
+                starts = [
+                    len(decode(row.ids[:k], skip_special_tokens=True)) for k in range(len(row.ids))
+                ]
+                del row.logprobs[sum(1 for start in starts if start < cut) :]
+                row.logprobs_sent = min(row.logprobs_sent, len(row.logprobs))
             self._send(row, text[:cut])
             return self._finish(row, "stop", len(row.ids))
         if len(row.ids) >= params.max_tokens or row.length >= text_side.context_length:
@@ -682,14 +726,17 @@ class InferenceEngine:
 
     def _send(self, row: _Row, text: str) -> None:
         if len(text) > row.sent:
-            row.generation.put(row.index, Delta(text[row.sent :]))
+            fresh = tuple(row.logprobs[row.logprobs_sent :])
+            row.generation.put(row.index, Delta(text[row.sent :], fresh))
             row.sent = len(text)
+            row.logprobs_sent = len(row.logprobs)
 
     def _finish(
         self, row: _Row, reason: str, completion_tokens: int, end: int | None = None
     ) -> bool:
         ids = tuple(row.ids) if end is None else (*row.ids, end)
-        row.generation.put(row.index, Finished(reason, completion_tokens, ids))
+        finished = Finished(reason, completion_tokens, ids, tuple(row.logprobs))
+        row.generation.put(row.index, finished)
         return True
 
 

@@ -9,6 +9,8 @@ eos): a path that stopped on the tokenizer's alone could run on past the answer.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -53,6 +55,42 @@ class TextSide:
             add_generation_prompt=True,
         )
         return self.tokenizer(rendered + answer_prefix, add_special_tokens=False)["input_ids"]
+
+    def token_bytes(self, token: int) -> bytes:
+        """The bytes one token stands for (OpenAI's `bytes` of a log-probability; a token can
+        hold part of a character). Byte-level BPE tokens (GPT-2's, SmolLM2's, Llama 3's) map
+        back through that byte alphabet; SentencePiece byte tokens (`<0x0A>`) are their byte;
+        other tokens are their decoded text."""
+        piece = self.tokenizer.convert_ids_to_tokens(token)
+        if piece is None:
+            return b""
+        if _is_byte_level(self.tokenizer):
+            table = _byte_level_table()
+            if all(ch in table for ch in piece):
+                return bytes(table[ch] for ch in piece)
+        if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+            with contextlib.suppress(ValueError):
+                return bytes([int(piece[3:5], 16)])
+        return self.tokenizer.decode([token]).encode("utf-8")
+
+
+def _is_byte_level(tokenizer: Any) -> bool:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    return type(getattr(backend, "decoder", None)).__name__ == "ByteLevel"
+
+
+@functools.cache
+def _byte_level_table() -> dict[str, int]:
+    """Byte-level BPE's alphabet (GPT-2's `bytes_to_unicode`) inverted: character → byte.
+    Printable bytes stand for themselves; the others for the characters from U+0100 on."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAC + 1), *range(0xAE, 0xFF + 1)]
+    table = {chr(b): b for b in printable}
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            table[chr(256 + extra)] = b
+            extra += 1
+    return table
 
 
 def load_text_side(model: str, *, require_fast: bool = True) -> TextSide:
