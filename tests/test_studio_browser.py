@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import signal
 import socket
@@ -734,3 +735,47 @@ def test_a_batch_started_and_downloaded_in_the_studio(server, browse, tmp_path, 
     served = client.get(f"/v1/files/{batch['output_file_id']}/content").text
     assert Path(info.value.path()).read_text() == served
     snapshot(page, shots_dir(tmp_path), "batches")
+
+
+def test_the_playground_shows_each_tokens_probability(server, browse, tmp_path, tiny_model_dir):
+    """ "Show probabilities": the answer as its tokens, each with its probability and the
+    likeliest alternatives, the numbers the API's logprobs give."""
+    new_page, _ = browse
+    model = str(tiny_model_dir)
+    page = new_page()
+    page.goto(f"{server.url}/studio/playground?model={model}")
+    page.wait_for_selector("#pane-0-model", state="attached")
+    page.select_option("#panes", "1")
+    page.check("#show-probs")
+    page.fill("#max_tokens", "5")
+    page.fill("#prompt", "Hello there")
+    page.click("#send-btn")
+    wait(lambda: "tokens in" in page.inner_text("#pane-0-meta"), 60, "the answer")
+    expected = (
+        server.api()
+        .post(
+            "/v1/chat/completions",
+            json={
+                "model": model,
+                "messages": [{"role": "user", "content": "Hello there"}],
+                "max_tokens": 5,
+                "temperature": 0,
+                "top_p": 1,
+                "logprobs": True,
+                "top_logprobs": 5,
+            },
+        )
+        .json()["choices"][0]
+    )
+    answer = page.locator("#pane-0-turns .turn").nth(1)
+    assert answer.locator(".text").text_content() == expected["message"]["content"]
+    entries = expected["logprobs"]["content"]
+    assert answer.locator(".text .tok").count() == len(entries) == 5
+    answer.locator("details.probs summary").click()
+    rows = answer.locator("details.probs tbody tr")
+    assert rows.count() == len(entries)
+    first = rows.first.locator("td")
+    shown = 100 * math.exp(entries[0]["logprob"])
+    assert first.nth(2).inner_text() == (f"{shown:.1f} %" if shown >= 1 else f"{shown:.2g} %")
+    assert len(first.nth(3).inner_text().split(", ")) == 5
+    snapshot(page, shots_dir(tmp_path), "playground-probs")

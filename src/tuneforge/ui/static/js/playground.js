@@ -44,6 +44,38 @@ function turn(who, text) {
   return { node: el("div", { class: "turn" }, el("div", { class: "who" }, who), body), body };
 }
 
+const TOP = 5;  // alternatives asked for and shown per token
+// 1 % and up with one decimal; below, two significant digits (a token at 0.0061 % is not 0)
+function percent(logprob) {
+  const p = 100 * Math.exp(logprob);
+  return `${p >= 1 ? p.toFixed(1) : p.toPrecision(2)} %`;
+}
+
+// The answer as its tokens (OpenAI's logprobs.content), each shaded by how unlikely it was, and
+// a table of every token with its probability and the likeliest alternatives. A token can hold
+// part of a character: the text is rebuilt from the tokens' bytes, so a character shows in the
+// token that completes it.
+function probabilities(entries) {
+  const decoder = new TextDecoder("utf-8");
+  const spans = entries.map((e) => {
+    const piece = decoder.decode(new Uint8Array(e.bytes || []), { stream: true });
+    const alternatives = e.top_logprobs.map((t) => `${JSON.stringify(t.token)} ${percent(t.logprob)}`).join(", ");
+    const shade = (1 - Math.exp(e.logprob)) * 0.55;
+    return el("span", { class: "tok", style: `background: rgba(230, 140, 0, ${shade.toFixed(3)})`,
+      title: `${percent(e.logprob)}; likeliest: ${alternatives}` }, piece);
+  });
+  const rows = entries.map((e, i) => el("tr", {},
+    el("td", { class: "num" }, i + 1),
+    el("td", {}, el("code", {}, JSON.stringify(e.token))),
+    el("td", { class: "num" }, percent(e.logprob)),
+    el("td", {}, e.top_logprobs.map((t) => `${JSON.stringify(t.token)} ${percent(t.logprob)}`).join(", "))));
+  const table = el("details", { class: "probs" }, el("summary", {}, `Token probabilities (${entries.length})`),
+    el("div", { class: "table-wrap" }, el("table", {},
+      el("thead", {}, el("tr", {}, ["#", "Token", "Probability", `Likeliest ${TOP}`].map((h) => el("th", { scope: "col" }, h)))),
+      el("tbody", {}, rows))));
+  return { spans, table };
+}
+
 async function ask(pane, prompt, settings, signal) {
   const system = pane.system.value.trim() || $("#system").value.trim();
   const messages = [...(system ? [{ role: "system", content: system }] : []), ...pane.history, { role: "user", content: prompt }];
@@ -52,10 +84,13 @@ async function ask(pane, prompt, settings, signal) {
   pane.turns.append(answer.node);
   const started = performance.now();
   let first = null, text = "", count = 0, finish = null;
+  const entries = [];
+  const withProbs = $("#show-probs").checked;
   try {
+    const asked = withProbs ? { logprobs: true, top_logprobs: TOP } : {};
     const response = await api("/v1/chat/completions", {
       method: "POST", raw: true, signal,
-      json: { model: pane.select.value, messages, stream: true, stream_options: { include_usage: true }, ...settings },
+      json: { model: pane.select.value, messages, stream: true, stream_options: { include_usage: true }, ...settings, ...asked },
     });
     for await (const frame of sseFrames(response, signal)) {
       if (frame.data === "[DONE]") break;
@@ -63,11 +98,17 @@ async function ask(pane, prompt, settings, signal) {
       const choice = chunk.choices && chunk.choices[0];
       if (chunk.usage) count = chunk.usage.completion_tokens;
       if (!choice) continue;
+      if (choice.logprobs && choice.logprobs.content) entries.push(...choice.logprobs.content);
       const piece = (choice.delta && choice.delta.content) || "";
       if (piece && first === null) first = performance.now() - started;
       text += piece;
       answer.body.textContent = text;  // model output is text, never HTML
       if (choice.finish_reason) finish = choice.finish_reason;
+    }
+    if (withProbs && entries.length) {
+      const shown = probabilities(entries);
+      answer.body.replaceChildren(...shown.spans);
+      answer.node.append(shown.table);
     }
     pane.history.push({ role: "user", content: prompt }, { role: "assistant", content: text });
     const secs = (performance.now() - started) / 1000;
