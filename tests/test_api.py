@@ -1070,6 +1070,39 @@ def test_responses_parse_as_the_openai_sdks_types(api, tiny):
         TypeAdapter(ResponseItem).validate_python(item)
 
 
+def test_response_logprobs_are_the_chat_routes(api, tiny):
+    """The Responses API's `include: ["message.output_text.logprobs"]` and `top_logprobs`: the
+    output_text's logprobs are what chat completions give for the same request, whole and
+    streamed (the SDK's types parse both)."""
+    from openai.types.responses import Response, ResponseStreamEvent
+    from pydantic import TypeAdapter
+
+    asked = {"include": ["message.output_text.logprobs"], "top_logprobs": 2}
+    body = {"model": tiny, "input": "Hello there", "max_output_tokens": 6, "temperature": 0}
+    response = api.post("/v1/responses", json=body | asked).json()
+    Response.model_validate(response)
+    logprobs = response["output"][0]["content"][0]["logprobs"]
+    chat_body = {"logprobs": True, "top_logprobs": 2, "max_tokens": 6, "temperature": 0}
+    expected = chat(api, tiny, **chat_body).json()["choices"][0]["logprobs"]["content"]
+    assert logprobs == expected and len(logprobs) == 6
+    assert response["top_logprobs"] == 2
+
+    events = stream_events(api, body | asked)
+    for event in events:
+        TypeAdapter(ResponseStreamEvent).validate_python(event)
+    deltas = [
+        entry
+        for e in events
+        if e["type"] == "response.output_text.delta"
+        for entry in e["logprobs"]
+    ]
+    assert deltas == expected
+    (done,) = [e for e in events if e["type"] == "response.output_text.done"]
+    assert done["logprobs"] == expected
+    plain = api.post("/v1/responses", json=body).json()
+    assert plain["output"][0]["content"][0]["logprobs"] == []
+
+
 def test_a_response_that_fails_mid_stream_ends_with_response_failed(api, tiny, monkeypatch):
     """A failure after the first tokens went out (the 200 is sent): an error event, then
     response.failed carrying the error, as OpenAI ends such a stream; nothing is stored."""
@@ -1121,7 +1154,8 @@ def test_a_response_that_fails_mid_stream_ends_with_response_failed(api, tiny, m
         ({"text": {"format": {"type": "json_object"}}}, "text.format.type", None),
         ({"reasoning": {"effort": "low"}}, "reasoning", None),
         ({"background": True}, "background", None),
-        ({"include": ["message.output_text.logprobs"]}, "include", None),
+        ({"include": ["reasoning.encrypted_content"]}, "include", None),
+        ({"top_logprobs": 21}, "top_logprobs", None),
         ({"truncation": "auto"}, "truncation", None),
         ({"max_output_tokens": 10**6}, "max_output_tokens", "context_length_exceeded"),
         ({"input": "word " * 3000, "max_output_tokens": None}, "input", "context_length_exceeded"),

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
@@ -30,7 +30,7 @@ from tuneforge.api import chat
 from tuneforge.api.deps import get_store
 from tuneforge.api.errors import APIError, not_found
 from tuneforge.api.schemas import MAX_ID, ChatCompletionRequest, ResponseRequest, cursor_page
-from tuneforge.inference.engine import Delta, Event, Failed, Finished
+from tuneforge.inference.engine import Delta, Event, Failed, Finished, TokenLogprob
 
 router = APIRouter()
 
@@ -51,6 +51,8 @@ def _chat_request(body: ResponseRequest, history: list[dict[str, Any]]) -> ChatC
                 "tools": body.chat_tools(),
                 "tool_choice": body.chat_tool_choice(),
                 "parallel_tool_calls": body.parallel_tool_calls,
+                "logprobs": body.logprobs_wanted() is not None,
+                "top_logprobs": body.logprobs_wanted() or None,
             }
         )
     except ValidationError as exc:  # input that the item checks let through, e.g. a tool role
@@ -91,16 +93,19 @@ def _response_object(
         "tool_choice": tool_choice if isinstance(tool_choice, str) else tool_choice.model_dump(),
         "tools": [t.model_dump() | {"strict": False} for t in body.tools or ()],
         "top_p": 1.0 if body.top_p is None else body.top_p,
+        "top_logprobs": body.top_logprobs,
         "truncation": "disabled",
         "usage": None,
         "user": body.user,
     }
 
 
-def _message_item(item_id: str, text: str, status: str = "completed") -> dict[str, Any]:
+def _message_item(
+    item_id: str, text: str, status: str = "completed", logprobs: list | None = None
+) -> dict[str, Any]:
     """The answer's text; in_progress: as first announced (no content yet); incomplete: the
     text a max_output_tokens cut left."""
-    content = [] if status == "in_progress" else [_text_part(text)]
+    content = [] if status == "in_progress" else [_text_part(text, logprobs)]
     return {
         "id": item_id,
         "type": "message",
@@ -110,8 +115,17 @@ def _message_item(item_id: str, text: str, status: str = "completed") -> dict[st
     }
 
 
-def _text_part(text: str) -> dict[str, Any]:
-    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+def _text_part(text: str, logprobs: list | None = None) -> dict[str, Any]:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": logprobs or []}
+
+
+def _logprobs(
+    started: chat.Started, body: ResponseRequest, entries: Sequence[TokenLogprob]
+) -> list[dict[str, Any]]:
+    """OpenAI's `logprobs` of an output_text, when the request asked for them."""
+    if body.logprobs_wanted() is None:
+        return []
+    return chat.logprobs_json(started.text, entries)
 
 
 def _call_item(call: dict[str, Any], status: str = "completed") -> dict[str, Any]:
@@ -236,7 +250,8 @@ async def create_response(request: Request, body: ResponseRequest) -> Any:
     if content or not calls:
         status = "incomplete" if _incomplete(finished[0], calls) else "completed"
         message_id = f"msg_{secrets.token_hex(12)}"
-        response["output"].append(_message_item(message_id, content or "", status))
+        logprobs = _logprobs(started, body, finished[0].logprobs)
+        response["output"].append(_message_item(message_id, content or "", status, logprobs))
     response["output"] += [_call_item(call) for call in calls or ()]
     _finish(response, finished[0], started.prompt_tokens, calls)
     await _save(request, response, conversation + [_answer_message(content, calls)], body)
@@ -268,15 +283,20 @@ async def _stream(
     event = _Events()
     message_id = f"msg_{secrets.token_hex(12)}"
     opened = False  # the message item and its text part were announced
+    pending: list[TokenLogprob] = []  # logprobs not sent yet (with the text they come with)
+    sent = 0
 
     def text_delta(piece: str) -> str:
+        nonlocal pending, sent
+        logprobs = _logprobs(started, body, pending)
+        sent, pending = sent + len(pending), []
         return event(
             "response.output_text.delta",
             item_id=message_id,
             output_index=0,
             content_index=0,
             delta=piece,
-            logprobs=[],
+            logprobs=logprobs,
         )
 
     def open_message() -> list[str]:
@@ -314,6 +334,7 @@ async def _stream(
                 return
             if isinstance(happened, Delta):
                 answer.text += happened.text
+                pending += happened.logprobs
                 if piece := answer.streamable():
                     if not opened:
                         opened = True
@@ -328,13 +349,17 @@ async def _stream(
                     for line in open_message():
                         yield line
                 text = content or ""
-                if rest := text[answer.sent :]:
+                pending = list(happened.logprobs[sent:])  # a stop string's are cut
+                rest = text[answer.sent :]
+                if rest or pending:
                     yield text_delta(rest)
+                logprobs = _logprobs(started, body, happened.logprobs)
                 done = {"item_id": message_id, "output_index": 0, "content_index": 0}
-                yield event("response.output_text.done", **done, text=text, logprobs=[])
-                yield event("response.content_part.done", **done, part=_text_part(text))
+                yield event("response.output_text.done", **done, text=text, logprobs=logprobs)
+                part = _text_part(text, logprobs)
+                yield event("response.content_part.done", **done, part=part)
                 status = "incomplete" if _incomplete(happened, calls) else "completed"
-                message = _message_item(message_id, text, status)
+                message = _message_item(message_id, text, status, logprobs)
                 yield event("response.output_item.done", output_index=0, item=message)
                 response["output"].append(message)
             for call in calls or ():

@@ -462,10 +462,7 @@ class NamedToolChoice(Strict):
     function: FunctionName
 
 
-NO_LOGPROBS = (
-    "the Responses API here returns no log-probabilities; leave it out, or ask "
-    "/v1/chat/completions with logprobs: true and top_logprobs"
-)
+LOGPROBS_INCLUDE = "message.output_text.logprobs"  # the Responses API's ask for logprobs
 
 
 class ChatCompletionRequest(Strict):
@@ -714,8 +711,13 @@ class ResponseRequest(Strict):
         dict[str, Any] | None,
         _refused("tuneforge's models do not reason in hidden tokens; leave reasoning out"),
     ] = None
-    include: Annotated[list[str] | None, _refused(NOT_SERVED)] = None
-    top_logprobs: Annotated[int | None, _refused(NO_LOGPROBS)] = None
+    include: list[str] | None = Field(
+        None,
+        description='Only "message.output_text.logprobs": each output token\'s log-probability.',
+    )
+    top_logprobs: int | None = Field(
+        None, ge=0, le=20, description="With logprobs: the most likely tokens at each position."
+    )
     background: Annotated[bool | None, _refused("tuneforge answers in the foreground only")] = None
     conversation: Annotated[Any, _refused(f"conversations: {NOT_SERVED}")] = None
     prompt: Annotated[Any, _refused(f"stored prompts: {NOT_SERVED}")] = None
@@ -725,6 +727,22 @@ class ResponseRequest(Strict):
     @classmethod
     def _function_tools(cls, value: Any) -> Any:
         return function_tools_only(value, '{"type": "function", "name": ..., "parameters": ...}')
+
+    @field_validator("include")
+    @classmethod
+    def _includable(cls, value: list[str] | None) -> list[str] | None:
+        for item in value or ():
+            if item != LOGPROBS_INCLUDE:
+                raise ValueError(
+                    f"{item[:80]!r} is not available here; the one item is {LOGPROBS_INCLUDE!r}"
+                )
+        return value
+
+    def logprobs_wanted(self) -> int | None:
+        """The engine's `SamplingParams.logprobs`: asked by `include` or `top_logprobs`."""
+        if LOGPROBS_INCLUDE in (self.include or ()) or self.top_logprobs is not None:
+            return self.top_logprobs or 0
+        return None
 
     @field_validator("input")
     @classmethod
