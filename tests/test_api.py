@@ -524,8 +524,8 @@ def test_response_format_text_and_logprobs_false_are_accepted(api, tiny):
     body = {"max_tokens": 3, "temperature": 0, "logprobs": False}
     response = chat(api, tiny, response_format={"type": "text"}, **body)
     assert response.status_code == 200, response.text
-    error = assert_error(chat(api, tiny, response_format={"type": "json_object"}), 400)
-    assert "free text" in error["message"] and "Value error" not in error["message"]
+    error = assert_error(chat(api, tiny, response_format={"type": "xml"}), 400)
+    assert "json_schema" in error["message"] and "Value error" not in error["message"]
 
 
 def teacher_forced_logprobs(model_dir, prompt: list[int], answer: list[int]) -> torch.Tensor:
@@ -620,6 +620,55 @@ def test_a_stop_string_cuts_the_logprobs_with_the_text(api, tiny):
     spelled = bytes(b for entry in kept for b in entry["bytes"]).decode(errors="replace")
     assert spelled.startswith(cut["message"]["content"])
     assert len(kept) < len(entries) and kept == entries[: len(kept)]
+
+
+SENTIMENT = {
+    "type": "object",
+    "properties": {
+        "label": {"enum": ["positive", "negative", "neutral"]},
+        "score": {"type": "integer", "minimum": 1, "maximum": 5},
+    },
+    "required": ["label", "score"],
+    "additionalProperties": False,
+}
+
+
+def json_schema_format(schema: dict) -> dict:
+    return {"type": "json_schema", "json_schema": {"name": "sentiment", "schema": schema}}
+
+
+@pytest.mark.parametrize("sampling", [{"temperature": 0}, {"temperature": 1, "seed": 5}])
+def test_a_json_schema_response_format_makes_even_noise_follow_the_schema(api, tiny, sampling):
+    """Structured outputs by constrained decoding: the tiny random model (noise, never JSON on
+    its own) answers with JSON that follows the schema, greedy or sampled, and stops there."""
+    free = chat(api, tiny, max_tokens=30, **sampling).json()["choices"][0]["message"]["content"]
+    with pytest.raises(ValueError):
+        json.loads(free)
+    response = chat(
+        api, tiny, max_tokens=30, response_format=json_schema_format(SENTIMENT), **sampling
+    )
+    assert response.status_code == 200, response.text
+    choice = response.json()["choices"][0]
+    answer = json.loads(choice["message"]["content"])
+    assert choice["finish_reason"] == "stop"
+    assert set(answer) == {"label", "score"} and answer["label"] in (
+        "positive",
+        "negative",
+        "neutral",
+    )
+    assert isinstance(answer["score"], int) and 1 <= answer["score"] <= 5
+
+
+def test_json_object_mode_starts_an_object_and_the_responses_api_does_the_same(api, tiny):
+    content = chat(api, tiny, max_tokens=6, temperature=0, response_format={"type": "json_object"})
+    assert content.json()["choices"][0]["message"]["content"].startswith('{"')
+    chat_answer = chat(
+        api, tiny, max_tokens=30, temperature=0, response_format=json_schema_format(SENTIMENT)
+    ).json()["choices"][0]["message"]["content"]
+    text_format = {"type": "json_schema", "name": "sentiment", "schema": SENTIMENT, "strict": True}
+    response = respond(api, tiny, max_output_tokens=30, text={"format": text_format}).json()
+    assert response_text(response) == chat_answer
+    assert response["text"]["format"] == text_format
 
 
 WEATHER_TOOL = {
@@ -795,8 +844,28 @@ def test_message_variants_are_accepted(api, tiny):
         ({"logprobs": "maybe"}, "logprobs", None),
         ({"logprobs": True, "top_logprobs": 21}, "top_logprobs", None),
         ({"presence_penalty": 1.0}, "presence_penalty", None),
-        ({"response_format": {"type": "json_object"}}, "response_format", None),
+        ({"response_format": {"type": "xml"}}, "response_format", None),
         ({"response_format": {"type": "json_schema", "json_schema": {}}}, "response_format", None),
+        (
+            {"response_format": {"type": "json_schema", "json_schema": {"schema": {}}}},
+            "response_format",  # no name
+            None,
+        ),
+        (
+            {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "x", "schema": {"type": "objekt"}},
+                }
+            },
+            "response_format.json_schema.schema",
+            None,
+        ),
+        (
+            {"tools": [WEATHER_TOOL], "response_format": {"type": "json_object"}},
+            "response_format",
+            None,
+        ),
         ({"top_logprobs": 3}, "top_logprobs", None),  # without logprobs: true
         ({"store": True}, "store", None),
         ({"metadata": {"k" * 65: "v"}}, "metadata", None),
@@ -1151,7 +1220,8 @@ def test_a_response_that_fails_mid_stream_ends_with_response_failed(api, tiny, m
         ({"tools": [{"type": "web_search"}]}, "tools", None),
         ({"tools": [{"type": "function", "name": "f", "strict": True}]}, "tools[0].strict", None),
         ({"tool_choice": "sometimes"}, "tool_choice", None),
-        ({"text": {"format": {"type": "json_object"}}}, "text.format.type", None),
+        ({"text": {"format": {"type": "xml"}}}, "text.format.type", None),
+        ({"text": {"format": {"type": "json_schema", "name": "x"}}}, "text.format", None),
         ({"reasoning": {"effort": "low"}}, "reasoning", None),
         ({"background": True}, "background", None),
         ({"include": ["reasoning.encrypted_content"]}, "include", None),

@@ -197,6 +197,31 @@ def test_tutorial_chat_with_the_fine_tuned_model(client, finished_job):
     assert len(first.top_logprobs) == 3
 
 
+def test_structured_outputs_parse_into_a_pydantic_model(client, finished_job):
+    """The SDK's structured-outputs helper: `chat.completions.parse` with a pydantic class sends
+    its strict JSON schema; the answer follows it (even from the tiny model's noise) and comes
+    back parsed. The Responses API's `responses.parse` does the same."""
+    from typing import Literal
+
+    from pydantic import BaseModel
+
+    class Capital(BaseModel):
+        country: Literal["France", "Italy", "Japan"]
+        population_millions: int
+
+    job, _ = finished_job
+    messages = [{"role": "user", "content": "Which capital? Answer in JSON."}]
+    completion = client.chat.completions.parse(
+        model=job.fine_tuned_model, messages=messages, response_format=Capital, max_tokens=40
+    )
+    parsed = completion.choices[0].message.parsed
+    assert isinstance(parsed, Capital) and parsed.country in ("France", "Italy", "Japan")
+    response = client.responses.parse(
+        model=job.fine_tuned_model, input=messages, text_format=Capital, max_output_tokens=40
+    )
+    assert isinstance(response.output_parsed, Capital)
+
+
 def test_responses_api_with_the_fine_tuned_model(client, finished_job):
     """OpenAI's newer API for the same model: `responses.create`, its stream helper (which
     checks the events' order as it rebuilds the response), retrieve, previous_response_id and

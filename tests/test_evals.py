@@ -461,7 +461,7 @@ def test_a_bad_run_is_a_400_naming_the_field(api, tiny):
             "data_source.sampling_params.temperature",
         ),
         (
-            model_run | {"sampling_params": {"response_format": {"type": "json_object"}}},
+            model_run | {"sampling_params": {"response_format": {"type": "xml"}}},
             "data_source.sampling_params.response_format",
         ),
         (
@@ -649,6 +649,54 @@ def test_a_responses_run_with_an_item_reference_answers_as_chat_does(api, tiny):
     assert item["sample"]["usage"]["prompt_tokens"] == chat["usage"]["prompt_tokens"]
     assert item["sample"]["output"][0]["content"] == chat["choices"][0]["message"]["content"]
     assert run["result_counts"] == {"total": 1, "passed": 0, "failed": 1, "errored": 0}
+
+
+def test_a_run_with_a_json_schema_answers_in_it_and_graders_read_the_json(api, tiny):
+    """Structured outputs in eval runs: completions' `response_format` and the Responses API's
+    `text.format` make every answer JSON that follows the schema, which graders read as
+    `{{ sample.output_json.… }}`."""
+    schema = {
+        "type": "object",
+        "properties": {"answer": {"enum": ["Paris", "Rome", "Madrid"]}},
+        "required": ["answer"],
+        "additionalProperties": False,
+    }
+    graded = EXACT | {"input": "{{ sample.output_json.answer }}"}
+    evaluation = new_eval(api, criteria=[graded])
+    rows = [{"item": row["item"]} for row in ROWS[:3]]
+    template = [{"role": "user", "content": "{{ item.question }}"}]
+    formats = {
+        "completions": {
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "capital", "schema": schema},
+            }
+        },
+        "responses": {
+            "text": {"format": {"type": "json_schema", "name": "capital", "schema": schema}}
+        },
+    }
+    for kind, sampling in formats.items():
+        created = api.post(
+            f"/v1/evals/{evaluation['id']}/runs",
+            json={
+                "data_source": {
+                    "type": kind,
+                    "model": tiny,
+                    "input_messages": {"type": "template", "template": template},
+                    "sampling_params": {"temperature": 0, "max_completion_tokens": 20} | sampling,
+                    "source": {"type": "file_content", "content": rows},
+                }
+            },
+        )
+        assert created.status_code == 200, created.text
+        run = wait_run(api, evaluation["id"], created.json()["id"])
+        assert run["result_counts"]["errored"] == 0, run
+        for item in items_of(api, evaluation["id"], run["id"]):
+            answer = json.loads(item["sample"]["output"][0]["content"])
+            assert answer["answer"] in ("Paris", "Rome", "Madrid")
+            passed = answer["answer"] == item["datasource_item"]["answer"]
+            assert item["results"][0]["passed"] is passed
 
 
 def test_what_openais_own_examples_send_is_accepted(api, tiny):

@@ -38,6 +38,7 @@ from tuneforge.data.chat_template import (
 )
 from tuneforge.data.conversation import Message
 from tuneforge.errors import TuneforgeError
+from tuneforge.inference import constrained
 from tuneforge.inference.engine import (
     Delta,
     Event,
@@ -81,6 +82,30 @@ def _prompt_ids(text: TextSide, body: ChatCompletionRequest) -> list[int]:
             param="messages",
             code="invalid_messages",
         ) from None
+
+
+def _grammar(text: TextSide, body: ChatCompletionRequest) -> str | None:
+    """The grammar a JSON `response_format` puts on the answer (None for free text); a schema
+    that cannot be one is a 400 naming it."""
+    as_json, schema = body.output_schema()
+    if not as_json:
+        return None
+    param = "response_format.json_schema.schema" if schema is not None else "response_format"
+    if body.prompt_tools() is not None:
+        raise APIError(
+            400,
+            "A JSON response_format together with tools is not available: the answer's JSON "
+            "grammar would rule out the tool calls; send one or the other",
+            param="response_format",
+        )
+    try:
+        grammar = constrained.json_grammar(schema)
+        problem = constrained.check(grammar, text.tokenizer, text.eos_ids)
+    except ValueError as exc:
+        problem = str(exc)
+    if problem:
+        raise APIError(400, f"The JSON schema cannot constrain the answer: {problem}", param=param)
+    return grammar
 
 
 def completion_budget(body: ChatCompletionRequest, prompt_tokens: int, context: int) -> int:
@@ -218,6 +243,7 @@ async def start(request: Request, body: ChatCompletionRequest) -> Started | Resp
         raise APIError(400, problem, param="tool_choice")
     if problem := body.logprobs_problem():
         raise APIError(400, problem, param="top_logprobs")
+    grammar = await run_in_threadpool(_grammar, text, body)
     prompt = await run_in_threadpool(_prompt_ids, text, body)
     params = SamplingParams(
         max_tokens=completion_budget(body, len(prompt), text.context_length),
@@ -226,6 +252,7 @@ async def start(request: Request, body: ChatCompletionRequest) -> Started | Resp
         seed=body.seed,
         stop=body.stop_list(),
         logprobs=body.logprobs_wanted(),
+        grammar=grammar,
     )
     generation = engine.submit(served.target, text, prompt, params, n=body.n or 1)
     first = await next_event(generation, request)

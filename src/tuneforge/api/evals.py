@@ -45,6 +45,7 @@ from tuneforge.api.schemas import (
     ChatCompletionRequest,
     Metadata,
     ResponseFunctionTool,
+    ResponseTextFormat,
     Strict,
     cursor_page,
 )
@@ -357,6 +358,8 @@ def chat_request(data_source: dict[str, Any], messages: list[dict]) -> ChatCompl
     """The chat request a run sends for one row."""
     params = SamplingParams.model_validate(data_source.get("sampling_params") or {})
     text_format = (params.text or {}).get("format")
+    if text_format is not None:  # the Responses API's flat format → chat's response_format
+        text_format = ResponseTextFormat.model_validate(text_format).as_response_format()
     return ChatCompletionRequest.model_validate(
         {
             "model": data_source["model"],

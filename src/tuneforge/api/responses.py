@@ -51,6 +51,9 @@ def _chat_request(body: ResponseRequest, history: list[dict[str, Any]]) -> ChatC
                 "tools": body.chat_tools(),
                 "tool_choice": body.chat_tool_choice(),
                 "parallel_tool_calls": body.parallel_tool_calls,
+                "response_format": body.text.format.as_response_format()
+                if body.text and body.text.format
+                else None,
                 "logprobs": body.logprobs_wanted() is not None,
                 "top_logprobs": body.logprobs_wanted() or None,
             }
@@ -89,7 +92,11 @@ def _response_object(
         "service_tier": "default",
         "store": body.store is not False,
         "temperature": 1.0 if body.temperature is None else body.temperature,
-        "text": {"format": {"type": "text"}},
+        "text": {
+            "format": body.text.format.model_dump(by_alias=True, exclude_none=True)
+            if body.text and body.text.format
+            else {"type": "text"}
+        },
         "tool_choice": tool_choice if isinstance(tool_choice, str) else tool_choice.model_dump(),
         "tools": [t.model_dump() | {"strict": False} for t in body.tools or ()],
         "top_p": 1.0 if body.top_p is None else body.top_p,

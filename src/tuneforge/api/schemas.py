@@ -8,9 +8,10 @@ the OpenAPI schema honest, and schemathesis checks the server against it.
 from __future__ import annotations
 
 import json
+import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from tuneforge.data.chat_template import tool_call_prefix
 
@@ -553,14 +554,14 @@ class ChatCompletionRequest(Strict):
 
     @field_validator("response_format")
     @classmethod
-    def _text_only(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        if value is not None and value.get("type") != "text":
-            raise ValueError(
-                f"type {value.get('type')!r}: tuneforge answers in free text and cannot constrain "
-                'output to JSON yet; send {"type": "text"} or leave it out, and ask for JSON in '
-                "the prompt (a model fine-tuned on JSON answers answers in JSON)"
-            )
+    def _formats(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            json_output(value)  # raises ValueError saying what is wrong
         return value
+
+    def output_schema(self) -> tuple[bool, dict[str, Any] | None]:
+        """(whether the answer is JSON, its schema: None for any JSON object)."""
+        return json_output(self.response_format) if self.response_format else (False, None)
 
     @field_validator("stop")
     @classmethod
@@ -656,10 +657,26 @@ class ResponseNamedToolChoice(Strict):
 
 
 class ResponseTextFormat(Strict):
-    type: Literal["text"] = Field(
-        description='Only "text": tuneforge cannot constrain output to JSON yet; ask for JSON '
-        "in the prompt (a model fine-tuned on JSON answers answers in JSON)."
-    )
+    """The Responses API's `text.format`: chat's `response_format`, flat."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    name: str | None = Field(None, max_length=64)
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    description: str | None = None
+    strict: bool | None = None
+
+    def as_response_format(self) -> dict[str, Any]:
+        """Chat completions' `response_format` for the same thing."""
+        if self.type != "json_schema":
+            return {"type": self.type}
+        spec = {"name": self.name, "schema": self.schema_, "strict": self.strict}
+        spec = {k: v for k, v in spec.items() if v is not None}
+        return {"type": "json_schema", "json_schema": spec}
+
+    @model_validator(mode="after")
+    def _valid(self) -> ResponseTextFormat:
+        json_output(self.as_response_format())
+        return self
 
 
 class ResponseTextConfig(Strict):
@@ -835,6 +852,31 @@ def _item_text(content: Any, where: str) -> str:
             )
         texts.append(part["text"])
     return "".join(texts)
+
+
+def json_output(response_format: dict[str, Any]) -> tuple[bool, dict[str, Any] | None]:
+    """OpenAI's `response_format` → (whether the answer must be JSON, its JSON schema; None for
+    any JSON object). ValueError says what is wrong with it."""
+    kind = response_format.get("type")
+    if kind == "text":
+        return False, None
+    if kind == "json_object":
+        return True, None
+    if kind != "json_schema":
+        raise ValueError(f"type {kind!r}: use 'text', 'json_object' or 'json_schema'")
+    spec = response_format.get("json_schema")
+    if not isinstance(spec, dict) or not isinstance(spec.get("schema"), dict):
+        raise ValueError(
+            'a json_schema format is {"type": "json_schema", "json_schema": {"name": ..., '
+            '"schema": {...JSON Schema...}}}'
+        )
+    name = spec.get("name")
+    if not isinstance(name, str) or not _SCHEMA_NAME.fullmatch(name):
+        raise ValueError("json_schema.name: 1 to 64 letters, digits, '_' or '-'")
+    return True, spec["schema"]
+
+
+_SCHEMA_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def cursor_page(data: list[dict[str, Any]], limit: int) -> dict[str, Any]:

@@ -60,6 +60,7 @@ from typing import Any
 import torch
 
 from tuneforge.inference import packed_prefill, small_gemm
+from tuneforge.inference.constrained import Constraint
 from tuneforge.inference.kv_cache import BatchCache, full_attention_only, left_pad
 from tuneforge.inference.lora_rows import use_lora_rows
 from tuneforge.inference.prepack import kernel_rows, packed_kind, prepack_linears
@@ -98,6 +99,8 @@ class SamplingParams:
     # Log-probabilities: None for none; else each generated token's, with this many of the
     # most likely tokens at its position (OpenAI's logprobs / top_logprobs, 0-20)
     logprobs: int | None = None
+    # Structured output: an llguidance grammar (`inference/constrained.py`) the answer follows
+    grammar: str | None = None
 
     @property
     def greedy(self) -> bool:
@@ -177,6 +180,7 @@ class _Row:
     sent: int = 0  # characters of the answer already sent
     logprobs: list[TokenLogprob] = field(default_factory=list)  # one per id, with params.logprobs
     logprobs_sent: int = 0
+    constraint: Constraint | None = None  # with params.grammar, made at its first token
 
     @property
     def length(self) -> int:
@@ -546,7 +550,7 @@ class InferenceEngine:
             self._remember(slot, state)
             row = state.row
             logits = out.logits[i]
-            if not self._advance(row, sample(logits, row.params, row.generator), logits):
+            if not self._advance(row, self._choose(row, logits), logits):
                 joining.append(state)
         if joining:
             self._join(slot, joining)
@@ -640,7 +644,7 @@ class InferenceEngine:
         out = self._forward(slot, [row], input_ids=ids, attention_mask=mask)
         self.prefill_forwards += 1
         logits = out.logits[0, -1]
-        if self._advance(row, sample(logits, row.params, row.generator), logits):
+        if self._advance(row, self._choose(row, logits), logits):
             return
         if not slot.rows:
             slot.cache, slot.mask = out.cache, mask
@@ -674,7 +678,8 @@ class InferenceEngine:
         for i, row in enumerate(rows):
             if row.generation.cancelled:
                 continue
-            token = greedy[i] if row.params.greedy else sample(logits[i], row.params, row.generator)
+            plain = row.params.greedy and row.params.grammar is None
+            token = greedy[i] if plain else self._choose(row, logits[i])
             if not self._advance(row, token, logits[i]):
                 keep.append(i)
         if len(keep) < len(rows):
@@ -696,6 +701,16 @@ class InferenceEngine:
         self._collect(slot)
 
     # -- one new token for one row -----------------------------------------------------------
+    def _choose(self, row: _Row, logits: torch.Tensor) -> int:
+        """The row's next token from its logits: within its grammar, if it has one."""
+        if row.params.grammar is None:
+            return sample(logits, row.params, row.generator)
+        if row.constraint is None:
+            row.constraint = Constraint(row.params.grammar, row.text.tokenizer, row.text.eos_ids)
+        token = sample(row.constraint.mask(logits), row.params, row.generator)
+        row.constraint.take(token)
+        return token
+
     def _advance(self, row: _Row, token: int, logits: torch.Tensor | None = None) -> bool:
         """Take a token (sampled from `logits`): send the text that is safe to send; say
         whether the row finished."""

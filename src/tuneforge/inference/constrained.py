@@ -1,0 +1,83 @@
+"""Structured outputs: answers that follow a JSON schema (OpenAI's `response_format` of type
+`json_schema` or `json_object`), by constrained decoding.
+
+Why a library: a JSON schema becomes a grammar, and at every step the grammar says which tokens
+may come next; doing that fast over a 49k-token vocabulary, with every corner of JSON Schema, is
+llguidance's whole job (the engine of Guidance, also used by llama.cpp, vLLM and SGLang). It is
+one small Rust wheel with no Python dependencies. We use its matcher directly: per step, the
+allowed tokens as a bitmask, which the engine turns into -inf on the other logits before it
+samples, then the sampled token is fed back.
+
+The grammar travels in `SamplingParams.grammar` (its JSON text), is checked against the
+tokenizer before a request is queued (`check`), and each row gets its own `Constraint` when it
+joins the engine. The answer stops with the model's end-of-turn token once the JSON is complete
+(the matcher allows only that token then); an answer cut by `max_tokens` is incomplete JSON, as
+OpenAI's is.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+_TOKENIZERS: dict[int, tuple[Any, Any]] = {}  # id(tokenizer) → (tokenizer, LLTokenizer)
+
+
+def _ll_tokenizer(tokenizer: Any, eos_ids: frozenset[int]) -> Any:
+    """llguidance's view of a fast tokenizer (~0.4 s to build, so kept per tokenizer)."""
+    kept = _TOKENIZERS.get(id(tokenizer))
+    if kept is None or kept[0] is not tokenizer:
+        import llguidance.hf
+
+        kept = (tokenizer, llguidance.hf.from_tokenizer(tokenizer, eos_token=sorted(eos_ids)))
+        _TOKENIZERS[id(tokenizer)] = kept
+    return kept[1]
+
+
+# Between JSON tokens at most one space: compact JSON and json.dumps' ", " / ": " both fit (a
+# model fine-tuned on either writes it as it learned), but not the endless run of newlines and
+# tabs that an unsure model falls into when any whitespace is allowed.
+JSON_OPTIONS = {"whitespace_flexible": True, "whitespace_pattern": "[ ]?"}
+
+
+def json_grammar(schema: dict[str, Any] | None) -> str:
+    """The grammar of JSON following `schema`; None: any JSON object (OpenAI's `json_object`)."""
+    from llguidance import LLMatcher
+
+    schema = {"type": "object"} if schema is None else schema
+    return LLMatcher.grammar_from_json_schema(schema, defaults=JSON_OPTIONS)
+
+
+def check(grammar: str, tokenizer: Any, eos_ids: frozenset[int]) -> str | None:
+    """Why the grammar cannot constrain this tokenizer's answers (an invalid schema), or None."""
+    from llguidance import LLMatcher
+
+    problem = LLMatcher.validate_grammar(grammar, _ll_tokenizer(tokenizer, eos_ids))
+    return problem or None
+
+
+class Constraint:
+    """One answer's grammar state: which tokens may come next, and the tokens taken so far."""
+
+    def __init__(self, grammar: str, tokenizer: Any, eos_ids: frozenset[int]) -> None:
+        from llguidance import LLMatcher
+
+        self._matcher = LLMatcher(_ll_tokenizer(tokenizer, eos_ids), grammar)
+        self._eos = sorted(eos_ids)
+
+    def mask(self, logits: torch.Tensor) -> torch.Tensor:
+        """`logits` (one row) with every token the grammar does not allow next at -inf."""
+        bits = np.frombuffer(self._matcher.compute_bitmask(), dtype=np.uint8)
+        allowed = torch.from_numpy(np.unpackbits(bits, bitorder="little").astype(bool))
+        vocab = logits.shape[-1]
+        if allowed.numel() < vocab:  # logits padded past the tokenizer's vocabulary
+            allowed = torch.cat([allowed, allowed.new_zeros(vocab - allowed.numel())])
+        allowed = allowed[:vocab]
+        if not allowed.any():  # the matcher is in an error state: end the answer
+            allowed[self._eos] = True
+        return logits.masked_fill(~allowed, float("-inf"))
+
+    def take(self, token: int) -> None:
+        self._matcher.consume_token(token)
