@@ -368,3 +368,62 @@ def test_kill_9_mid_run_then_resume_samples_and_logs_the_same(prompt_dir, tiny_m
     assert len(keys(straight)) == 8
     assert keys(killed) == keys(straight), f"killed at step {kill_at}"
     assert rd.read_status(killed)["status"] == "succeeded"
+
+
+LABEL = {
+    "type": "object",
+    "properties": {"label": {"enum": ["yes", "no"]}},
+    "required": ["label"],
+    "additionalProperties": False,
+}
+SAYS_YES = HAS_E | {
+    "name": "says_yes",
+    "input": "{{ sample.output_json.label }}",
+    "reference": "yes",
+    "operation": "eq",
+}
+
+
+def test_a_json_response_format_makes_every_sampled_answer_follow_the_schema(
+    prompt_dir, tiny_model_dir, tmp_path
+):
+    """OpenAI's RFT `response_format`: the answers are sampled under the schema, so a grader
+    reading `sample.output_json` has JSON to read from the first step (the tiny random model
+    writes none on its own: every answer would fail the grader and the run would stop)."""
+    fmt = {"type": "json_schema", "json_schema": {"name": "label", "schema": LABEL}}
+    free = tmp_path / "free"
+    with pytest.raises(TrainingFailed):
+        train(
+            make_plan(
+                grpo_config(
+                    prompt_dir, tiny_model_dir, free, grader=SAYS_YES, max_completion_tokens=12
+                )
+            )
+        )
+    out = tmp_path / "json"
+    config = grpo_config(
+        prompt_dir,
+        tiny_model_dir,
+        out,
+        grader=SAYS_YES,
+        max_completion_tokens=12,
+        response_format=fmt,
+        max_steps=2,
+    )
+    plan = make_plan(config)
+    assert plan.grammar is not None
+    train(plan)
+    status = rd.read_status(out)
+    assert 0.0 < status["preflight_reward_mean"] < 1.0  # both labels sampled, all parsed
+    rows = rd.read_metrics(out)
+    assert all(r["completions/clipped_ratio"] == 0.0 for r in rows)  # each answer ended
+
+
+def test_a_response_format_outside_grpo_or_with_a_bad_schema_is_a_config_error(
+    prompt_dir, tiny_model_dir, tmp_path
+):
+    bad = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "objekt"}}}
+    with pytest.raises(ConfigError, match="response_format"):
+        make_plan(grpo_config(prompt_dir, tiny_model_dir, tmp_path / "a", response_format=bad))
+    with pytest.raises(ConfigError, match="response_format"):
+        build_config({"model": str(tiny_model_dir), "response_format": {"type": "xml"}})

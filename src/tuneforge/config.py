@@ -8,6 +8,7 @@ field and the fix.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -90,6 +91,13 @@ class TrainConfig(BaseModel):
     )
     max_completion_tokens: int = Field(
         32, ge=1, le=4096, description="grpo only: longest sampled answer, in tokens."
+    )
+    response_format: dict[str, Any] | None = Field(
+        None,
+        description="grpo only: OpenAI's response_format, {type: json_schema, json_schema: "
+        "{name, schema}} or {type: json_object}: every sampled answer is JSON that follows it "
+        "(constrained decoding), so a grader can read `sample.output_json` from the first "
+        "step. None: free text.",
     )
     temperature: float = Field(
         1.0, gt=0, le=2, description="grpo only: sampling temperature of the answers."
@@ -232,6 +240,13 @@ class TrainConfig(BaseModel):
         "bf16 on a CPU without bf16 units is an error.",
     )
 
+    @field_validator("response_format")
+    @classmethod
+    def _json_format(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            json_output(value)
+        return value
+
     @field_validator("dpo_beta")
     @classmethod
     def _beta_range(cls, value: float | str) -> float | str:
@@ -263,6 +278,32 @@ class TrainConfig(BaseModel):
 
 # OpenAI's names for our fields (the jobs API takes OpenAI's; a config file takes ours).
 OPENAI_NAMES = {"n_epochs": "epochs", "training_file": "train_file", "model_name": "model"}
+
+
+def json_output(response_format: dict[str, Any]) -> tuple[bool, dict[str, Any] | None]:
+    """OpenAI's `response_format` → (whether the answer must be JSON, its JSON schema; None for
+    any JSON object). ValueError says what is wrong with it. (Here, the lowest layer, because
+    training's GRPO sampling and the server's chat route both read it.)"""
+    kind = response_format.get("type")
+    if kind == "text":
+        return False, None
+    if kind == "json_object":
+        return True, None
+    if kind != "json_schema":
+        raise ValueError(f"type {kind!r}: use 'text', 'json_object' or 'json_schema'")
+    spec = response_format.get("json_schema")
+    if not isinstance(spec, dict) or not isinstance(spec.get("schema"), dict):
+        raise ValueError(
+            'a json_schema format is {"type": "json_schema", "json_schema": {"name": ..., '
+            '"schema": {...JSON Schema...}}}'
+        )
+    name = spec.get("name")
+    if not isinstance(name, str) or not _SCHEMA_NAME.fullmatch(name):
+        raise ValueError("json_schema.name: 1 to 64 letters, digits, '_' or '-'")
+    return True, spec["schema"]
+
+
+_SCHEMA_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def _did_you_mean(key: str) -> str | None:

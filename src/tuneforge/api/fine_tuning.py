@@ -74,6 +74,8 @@ def _method_object(job: dict[str, Any]) -> dict[str, Any]:
     block: dict[str, Any] = {"hyperparameters": job["hyperparameters"]}
     if method == "reinforcement":
         block["grader"] = job["training_config"].get("grader")
+        if (response_format := job["training_config"].get("response_format")) is not None:
+            block["response_format"] = response_format
     return {"type": method, method: block}
 
 
@@ -233,7 +235,9 @@ def create_job(request: Request, body: JobCreate) -> dict[str, Any]:
         where = f"training_config.{exc.param}" if exc.param else "training_config"
         raise APIError(400, exc.inline(), param=where, code=exc.code) from None
     integrations = _integrations(body)
-    training_config = with_method(training_config, method, grader)
+    reinforcement = body.method.reinforcement if body.method else None
+    response_format = reinforcement.response_format if reinforcement else None
+    training_config = with_method(training_config, method, grader, response_format)
     job_id = new_id("ftjob")
     job = store.add_job(
         {

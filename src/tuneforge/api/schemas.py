@@ -8,11 +8,11 @@ the OpenAPI schema honest, and schemathesis checks the server against it.
 from __future__ import annotations
 
 import json
-import re
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from tuneforge.config import json_output
 from tuneforge.data.chat_template import tool_call_prefix
 
 Auto = Literal["auto"]
@@ -171,9 +171,17 @@ class Reinforcement(Strict):
     )
     response_format: dict[str, Any] | None = Field(
         None,
-        description="Accepted for OpenAI's clients; answers are not constrained (graders still "
-        "get `sample.output_json` when an answer is JSON).",
+        description="json_schema or json_object: every sampled answer is JSON that follows it "
+        "(constrained decoding), read by graders as `sample.output_json`.",
     )
+
+    @field_validator("response_format")
+    @classmethod
+    def _json_format(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            json_output(value)
+        return value
+
     hyperparameters: ReinforcementHyperparameters | None = None
 
 
@@ -852,31 +860,6 @@ def _item_text(content: Any, where: str) -> str:
             )
         texts.append(part["text"])
     return "".join(texts)
-
-
-def json_output(response_format: dict[str, Any]) -> tuple[bool, dict[str, Any] | None]:
-    """OpenAI's `response_format` → (whether the answer must be JSON, its JSON schema; None for
-    any JSON object). ValueError says what is wrong with it."""
-    kind = response_format.get("type")
-    if kind == "text":
-        return False, None
-    if kind == "json_object":
-        return True, None
-    if kind != "json_schema":
-        raise ValueError(f"type {kind!r}: use 'text', 'json_object' or 'json_schema'")
-    spec = response_format.get("json_schema")
-    if not isinstance(spec, dict) or not isinstance(spec.get("schema"), dict):
-        raise ValueError(
-            'a json_schema format is {"type": "json_schema", "json_schema": {"name": ..., '
-            '"schema": {...JSON Schema...}}}'
-        )
-    name = spec.get("name")
-    if not isinstance(name, str) or not _SCHEMA_NAME.fullmatch(name):
-        raise ValueError("json_schema.name: 1 to 64 letters, digits, '_' or '-'")
-    return True, spec["schema"]
-
-
-_SCHEMA_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def cursor_page(data: list[dict[str, Any]], limit: int) -> dict[str, Any]:

@@ -77,7 +77,34 @@ class Constraint:
         allowed = allowed[:vocab]
         if not allowed.any():  # the matcher is in an error state: end the answer
             allowed[self._eos] = True
-        return logits.masked_fill(~allowed, float("-inf"))
+        return logits.masked_fill(~allowed.to(logits.device), float("-inf"))
 
     def take(self, token: int) -> None:
         self._matcher.consume_token(token)
+
+
+class RowConstraints:
+    """The same for transformers' `generate` (GRPO's sampler off the CPU): a `logits_processor`
+    that keeps one `Constraint` per row of the batch, feeds each the token its row took last,
+    and masks its row of the scores, until the row's end-of-turn token."""
+
+    def __init__(
+        self, grammar: str, tokenizer: Any, eos_ids: frozenset[int], rows: int, prompt_length: int
+    ) -> None:
+        self._rows = [Constraint(grammar, tokenizer, eos_ids) for _ in range(rows)]
+        self._done = [False] * rows
+        self._eos = eos_ids
+        self._prompt_length = prompt_length
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        started = input_ids.shape[1] > self._prompt_length
+        for i, constraint in enumerate(self._rows):
+            if started and not self._done[i]:
+                token = int(input_ids[i, -1])
+                if token in self._eos:
+                    self._done[i] = True
+                else:
+                    constraint.take(token)
+            if not self._done[i]:
+                scores[i] = constraint.mask(scores[i])
+        return scores

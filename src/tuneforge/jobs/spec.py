@@ -111,15 +111,20 @@ def config_data(job: dict[str, Any], training_path: Path, validation_path: Path 
 
 
 def with_method(
-    training_config: dict[str, Any], method: str, grader: dict[str, Any] | None = None
+    training_config: dict[str, Any],
+    method: str,
+    grader: dict[str, Any] | None = None,
+    response_format: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The training_config a job stores: the user's, plus the objective its method means (and
-    a reinforcement job's grader)."""
+    a reinforcement job's grader and response_format)."""
     if method == "supervised":
         return training_config
     out = {**training_config, "objective": OBJECTIVES[method]}
     if grader is not None:
         out["grader"] = grader
+    if response_format is not None:
+        out["response_format"] = response_format
     return out
 
 

@@ -102,6 +102,7 @@ class Plan:
     system_prompt: str | None = None  # the training data's usual system message, for chat
     start_from: StartFrom | None = None  # `init_from`, resolved
     eos_ids: frozenset[int] = frozenset()  # where sampled answers stop (grpo)
+    grammar: str | None = None  # grpo with a JSON response_format: what answers follow
 
     @property
     def learning_rate(self) -> float:
@@ -268,6 +269,30 @@ def _grader(config: TrainConfig, examples: dict, problems: list[Problem]) -> dic
         problems.append(Problem("grader", exc.inline()))
         return None
     return spec
+
+
+def _grammar(
+    config: TrainConfig, tokenizer: Any, eos_ids: frozenset[int], problems: list[Problem]
+) -> str | None:
+    """A JSON `response_format` → the grammar GRPO's answers are sampled under (checked against
+    the tokenizer now, so a schema llguidance cannot use is an error before any weights load)."""
+    from tuneforge.config import json_output
+    from tuneforge.inference import constrained
+
+    if config.response_format is None:
+        return None
+    as_json, schema = json_output(config.response_format)
+    if not as_json:
+        return None
+    try:
+        grammar = constrained.json_grammar(schema)
+        problem = constrained.check(grammar, tokenizer, eos_ids)
+    except ValueError as exc:
+        problem = str(exc)
+    if problem:
+        problems.append(Problem("response_format", f"the JSON schema cannot be used: {problem}"))
+        return None
+    return grammar
 
 
 def _tokenize_prompts(
@@ -544,6 +569,16 @@ def make_plan(config: TrainConfig, run_dir: Path | None = None) -> Plan:
         for key in ("train_file", "validation_file"):
             _check_pairs(examples[key], key, problems)
     grader = _grader(config, examples, problems) if grpo else None
+    grammar = None
+    if config.response_format is not None and not grpo:
+        problems.append(
+            Problem(
+                "response_format",
+                "only applies to objective=grpo (the sampled answers' format); remove it",
+            )
+        )
+    elif grpo and tokenizer is not None:
+        grammar = _grammar(config, tokenizer, eos_ids, problems)
     if grpo and config.grpo_beta > 0 and config.method == "full":
         problems.append(
             Problem(
@@ -649,6 +684,7 @@ def make_plan(config: TrainConfig, run_dir: Path | None = None) -> Plan:
         precision_reason=precision.reason,
         start_from=start_from,
         eos_ids=eos_ids,
+        grammar=grammar,
     )
 
 

@@ -607,6 +607,7 @@ class SFTRecipe:
                 config.max_completion_tokens,
                 temperature=0.0 if greedy else config.temperature,
                 seed=seed + j * n,
+                grammar=self.plan.grammar,
             )
             for j in range(len(prompts))
         ]
@@ -632,6 +633,13 @@ class SFTRecipe:
         groups = []
         for prompt in prompts:
             ids = torch.tensor([prompt.input_ids] * n, device=self.device)
+            if self.plan.grammar is not None:  # a JSON response_format: each row follows it
+                from tuneforge.inference.constrained import RowConstraints
+
+                rows = RowConstraints(
+                    self.plan.grammar, tokenizer, frozenset(eos), n, len(prompt.input_ids)
+                )
+                sampling["logits_processor"] = [rows]
             out = self.model.generate(
                 input_ids=ids,
                 attention_mask=torch.ones_like(ids),
