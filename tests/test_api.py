@@ -345,6 +345,15 @@ def test_a_dpo_job_echoes_its_method_and_the_schema_lists_the_methods(api, tiny)
     assert schemas["Method"]["properties"]["type"]["enum"] == ["supervised", "dpo", "reinforcement"]
 
 
+RFT_FORMAT = {
+    "type": "json_schema",
+    "json_schema": {
+        "name": "n",
+        "schema": {"type": "object", "properties": {"n": {"type": "integer"}}},
+    },
+}
+
+
 def test_a_reinforcement_job_takes_openais_fields_and_checks_its_grader(api, tiny):
     from tuneforge.jobs.spec import job_config
 
@@ -367,7 +376,7 @@ def test_a_reinforcement_job_takes_openais_fields_and_checks_its_grader(api, tin
             "type": "reinforcement",
             "reinforcement": {
                 "grader": grader,
-                "response_format": {"type": "json_schema", "json_schema": {"name": "n"}},
+                "response_format": RFT_FORMAT,
                 "hyperparameters": {
                     "compute_multiplier": 2,
                     "reasoning_effort": "low",
@@ -382,18 +391,38 @@ def test_a_reinforcement_job_takes_openais_fields_and_checks_its_grader(api, tin
     assert job["method"]["type"] == "reinforcement"
     assert job["method"]["reinforcement"]["grader"] == grader
     assert job["method"]["reinforcement"]["hyperparameters"]["compute_multiplier"] == 2
+    assert job["method"]["reinforcement"]["response_format"] == RFT_FORMAT
     stored = api.app.state.store.get_job(job["id"])
-    assert stored["training_config"] == {"objective": "grpo", "grader": grader}
-    # What the fields become here: 4 × 2 answers per prompt, a validation every 3 steps;
-    # eval_samples, reasoning_effort and response_format are accepted and change nothing.
+    assert stored["training_config"] == {
+        "objective": "grpo",
+        "grader": grader,
+        "response_format": RFT_FORMAT,
+    }
+    # What the fields become here: 4 × 2 answers per prompt, a validation every 3 steps, the
+    # answers sampled under the schema; eval_samples and reasoning_effort change nothing.
     config = job_config(stored, Path("train.jsonl"), None)
     assert (config.grpo_group_size, config.eval_every) == (8, 3)
+    assert config.response_format == RFT_FORMAT
     plain = job_config(
         stored | {"hyperparameters": {"compute_multiplier": 2, "eval_interval": 3}},
         Path("train.jsonl"),
         None,
     )
     assert plain == config
+    no_schema = body | {
+        "method": {
+            "type": "reinforcement",
+            "reinforcement": {
+                "grader": grader,
+                "response_format": {"type": "json_schema", "json_schema": {"name": "n"}},
+            },
+        }
+    }
+    assert_error(
+        api.post("/v1/fine_tuning/jobs", json=no_schema),
+        400,
+        param="method.reinforcement.response_format",
+    )
     bad = body | {
         "method": {
             "type": "reinforcement",
