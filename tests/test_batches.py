@@ -341,3 +341,61 @@ def test_a_server_with_an_api_key_and_a_host_check_answers_its_own_batches(
             assert done["request_counts"] == {"total": 1, "completed": 1, "failed": 0}, done
             (line,) = lines_of(api, done["output_file_id"])
             assert line["response"]["body"]["object"] == "chat.completion"
+
+
+def test_lines_python_parses_but_json_does_not_are_refused_at_upload(api):
+    nan = '{"custom_id": "a", "method": "POST", "url": "/u", "body": {"model": "m", "t": NaN}}'
+    deep = '{"custom_id": "b", "method": "POST", "url": "/u", "body": ' + "[" * 100_000
+    for line, why in ((nan, "NaN is not a JSON number"), (deep, "nested too deeply")):
+        response = api.post(
+            "/v1/files", files={"file": ("odd.jsonl", jsonl([line]))}, data={"purpose": "batch"}
+        )
+        assert why in assert_error(response, 400, "file")["message"]
+
+
+def test_a_line_that_cannot_be_sent_is_that_lines_error_not_the_batchs(api, tiny, monkeypatch):
+    import httpx
+
+    send = httpx.ASGITransport.handle_async_request
+
+    async def flaky(self, request):
+        if b"boom" in request.content:
+            raise RuntimeError("the wire broke")
+        return await send(self, request)
+
+    monkeypatch.setattr(httpx.ASGITransport, "handle_async_request", flaky)
+    rows = [chat_line("bad", tiny, "boom"), chat_line("good", tiny, "Hi")]
+    done = wait(api, create(api, upload(api, rows)).json()["id"])
+    assert done["status"] == "completed"
+    assert done["request_counts"] == {"total": 2, "completed": 1, "failed": 1}
+    (failed,) = lines_of(api, done["error_file_id"])
+    assert failed["custom_id"] == "bad" and failed["response"]["status_code"] == 500
+    assert "the wire broke" in failed["response"]["body"]["error"]["message"]
+
+
+def test_a_batch_left_cancelling_is_finished_at_the_start_not_behind_the_others(
+    tmp_path, default_model_dir, tiny_model_dir, monkeypatch
+):
+    """A server stopped between a cancel and its files: at the next start the cancelled batch
+    is finished at once, while an earlier batch still has lines to answer."""
+    from tuneforge.jobs.store import Store
+
+    monkeypatch.setattr(batches, "REQUESTS_AT_ONCE", 1)
+    home = new_home(tmp_path, default_model_dir)
+    with pytest.MonkeyPatch.context() as mp:
+        with open_api(home, mp) as first:
+            model = serve_model(first, tiny_model_dir)
+            long = [chat_line(f"l{i}", model, f"Row {i}", max_tokens=48) for i in range(40)]
+            ahead = create(first, upload(first, long)).json()["id"]
+            behind = create(first, upload(first, [chat_line("s", model, "Hi")])).json()["id"]
+        Store(home / "tuneforge.db").set_batch_status(
+            behind, "cancelling", only_from=("in_progress",)
+        )
+        with open_api(home, mp) as second:
+            done = wait(second, behind, timeout=30)
+            assert done["status"] == "cancelled"
+            assert second.get(f"/v1/batches/{ahead}").json()["status"] == "in_progress"
+            (left,) = lines_of(second, done["error_file_id"])
+            assert left["error"]["code"] == "batch_cancelled"
+            second.post(f"/v1/batches/{ahead}/cancel")
+            wait(second, ahead)

@@ -423,10 +423,45 @@ def advance_all(text: TextSide, answer: str, params: SamplingParams, end: bool) 
     engine = InferenceEngine()
     tokens = text.tokenizer.encode(answer, add_special_tokens=False)
     tokens += [min(text.eos_ids)] if end else []
+    logits = torch.zeros(len(text.tokenizer))
     for token in tokens:
-        if engine._advance(row, token):
+        if engine._advance(row, token, logits):
             break
     return generation.events
+
+
+def logprob_bytes(text: TextSide, entries) -> bytes:
+    return b"".join(text.token_bytes(e.token) for e in entries)
+
+
+def test_a_stop_string_keeps_the_logprobs_of_a_character_split_over_tokens(text):
+    """The logprobs of an answer cut by a stop string end where its text ends, in bytes: a
+    character written in two tokens keeps both (its second one starts mid-character)."""
+    params = SamplingParams(max_tokens=50, stop=("\n",), logprobs=0)
+    events = advance_all(text, "Hi 🙂\nmore", params, end=False)
+    finished = events[-1]
+    assert isinstance(finished, Finished)
+    assert logprob_bytes(text, finished.logprobs) == "Hi 🙂".encode()
+    streamed = [e for event in events if isinstance(event, Delta) for e in event.logprobs]
+    assert streamed == list(finished.logprobs)
+
+
+def test_streamed_logprobs_wait_for_the_text_they_belong_to(text):
+    """A token held back as a possible stop string sends its logprob only with its text, so
+    the stream never carries the logprobs of a stop string the answer ends on."""
+    params = SamplingParams(max_tokens=50, stop=("\n\nUser:",), logprobs=0)
+    events = advance_all(text, "Hi\n\n\n\nUser: more", params, end=False)
+    deltas = [event for event in events if isinstance(event, Delta)]
+    sent, shipped = b"", []
+    for delta in deltas:  # the logprobs sent never run ahead of the text sent
+        sent += delta.text.encode()
+        shipped += delta.logprobs
+        assert sent.startswith(logprob_bytes(text, shipped)), (sent, shipped)
+    finished = events[-1]
+    assert "".join(d.text for d in deltas) == "Hi\n\n"
+    # "Hi", "\n\n\n": the tokens that start before the stop string (the second straddles it)
+    assert logprob_bytes(text, finished.logprobs) == b"Hi\n\n\n"
+    assert len(shipped) < len(finished.logprobs)  # the straddling one waited for the end
 
 
 def test_text_held_back_for_a_stop_string_is_sent_when_the_answer_ends_there(text):

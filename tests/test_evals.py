@@ -466,6 +466,15 @@ def test_a_bad_run_is_a_400_naming_the_field(api, tiny):
         ),
         (
             model_run
+            | {"sampling_params": {"text": {"format": {"type": "json_schema", "name": "x"}}}},
+            "data_source.sampling_params.text.format",
+        ),
+        (
+            model_run | {"sampling_params": {"text": {"format": "json"}}},
+            "data_source.sampling_params.text.format",
+        ),
+        (
+            model_run
             | {"input_messages": {"type": "item_reference", "item_reference": "item.history"}},
             "data_source.input_messages.item_reference",
         ),

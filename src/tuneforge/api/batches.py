@@ -114,9 +114,10 @@ def read_requests(path: Path, filename: str) -> tuple[list[tuple[int, dict]], li
                     )
                     break
                 try:
-                    row = json.loads(text)
-                except ValueError as exc:
-                    add("invalid_json_line", number, f"not JSON ({exc})")
+                    row = json.loads(text, parse_constant=_no_constant)
+                except (ValueError, RecursionError) as exc:
+                    why = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+                    add("invalid_json_line", number, f"not JSON ({why})")
                     continue
                 if problem := _line_problem(row, seen, first, number):
                     add(*problem)
@@ -133,6 +134,11 @@ def read_requests(path: Path, filename: str) -> tuple[list[tuple[int, dict]], li
             '"/v1/chat/completions", "body": {...}} per line',
         )
     return requests, problems
+
+
+def _no_constant(name: str) -> Any:
+    """NaN and Infinity are not JSON (Python's parser takes them; a request could not be sent)."""
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def _line_problem(
@@ -403,7 +409,19 @@ class BatchRunner(QueueRunner):
         self._side_tasks: set[asyncio.Task] = set()  # finalizings started by a cancel
 
     def _unfinished(self) -> list[str]:
-        return [b["id"] for b in self.app.state.store.batches_with_status(*LIVE)]
+        return [b["id"] for b in self.app.state.store.batches_with_status("in_progress")]
+
+    def start(self) -> None:
+        """As QueueRunner's, and a batch a stopped server left finalizing or cancelling is
+        finished at once, not behind the batches still to answer."""
+        super().start()
+        for batch in self.app.state.store.batches_with_status("finalizing", "cancelling"):
+            self._finalize_aside(batch["id"])
+
+    def _finalize_aside(self, key: str) -> None:
+        task = asyncio.create_task(self._finalize(key))
+        self._side_tasks.add(task)  # a reference until it is done
+        task.add_done_callback(self._side_tasks.discard)
 
     async def stop(self) -> None:
         for task in list(self._side_tasks):  # a finalizing cut short runs again at the start
@@ -417,9 +435,7 @@ class BatchRunner(QueueRunner):
         for task in self._in_flight.get(key, ()):
             task.cancel()
         if key != self.current:
-            task = asyncio.create_task(self._finalize(key))
-            self._side_tasks.add(task)  # a reference until it is done
-            task.add_done_callback(self._side_tasks.discard)
+            self._finalize_aside(key)
 
     async def _fail(self, key: str, code: str, message: str) -> None:
         self.cancel(key)
@@ -477,8 +493,10 @@ class BatchRunner(QueueRunner):
                         self.stopped.add(key)  # cancelled meanwhile
 
         try:
-            async with self._client() as client:
-                await asyncio.gather(*(worker(client) for _ in range(REQUESTS_AT_ONCE)))
+            # a TaskGroup: a worker that fails stops the others (gather would let them run on)
+            async with self._client() as client, asyncio.TaskGroup() as group:
+                for _ in range(REQUESTS_AT_ONCE):
+                    group.create_task(worker(client))
         finally:
             self._in_flight.pop(key, None)
 
@@ -495,12 +513,20 @@ class BatchRunner(QueueRunner):
                 "stream",
             )
         else:
-            response = await client.post(endpoint, json=request["body"])
-            status, request_id = response.status_code, response.headers.get("x-request-id")
             try:
-                body = response.json()
-            except ValueError:
-                body = error_body(response.text[:500], "server_error")
+                response = await client.post(endpoint, json=request["body"])
+            except Exception as exc:  # noqa: BLE001 - one line's failure is that line's result
+                status, request_id = 500, None
+                body = error_body(
+                    f"The request could not be sent ({type(exc).__name__}: {exc})",
+                    "server_error",
+                )
+            else:
+                status, request_id = response.status_code, response.headers.get("x-request-id")
+                try:
+                    body = response.json()
+                except ValueError:
+                    body = error_body(response.text[:500], "server_error")
         output = {
             "id": f"batch_req_{secrets.token_hex(16)}",
             "custom_id": request["custom_id"],

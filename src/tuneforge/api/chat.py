@@ -255,7 +255,11 @@ async def start(request: Request, body: ChatCompletionRequest) -> Started | Resp
         grammar=grammar,
     )
     generation = engine.submit(served.target, text, prompt, params, n=body.n or 1)
-    first = await next_event(generation, request)
+    try:
+        first = await next_event(generation, request)
+    except BaseException:  # cancelled while waiting (a batch cancelled, the server stopping)
+        generation.cancel()
+        raise
     if first is None:
         return Response(status_code=CLIENT_CLOSED)
     if isinstance(first[1], Failed):

@@ -45,7 +45,7 @@ from tuneforge.api.schemas import (
     ChatCompletionRequest,
     Metadata,
     ResponseFunctionTool,
-    ResponseTextFormat,
+    ResponseTextConfig,
     Strict,
     cursor_page,
 )
@@ -108,7 +108,7 @@ class SamplingParams(Strict):
         None, ge=1, description="The same, as OpenAI's own examples and cookbooks spell it."
     )
     response_format: dict[str, Any] | None = None  # completions
-    text: dict[str, Any] | None = None  # responses: {"format": {...}}
+    text: ResponseTextConfig | None = None  # responses: {"format": {...}}
     tools: list[dict[str, Any]] | None = None
     reasoning_effort: str | None = Field(
         None, description="Accepted, changes nothing: tuneforge's models answer without reasoning."
@@ -357,9 +357,9 @@ def _chat_tools(kind: str, tools: list[dict[str, Any]] | None) -> list[dict[str,
 def chat_request(data_source: dict[str, Any], messages: list[dict]) -> ChatCompletionRequest:
     """The chat request a run sends for one row."""
     params = SamplingParams.model_validate(data_source.get("sampling_params") or {})
-    text_format = (params.text or {}).get("format")
-    if text_format is not None:  # the Responses API's flat format → chat's response_format
-        text_format = ResponseTextFormat.model_validate(text_format).as_response_format()
+    text_format = None
+    if params.text and params.text.format:  # the Responses API's flat format → chat's
+        text_format = params.text.format.as_response_format()
     return ChatCompletionRequest.model_validate(
         {
             "model": data_source["model"],
@@ -390,8 +390,9 @@ async def _check_model_source(
         raise _invalid(exc, "data_source.sampling_params") from None
     try:
         chat_request(data_source, prompts[0])
-    except ValidationError as exc:  # what the chat route refuses, e.g. a JSON response_format
-        field = str(exc.errors()[0]["loc"][0])
+    except ValidationError as exc:  # what the chat route refuses, e.g. a bad response_format
+        loc = exc.errors()[0]["loc"]
+        field = str(loc[0]) if loc else "response_format"
         where = "input_messages" if field == "messages" else f"sampling_params.{field}"
         raise _invalid(exc, f"data_source.{where}", skip=1) from None
     try:

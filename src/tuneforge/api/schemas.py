@@ -683,6 +683,11 @@ class ResponseTextFormat(Strict):
 
     @model_validator(mode="after")
     def _valid(self) -> ResponseTextFormat:
+        if self.type == "json_schema" and (self.name is None or self.schema_ is None):
+            raise ValueError(
+                'a json_schema format is {"type": "json_schema", "name": ..., "schema": '
+                "{...JSON Schema...}}"
+            )
         json_output(self.as_response_format())
         return self
 

@@ -180,6 +180,7 @@ class _Row:
     sent: int = 0  # characters of the answer already sent
     logprobs: list[TokenLogprob] = field(default_factory=list)  # one per id, with params.logprobs
     logprobs_sent: int = 0
+    byte_ends: list[int] = field(default_factory=list)  # with logprobs: the answer's bytes so far
     constraint: Constraint | None = None  # with params.grammar, made at its first token
 
     @property
@@ -722,15 +723,16 @@ class InferenceEngine:
         row.ids.append(token)
         if params.logprobs is not None and logits is not None:
             row.logprobs.append(token_logprob(logits, token, params.logprobs))
+            start = row.byte_ends[-1] if row.byte_ends else 0
+            row.byte_ends.append(start + len(text_side.token_bytes(token)))
         text = decode(row.ids, skip_special_tokens=True)
         cut = min((i for i in (text.find(s) for s in params.stop) if i >= 0), default=-1)
         if cut >= 0:
-            if row.logprobs:  # only the tokens that start before the stop string
-                starts = [
-                    len(decode(row.ids[:k], skip_special_tokens=True)) for k in range(len(row.ids))
-                ]
-                del row.logprobs[sum(1 for start in starts if start < cut) :]
-                row.logprobs_sent = min(row.logprobs_sent, len(row.logprobs))
+            if row.logprobs:  # only the tokens that start before the stop string (in bytes:
+                # a character split over tokens keeps all of them)
+                limit = len(text[:cut].encode("utf-8"))
+                keep = sum(1 for end in [0, *row.byte_ends[:-1]] if end < limit)
+                del row.logprobs[keep:], row.byte_ends[keep:]
             self._send(row, text[:cut])
             return self._finish(row, "stop", len(row.ids))
         if len(row.ids) >= params.max_tokens or row.length >= text_side.context_length:
@@ -740,11 +742,18 @@ class InferenceEngine:
         return False
 
     def _send(self, row: _Row, text: str) -> None:
+        """Send the answer's text up to `text`'s end, with the logprobs of the tokens it holds
+        whole (a token held back as a possible stop string goes with the text it ends)."""
         if len(text) > row.sent:
-            fresh = tuple(row.logprobs[row.logprobs_sent :])
+            shipped = row.logprobs_sent
+            if row.logprobs:
+                size = len(text.encode("utf-8"))
+                while shipped < len(row.logprobs) and row.byte_ends[shipped] <= size:
+                    shipped += 1
+            fresh = tuple(row.logprobs[row.logprobs_sent : shipped])
             row.generation.put(row.index, Delta(text[row.sent :], fresh))
             row.sent = len(text)
-            row.logprobs_sent = len(row.logprobs)
+            row.logprobs_sent = shipped
 
     def _finish(
         self, row: _Row, reason: str, completion_tokens: int, end: int | None = None
