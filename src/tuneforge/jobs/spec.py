@@ -35,6 +35,7 @@ RESERVED_CONFIG_KEYS = {
     "objective": "method.type",
     "dpo_beta": "method.dpo.hyperparameters.beta",
     "grader": "method.reinforcement.grader",
+    "response_format": "method.reinforcement.response_format",
     "grpo_group_size": "method.reinforcement.hyperparameters.compute_multiplier",
 }
 GROUP_SIZE_PER_COMPUTE = 4  # compute_multiplier 1 (auto) = 4 answers per prompt

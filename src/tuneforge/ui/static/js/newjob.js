@@ -201,8 +201,9 @@ function renderCode() {
   if (hp.beta !== undefined) lines.push(`dpo_beta: ${yamlValue(hp.beta)}`);
   if (hp.compute_multiplier !== undefined) lines.push(`grpo_group_size: ${Math.max(2, Math.round(4 * Number(hp.compute_multiplier)))}`);
   if (hp.eval_interval !== undefined) lines.push(`eval_every: ${yamlValue(hp.eval_interval)}`);
-  const grader = (body.method[body.method.type] || {}).grader;
-  if (grader !== undefined) lines.push(`grader: ${JSON.stringify(grader)}`);
+  const settings = body.method[body.method.type] || {};
+  if (settings.grader !== undefined) lines.push(`grader: ${JSON.stringify(settings.grader)}`);
+  if (settings.response_format !== undefined) lines.push(`response_format: ${JSON.stringify(settings.response_format)}`);
   for (const [k, v] of Object.entries(hp)) {
     if (ours[k]) lines.push(`${ours[k]}: ${yamlValue(v)}`);
     else if (!["beta", "compute_multiplier", "eval_interval"].includes(k)) lines.push(`# ${k}: ${yamlValue(v)} (a job setting with no tuneforge train field)`);
