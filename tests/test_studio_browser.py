@@ -737,9 +737,12 @@ def test_a_batch_started_and_downloaded_in_the_studio(server, browse, tmp_path, 
     snapshot(page, shots_dir(tmp_path), "batches")
 
 
-def test_the_playground_shows_each_tokens_probability(server, browse, tmp_path, tiny_model_dir):
-    """ "Show probabilities": the answer as its tokens, each with its probability and the
-    likeliest alternatives, the numbers the API's logprobs give."""
+def test_the_playground_shows_probabilities_and_holds_answers_to_a_schema(
+    server, browse, tmp_path, tiny_model_dir
+):
+    """Show probabilities: the answer as its tokens, each with its probability and the
+    likeliest alternatives, the numbers the API's logprobs give. Answer format JSON schema:
+    the next answer (from the tiny model's noise) is JSON that follows the schema typed in."""
     new_page, _ = browse
     model = str(tiny_model_dir)
     page = new_page()
@@ -779,3 +782,21 @@ def test_the_playground_shows_each_tokens_probability(server, browse, tmp_path, 
     assert first.nth(2).inner_text() == (f"{shown:.1f} %" if shown >= 1 else f"{shown:.2g} %")
     assert len(first.nth(3).inner_text().split(", ")) == 5
     snapshot(page, shots_dir(tmp_path), "playground-probs")
+
+    page.uncheck("#show-probs")
+    page.select_option("#format", "json_schema")
+    schema = {
+        "type": "object",
+        "properties": {"mood": {"enum": ["calm", "busy"]}},
+        "required": ["mood"],
+        "additionalProperties": False,
+    }
+    page.fill("#schema", json.dumps(schema))
+    page.fill("#max_tokens", "20")
+    page.fill("#prompt", "How is your day?")
+    before = page.inner_text("#pane-0-meta")
+    page.click("#send-btn")
+    wait(lambda: page.inner_text("#pane-0-meta") not in ("", before), 60, "the second answer")
+    assert "stopped: stop" in page.inner_text("#pane-0-meta")  # the JSON was complete
+    shown = page.locator("#pane-0-turns .turn .text").nth(3).text_content()
+    assert json.loads(shown)["mood"] in ("calm", "busy"), shown

@@ -121,10 +121,22 @@ async function ask(pane, prompt, settings, signal) {
   }
 }
 
+// The answer format as OpenAI's response_format (none for text). A schema that is not JSON is
+// sent as text: the API's 400 says what is wrong, in the pane.
+function responseFormat() {
+  const kind = $("#format").value;
+  if (kind === "text") return null;
+  if (kind === "json_object") return { type: "json_object" };
+  let schema = $("#schema").value;
+  try { schema = JSON.parse(schema); } catch { /* sent as text */ }
+  return { type: "json_schema", json_schema: { name: "answer", schema } };
+}
+
 async function main() {
   models = (await api("/v1/models")).data;
   renderPanes();
   $("#panes").addEventListener("change", renderPanes);
+  $("#format").addEventListener("change", () => { $("#schema-field").hidden = $("#format").value !== "json_schema"; });
   $("#reset-btn").addEventListener("click", () => {
     for (const p of panes) { p.history = []; p.turns.replaceChildren(); p.meta.textContent = ""; }
     notice("New conversation.");
@@ -142,6 +154,8 @@ async function main() {
       top_p: Number($("#top_p").value),
       max_tokens: Number($("#max_tokens").value),
     };
+    const format = responseFormat();
+    if (format) settings.response_format = format;
     $("#prompt").value = "";
     $("#send-btn").disabled = true;
     $("#stop-btn").disabled = false;
