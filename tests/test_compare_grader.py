@@ -138,6 +138,57 @@ def test_compare_with_a_grader_scores_it_and_decides_by_it(files, tiny_model_dir
         Comparison(options)
 
 
+def test_answers_from_an_earlier_compare_are_scored_again_without_a_model(
+    files, tiny_model_dir, tmp_path, monkeypatch
+):
+    """`--answers-from`: a second comparison with a grader scores the first one's kept answers
+    (no model loads); tokens and latency stand as measured; other requests are refused."""
+    import tuneforge.inference.load as load
+
+    train, test = files
+    setup = {
+        "train_file": train,
+        "test_file": test,
+        "model": str(tiny_model_dir),
+        "k": 2,
+        "max_new_tokens": 4,
+        "latency_requests": 1,
+        "retriever": "bm25",
+        "with_loss": False,
+    }
+    first = Comparison(CompareOptions(out_dir=tmp_path / "cmp", **setup))
+    first.run_baselines()
+    earlier = json.loads(first.finish()[0].read_text())
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(load, "load_for_inference", no_model)
+    again = Comparison(
+        CompareOptions(
+            out_dir=tmp_path / "again", grader=NEEDLE, answers_from=tmp_path / "cmp", **setup
+        )
+    )
+    assert again.primary == "grader:needle"
+    again.run_baselines()
+    result = json.loads(again.finish()[0].read_text())
+    pairs = zip(earlier["approaches"], result["approaches"], strict=True)
+    for old, new in pairs:
+        assert new["status"] == "ok" and new["answers"] == old["answers"]
+        assert new["per_request_scores"]["grader:needle"] == [1.0, 0.0, 1.0, 0.0]
+        assert new["per_request_scores"]["token_f1"] == old["per_request_scores"]["token_f1"]
+        for key in ("prompt_tokens_per_request", "output_tokens_per_request", "latency_p50_s"):
+            assert new[key] == old[key], key
+        assert new["notes"][-1].endswith("scored again")
+    assert result["summary"]["decided_by"]
+    with pytest.raises(UsageError, match="other requests"):
+        Comparison(
+            CompareOptions(
+                out_dir=tmp_path / "x", answers_from=tmp_path / "cmp", **setup | {"k": 3}
+            )
+        )
+
+
 def _check_report():
     """scripts/check_report.py, loaded as tests/test_report.py loads it (once per session)."""
     if "check_report" in sys.modules:

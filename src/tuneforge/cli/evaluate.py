@@ -233,6 +233,15 @@ def compare_cmd(
         int, typer.Option("--seed", help="Seed of the few-shot examples and the bootstrap.")
     ] = 0,
     baselines: Annotated[bool, typer.Option(help="Measure zero-shot, few-shot and RAG.")] = True,
+    answers_from: Annotated[
+        Path | None,
+        typer.Option(
+            "--answers-from",
+            help="An earlier compare's --out folder: score its answers again (e.g. with a new "
+            "--grader or --metric) instead of generating them, for the approaches it measured "
+            "on the same requests.",
+        ),
+    ] = None,
     title: Annotated[
         str | None, typer.Option("--title", help="The use case, as the report names it.")
     ] = None,
@@ -267,6 +276,7 @@ def compare_cmd(
         seed=seed,
         margin=margin,
         title=title,
+        answers_from=answers_from,
     )
     if not baselines and not options.runs:
         raise UsageError("--no-baselines leaves nothing to compare", hint="add --run RUN_DIR")

@@ -11,7 +11,9 @@ what it measured, and one approach failing never loses the others' results.
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
+import hashlib
 import json
 import math
 import platform
@@ -71,6 +73,10 @@ class CompareOptions:
     seed: int = 0  # few-shot example choice and the bootstrap resamples
     margin: float = DEFAULT_MARGIN
     title: str | None = None
+    # An earlier comparison's folder: its approaches' answers are scored again (with this
+    # comparison's metrics and grader) instead of generated again, when they answered the same
+    # requests (`answers_fingerprint`); approaches it lacks are measured as usual.
+    answers_from: Path | None = None
 
 
 def _now() -> str:
@@ -193,6 +199,48 @@ class Comparison:
             o.model = rd.read_config(o.runs[0])["model"] if o.runs else DEFAULT_MODEL
         self.max_new_tokens = o.max_new_tokens or self._answer_room()
         self.samples = list(range(min(N_SAMPLES, len(self.test))))
+        self.fingerprint = self._fingerprint()
+        self.previous = self._previous_answers()
+
+    def _fingerprint(self) -> str:
+        """What an approach's answers depend on besides its model: the test requests and
+        references, the training examples (the shots), the model, and the settings that build
+        prompts and bound answers."""
+        o = self.options
+        data = {
+            "test": [[_request_key(r), r.reference, r.tools] for r in self.test],
+            "train": [[_request_key(r), r.reference] for r in self.train],
+            "model": str(o.model),
+            "settings": [self.max_new_tokens, o.k, o.seed, o.retriever],
+        }
+        text = json.dumps(data, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def _previous_answers(self) -> dict[str, dict[str, Any]]:
+        """`answers_from`'s approaches that can be scored again, by name."""
+        folder = self.options.answers_from
+        if folder is None:
+            return {}
+        path = Path(folder) / "compare.json"
+        try:
+            earlier = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise UsageError(
+                f"--answers-from {folder}: no readable compare.json there ({exc})",
+                hint="give the --out folder of an earlier `tuneforge compare`",
+            ) from None
+        if earlier.get("use_case", {}).get("answers_fingerprint") != self.fingerprint:
+            raise UsageError(
+                f"--answers-from {folder}: its answers are to other requests (another test or "
+                "training file, model, --limit, --max-tokens, --k, --seed or --retriever), or "
+                "it was written before answers were kept",
+                hint="run the comparison again without --answers-from",
+            )
+        return {
+            a["name"]: a
+            for a in earlier.get("approaches", [])
+            if a.get("status") == "ok" and len(a.get("answers") or []) == len(self.test)
+        }
 
     def _grader(self, test: list[Request], lines: list[int]) -> tuple[str, RowMetric] | None:
         """The grader as (metric name, metric), checked before any model loads: its JSON, and
@@ -278,6 +326,11 @@ class Comparison:
         training: Path | None = None,
     ) -> None:
         """Evaluate one approach; any failure is recorded on it and the comparison goes on."""
+        previous = self.previous.get(name)
+        if previous is not None and _same_run(previous, training):
+            self.on_event(f"{name}: scoring the answers kept in {self.options.answers_from} …")
+            self._keep(self._rescored(previous))
+            return
         entry: dict[str, Any] = _empty(name, kind)
         self.on_event(f"{name}: answering {len(self.test)} test requests …")
         try:
@@ -311,6 +364,7 @@ class Comparison:
                     evaluation.answers, [r.reference for r in built.requests]
                 )
             entry["samples"] = self._samples(built.requests, evaluation)
+            entry["answers"] = evaluation.answers  # for a later --answers-from
             entry["train_examples_used"] = (
                 len(self.train) if kind == "retrieval" else built.examples_in_prompt
             )
@@ -322,6 +376,11 @@ class Comparison:
             entry["error"] = exc.inline()
         except Exception as exc:  # one broken approach must not lose the others' results
             entry["error"] = f"{exc.__class__.__name__}: {exc}"
+        self._keep(entry)
+
+    def _keep(self, entry: dict[str, Any]) -> None:
+        """Add an approach's results, say them, and save."""
+        name = entry["name"]
         if entry["status"] != "ok":
             self.on_event(f"{name}: failed — {entry['error']}")
         else:
@@ -335,6 +394,36 @@ class Comparison:
             )
         self.approaches.append(entry)
         self.save()
+
+    def _rescored(self, previous: dict[str, Any]) -> dict[str, Any]:
+        """An earlier approach's kept answers, scored with this comparison's metrics: its
+        tokens, latency, loss of the references and training cost stand as measured."""
+        from tuneforge.eval.metrics import score_all
+
+        entry = copy.deepcopy(previous)
+        answers = previous["answers"]
+        references = [r.reference for r in self.test]
+        means, scores, problems = score_all(
+            self.metrics, answers, references, [r.item for r in self.test]
+        )
+        if (loss := previous["metrics"].get("test_loss")) is not None:
+            means["test_loss"] = loss
+        entry["metrics"] = means
+        entry["per_request_scores"] = {m: [s.get(m) for s in scores] for m in self.metrics}
+        entry["primary_ci95"] = stats.interval(
+            entry["per_request_scores"][self.primary], seed=self.options.seed
+        )
+        entry.pop("labels", None)
+        if self.label_task:
+            entry["labels"] = per_label(answers, references)
+        for sample in entry.get("samples") or []:
+            sample["score"] = scores[sample["index"]].get(self.primary)
+        entry["notes"] = [
+            *previous.get("notes", []),
+            *problems,
+            f"answers kept from {self.options.answers_from}, scored again",
+        ]
+        return entry
 
     def _samples(self, requests: list[Request], evaluation: Evaluation) -> list[dict[str, Any]]:
         out = []
@@ -373,6 +462,7 @@ class Comparison:
                 "leaked_test_lines": self.leaked_lines[:MAX_LEAKS_LISTED],
                 "max_new_tokens": self.max_new_tokens,
                 "grader": o.grader,
+                "answers_fingerprint": self.fingerprint,
             },
             "primary_metric": self.primary,
             "primary_metric_reason": self.primary_reason,
@@ -469,6 +559,15 @@ def _empty(name: str, kind: str) -> dict[str, Any]:
         "per_request_scores": {},
         "primary_ci95": None,
     }
+
+
+def _same_run(previous: dict[str, Any], run: Path | None) -> bool:
+    """Whether an earlier fine-tuned approach measured this run as it is now (the same folder,
+    trained as long: a run resumed since has other weights); a baseline always is."""
+    if run is None:
+        return True
+    now = _training_cost(run)
+    return all(previous.get(k) == now[k] for k in ("run_dir", "training_seconds", "trained_tokens"))
 
 
 def _run_description(run: Path) -> str:
