@@ -10,14 +10,31 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 
 from tuneforge.errors import ConfigError, Problem
 
 Auto = Literal["auto"]
+
+
+def _checked_format(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    if value is not None:
+        json_output(value)  # raises ValueError saying what is wrong
+    return value
+
+
+# A `response_format` field, checked by `json_output` (TrainConfig, and the API's requests)
+ResponseFormat = Annotated[dict[str, Any] | None, AfterValidator(_checked_format)]
 
 
 class TrainConfig(BaseModel):
@@ -92,7 +109,7 @@ class TrainConfig(BaseModel):
     max_completion_tokens: int = Field(
         32, ge=1, le=4096, description="grpo only: longest sampled answer, in tokens."
     )
-    response_format: dict[str, Any] | None = Field(
+    response_format: ResponseFormat = Field(
         None,
         description="grpo only: OpenAI's response_format, {type: json_schema, json_schema: "
         "{name, schema}} or {type: json_object}: every sampled answer is JSON that follows it "
@@ -239,13 +256,6 @@ class TrainConfig(BaseModel):
         "and GRPO on a CPU stay in fp32 unless bf16 is asked for); fp32 otherwise. "
         "bf16 on a CPU without bf16 units is an error.",
     )
-
-    @field_validator("response_format")
-    @classmethod
-    def _json_format(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        if value is not None:
-            json_output(value)
-        return value
 
     @field_validator("dpo_beta")
     @classmethod

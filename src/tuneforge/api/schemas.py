@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from tuneforge.config import json_output
+from tuneforge.config import ResponseFormat, json_output
 from tuneforge.data.chat_template import tool_call_prefix
 
 Auto = Literal["auto"]
@@ -169,18 +169,11 @@ class Reinforcement(Strict):
         description="The reward: OpenAI's grader JSON (string_check, text_similarity, python, "
         "score_model, multi)."
     )
-    response_format: dict[str, Any] | None = Field(
+    response_format: ResponseFormat = Field(
         None,
         description="json_schema or json_object: every sampled answer is JSON that follows it "
         "(constrained decoding), read by graders as `sample.output_json`.",
     )
-
-    @field_validator("response_format")
-    @classmethod
-    def _json_format(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        if value is not None:
-            json_output(value)
-        return value
 
     hyperparameters: ReinforcementHyperparameters | None = None
 
@@ -500,8 +493,10 @@ class ChatCompletionRequest(Strict):
         le=20,
         description="With logprobs: this many of the most likely tokens at each position.",
     )
-    response_format: dict[str, Any] | None = Field(
-        None, description='Only {"type": "text"} (the default): no constrained JSON output yet.'
+    response_format: ResponseFormat = Field(
+        None,
+        description="text (the default), json_object, or json_schema ({name, schema}): the "
+        "answer is held to it by constrained decoding.",
     )
     tools: list[Tool] | None = Field(None, max_length=128)
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = Field(
@@ -559,13 +554,6 @@ class ChatCompletionRequest(Strict):
         if self.tool_choice == "required":
             return tool_call_prefix()
         return None
-
-    @field_validator("response_format")
-    @classmethod
-    def _formats(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        if value is not None:
-            json_output(value)  # raises ValueError saying what is wrong
-        return value
 
     def output_schema(self) -> tuple[bool, dict[str, Any] | None]:
         """(whether the answer is JSON, its schema: None for any JSON object)."""
