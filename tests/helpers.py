@@ -85,3 +85,22 @@ def serve_model(api: Any, model: Path | str) -> str:
     assert job.status_code == 200, job.text
     assert api.post(f"/v1/fine_tuning/jobs/{job.json()['id']}/cancel").status_code == 200
     return str(model)
+
+
+def new_home(root: Path, default_model_dir: Path) -> Path:
+    """A TUNEFORGE_HOME under `root` whose models folder is the test session's (the converted
+    default model, so nothing is converted again)."""
+    home = root / "home"
+    home.mkdir()
+    (home / "models").symlink_to(default_model_dir.parent, target_is_directory=True)
+    return home
+
+
+def open_api(home: Path, mp: Any) -> Any:
+    """The API in-process on `home` (a TestClient; `with` runs its lifespan)."""
+    from fastapi.testclient import TestClient
+
+    from tuneforge.api.app import create_app
+
+    mp.setenv("TUNEFORGE_HOME", str(home))
+    return TestClient(create_app())

@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from helpers import good_examples, serve_model
+from helpers import good_examples, new_home, open_api, serve_model
 
 from tuneforge.api import batches
-from tuneforge.api.app import create_app
 
 TERMINAL = ("completed", "failed", "cancelled", "expired")
 
@@ -31,18 +30,6 @@ def assert_error(response, status: int, param: str | None = None) -> dict:
     if param is not None:
         assert error["param"] == param, error
     return error
-
-
-def open_api(home: Path, mp: pytest.MonkeyPatch) -> TestClient:
-    mp.setenv("TUNEFORGE_HOME", str(home))
-    return TestClient(create_app())
-
-
-def new_home(root: Path, default_model_dir: Path) -> Path:
-    home = root / "home"
-    home.mkdir()
-    (home / "models").symlink_to(default_model_dir.parent, target_is_directory=True)
-    return home
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from fastapi.testclient import TestClient
-from helpers import serve_model
+from helpers import new_home, open_api, serve_model
 
-from tuneforge.api.app import create_app
 from tuneforge.eval.testing_criteria import grade, pick_label, validate_criteria
 
 SCHEMA = {
@@ -59,14 +57,7 @@ def assert_error(response, status: int, param: str | None = None) -> dict:
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory, default_model_dir) -> Path:
-    home = tmp_path_factory.mktemp("evals-home")
-    (home / "models").symlink_to(default_model_dir.parent, target_is_directory=True)
-    return home
-
-
-def open_api(home: Path, monkeypatch_context) -> TestClient:
-    monkeypatch_context.setenv("TUNEFORGE_HOME", str(home))
-    return TestClient(create_app())
+    return new_home(tmp_path_factory.mktemp("evals"), default_model_dir)
 
 
 @pytest.fixture(scope="module")
@@ -530,9 +521,7 @@ def test_a_cancelled_run_stays_cancelled(api):
 def test_a_run_the_server_was_running_when_it_stopped_resumes(tmp_path, default_model_dir):
     """Stop the server mid-run (its lifespan ends), start a new one on the same home: the run
     goes on and grades every row exactly once."""
-    home = tmp_path / "home"
-    home.mkdir()
-    (home / "models").symlink_to(default_model_dir.parent, target_is_directory=True)
+    home = new_home(tmp_path, default_model_dir)
     rows = [{"item": {"question": str(i), "answer": "a"}} for i in range(24)]
     with pytest.MonkeyPatch.context() as mp:
         with open_api(home, mp) as first:
