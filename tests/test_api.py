@@ -743,6 +743,87 @@ def test_tools_go_into_the_prompt_and_tool_choice_is_honoured(api, tiny):
     assert streamed == choice["message"]["content"]  # greedy: the same answer both ways
 
 
+STRICT_WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city now.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"enum": ["Paris", "Oslo"]}, "unit": {"enum": ["c", "f"]}},
+            "required": ["city", "unit"],
+            "additionalProperties": False,
+        },
+        "strict": True,
+    },
+}
+
+
+def assert_weather_calls(calls: list[dict]) -> None:
+    assert calls
+    for call in calls:
+        assert call["function"]["name"] == "get_weather"
+        arguments = json.loads(call["function"]["arguments"])
+        assert arguments["city"] in ("Paris", "Oslo") and arguments["unit"] in ("c", "f")
+        assert set(arguments) == {"city", "unit"}
+
+
+@pytest.mark.parametrize("sampling", [{"temperature": 0}, {"temperature": 1, "seed": 5}])
+def test_strict_tools_make_even_noise_call_with_arguments_that_follow_the_schema(
+    api, tiny, sampling
+):
+    """OpenAI's strict function calling by constrained decoding: with `strict: true` the tiny
+    random model (noise) answers a required or named tool_choice with calls whose arguments
+    follow the schema, whole and streamed; without it the same request gets no call. The prompt
+    is the same either way (strict is a decoding setting, not part of the definition)."""
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    loose_tool = STRICT_WEATHER | {"function": STRICT_WEATHER["function"] | {"strict": False}}
+    base = {"max_tokens": 40, "parallel_tool_calls": False, **sampling}
+    loose = chat(api, tiny, tools=[loose_tool], tool_choice=named, **base).json()
+    assert loose["choices"][0]["message"]["tool_calls"] is None, loose
+    for choice in (named, "required"):
+        response = chat(api, tiny, tools=[STRICT_WEATHER], tool_choice=choice, **base)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        (answer,) = body["choices"]
+        assert answer["finish_reason"] == "tool_calls", answer
+        assert len(answer["message"]["tool_calls"]) == 1
+        assert_weather_calls(answer["message"]["tool_calls"])
+        if choice is named:  # the same prompt, forced start included
+            assert body["usage"]["prompt_tokens"] == loose["usage"]["prompt_tokens"]
+    messages = [{"role": "user", "content": "Hello there"}]
+    _, chunks = stream_text(
+        api,
+        {"model": tiny, "messages": messages, "tools": [STRICT_WEATHER], **base}
+        | {"tool_choice": "required"},
+    )
+    deltas = [d for c in chunks for d in c["delta"].get("tool_calls") or ()]
+    assert deltas and chunks[-1]["finish_reason"] == "tool_calls"
+    assert_weather_calls([{"function": deltas[0]["function"]}])
+
+
+def test_strict_tools_in_the_responses_api(api, tiny):
+    """The Responses API writes `strict` beside the function (its SDK always sends it): a
+    strict function's call follows the schema, and the response echoes strict as sent."""
+    function = STRICT_WEATHER["function"]
+    tool = {"type": "function", **function}
+    asked = {"tool_choice": "required", "parallel_tool_calls": False, "max_output_tokens": 40}
+    response = respond(api, tiny, tools=[tool], **asked)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    calls = [item for item in body["output"] if item["type"] == "function_call"]
+    assert calls, body["output"]
+    assert_weather_calls([{"function": call} for call in calls])
+    assert body["tools"][0]["strict"] is True
+
+
+def test_a_strict_schema_that_cannot_be_a_grammar_is_a_400_naming_tools(api, tiny):
+    bad = STRICT_WEATHER["function"] | {"parameters": {"type": "objekt"}}
+    response = chat(api, tiny, tools=[{"type": "function", "function": bad}])
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == "tools"
+
+
 def test_openai_arguments_that_change_nothing_are_accepted(api, tiny):
     body = {
         "store": False,
@@ -909,11 +990,6 @@ def test_message_variants_are_accepted(api, tiny):
             None,
         ),
         ({"tools": [WEATHER_TOOL], "tool_choice": "sometimes"}, "tool_choice", None),
-        (
-            {"tools": [WEATHER_TOOL | {"function": {"name": "f", "strict": True}}]},
-            "tools[0].function.strict",
-            None,
-        ),
         (
             {"tools": [{"type": "function", "function": {"name": "has space"}}]},
             "tools[0].function.name",
@@ -1247,7 +1323,15 @@ def test_a_response_that_fails_mid_stream_ends_with_response_failed(api, tiny, m
         ),
         ({"input": [{"type": "function_call_output", "output": "x"}]}, "input", None),
         ({"tools": [{"type": "web_search"}]}, "tools", None),
-        ({"tools": [{"type": "function", "name": "f", "strict": True}]}, "tools[0].strict", None),
+        (
+            {
+                "tools": [
+                    {"type": "function", "name": "f", "parameters": {"type": 7}, "strict": True}
+                ]
+            },
+            "tools",
+            None,
+        ),
         ({"tool_choice": "sometimes"}, "tool_choice", None),
         ({"text": {"format": {"type": "xml"}}}, "text.format.type", None),
         ({"text": {"format": {"type": "json_schema", "name": "x"}}}, "text.format", None),

@@ -203,6 +203,7 @@ def test_structured_outputs_parse_into_a_pydantic_model(client, finished_job):
     back parsed. The Responses API's `responses.parse` does the same."""
     from typing import Literal
 
+    import openai
     from pydantic import BaseModel
 
     class Capital(BaseModel):
@@ -220,6 +221,18 @@ def test_structured_outputs_parse_into_a_pydantic_model(client, finished_job):
         model=job.fine_tuned_model, input=messages, text_format=Capital, max_output_tokens=40
     )
     assert isinstance(response.output_parsed, Capital)
+
+    # A pydantic class as a strict function tool (what the Agents SDK sends): the call's
+    # arguments follow its schema and come back parsed.
+    called = client.chat.completions.parse(
+        model=job.fine_tuned_model,
+        messages=messages,
+        tools=[openai.pydantic_function_tool(Capital)],
+        tool_choice={"type": "function", "function": {"name": "Capital"}},
+        max_tokens=40,
+    )
+    (call,) = called.choices[0].message.tool_calls
+    assert isinstance(call.function.parsed_arguments, Capital)
 
 
 def test_responses_api_with_the_fine_tuned_model(client, finished_job):

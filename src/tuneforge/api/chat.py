@@ -29,7 +29,7 @@ from fastapi.responses import Response, StreamingResponse
 
 from tuneforge.api.deps import get_catalog, get_engine
 from tuneforge.api.errors import APIError, error_body, from_tuneforge
-from tuneforge.api.schemas import ChatCompletion, ChatCompletionRequest
+from tuneforge.api.schemas import ChatCompletion, ChatCompletionRequest, NamedToolChoice
 from tuneforge.data.chat_template import (
     TOOL_CALL_OPEN,
     TemplateError,
@@ -84,22 +84,45 @@ def _prompt_ids(text: TextSide, body: ChatCompletionRequest) -> list[int]:
         ) from None
 
 
+def _strict_tools(body: ChatCompletionRequest) -> list[constrained.Function]:
+    """The tools, as the grammar takes them, when one of them is strict and they are in the
+    prompt; else none (free text, as without tools)."""
+    tools = body.tools or []
+    if body.prompt_tools() is None or not any(t.function.strict for t in tools):
+        return []
+    return [
+        constrained.Function(t.function.name, t.function.parameters, bool(t.function.strict))
+        for t in tools
+    ]
+
+
 def _grammar(text: TextSide, body: ChatCompletionRequest) -> str | None:
-    """The grammar a JSON `response_format` puts on the answer (None for free text); a schema
-    that cannot be one is a 400 naming it."""
+    """The grammar the answer follows: a JSON `response_format`'s, or strict tools' (calls whose
+    arguments follow their function's parameters); None for free text. A schema that cannot be
+    one is a 400 naming it."""
     as_json, schema = body.output_schema()
-    if not as_json:
+    strict = _strict_tools(body)
+    if not as_json and not strict:
         return None
-    param = "response_format.json_schema.schema" if schema is not None else "response_format"
-    if body.prompt_tools() is not None:
+    if as_json and body.prompt_tools() is not None:
         raise APIError(
             400,
             "A JSON response_format together with tools is not available: the answer's JSON "
             "grammar would rule out the tool calls; send one or the other",
             param="response_format",
         )
+    param = "response_format.json_schema.schema" if schema is not None else "response_format"
+    if not as_json:
+        param = "tools"
+    grammar = ""
     try:
-        grammar = constrained.json_grammar(schema)
+        if as_json:
+            grammar = constrained.json_grammar(schema)
+        else:
+            choice = body.tool_choice
+            named = choice.function.name if isinstance(choice, NamedToolChoice) else choice
+            parallel = body.parallel_tool_calls is not False
+            grammar = constrained.tool_grammar(strict, named, parallel)
         problem = constrained.check(grammar, text.tokenizer, text.eos_ids)
     except ValueError as exc:
         problem = str(exc)

@@ -98,7 +98,7 @@ def _response_object(
             else {"type": "text"}
         },
         "tool_choice": tool_choice if isinstance(tool_choice, str) else tool_choice.model_dump(),
-        "tools": [t.model_dump() | {"strict": False} for t in body.tools or ()],
+        "tools": [t.model_dump() | {"strict": bool(t.strict)} for t in body.tools or ()],
         "top_p": 1.0 if body.top_p is None else body.top_p,
         "top_logprobs": body.top_logprobs,
         "truncation": "disabled",

@@ -46,12 +46,6 @@ def _metadata_sizes(value: dict[str, str] | None) -> dict[str, str] | None:
 Metadata = Annotated[dict[str, str], Field(max_length=16), AfterValidator(_metadata_sizes)]
 
 
-NO_STRICT = (
-    "tuneforge cannot constrain arguments to the schema (structured outputs); set strict to "
-    "false or leave it out, and check the arguments you receive"
-)
-
-
 def function_tools_only(value: Any, example: str) -> Any:
     """A `tools` list's every entry is a function tool (written as `example`), or ValueError."""
     for i, tool in enumerate(value if isinstance(value, list) else ()):
@@ -440,8 +434,10 @@ class FunctionDefinition(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
     description: str | None = None
     parameters: dict[str, Any] | None = None
-    strict: Annotated[bool | None, _refused(NO_STRICT)] = Field(
-        None, description="Only false: arguments are not constrained."
+    strict: bool | None = Field(
+        None,
+        description="true: the arguments follow `parameters` (constrained decoding, as "
+        "structured outputs); a call's JSON is then always well formed.",
     )
 
 
@@ -451,8 +447,9 @@ class Tool(Strict):
 
     def as_sent(self) -> dict[str, Any]:
         """The definition as the model sees it in its prompt: OpenAI's key order, the order
-        its fine-tuning guide's examples (and so most training files) write tools in."""
-        return self.model_dump(exclude_none=True)
+        its fine-tuning guide's examples (and so most training files) write tools in, without
+        `strict`: a decoding setting, which those files do not carry."""
+        return self.model_dump(exclude_none=True, exclude={"function": {"strict"}})
 
 
 class FunctionName(Strict):
@@ -643,7 +640,7 @@ class ResponseFunctionTool(FunctionDefinition):
         """The same function as chat completions (and training files) write it."""
         return {
             "type": "function",
-            "function": self.model_dump(exclude={"type", "strict"}, exclude_none=True),
+            "function": self.model_dump(exclude={"type"}, exclude_none=True),
         }
 
 

@@ -17,6 +17,9 @@ OpenAI's is.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -40,6 +43,15 @@ def _ll_tokenizer(tokenizer: Any, eos_ids: frozenset[int]) -> Any:
 # model fine-tuned on either writes it as it learned), but not the endless run of newlines and
 # tabs that an unsure model falls into when any whitespace is allowed.
 JSON_OPTIONS = {"whitespace_flexible": True, "whitespace_pattern": "[ ]?"}
+
+
+@dataclass(frozen=True)
+class Function:
+    """A function tool as the grammar needs it."""
+
+    name: str
+    parameters: dict[str, Any] | None
+    strict: bool
 
 
 def json_grammar(schema: dict[str, Any] | None) -> str:
@@ -108,3 +120,67 @@ class RowConstraints:
             if not self._done[i]:
                 scores[i] = constraint.mask(scores[i])
         return scores
+
+
+# Tool calls as `data/chat_template.format_tool_calls` writes them (the text a tool-call
+# fine-tune learns): <tool_call>\n{"name": "NAME", "arguments": {...}}\n</tool_call>, blocks
+# joined by "\n".
+_CALL_OPEN = "<tool_call>"
+_CALL_HEAD = _CALL_OPEN + '\n{"name": '
+_ARGUMENTS = ', "arguments": '
+_CALL_TAIL = "}\n</tool_call>"
+
+
+def _lark(text: str) -> str:
+    return json.dumps(text, ensure_ascii=False)
+
+
+def _arguments(tool: Function) -> str:
+    """A call's arguments in Lark: JSON following the parameters of a strict function, any JSON
+    object otherwise (the call is still well formed), with JSON_OPTIONS' whitespace."""
+    schema = tool.parameters if tool.strict and tool.parameters else {"type": "object"}
+    if tool.strict and not tool.parameters:  # a function without parameters takes none
+        schema = {"type": "object", "properties": {}, "additionalProperties": False}
+    return "%json " + json.dumps({**schema, "x-guidance": JSON_OPTIONS}, ensure_ascii=False)
+
+
+def tool_grammar(tools: Sequence[Function], choice: str | None, parallel: bool = True) -> str:
+    """The grammar of an answer with `tools` (OpenAI's `strict` function calling).
+
+    `choice`: None or "auto" — any text, in which each `<tool_call>` block is a well-formed call
+    of one of the tools (its arguments held to the schema when the tool is strict); "required"
+    — one or more calls and nothing else; a tool's name — one call of it. For the last two the
+    grammar continues the text the answer was started with (`tool_call_prefix`, in the prompt),
+    so it begins after `{"name": "` or after `"arguments": `. `parallel` false (OpenAI's
+    `parallel_tool_calls`): at most one call.
+    """
+    more = "*" if parallel else "?"
+    lines = ["%llguidance {}"]
+    names = [f"fn_{i}" for i in range(len(tools))]
+    for rule, tool in zip(names, tools, strict=True):
+        head = _lark(json.dumps(tool.name) + _ARGUMENTS)
+        lines.append(f"{rule}: {head} {_arguments(tool)} {_lark(_CALL_TAIL)}")
+    lines.append(f"call_body: {' | '.join(names)}")
+    lines.append(f"call: {_lark(_CALL_HEAD)} call_body")
+    if choice in (None, "auto"):
+        # Text is free; once it writes "<tool_call>" (lazy: the text ends at the first one) a
+        # well-formed call must follow.
+        lines += [
+            f"start: (call_start call_rest){more} TEXT",
+            "TEXT: /(.|\\n)*/",
+            f"call_start[lazy]: TEXT {_lark(_CALL_OPEN)}",
+            f"call_rest: {_lark(_CALL_HEAD.removeprefix(_CALL_OPEN))} call_body",
+        ]
+    elif choice == "required":  # after `<tool_call>\n{"name": "`: its opening quote is written
+        first = [f"first_{rule}" for rule in names]
+        for rule, tool in zip(first, tools, strict=True):
+            head = _lark(tool.name + '"' + _ARGUMENTS)
+            lines.append(f"{rule}: {head} {_arguments(tool)} {_lark(_CALL_TAIL)}")
+        rest = f" ({_lark(chr(10))} call)*" if parallel else ""  # more calls, a line apart
+        lines.append(f"start: ({' | '.join(first)}){rest}")
+    else:  # after `"arguments": ` of the named function
+        (tool,) = [t for t in tools if t.name == choice]
+        lines.append(f"start: {_arguments(tool)} {_lark(_CALL_TAIL)}")
+    from llguidance import LLMatcher
+
+    return LLMatcher.grammar_from_lark("\n".join(lines) + "\n")
