@@ -300,7 +300,7 @@ def wait_for_checkpoint(server, job_id: str, step: int = 3, timeout: float = 180
         pid = db_job(server, job_id)["worker_pid"]
         if found and found[0] >= step and pid:
             return pid
-        time.sleep(0.02)
+        time.sleep(0.05)
     raise AssertionError(f"no checkpoint step-{step} in {timeout} s")
 
 

@@ -150,6 +150,30 @@ def test_run_directory_contract(demo_dir, tiny_model_dir, tmp_path):
     assert rows[-1]["train_loss"] < rows[0]["train_loss"]
 
 
+def test_final_validation_false_skips_the_whole_set_pass(demo_dir, tiny_model_dir, tmp_path):
+    """The last step's sample is scored as usual; the full pass (and its full_valid_ keys in
+    the metrics, status and card) is not made."""
+    from tuneforge import run_dir as rd
+    from tuneforge.train import recipe
+
+    passes = []
+    original = recipe.SFTRecipe.evaluate
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(
+            recipe.SFTRecipe,
+            "evaluate",
+            lambda self, ex: passes.append(len(ex)) or original(self, ex),
+        )
+        out = tmp_path / "run"
+        config = tiny_config(
+            demo_dir, tiny_model_dir, out, max_steps=2, eval_examples=4, final_validation=False
+        )
+        _, last = recipe.train(make_plan(config))
+    assert passes and set(passes) == {4}  # the periodic sample only, never the whole set
+    assert "valid_loss" in last and not any(k.startswith("full_valid_") for k in last)
+    assert "full_valid_loss" not in rd.read_status(out)["final_metrics"]
+
+
 def test_config_errors_are_all_reported_before_weights_load(
     demo_dir, tiny_model_dir, tmp_path, monkeypatch
 ):

@@ -207,6 +207,12 @@ class TrainConfig(BaseModel):
     eval_examples: int = Field(
         64, ge=1, description="Validation examples scored at each periodic evaluation."
     )
+    final_validation: bool = Field(
+        True,
+        description="After the last step, score the whole validation set (full_valid_loss, "
+        "as OpenAI reports it); false skips that pass, for a large validation set on a slow "
+        "machine, where the periodic sample (eval_examples) is enough.",
+    )
     checkpoint_every: int | None = Field(
         None, ge=1, description="Steps between checkpoints (default: once per epoch)."
     )

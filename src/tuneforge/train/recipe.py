@@ -963,11 +963,11 @@ class SFTRecipe:
             whole = len(valid_sample) == len(plan.validation) and any(
                 k.startswith("valid_") for k in last
             )
-            final = (
-                {k[len("valid_") :]: v for k, v in last.items() if k.startswith("valid_")}
-                if whole
-                else self.evaluate(plan.validation)
-            )
+            final = None
+            if whole:
+                final = {k[len("valid_") :]: v for k, v in last.items() if k.startswith("valid_")}
+            elif config.final_validation:
+                final = self.evaluate(plan.validation)
             if final:
                 last.update({f"full_valid_{k}": v for k, v in final.items()})
             if self.is_main:
