@@ -151,6 +151,9 @@ def test_without_parallel_calls_an_answer_makes_one_call_at_most(text):
         assert not follows(tool_grammar([WEATHER, LOOSE], choice, parallel=False), text, answer)
         one = answer[: answer.index("</tool_call>") + len("</tool_call>")]
         assert follows(tool_grammar([WEATHER, LOOSE], choice, parallel=False), text, one)
+    single = tool_grammar([WEATHER, LOOSE], "auto", parallel=False)
+    assert follows(single, text, "Let me check.\n" + call("get_weather", {"city": "Oslo"}))
+    assert follows(single, text, "No call needed.")
 
 
 def test_a_strict_function_without_parameters_takes_an_empty_object(text):

@@ -154,7 +154,6 @@ def tool_grammar(tools: Sequence[Function], choice: str | None, parallel: bool =
     so it begins after `{"name": "` or after `"arguments": `. `parallel` false (OpenAI's
     `parallel_tool_calls`): at most one call.
     """
-    more = "*" if parallel else "?"
     lines = ["%llguidance {}"]
     names = [f"fn_{i}" for i in range(len(tools))]
     for rule, tool in zip(names, tools, strict=True):
@@ -164,9 +163,12 @@ def tool_grammar(tools: Sequence[Function], choice: str | None, parallel: bool =
     lines.append(f"call: {_lark(_CALL_HEAD)} call_body")
     if choice in (None, "auto"):
         # Text is free; once it writes "<tool_call>" (lazy: the text ends at the first one) a
-        # well-formed call must follow.
+        # well-formed call must follow. Without parallel calls the answer ends after one: text
+        # after it could hold a second, since only where a call may start is "<tool_call>"
+        # taken as one.
+        start = "(call_start call_rest)* TEXT" if parallel else "call_start call_rest | TEXT"
         lines += [
-            f"start: (call_start call_rest){more} TEXT",
+            f"start: {start}",
             "TEXT: /(.|\\n)*/",
             f"call_start[lazy]: TEXT {_lark(_CALL_OPEN)}",
             f"call_rest: {_lark(_CALL_HEAD.removeprefix(_CALL_OPEN))} call_body",

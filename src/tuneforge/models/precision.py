@@ -87,17 +87,17 @@ class Calibration:
         return self.fp32_seconds / self.bf16_seconds
 
 
-def calibrate_cpu() -> Calibration:
+def calibrate_cpu(tokens: int = 512) -> Calibration:
     """Time a LoRA-shaped layer (tokens × 576 → 1536, SmolLM2-135M's MLP width, frozen weight),
     forward and input-gradient, in fp32 and under bf16 autocast, on the threads torch uses now.
     Casting the frozen weight to bf16 at every call is part of what autocast costs, so it is
-    timed too."""
+    timed too. (`tokens`: fewer make a quick check of the timing itself, not a calibration.)"""
     import torch
 
     torch.manual_seed(0)
     layer = torch.nn.Linear(576, 1536, bias=False).requires_grad_(False)
     back = torch.nn.Linear(1536, 576, bias=False).requires_grad_(False)
-    x = torch.randn(512, 576, requires_grad=True)
+    x = torch.randn(tokens, 576, requires_grad=True)
 
     def run(bf16: bool) -> float:
         best = float("inf")
