@@ -111,9 +111,11 @@ def _grammar(text: TextSide, body: ChatCompletionRequest) -> str | None:
             "grammar would rule out the tool calls; send one or the other",
             param="response_format",
         )
-    param = "response_format.json_schema.schema" if schema is not None else "response_format"
-    if not as_json:
-        param = "tools"
+    if as_json:
+        param = "response_format.json_schema.schema" if schema is not None else "response_format"
+        what = "The JSON schema"
+    else:
+        param, what = "tools", "A strict tool's parameters"
     grammar = ""
     try:
         if as_json:
@@ -121,13 +123,12 @@ def _grammar(text: TextSide, body: ChatCompletionRequest) -> str | None:
         else:
             choice = body.tool_choice
             named = choice.function.name if isinstance(choice, NamedToolChoice) else choice
-            parallel = body.parallel_tool_calls is not False
-            grammar = constrained.tool_grammar(strict, named, parallel)
+            grammar = constrained.tool_grammar(strict, named, body.parallel_tool_calls is not False)
         problem = constrained.check(grammar, text.tokenizer, text.eos_ids)
     except ValueError as exc:
         problem = str(exc)
     if problem:
-        raise APIError(400, f"The JSON schema cannot constrain the answer: {problem}", param=param)
+        raise APIError(400, f"{what} cannot constrain the answer: {problem}", param=param)
     return grammar
 
 
