@@ -272,6 +272,39 @@ def test_a_cancel_keeps_the_answered_lines_and_accounts_for_every_request(api, t
     assert assert_error(again, 409, "batch_id")["code"] == "invalid_batch_state"
 
 
+def test_a_batch_the_server_cannot_go_on_with_fails_keeping_what_it_answered(
+    api, tiny, monkeypatch
+):
+    """A failure of the server's own (here the database refusing the third answer, as on a
+    full disk) fails the batch, but the answers stored before it are in the output file and
+    every other line in the error file with the failure's code: nothing answered is lost."""
+    import sqlite3
+
+    monkeypatch.setattr(batches, "REQUESTS_AT_ONCE", 1)
+    store = api.app.state.store
+    original = store.add_batch_output
+    calls = []
+
+    def full_disk(*args):
+        calls.append(args)
+        if len(calls) == 3:
+            raise sqlite3.OperationalError("database or disk is full")
+        return original(*args)
+
+    monkeypatch.setattr(store, "add_batch_output", full_disk)
+    rows = [chat_line(f"f{i}", tiny, f"Question {i}") for i in range(5)]
+    done = wait(api, create(api, upload(api, rows)).json()["id"])
+    assert done["status"] == "failed" and done["failed_at"], done
+    (problem,) = done["errors"]["data"]
+    assert problem["code"] == "server_error" and "disk is full" in problem["message"]
+    answered = lines_of(api, done["output_file_id"])
+    left = lines_of(api, done["error_file_id"])
+    assert [line["custom_id"] for line in answered] == ["f0", "f1"]
+    assert [line["custom_id"] for line in left] == ["f2", "f3", "f4"]
+    assert all(line["error"]["code"] == "server_error" for line in left)
+    assert done["request_counts"]["completed"] == 2
+
+
 def test_a_batch_the_server_was_answering_when_it_stopped_resumes(
     tmp_path, default_model_dir, tiny_model_dir, monkeypatch
 ):

@@ -68,7 +68,10 @@ class QueueRunner:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - one broken item must not stop the others
-                await self._fail(key, "server_error", f"{type(exc).__name__}: {exc}")
+                cause: BaseException = exc
+                while isinstance(cause, BaseExceptionGroup):  # a TaskGroup's: say what failed
+                    cause = cause.exceptions[0]
+                await self._fail(key, "server_error", f"{type(cause).__name__}: {cause}")
             finally:
                 self.current = None
 

@@ -18,6 +18,8 @@ and one model's valid requests fails at once (`failed`, `errors.data`: code, lin
 param for each bad line; a malformed file is refused at upload already). A cancel goes through
 cancelling → cancelled and keeps the lines answered before it; the lines it left unanswered go
 to the error file with the error code `batch_cancelled`, so every `custom_id` is accounted for.
+A batch the server itself cannot go on with (its database or disk failing) is `failed` with the
+same two files: the lines answered before, and the others with the failure's code.
 
 Each answered line is stored with the batch's new counts in one transaction, so a server that
 stops mid-batch (Ctrl-C, kill -9) answers only the lines it had not when it starts again. The
@@ -405,6 +407,12 @@ def _count(batch: dict[str, Any], output: dict[str, Any], failed: bool) -> None:
     usage["total_tokens"] += spent_in + spent_out
 
 
+CANCELLED = {
+    "code": "batch_cancelled",
+    "message": "The batch was cancelled before this request was answered",
+}
+
+
 class BatchRunner(QueueRunner):
     """Answers queued batches one at a time on the server's event loop."""
 
@@ -444,13 +452,24 @@ class BatchRunner(QueueRunner):
             self._finalize_aside(key)
 
     async def _fail(self, key: str, code: str, message: str) -> None:
+        """A batch the server could not go on with: `failed`, with the files of what it did
+        (the answered lines in the output file, the others in the error file with the error's
+        code), so no answer is lost; without them when writing them fails too."""
         self.cancel(key)
+        store = self.app.state.store
+        files: dict[str, str | None] = {}
+        batch = await run_in_threadpool(store.get_batch, key)
+        if batch is not None and batch["status"] in LIVE:
+            unanswered = {"code": code, "message": f"The batch failed: {message}"}
+            with contextlib.suppress(Exception):  # e.g. the full disk that failed the batch
+                files = await run_in_threadpool(self._write_files, batch, unanswered)
         await run_in_threadpool(
-            self.app.state.store.set_batch_status,
+            store.set_batch_status,
             key,
             "failed",
             only_from=LIVE,
             errors={"object": "list", "data": [_problem(code, None, message)]},
+            **files,
         )
 
     async def _execute(self, key: str) -> None:
@@ -562,20 +581,21 @@ class BatchRunner(QueueRunner):
             self._finalizing.discard(key)
             self.stopped.discard(key)
 
-    def _write_files(self, batch: dict[str, Any]) -> dict[str, str | None]:
+    def _write_files(
+        self, batch: dict[str, Any], unanswered: dict[str, str] = CANCELLED
+    ) -> dict[str, str | None]:
+        """The output and error files of the lines stored so far; a line left unanswered (by
+        a cancel, or a failure) goes to the error file with the `unanswered` error."""
         store = self.app.state.store
         answered: list[dict] = []
         failed: list[dict] = []
         for _, request, output, request_failed in store.batch_outputs(batch["id"]):
-            if output is None:  # left unanswered by a cancel
+            if output is None:
                 output = {
                     "id": f"batch_req_{secrets.token_hex(16)}",
                     "custom_id": request["custom_id"],
                     "response": None,
-                    "error": {
-                        "code": "batch_cancelled",
-                        "message": "The batch was cancelled before this request was answered",
-                    },
+                    "error": dict(unanswered),
                 }
                 request_failed = True
             (failed if request_failed else answered).append(output)
