@@ -305,6 +305,25 @@ def test_a_batch_the_server_cannot_go_on_with_fails_keeping_what_it_answered(
     assert done["request_counts"]["completed"] == 2
 
 
+def test_a_batchs_lines_are_background_work_and_live_chat_is_not(api, tiny, monkeypatch):
+    """The engine admits background rows after live ones (tests/test_engine.py); here: a
+    batch's lines reach it marked so, a live request does not."""
+    engine = api.app.state.engine
+    seen = []
+    original = engine.submit
+
+    def recording(target, text, prompt, params, **kw):
+        seen.append(params.background)
+        return original(target, text, prompt, params, **kw)
+
+    monkeypatch.setattr(engine, "submit", recording)
+    done = wait(api, create(api, upload(api, [chat_line("b0", tiny, "Hi")])).json()["id"])
+    assert done["status"] == "completed" and seen == [True]
+    live = chat_line("x", tiny, "Hi")["body"]
+    assert api.post("/v1/chat/completions", json=live).status_code == 200
+    assert seen == [True, False]
+
+
 def test_a_batch_the_server_was_answering_when_it_stopped_resumes(
     tmp_path, default_model_dir, tiny_model_dir, monkeypatch
 ):

@@ -317,6 +317,40 @@ def test_running_requests_keep_decoding_while_a_long_prompt_is_prefilled(
     loop.close()
 
 
+def test_background_rows_wait_behind_live_ones_and_keep_to_their_share(text, tiny_model_dir):
+    """Driven turn by turn: a batch's rows (background) take at most half of the batch's rows;
+    a live request that arrives behind them is admitted at once and prefilled first, while the
+    background rows left over keep waiting."""
+    base = str(tiny_model_dir)
+    loop = asyncio.new_event_loop()
+    engine = InferenceEngine(max_batch_size=4)
+    target = Target(base, base)
+    for i in range(6):
+        params = SamplingParams(50, 0.0, background=True)
+        engine.submit(target, text, prompt(text, i), params, loop=loop)
+    with torch.no_grad():
+        engine._take_inbox(block=False)
+        engine._admit()
+        slot = engine._slots[base]
+        assert slot.occupied == slot.background == 2 and len(engine._waiting) == 4
+        live = engine.submit(target, text, prompt(text, 9), SamplingParams(5, 0.0), loop=loop)
+        engine._take_inbox(block=False)
+        engine._admit()
+        assert slot.prefilling[0].row.generation is live  # ahead of the batch's prompts
+        assert slot.occupied == 3 and slot.background == 2 and len(engine._waiting) == 4
+
+        def running():
+            return [r.generation for r in slot.rows + [s.row for s in slot.prefilling]]
+
+        turns = 0
+        while live in running():  # 5 tokens, with the batch's 2 rows decoding beside it
+            engine._turn()
+            turns += 1
+            assert slot.background == 2 and len(engine._waiting) == 4
+        assert turns <= 6
+    loop.close()
+
+
 def test_generate_in_place_answers_with_the_live_adapter_as_peft_generate_does(
     text, tiny_model_dir, adapters
 ):

@@ -15,7 +15,10 @@ from fastapi import FastAPI
 
 class Caller:
     """What `chat.start` / `chat.collect` read of a request: the app, and whether the caller
-    has gone (here: the item was cancelled or deleted)."""
+    has gone (here: the item was cancelled or deleted). Its generations are background work,
+    which the engine admits after live requests."""
+
+    background = True
 
     def __init__(self, app: FastAPI, runner: QueueRunner, key: str) -> None:
         self.app = app

@@ -50,7 +50,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import Field
 
-from tuneforge.api import embeddings
+from tuneforge.api import chat, embeddings
 from tuneforge.api.background import QueueRunner
 from tuneforge.api.deps import get_catalog, get_store
 from tuneforge.api.errors import APIError, check_after, error_body, not_found
@@ -484,7 +484,7 @@ class BatchRunner(QueueRunner):
         return httpx.AsyncClient(
             transport=httpx.ASGITransport(app=self.app, raise_app_exceptions=False),
             base_url="http://" + self.app.state.internal_headers["host"],
-            headers=self.app.state.internal_headers,
+            headers=self.app.state.internal_headers | {chat.BACKGROUND_HEADER: "1"},
             timeout=None,
         )
 

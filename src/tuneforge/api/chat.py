@@ -54,6 +54,16 @@ router = APIRouter()
 
 DISCONNECT_POLL_SECONDS = 0.5
 CLIENT_CLOSED = 499  # nginx's status for "the client went away"; nobody reads it
+# Sent by the batch runner with each line: the engine admits such rows after live requests.
+BACKGROUND_HEADER = "x-tuneforge-background"
+
+
+def is_background(request: Any) -> bool:
+    """Whether a request is background work: a batch's line (BACKGROUND_HEADER) or an eval
+    run's row (its `background.Caller`)."""
+    if isinstance(request, Request):
+        return request.headers.get(BACKGROUND_HEADER) == "1"
+    return bool(getattr(request, "background", False))
 
 
 def to_messages(body: ChatCompletionRequest) -> list[Message]:
@@ -277,6 +287,7 @@ async def start(request: Request, body: ChatCompletionRequest) -> Started | Resp
         stop=body.stop_list(),
         logprobs=body.logprobs_wanted(),
         grammar=grammar,
+        background=is_background(request),
     )
     generation = engine.submit(served.target, text, prompt, params, n=body.n or 1)
     try:

@@ -78,6 +78,7 @@ MIN_PREFIX = 8  # shorter shared prefixes are not worth a lookup
 # ~0.25 s; larger chunks save a little per-forward overhead but stall longer and make the
 # first of several requests that arrive together wait for the others' prompts.
 PREFILL_CHUNK_TOKENS = 256
+BACKGROUND_SHARE = 0.5  # of the batch's rows, the most that background work (SamplingParams) holds
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,10 @@ class SamplingParams:
     logprobs: int | None = None
     # Structured output: an llguidance grammar (`inference/constrained.py`) the answer follows
     grammar: str | None = None
+    # Background work (a batch's line, an eval run's row): admitted after the live requests
+    # waiting, and on at most BACKGROUND_SHARE of the batch's rows, so chat keeps its latency
+    # while a large batch runs
+    background: bool = False
 
     @property
     def greedy(self) -> bool:
@@ -252,7 +257,8 @@ class _Slot:
     adapters: dict[str, str] = field(default_factory=dict)  # model id → peft adapter name
     unloaded: set[str] = field(default_factory=set)  # adapters to delete once no row uses them
     rows: list[_Row] = field(default_factory=list)
-    prefilling: list[_Prefilling] = field(default_factory=list)  # in arrival order
+    # in arrival order, live rows before background ones
+    prefilling: list[_Prefilling] = field(default_factory=list)
     prefixes: deque[_Prefix] = field(default_factory=lambda: deque(maxlen=PREFIX_ENTRIES))
     cache: Any = None  # the batch's DynamicCache: per layer (B, heads, T, head_dim)
     mask: torch.Tensor = field(default_factory=lambda: torch.ones(0, 0, dtype=torch.long))
@@ -272,6 +278,19 @@ class _Slot:
     def occupied(self) -> int:
         """Rows running or being prefilled: they count against the batch size."""
         return len(self.rows) + len(self.prefilling)
+
+    @property
+    def background(self) -> int:
+        """Of those, the rows of background work."""
+        rows = self.rows + [state.row for state in self.prefilling]
+        return sum(row.params.background for row in rows)
+
+
+def _first_background(prefilling: list[_Prefilling]) -> int:
+    """Where the first background row waits to be prefilled (the end when none does)."""
+    return next(
+        (i for i, state in enumerate(prefilling) if state.row.params.background), len(prefilling)
+    )
 
 
 def _holdback(text: str, stops: tuple[str, ...]) -> int:
@@ -483,19 +502,28 @@ class InferenceEngine:
 
     # -- admission: waiting requests into their base model's prefill queue ---------------------
     def _admit(self) -> None:
+        """Move waiting rows into their base model's batch, in arrival order with live rows
+        before background ones, while the batch has room (background rows: their share)."""
         deferred: deque[_Row] = deque()
-        while self._waiting:
-            row = self._waiting.popleft()
+        waiting = sorted(self._waiting, key=lambda row: row.params.background)  # stable
+        background_cap = max(1, int(self.max_batch_size * BACKGROUND_SHARE))
+        while waiting:
+            row = waiting.pop(0)
             if row.generation.cancelled:
                 continue
             try:
                 slot = self._slot(row.target.base)
-                if slot.occupied >= self.max_batch_size:
+                full = slot.occupied >= self.max_batch_size or (
+                    row.params.background and slot.background >= background_cap
+                )
+                if full:
                     deferred.append(row)
                     continue
                 row.adapter = self._adapter(slot, row.target)
                 if slot.growing_cache:
-                    slot.prefilling.append(_Prefilling(row))
+                    queue = slot.prefilling  # a live prompt goes ahead of background ones
+                    at = len(queue) if row.params.background else _first_background(queue)
+                    queue.insert(at, _Prefilling(row))
                 else:
                     self._prefill_alone(slot, row)
             except Exception as exc:
