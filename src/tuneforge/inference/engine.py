@@ -103,8 +103,8 @@ class SamplingParams:
     # Structured output: an llguidance grammar (`inference/constrained.py`) the answer follows
     grammar: str | None = None
     # Background work (a batch's line, an eval run's row): admitted after the live requests
-    # waiting, and on at most BACKGROUND_SHARE of the batch's rows, so chat keeps its latency
-    # while a large batch runs
+    # waiting, and on at most BACKGROUND_SHARE of the batch's rows, so a live request never
+    # queues behind a large batch
     background: bool = False
 
     @property
