@@ -824,6 +824,19 @@ def test_a_strict_schema_that_cannot_be_a_grammar_is_a_400_naming_tools(api, tin
     assert response.json()["error"]["param"] == "tools"
 
 
+def test_openai_model_names_get_an_answer_that_says_why_they_are_not_here(api, training_file):
+    """Code moving from OpenAI still names gpt-4o-mini: chat's 404 and a job's 400 say that
+    OpenAI's models are not on this machine, instead of only "does not exist"."""
+    answer = chat(api, "gpt-4o-mini")
+    assert answer.status_code == 404
+    assert "one of OpenAI's models" in answer.json()["error"]["message"]
+    body = {"model": "gpt-4o-mini-2024-07-18", "training_file": training_file}
+    job = api.post("/v1/fine_tuning/jobs", json=body)
+    assert job.status_code == 400 and job.json()["error"]["param"] == "model"
+    assert "one of OpenAI's models" in job.json()["error"]["message"]
+    assert "OpenAI" not in chat(api, "my-own-model").json()["error"]["message"]
+
+
 def test_openai_arguments_that_change_nothing_are_accepted(api, tiny):
     body = {
         "store": False,

@@ -76,10 +76,25 @@ def check_after(after: str | None, known: bool) -> None:
         )
 
 
+# Names of OpenAI's own models, which code moving from OpenAI still sends.
+_OPENAI_MODEL = re.compile(r"^(gpt-|chatgpt-|o[1-9]|davinci-|babbage-|text-embedding-)")
+
+
+def openai_model_note(model: str) -> str:
+    """For a name of one of OpenAI's models: a sentence saying why it is not here."""
+    if not _OPENAI_MODEL.match(model):
+        return ""
+    return (
+        f" (`{model}` is one of OpenAI's models, which are not on this machine: tuneforge "
+        "fine-tunes and serves open models; name one of them, or a fine-tuned ft: model)"
+    )
+
+
 def model_not_found(model: str) -> APIError:
     return APIError(
         404,
-        f"The model `{model}` does not exist; GET /v1/models lists the models this server has",
+        f"The model `{model}` does not exist; GET /v1/models lists the models this server has"
+        + openai_model_note(model),
         param="model",
         code="model_not_found",
     )

@@ -16,7 +16,7 @@ from fastapi import APIRouter, Query, Request
 
 from tuneforge import run_dir as rd
 from tuneforge.api.deps import get_manager, get_store
-from tuneforge.api.errors import APIError, not_found
+from tuneforge.api.errors import APIError, not_found, openai_model_note
 from tuneforge.api.schemas import CheckpointList, EventList, Job, JobCreate, JobList
 from tuneforge.errors import ConfigError
 from tuneforge.jobs.model_ids import ORGANIZATION, checkpoint_folders, checkpoint_model_id
@@ -98,7 +98,7 @@ def check_base_model(model: str) -> None:
     raise APIError(
         400,
         f"Unknown base model `{model}`: use one of {', '.join(REGISTRY)}, a local Hugging Face "
-        "model folder on the server, or a hub id (org/name)",
+        "model folder on the server, or a hub id (org/name)" + openai_model_note(model),
         param="model",
         code="model_not_found",
     )
