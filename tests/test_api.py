@@ -817,11 +817,20 @@ def test_strict_tools_in_the_responses_api(api, tiny):
     assert body["tools"][0]["strict"] is True
 
 
-def test_a_strict_schema_that_cannot_be_a_grammar_is_a_400_naming_tools(api, tiny):
-    bad = STRICT_WEATHER["function"] | {"parameters": {"type": "objekt"}}
-    response = chat(api, tiny, tools=[{"type": "function", "function": bad}])
+@pytest.mark.parametrize(
+    ("tools", "fragment"),
+    [
+        ([{"parameters": {"type": "objekt"}}], "cannot constrain"),
+        ([{"parameters": {"type": "string"}}], "parameters of type 'string'"),
+        ([{}, {"description": "again"}], "two tools are functions named 'get_weather'"),
+    ],
+)
+def test_strict_tools_that_cannot_be_held_to_are_a_400_naming_tools(api, tiny, tools, fragment):
+    sent = [{"type": "function", "function": STRICT_WEATHER["function"] | t} for t in tools]
+    response = chat(api, tiny, tools=sent)
     assert response.status_code == 400, response.text
-    assert response.json()["error"]["param"] == "tools"
+    error = response.json()["error"]
+    assert error["param"].startswith("tools") and fragment in error["message"], error
 
 
 def test_openai_model_names_get_an_answer_that_says_why_they_are_not_here(api, training_file):

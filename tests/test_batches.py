@@ -305,6 +305,30 @@ def test_a_batch_the_server_cannot_go_on_with_fails_keeping_what_it_answered(
     assert done["request_counts"]["completed"] == 2
 
 
+def test_the_runner_goes_on_when_even_recording_a_failure_fails(api, tiny, monkeypatch):
+    """The database refusing the answers and then the failed status too: that batch stays
+    where it was (the next start resumes it), and the runner answers the next batch."""
+    import sqlite3
+
+    store = api.app.state.store
+
+    def broken(*args, **kwargs):
+        raise sqlite3.OperationalError("disk I/O error")
+
+    with monkeypatch.context() as broken_db:
+        broken_db.setattr(store, "add_batch_output", broken)
+        broken_db.setattr(store, "set_batch_status", broken)
+        stuck = create(api, upload(api, [chat_line("s0", tiny, "Hi")])).json()
+        deadline = time.time() + 60
+        runner = api.app.state.batches
+        while runner.current is not None or not runner._queue.empty():
+            assert time.time() < deadline
+            time.sleep(0.05)
+    assert api.get(f"/v1/batches/{stuck['id']}").json()["status"] == "in_progress"
+    done = wait(api, create(api, upload(api, [chat_line("n0", tiny, "Hi")])).json()["id"])
+    assert done["status"] == "completed", done
+
+
 def test_a_batchs_lines_are_background_work_and_live_chat_is_not(api, tiny, monkeypatch):
     """The engine admits background rows after live ones (tests/test_engine.py); here: a
     batch's lines reach it marked so, a live request does not."""

@@ -160,3 +160,14 @@ def test_a_strict_function_without_parameters_takes_an_empty_object(text):
     grammar = tool_grammar([Function("now", None, strict=True)], "now")
     assert follows(grammar, text, "{}}\n</tool_call>")
     assert not follows(grammar, text, '{"tz": "UTC"}}\n</tool_call>')
+
+
+def test_strict_parameters_are_an_object(text):
+    """Arguments come back as an object (`parse_tool_calls` reads only those): strict
+    parameters of another type are refused, untyped ones held to an object."""
+    with pytest.raises(ValueError, match="parameters of type 'string'"):
+        tool_grammar([Function("f", {"type": "string"}, strict=True)], "auto")
+    untyped = Function("f", {"properties": {"a": {"type": "integer"}}}, strict=True)
+    grammar = tool_grammar([untyped], "f")
+    assert follows(grammar, text, '{"a": 1}}\n</tool_call>')
+    assert not follows(grammar, text, "5}\n</tool_call>")

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 
 from fastapi import FastAPI
+
+log = logging.getLogger(__name__)
 
 
 class Caller:
@@ -74,7 +77,10 @@ class QueueRunner:
                 cause: BaseException = exc
                 while isinstance(cause, BaseExceptionGroup):  # a TaskGroup's: say what failed
                     cause = cause.exceptions[0]
-                await self._fail(key, "server_error", f"{type(cause).__name__}: {cause}")
+                try:
+                    await self._fail(key, "server_error", f"{type(cause).__name__}: {cause}")
+                except Exception:  # noqa: BLE001 - e.g. the database failing too: go on
+                    log.exception("could not record the failure of %s", key)
             finally:
                 self.current = None
 

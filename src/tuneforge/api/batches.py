@@ -458,19 +458,22 @@ class BatchRunner(QueueRunner):
         self.cancel(key)
         store = self.app.state.store
         files: dict[str, str | None] = {}
-        batch = await run_in_threadpool(store.get_batch, key)
-        if batch is not None and batch["status"] in LIVE:
-            unanswered = {"code": code, "message": f"The batch failed: {message}"}
-            with contextlib.suppress(Exception):  # e.g. the full disk that failed the batch
-                files = await run_in_threadpool(self._write_files, batch, unanswered)
-        await run_in_threadpool(
-            store.set_batch_status,
-            key,
-            "failed",
-            only_from=LIVE,
-            errors={"object": "list", "data": [_problem(code, None, message)]},
-            **files,
-        )
+        try:
+            batch = await run_in_threadpool(store.get_batch, key)
+            if batch is not None and batch["status"] in LIVE:
+                unanswered = {"code": code, "message": f"The batch failed: {message}"}
+                with contextlib.suppress(Exception):  # e.g. the full disk that failed the batch
+                    files = await run_in_threadpool(self._write_files, batch, unanswered, True)
+            await run_in_threadpool(
+                store.set_batch_status,
+                key,
+                "failed",
+                only_from=LIVE,
+                errors={"object": "list", "data": [_problem(code, None, message)]},
+                **files,
+            )
+        finally:
+            self.stopped.discard(key)
 
     async def _execute(self, key: str) -> None:
         batch = await run_in_threadpool(self.app.state.store.get_batch, key)
@@ -582,10 +585,11 @@ class BatchRunner(QueueRunner):
             self.stopped.discard(key)
 
     def _write_files(
-        self, batch: dict[str, Any], unanswered: dict[str, str] = CANCELLED
+        self, batch: dict[str, Any], unanswered: dict[str, str] = CANCELLED, partial: bool = False
     ) -> dict[str, str | None]:
         """The output and error files of the lines stored so far; a line left unanswered (by
-        a cancel, or a failure) goes to the error file with the `unanswered` error."""
+        a cancel, or a failure) goes to the error file with the `unanswered` error. `partial`
+        (a failing batch): a file that cannot be written is left out, the other kept."""
         store = self.app.state.store
         answered: list[dict] = []
         failed: list[dict] = []
@@ -601,7 +605,12 @@ class BatchRunner(QueueRunner):
             (failed if request_failed else answered).append(output)
         ids: dict[str, str | None] = {}
         for kind, lines in (("output", answered), ("error", failed)):
-            ids[f"{kind}_file_id"] = self._write_file(batch, kind, lines) if lines else None
+            ids[f"{kind}_file_id"] = None
+            try:
+                ids[f"{kind}_file_id"] = self._write_file(batch, kind, lines) if lines else None
+            except Exception:
+                if not partial:
+                    raise
         return ids
 
     def _write_file(self, batch: dict[str, Any], kind: str, lines: list[dict]) -> str:

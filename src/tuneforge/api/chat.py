@@ -9,8 +9,10 @@ engine's batch; the client going away (stream or not) cancels its rows.
 Tools: the definitions go into the prompt as training put them there (`template_messages`), and
 the answer's `<tool_call>` blocks, the text a tool-call fine-tune was trained to write, come back
 as OpenAI's `tool_calls`. `tool_choice` "required" or a named function starts the answer with
-the block's opening (`tool_call_prefix`) instead of constraining decoding, so a model that then
-writes no well-formed call answers in plain text: the caller sees what it wrote.
+the block's opening (`tool_call_prefix`); without `strict` tools a model that then writes no
+well-formed call answers in plain text (the caller sees what it wrote), with one the grammar of
+`inference/constrained.py tool_grammar` holds every call to its function from there. A `stop`
+string still applies on top of the grammar: one that cuts a call leaves it as plain text.
 """
 
 from __future__ import annotations

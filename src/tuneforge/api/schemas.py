@@ -57,6 +57,15 @@ def function_tools_only(value: Any, example: str) -> Any:
     return value
 
 
+def unique_names(names: list[str]) -> None:
+    """ValueError naming a function that two tools define."""
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise ValueError(f"two tools are functions named {name!r}; give each its own name")
+        seen.add(name)
+
+
 # ----------------------------------------------------------------------------------------------
 # Errors and lists
 # ----------------------------------------------------------------------------------------------
@@ -570,6 +579,12 @@ class ChatCompletionRequest(Strict):
             value, '{"type": "function", "function": {"name": ..., "parameters": ...}}'
         )
 
+    @field_validator("tools")
+    @classmethod
+    def _unique_tools(cls, value: list[Tool] | None) -> list[Tool] | None:
+        unique_names([t.function.name for t in value or ()])
+        return value
+
     def tool_choice_problem(self) -> str | None:
         """Why tool_choice cannot be honoured (checked by the route, to name the field)."""
         choice = self.tool_choice
@@ -788,6 +803,14 @@ class ResponseRequest(Strict):
     @classmethod
     def _function_tools(cls, value: Any) -> Any:
         return function_tools_only(value, '{"type": "function", "name": ..., "parameters": ...}')
+
+    @field_validator("tools")
+    @classmethod
+    def _unique_tools(
+        cls, value: list[ResponseFunctionTool] | None
+    ) -> list[ResponseFunctionTool] | None:
+        unique_names([t.name for t in value or ()])
+        return value
 
     @field_validator("include")
     @classmethod

@@ -137,10 +137,18 @@ def _lark(text: str) -> str:
 
 def _arguments(tool: Function) -> str:
     """A call's arguments in Lark: JSON following the parameters of a strict function, any JSON
-    object otherwise (the call is still well formed), with JSON_OPTIONS' whitespace."""
+    object otherwise (the call is still well formed), with JSON_OPTIONS' whitespace. Arguments
+    are an object (what `parse_tool_calls` reads back): strict parameters of another type are a
+    ValueError; without a type they are held to an object."""
     schema = tool.parameters if tool.strict and tool.parameters else {"type": "object"}
     if tool.strict and not tool.parameters:  # a function without parameters takes none
         schema = {"type": "object", "properties": {}, "additionalProperties": False}
+    if schema.get("type", "object") != "object":
+        raise ValueError(
+            f"function {tool.name!r}: parameters of type {schema['type']!r}; a function's "
+            'parameters are an object ({"type": "object", "properties": {...}})'
+        )
+    schema = {**schema, "type": "object"}
     return "%json " + json.dumps({**schema, "x-guidance": JSON_OPTIONS}, ensure_ascii=False)
 
 
@@ -180,8 +188,8 @@ def tool_grammar(tools: Sequence[Function], choice: str | None, parallel: bool =
             lines.append(f"{rule}: {head} {_arguments(tool)} {_lark(_CALL_TAIL)}")
         rest = f" ({_lark(chr(10))} call)*" if parallel else ""  # more calls, a line apart
         lines.append(f"start: ({' | '.join(first)}){rest}")
-    else:  # after `"arguments": ` of the named function
-        (tool,) = [t for t in tools if t.name == choice]
+    else:  # after `"arguments": ` of the named function (names are unique: schemas.py)
+        tool = next(t for t in tools if t.name == choice)
         lines.append(f"start: {_arguments(tool)} {_lark(_CALL_TAIL)}")
     from llguidance import LLMatcher
 

@@ -33,8 +33,9 @@ def model_folder() -> Path | None:
 class SentenceEmbedder:
     """all-MiniLM-L6-v2 on the CPU: texts → unit vectors of 384 floats.
 
-    `embed` may be called from several threads (the server's threadpool); one call computes at a
-    time, so two requests do not split the cores between them."""
+    It may be called from several threads (the server's threadpool, compare's runner): the
+    tokenizer (whose truncation setting each call changes) and each batch of 64 texts run one at
+    a time, so calls interleave by batch and do not split the cores between them."""
 
     batch_size = 64
 
@@ -51,9 +52,10 @@ class SentenceEmbedder:
         model's window, as sentence-transformers does."""
         if not texts:
             return []
-        if truncate:
-            return self.tokenizer(texts, truncation=True, max_length=MAX_TOKENS)["input_ids"]
-        return self.tokenizer(texts)["input_ids"]
+        with self._lock:
+            if truncate:
+                return self.tokenizer(texts, truncation=True, max_length=MAX_TOKENS)["input_ids"]
+            return self.tokenizer(texts)["input_ids"]
 
     def embed_ids(self, ids: list[list[int]]) -> Any:
         """Embeddings (a float32 tensor, one row per text, in order) of token ids that fit the
@@ -64,9 +66,9 @@ class SentenceEmbedder:
 
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         out = torch.empty(len(ids), DIMENSIONS)
-        with self._lock, torch.inference_mode():
-            for start in range(0, len(order), self.batch_size):
-                rows = order[start : start + self.batch_size]
+        for start in range(0, len(order), self.batch_size):
+            rows = order[start : start + self.batch_size]
+            with self._lock, torch.inference_mode():
                 batch = self.tokenizer.pad(
                     {"input_ids": [ids[i] for i in rows]}, return_tensors="pt"
                 )

@@ -103,8 +103,8 @@ class SamplingParams:
     # Structured output: an llguidance grammar (`inference/constrained.py`) the answer follows
     grammar: str | None = None
     # Background work (a batch's line, an eval run's row): admitted after the live requests
-    # waiting, and on at most BACKGROUND_SHARE of the batch's rows, so a live request never
-    # queues behind a large batch
+    # waiting, and on at most BACKGROUND_SHARE of the batch's rows (even with no live request),
+    # so a live request is never queued behind a large batch's waiting rows
     background: bool = False
 
     @property
@@ -505,10 +505,10 @@ class InferenceEngine:
         """Move waiting rows into their base model's batch, in arrival order with live rows
         before background ones, while the batch has room (background rows: their share)."""
         deferred: deque[_Row] = deque()
-        waiting = sorted(self._waiting, key=lambda row: row.params.background)  # stable
+        waiting = deque(sorted(self._waiting, key=lambda row: row.params.background))  # stable
         background_cap = max(1, int(self.max_batch_size * BACKGROUND_SHARE))
         while waiting:
-            row = waiting.pop(0)
+            row = waiting.popleft()
             if row.generation.cancelled:
                 continue
             try:
