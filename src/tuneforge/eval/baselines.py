@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from tuneforge.data.conversation import Message
 from tuneforge.eval.evaluate import Request
+from tuneforge.inference.embeddings import model_folder as embedding_model_folder
 from tuneforge.inference.load import LoadedModel
 
 
@@ -230,13 +231,6 @@ class Embeddings(Retriever):
     def top_k(self, queries: list[str], k: int) -> list[list[int]]:
         similarity = self._embed(queries) @ self.docs.T
         return similarity.topk(k, dim=-1).indices.tolist()
-
-
-def embedding_model_folder() -> Path | None:
-    """The packaged all-MiniLM-L6-v2 folder, or None when the package is not installed."""
-    from tuneforge.inference.embeddings import model_folder
-
-    return model_folder()
 
 
 def make_retriever(documents: list[str], kind: str = "auto") -> Retriever:
