@@ -863,6 +863,99 @@ def test_openai_arguments_that_change_nothing_are_accepted(api, tiny):
     assert streamed.status_code == 200, streamed.text
 
 
+def test_stored_chat_completions_are_listed_filtered_updated_and_deleted(api, tiny):
+    """`store: true` keeps the completion (streamed or not) with its metadata and messages;
+    OpenAI's list/retrieve/update/delete and messages routes read them back."""
+    run = {"suite": f"s-{time.time_ns()}"}  # this test's own rows in the shared server
+    messages = [
+        {"role": "developer", "content": "Answer briefly."},
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": "Hi "}, {"type": "text", "text": "there"}],
+        },
+    ]
+    first = chat(api, tiny, store=True, metadata=run | {"prompt": "v1"}, messages=messages).json()
+    with api.stream(
+        "POST",
+        "/v1/chat/completions",
+        json={
+            "model": tiny,
+            "messages": [{"role": "user", "content": "Hello"}],
+            "max_tokens": 6,
+            "n": 2,
+            "temperature": 1.0,
+            "seed": 3,
+            "stream": True,
+            "store": True,
+            "metadata": run | {"prompt": "v2"},
+        },
+    ) as response:
+        chunks = [json.loads(x[6:]) for x in response.iter_lines() if x and x != "data: [DONE]"]
+    assert chat(api, tiny, metadata=run).status_code == 200  # store left out: not kept
+    assert chat(api, tiny, store=False, metadata=run).status_code == 200
+
+    listed = api.get("/v1/chat/completions", params={"metadata[suite]": run["suite"]}).json()
+    assert [c["id"] for c in listed["data"]] == [first["id"], chunks[0]["id"]]  # oldest first
+    stored = listed["data"][0]
+    assert stored["choices"] == first["choices"] and stored["usage"] == first["usage"]
+    assert stored["metadata"] == run | {"prompt": "v1"}
+    streamed = api.get(f"/v1/chat/completions/{chunks[0]['id']}").json()
+    for index in (0, 1):  # the stored answer is what the stream sent, choice by choice
+        sent = "".join(
+            c["choices"][0]["delta"].get("content") or ""
+            for c in chunks
+            if c["choices"] and c["choices"][0]["index"] == index
+        )
+        assert streamed["choices"][index]["message"]["content"] == sent
+    assert (streamed["temperature"], streamed["seed"]) == (1.0, 3)
+
+    v2 = {"metadata[suite]": run["suite"], "metadata[prompt]": "v2"}
+    assert [c["id"] for c in api.get("/v1/chat/completions", params=v2).json()["data"]] == [
+        chunks[0]["id"]
+    ]
+    newest = api.get(
+        "/v1/chat/completions",
+        params={"metadata[suite]": run["suite"], "order": "desc", "limit": 1},
+    ).json()
+    assert [c["id"] for c in newest["data"]] == [chunks[0]["id"]] and newest["has_more"]
+    page = api.get(
+        "/v1/chat/completions",
+        params={"metadata[suite]": run["suite"], "after": first["id"], "model": tiny},
+    ).json()
+    assert [c["id"] for c in page["data"]] == [chunks[0]["id"]] and not page["has_more"]
+    other = api.get(
+        "/v1/chat/completions", params={"model": "other", "metadata[suite]": run["suite"]}
+    )
+    assert other.json()["data"] == []
+
+    said = api.get(f"/v1/chat/completions/{first['id']}/messages").json()["data"]
+    assert [m["id"] for m in said] == [f"{first['id']}-0", f"{first['id']}-1"]
+    assert [m["role"] for m in said] == ["developer", "user"]
+    assert said[1]["content"] == "Hi there" and said[1]["content_parts"][1]["text"] == "there"
+    assert said[0]["content_parts"] is None
+    second = api.get(
+        f"/v1/chat/completions/{first['id']}/messages", params={"after": said[0]["id"]}
+    ).json()
+    assert [m["id"] for m in second["data"]] == [said[1]["id"]]
+
+    updated = api.post(f"/v1/chat/completions/{first['id']}", json={"metadata": {"k": "v"}})
+    assert updated.status_code == 200 and updated.json()["metadata"] == {"k": "v"}
+    left = api.get("/v1/chat/completions", params={"metadata[suite]": run["suite"]}).json()
+    assert [c["id"] for c in left["data"]] == [chunks[0]["id"]]
+    deleted = api.delete(f"/v1/chat/completions/{first['id']}").json()
+    assert deleted == {"object": "chat.completion.deleted", "id": first["id"], "deleted": True}
+    for response in (
+        api.get(f"/v1/chat/completions/{first['id']}"),
+        api.get(f"/v1/chat/completions/{first['id']}/messages"),
+        api.post(f"/v1/chat/completions/{first['id']}", json={"metadata": {}}),
+        api.delete(f"/v1/chat/completions/{first['id']}"),
+    ):
+        assert_error(response, 404, param="completion_id")
+    assert_error(api.get("/v1/chat/completions", params={"after": "nope"}), 400, param="after")
+    bad = api.post(f"/v1/chat/completions/{chunks[0]['id']}", json={"metadata": {"k" * 65: "v"}})
+    assert_error(bad, 400, param="metadata")
+
+
 def test_n_choices_and_seeded_sampling(api, tiny):
     body = {"n": 3, "temperature": 1.0, "seed": 7, "max_tokens": 12}
     first = chat(api, tiny, **body).json()
@@ -999,7 +1092,6 @@ def test_message_variants_are_accepted(api, tiny):
             None,
         ),
         ({"top_logprobs": 3}, "top_logprobs", None),  # without logprobs: true
-        ({"store": True}, "store", None),
         ({"metadata": {"k" * 65: "v"}}, "metadata", None),
         ({"metadata": {str(i): "v" for i in range(17)}}, "metadata", None),
         ({"tool_choice": "auto"}, "tool_choice", None),

@@ -432,6 +432,77 @@ def test_evals_api_as_openais_getting_started_guide_drives_it(
         client.evals.runs.retrieve(run.id, eval_id=evaluation.id)
 
 
+def test_stored_completions_as_openais_monitoring_cookbook_drives_them(client, finished_job):
+    """OpenAI's cookbook "Monitoring stored completions", but for base_url and the grader (a
+    string_check where it uses a hosted judge): log completions with store=True and metadata,
+    page through them, then grade one prompt version's answers with an eval run."""
+    job, _ = finished_job
+    usecase = f"push_notifications_summarizer-{time.time_ns()}"
+    notifications = ["- New message from Sarah", "- Weather alert", "- Your package arrived"]
+    logged = []
+    for i, text in enumerate(notifications):
+        logged.append(
+            client.chat.completions.create(
+                model=job.fine_tuned_model,
+                messages=[
+                    {"role": "developer", "content": "Summarize the push notifications."},
+                    {"role": "user", "content": text},
+                ],
+                store=True,
+                metadata={"prompt_version": "v1" if i < 2 else "v2", "usecase": usecase},
+                max_completion_tokens=8,
+                temperature=0,
+            )
+        )
+    pages = client.chat.completions.list(metadata={"usecase": usecase}, limit=2)
+    assert [c.id for c in pages] == [c.id for c in logged]  # the SDK follows the cursor
+    stored = client.chat.completions.retrieve(logged[0].id)
+    assert stored.choices[0].message.content == logged[0].choices[0].message.content
+    assert stored.metadata == {"prompt_version": "v1", "usecase": usecase}
+    said = client.chat.completions.messages.list(logged[0].id).data
+    assert [(m.role, m.content) for m in said][1] == ("user", notifications[0])
+
+    evaluation = client.evals.create(
+        name="Push Notification Summary Grader",
+        data_source_config={"type": "stored_completions", "metadata": {"usecase": usecase}},
+        testing_criteria=[
+            {
+                "type": "string_check",
+                "name": "Says something",
+                "input": "{{ sample.output_text }}",
+                "operation": "ne",
+                "reference": "",
+            }
+        ],
+    )
+    run = client.evals.runs.create(
+        eval_id=evaluation.id,
+        name="v1-run",
+        data_source={
+            "type": "completions",
+            "source": {"type": "stored_completions", "metadata": {"prompt_version": "v1"}},
+        },
+    )
+    deadline = time.time() + 60
+    while run.status in ("queued", "in_progress"):
+        assert time.time() < deadline, run
+        time.sleep(0.2)
+        run = client.evals.runs.retrieve(run.id, eval_id=evaluation.id)
+    assert run.status == "completed" and run.result_counts.total == 2
+    items = client.evals.runs.output_items.list(run.id, eval_id=evaluation.id).data
+    assert [i.sample.output[0].content for i in items] == [
+        c.choices[0].message.content for c in logged[:2]
+    ]
+
+    updated = client.chat.completions.update(logged[2].id, metadata={"reviewed": "yes"})
+    assert updated.metadata == {"reviewed": "yes"}
+    deleted = client.chat.completions.delete(logged[2].id)
+    assert deleted.deleted and deleted.object == "chat.completion.deleted"
+    assert [c.id for c in client.chat.completions.list(metadata={"usecase": usecase})] == [
+        c.id for c in logged[:2]
+    ]
+
+
 def test_files_expire_after_as_the_sdk_sends_it(client, tmp_path):
     path = write_lines(tmp_path / "train.jsonl", good_examples(10))
     with path.open("rb") as f:

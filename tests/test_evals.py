@@ -263,6 +263,137 @@ def test_a_model_run_scores_what_chat_completions_answers(api, tiny):
     )
 
 
+def test_stored_completions_are_graded_as_logged_and_as_a_model_answers_them_anew(api, tiny):
+    """OpenAI's "monitoring stored completions" flow: chat completions kept with store: true
+    and metadata; an eval of type stored_completions; a run without a model grades the stored
+    answers, one with a model (item_reference item.input) has it answer the stored prompts."""
+    tag = f"caps-{time.time_ns()}"
+    questions = ["Capital of France?", "Capital of Peru?", "Name a colour."]
+    logged = []
+    for i, question in enumerate(questions):
+        body = {
+            "model": tiny,
+            "messages": [
+                {"role": "developer", "content": "Answer briefly."},
+                {"role": "user", "content": question},
+            ],
+            "temperature": 0,
+            "max_completion_tokens": 5,
+            "store": True,
+            "metadata": {"usecase": tag, "prompt": "v1" if i < 2 else "v2"},
+        }
+        logged.append(api.post("/v1/chat/completions", json=body).json())
+    other = {"usecase": "other"}
+    api.post("/v1/chat/completions", json=body | {"metadata": other}).raise_for_status()
+    same = {
+        "type": "string_check",
+        "name": "same as logged",
+        "input": "{{ sample.output_text }}",
+        "reference": "{{ item.output_text }}",
+        "operation": "eq",
+    }
+    created = api.post(
+        "/v1/evals",
+        json={
+            "data_source_config": {"type": "stored_completions", "metadata": {"usecase": tag}},
+            "testing_criteria": [same],
+        },
+    )
+    assert created.status_code == 200, created.text
+    evaluation = created.json()
+    config = evaluation["data_source_config"]
+    assert config["type"] == "stored_completions" and config["metadata"] == {"usecase": tag}
+    assert set(config["schema"]["properties"]) == {"item", "sample"}
+
+    def run(data_source: dict) -> dict:
+        response = api.post(f"/v1/evals/{evaluation['id']}/runs", json={"data_source": data_source})
+        assert response.status_code == 200, response.text
+        return wait_run(api, evaluation["id"], response.json()["id"])
+
+    v1 = {"type": "stored_completions", "metadata": {"prompt": "v1"}}
+    as_logged = run({"type": "completions", "source": v1})
+    assert as_logged["status"] == "completed" and as_logged["model"] == ""
+    assert as_logged["result_counts"] == {"total": 2, "passed": 2, "failed": 0, "errored": 0}
+    items = items_of(api, evaluation["id"], as_logged["id"])
+    for item, completion, question in zip(items, logged, questions, strict=False):
+        answer = completion["choices"][0]["message"]["content"]
+        assert item["datasource_item"]["id"] == completion["id"]
+        assert item["datasource_item"]["input"][1] == {"role": "user", "content": question}
+        assert item["sample"]["output"][0]["content"] == answer
+        assert item["sample"]["usage"] == completion["usage"] | {"cached_tokens": 0}
+        assert item["sample"]["finish_reason"] == completion["choices"][0]["finish_reason"]
+
+    anew = run(
+        {
+            "type": "completions",
+            "model": tiny,
+            "input_messages": {"type": "item_reference", "item_reference": "item.input"},
+            "sampling_params": {"temperature": 0, "max_completion_tokens": 5},
+            "source": {"type": "stored_completions"},  # the eval's filter: all three
+        }
+    )
+    assert anew["model"] == tiny
+    assert anew["result_counts"] == {"total": 3, "passed": 3, "failed": 0, "errored": 0}
+    newest = run({"type": "completions", "source": {"type": "stored_completions", "limit": 1}})
+    assert newest["result_counts"]["total"] == 1
+    later = {"type": "stored_completions", "created_after": logged[-1]["created"]}
+    assert_error(
+        api.post(
+            f"/v1/evals/{evaluation['id']}/runs",
+            json={"data_source": {"type": "completions", "source": later}},
+        ),
+        400,
+        "data_source.source",
+    )
+
+    # The rows are fixed when the run is created: one deleted before the run grades it is an
+    # errored row, not a shifted run. A slow run first holds the (one-at-a-time) runner.
+    slow = new_eval(api, criteria=[SLOW])
+    api.post(
+        f"/v1/evals/{slow['id']}/runs",
+        json={
+            "data_source": {"type": "jsonl", "source": {"type": "file_content", "content": ROWS}}
+        },
+    ).raise_for_status()
+    queued = api.post(
+        f"/v1/evals/{evaluation['id']}/runs",
+        json={"data_source": {"type": "completions", "source": v1}},
+    ).json()
+    assert api.delete(f"/v1/chat/completions/{logged[0]['id']}").status_code == 200
+    finished = wait_run(api, evaluation["id"], queued["id"])
+    assert finished["result_counts"] == {"total": 2, "passed": 1, "failed": 0, "errored": 1}
+    first = items_of(api, evaluation["id"], queued["id"])[0]
+    assert first["sample"]["error"]["code"] == "not_found"
+    assert logged[0]["id"] in first["sample"]["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("source", "kind", "param"),
+    [
+        (
+            {"type": "stored_completions", "metadata": {"usecase": "nothing"}},
+            "completions",
+            "data_source.source",
+        ),
+        ({"type": "stored_completions"}, "responses", "data_source.source.type"),
+        ({"type": "stored_completions", "limit": 0}, "completions", "data_source.source.limit"),
+        ({"type": "stored_completions", "since": 1}, "completions", "data_source.source.since"),
+        (
+            {"type": "stored_completions", "created_after": "x"},
+            "completions",
+            "data_source.source.created_after",
+        ),
+    ],
+)
+def test_a_bad_stored_completions_source_is_a_400_naming_the_field(api, source, kind, param):
+    evaluation = new_eval(api, criteria=[EXACT])
+    response = api.post(
+        f"/v1/evals/{evaluation['id']}/runs",
+        json={"data_source": {"type": kind, "source": source}},
+    )
+    assert_error(response, 400, param)
+
+
 def test_a_run_reads_rows_from_an_uploaded_evals_file(api, tiny):
     evaluation = new_eval(api, criteria=[EXACT])
     upload = api.post(
@@ -295,7 +426,15 @@ def test_a_run_reads_rows_from_an_uploaded_evals_file(api, tiny):
 @pytest.mark.parametrize(
     ("change", "param"),
     [
-        ({"data_source_config": {"type": "logs"}}, "data_source_config.type"),
+        ({"data_source_config": {"type": "hosted"}}, "data_source_config.type"),
+        (
+            {"data_source_config": {"type": "logs", "metadata": {"k": 1}}},
+            "data_source_config.metadata",
+        ),
+        (
+            {"data_source_config": {"type": "stored_completions", "item_schema": SCHEMA}},
+            "data_source_config.item_schema",
+        ),
         ({"data_source_config": {"type": "custom"}}, "data_source_config.item_schema"),
         ({"testing_criteria": []}, "testing_criteria"),
         ({"testing_criteria": [{"type": "multi", "name": "m"}]}, "testing_criteria[0].type"),

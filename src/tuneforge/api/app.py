@@ -30,6 +30,7 @@ from tuneforge.api import (
     graders,
     models,
     responses,
+    stored_chat,
 )
 from tuneforge.api.catalog import Catalog
 from tuneforge.api.deps import get_engine
@@ -303,6 +304,7 @@ def create_app(
         comparisons,
         models,
         chat,
+        stored_chat,
         responses,
         embeddings,
         evals,

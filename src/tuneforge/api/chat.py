@@ -29,6 +29,7 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response, StreamingResponse
 
+from tuneforge.api import stored_chat
 from tuneforge.api.deps import get_catalog, get_engine
 from tuneforge.api.errors import APIError, error_body, from_tuneforge
 from tuneforge.api.schemas import ChatCompletion, ChatCompletionRequest, NamedToolChoice
@@ -352,15 +353,28 @@ async def chat_completions(request: Request, body: ChatCompletionRequest) -> Any
     answers = [Answer(body.forced_call() or "", tools) for _ in range(started.generation.n)]
     parallel = body.parallel_tool_calls is not False
     if body.stream:
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return StreamingResponse(
-            _stream(started, request, meta, include_usage, answers, parallel, bool(body.logprobs)),
+            _stream(started, request, body, meta, answers, parallel),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
     finished = await collect(started, request, answers)
     if finished is None:
         return Response(status_code=CLIENT_CLOSED)
+    completion = _completion(started, meta, answers, finished, parallel, bool(body.logprobs))
+    await stored_chat.save(request, body, completion)
+    return completion
+
+
+def _completion(
+    started: Started,
+    meta: dict[str, Any],
+    answers: list[Answer],
+    finished: dict[int, Finished],
+    parallel: bool,
+    with_logprobs: bool,
+) -> dict[str, Any]:
+    """The chat.completion object of finished answers (returned, or stored after a stream)."""
     choices = []
     for i, answer in enumerate(answers):
         content, calls = answer.final(parallel)
@@ -369,7 +383,7 @@ async def chat_completions(request: Request, body: ChatCompletionRequest) -> Any
             message["tool_calls"] = calls
         reason = "tool_calls" if calls else finished[i].reason
         logprobs = None
-        if body.logprobs:
+        if with_logprobs:
             content_logprobs = logprobs_json(started.text, finished[i].logprobs)
             logprobs = {"content": content_logprobs, "refusal": None}
         choices.append(
@@ -391,12 +405,13 @@ def _sse(data: dict[str, Any]) -> str:
 async def _stream(
     started: Started,
     request: Request,
+    body: ChatCompletionRequest,
     meta: dict[str, Any],
-    include_usage: bool,
     answers: list[Answer],
     parallel: bool,
-    with_logprobs: bool,
 ) -> AsyncIterator[str]:
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    with_logprobs = bool(body.logprobs)
     # with logprobs: the entries of each choice not sent yet, and how many were sent
     pending: list[list[TokenLogprob]] = [[] for _ in answers]
     sent = [0] * len(answers)
@@ -424,8 +439,7 @@ async def _stream(
         return _sse(body)
 
     generation = started.generation
-    completion_tokens = 0
-    remaining = generation.n
+    finished: dict[int, Finished] = {}
     item: tuple[int, Event] | None = started.first
     try:
         for index in range(generation.n):
@@ -453,11 +467,13 @@ async def _stream(
                 for j, call in enumerate(calls or ()):
                     yield chunk(index, {"tool_calls": [{"index": j, **call}]})
                 yield chunk(index, {}, "tool_calls" if calls else event.reason)
-                completion_tokens += event.completion_tokens
-                remaining -= 1
-                if not remaining:
+                finished[index] = event
+                if len(finished) == generation.n:
                     break
             item = await next_event(generation, request)
+        completion = _completion(started, meta, answers, finished, parallel, with_logprobs)
+        await stored_chat.save(request, body, completion)
+        completion_tokens = completion["usage"]["completion_tokens"]
         if include_usage:
             yield _sse(
                 {

@@ -1,6 +1,6 @@
 """/v1/evals: OpenAI's Evals API, run on this machine.
 
-An eval is a schema for data rows (`data_source_config`, type `custom`) and `testing_criteria`
+An eval is a schema for data rows (`data_source_config`) and `testing_criteria`
 (graders with a pass rule, `eval/testing_criteria.py`). A run grades rows against it:
 
 - `jsonl`: rows as given (`source.content`, or an uploaded file of purpose `evals`), each
@@ -17,9 +17,17 @@ the run's new counts (one transaction), so a server that stops mid-run (Ctrl-C, 
 the run up again on its next start and grades only the rows it had not stored. A cancel is a
 compare-and-set on the run's status: the runner's later writes never undo it.
 
-Not here: `logs` / `stored_completions` data sources and `source.type: responses` (querying
-stored traffic), image and audio inputs, and OpenAI's hosted judges (a `label_model` or
-`score_model` runs a local model: `eval/graders.py`).
+Stored traffic: an eval of `data_source_config.type` `stored_completions` (or `logs`, its newer
+name) grades chat completions kept with `store: true` (`api/stored_chat.py`). A `completions`
+run with `source.type: stored_completions` picks them by metadata, model and time, fixed when
+the run is created (their ids, in `eval_run_completions`); without a `model` it grades the
+stored answers, with one (and `input_messages` such as `item_reference: item.input`) that model
+answers the stored prompts anew. Each row's `item` is `{id, model, metadata, input,
+output_text}` (`stored_chat.EVAL_ITEM_SCHEMA`).
+
+Not here: stored responses as a source (`source.type: responses`), image and audio inputs, and
+OpenAI's hosted judges (a `label_model` or `score_model` runs a local model:
+`eval/graders.py`).
 """
 
 from __future__ import annotations
@@ -36,7 +44,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import Field, ValidationError
 
-from tuneforge.api import chat
+from tuneforge.api import chat, stored_chat
 from tuneforge.api.background import Caller, QueueRunner
 from tuneforge.api.deps import get_catalog, get_store
 from tuneforge.api.errors import APIError, check_after, not_found
@@ -74,7 +82,8 @@ DEFAULT_SEED = 42  # a run without a seed samples with this one: the same run re
 
 class EvalCreate(Strict):
     data_source_config: dict[str, Any] = Field(
-        description="`{type: custom, item_schema, include_sample_schema}`: the rows' schema."
+        description="`{type: custom, item_schema, include_sample_schema}`: the rows' schema; "
+        "`{type: stored_completions, metadata}`: chat completions stored with store: true."
     )
     testing_criteria: list[dict[str, Any]] = Field(
         description="Graders: string_check, text_similarity, python, score_model, label_model."
@@ -139,15 +148,45 @@ def _from_criteria(exc: GraderError) -> APIError:
 # ----------------------------------------------------------------------------------------------
 
 
-def _item_schema(config: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+def _data_source_config(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the item schema rows are checked against, the data_source_config the eval shows)."""
     kind = config.get("type")
+    if kind in ("logs", "stored_completions"):
+        extra = set(config) - {"type", "metadata"}
+        if extra:
+            raise _bad(
+                f"data_source_config has unknown field(s) {', '.join(sorted(extra))}",
+                f"data_source_config.{sorted(extra)[0]}",
+            )
+        metadata = _metadata_filter(config.get("metadata"), "data_source_config.metadata")
+        schema = stored_chat.EVAL_ITEM_SCHEMA
+        return schema, {
+            "type": kind,
+            "metadata": metadata or None,
+            "schema": data_source_schema(schema, True),
+        }
     if kind != "custom":
         raise _bad(
-            f"data_source_config.type {kind!r} is not available here: tuneforge's evals read "
-            "rows you give them (type 'custom', with an item_schema); 'logs' and "
-            "'stored_completions' query OpenAI's stored traffic",
+            f"data_source_config.type {kind!r}: use 'custom' (rows you give, with an "
+            "item_schema) or 'stored_completions' / 'logs' (chat completions stored with "
+            "store: true)",
             "data_source_config.type",
         )
+    schema, include = _item_schema(config)
+    return schema, {"type": "custom", "schema": data_source_schema(schema, include)}
+
+
+def _metadata_filter(value: Any, param: str) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise _bad(f'{param} must map keys to string values, e.g. {{"usecase": "chatbot"}}', param)
+    return value
+
+
+def _item_schema(config: dict[str, Any]) -> tuple[dict[str, Any], bool]:
     extra = set(config) - {"type", "item_schema", "include_sample_schema"}
     if extra:
         raise _bad(
@@ -183,7 +222,7 @@ def eval_object(body: dict[str, Any]) -> dict[str, Any]:
 
 @router.post("/v1/evals")
 async def create_eval(request: Request, body: EvalCreate) -> dict[str, Any]:
-    schema, include = _item_schema(body.data_source_config)
+    schema, shown_config = _data_source_config(body.data_source_config)
     try:
         criteria = await run_in_threadpool(validate_criteria, body.testing_criteria, schema)
     except GraderError as exc:
@@ -194,7 +233,7 @@ async def create_eval(request: Request, body: EvalCreate) -> dict[str, Any]:
         "id": _new_id("eval"),
         "name": body.name or f"eval {time.strftime('%Y-%m-%d %H:%M', time.gmtime(created))}",
         "created_at": created,
-        "data_source_config": {"type": "custom", "schema": data_source_schema(schema, include)},
+        "data_source_config": shown_config,
         # OpenAI gives each criterion an id, "<name>-<uuid>", which names its results
         "testing_criteria": [c | {"id": f"{c['name']}-{uuid.uuid4()}"} for c in criteria],
         "metadata": body.metadata or {},
@@ -283,15 +322,71 @@ def _rows(request: Request, source: Any) -> list[dict[str, Any]]:
             raise _bad(exc.inline(), f"{param}.id", code="invalid_file_format") from None
     raise _bad(
         f"{param}.type {kind!r}: give the rows as 'file_content' or 'file_id' (a file of "
-        f"purpose '{EVALS_PURPOSE}'); querying stored traffic ('stored_completions', "
-        "'responses') is not available",
+        f"purpose '{EVALS_PURPOSE}'), or grade chat completions stored with store: true "
+        "('stored_completions', in a 'completions' run); stored responses ('responses') are "
+        "not available",
         f"{param}.type",
     )
+
+
+STORED_SOURCE_KEYS = {"type", "metadata", "model", "created_after", "created_before", "limit"}
+
+
+def _stored_completions(
+    request: Request, stored_eval: dict[str, Any], source: dict[str, Any]
+) -> tuple[list[str], list[dict[str, Any]]]:
+    """The ids and rows of the stored completions a run's `stored_completions` source picks:
+    every filter it gives (and the eval's own metadata filter), oldest first."""
+    param = "data_source.source"
+    extra = set(source) - STORED_SOURCE_KEYS
+    if extra:
+        raise _bad(
+            f"{param} has unknown field(s) {', '.join(sorted(extra))}; it takes "
+            f"{', '.join(sorted(STORED_SOURCE_KEYS - {'type'}))}",
+            f"{param}.{sorted(extra)[0]}",
+        )
+    for key in ("created_after", "created_before", "limit"):
+        value = source.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+            raise _bad(f"{param}.{key} must be an integer", f"{param}.{key}")
+    limit = source.get("limit")
+    if limit is not None and not 1 <= limit <= MAX_ROWS:
+        raise _bad(f"{param}.limit must be 1 to {MAX_ROWS:,}", f"{param}.limit")
+    model = source.get("model")
+    if model is not None and not isinstance(model, str):
+        raise _bad(f"{param}.model must be a model id", f"{param}.model")
+    config = stored_eval["data_source_config"]
+    metadata = dict(config.get("metadata") or {}) if config["type"] != "custom" else {}
+    metadata |= _metadata_filter(source.get("metadata"), f"{param}.metadata")
+    found = get_store(request).list_chat_completions(
+        limit=(limit or MAX_ROWS + 1),
+        model=model,
+        metadata=metadata,
+        created_after=source.get("created_after"),
+        created_before=source.get("created_before"),
+        with_messages=True,
+    )
+    if not found:
+        filters = [f"metadata {k}={v!r}" for k, v in metadata.items()]
+        filters += [
+            f"{k}={source[k]!r}"
+            for k in ("model", "created_after", "created_before")
+            if source.get(k) is not None
+        ]
+        raise _bad(
+            f"no stored chat completion matches {param} ({', '.join(filters) or 'no filter'}): "
+            "chat completions are kept when the request sets store: true (with the metadata "
+            "you filter by)",
+            param,
+        )
+    return [f["body"]["id"] for f in found], [stored_chat.eval_row(f) for f in found]
 
 
 def _where(source: dict[str, Any], index: int) -> str:
     if source["type"] == "file_id":
         return f"file {source['id']} row {index + 1}"
+    if source["type"] == "stored_completions":
+        return f"stored completion {index + 1} of the run"
     return f"data_source.source.content[{index}]"
 
 
@@ -322,6 +417,9 @@ def _prompts(data_source: dict[str, Any], rows: list[dict[str, Any]]) -> list[li
         raise _from_criteria(exc) from None
     prompts = []
     for i, row in enumerate(rows):
+        if row.get("_missing"):  # a stored completion deleted before the run graded it
+            prompts.append([])
+            continue
         try:
             prompts.append(make(row["item"]))
         except CriteriaError as exc:
@@ -438,19 +536,30 @@ async def create_run(request: Request, eval_id: str, body: RunCreate) -> dict[st
             "'completions' / 'responses' (a model answers each row)",
             "data_source.type",
         )
-    rows = await run_in_threadpool(_rows, request, data_source.get("source"))
+    source = data_source.get("source")
+    completion_ids = None
+    if isinstance(source, dict) and source.get("type") == "stored_completions":
+        if kind != "completions":
+            raise _bad(
+                f"a {kind} run reads rows you give ('file_content' or 'file_id'); a "
+                "stored_completions source belongs to a 'completions' run",
+                "data_source.source.type",
+            )
+        completion_ids, rows = await run_in_threadpool(_stored_completions, request, stored, source)
+    else:
+        rows = await run_in_threadpool(_rows, request, source)
     if len(rows) > MAX_ROWS:
         raise _bad(f"a run grades at most {MAX_ROWS:,} rows", "data_source.source")
     for i, row in enumerate(rows):
         if problem := item_problem(stored["_item_schema"], row["item"]):
             raise _bad(f"{_where(data_source['source'], i)}: {problem}", "data_source.source")
     model = ""
-    if kind == "jsonl":
+    if _grades_given_samples(data_source):
         extra = set(data_source) - {"type", "source"}
         if extra:
             raise _bad(
-                f"a jsonl run grades the rows' own samples; {', '.join(sorted(extra))} belong "
-                "to a 'completions' or 'responses' run",
+                f"this run grades the rows' own samples (the stored answers); "
+                f"{', '.join(sorted(extra))} belong to a run with a model that answers them",
                 f"data_source.{sorted(extra)[0]}",
             )
     else:
@@ -462,7 +571,8 @@ async def create_run(request: Request, eval_id: str, body: RunCreate) -> dict[st
         "object": "eval.run",
         "id": run_id,
         "eval_id": eval_id,
-        "name": body.name or f"{Path(model).name or 'jsonl'} {time.strftime('%Y-%m-%d %H:%M:%S')}",
+        "name": body.name
+        or f"{Path(model).name or source['type']} {time.strftime('%Y-%m-%d %H:%M:%S')}",
         "created_at": int(time.time()),
         "status": "queued",
         "model": model,
@@ -477,7 +587,7 @@ async def create_run(request: Request, eval_id: str, body: RunCreate) -> dict[st
         ],
         "per_model_usage": [],
     }
-    await run_in_threadpool(get_store(request).add_eval_run, run)
+    await run_in_threadpool(get_store(request).add_eval_run, run, completion_ids)
     _runner(request).submit(run_id)
     return run
 
@@ -595,11 +705,11 @@ class EvalRunner(QueueRunner):
         run = started
         data_source = run["data_source"]
         try:
-            rows = await run_in_threadpool(self._rows, data_source)
+            rows = await run_in_threadpool(self._rows, run)
             prompts = (
-                await run_in_threadpool(_prompts, data_source, rows)
-                if data_source["type"] != "jsonl"
-                else [[] for _ in rows]
+                [[] for _ in rows]
+                if _grades_given_samples(data_source)
+                else await run_in_threadpool(_prompts, data_source, rows)
             )
         except (APIError, TuneforgeError) as exc:
             await self._fail(run_id, "invalid_data_source", exc.message)
@@ -635,8 +745,15 @@ class EvalRunner(QueueRunner):
             )
         self.stopped.discard(run_id)  # nothing of this run generates any more
 
-    def _rows(self, data_source: dict[str, Any]) -> list[dict[str, Any]]:
-        source = data_source["source"]
+    def _rows(self, run: dict[str, Any]) -> list[dict[str, Any]]:
+        source = run["data_source"]["source"]
+        if source["type"] == "stored_completions":
+            return [
+                {"item": {"id": cid}, "_missing": True}
+                if stored is None
+                else stored_chat.eval_row(stored)
+                for cid, stored in self.app.state.store.eval_run_completions(run["id"])
+            ]
         if source["type"] == "file_content":
             return source["content"]
         file = self.app.state.store.get_file(source["id"])
@@ -654,8 +771,20 @@ class EvalRunner(QueueRunner):
         prompt: list[dict],
     ) -> dict[str, Any]:
         item = row["item"]
-        if run["data_source"]["type"] == "jsonl":
+        if row.get("_missing"):
+            sample, shown = _given_sample(None)
+            shown["error"] = {
+                "code": "not_found",
+                "message": f"stored completion {item['id']} was deleted before the run graded it",
+            }
+        elif _grades_given_samples(run["data_source"]):
             sample, shown = _given_sample(row.get("sample"))
+            if "input" in item:  # a stored completion: what it was asked, how it finished
+                shown["input"] = item["input"]
+                if used := sample.get("usage"):
+                    shown["usage"] = _usage(used["prompt_tokens"], used["completion_tokens"])
+                shown["output"] = [sample["choices"][0]["message"]]
+                shown["finish_reason"] = sample["choices"][0]["finish_reason"]
         else:
             sample, shown = await self._generate(client, run, prompt)
         if shown["error"] is None:
@@ -716,6 +845,16 @@ class EvalRunner(QueueRunner):
         shown["usage"] = _usage(started.prompt_tokens, finished[0].completion_tokens)
         sample = make_sample(answer.text) | {"model": run["model"]}
         return sample, shown
+
+
+def _grades_given_samples(data_source: dict[str, Any]) -> bool:
+    """Whether a run grades the rows' own samples (a jsonl run; a completions run of stored
+    completions without a model: the stored answers) rather than a model's new answers."""
+    if data_source["type"] == "jsonl":
+        return True
+    source = data_source.get("source")
+    stored = isinstance(source, dict) and source.get("type") == "stored_completions"
+    return stored and data_source.get("model") is None and "input_messages" not in data_source
 
 
 def _given_sample(given: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:

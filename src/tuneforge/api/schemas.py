@@ -559,15 +559,15 @@ class ChatCompletionRequest(Strict):
     parallel_tool_calls: bool | None = Field(
         None, description="false: only the first call of an answer is returned."
     )
+    store: bool | None = Field(
+        None,
+        description="true: keep the request and its answer (GET /v1/chat/completions lists "
+        "them; evals and the Studio's Logs page read them). Default false.",
+    )
+    metadata: Metadata | None = Field(
+        None, description="Up to 16 key-value pairs kept with a stored completion, to filter by."
+    )
     # Accepted so that OpenAI code runs unchanged; none changes what tuneforge generates.
-    store: Annotated[
-        bool | None,
-        _refused(
-            "tuneforge does not store chat completions (OpenAI's stored completions, for "
-            "evals and distillation); leave store out, or save the answers you get"
-        ),
-    ] = Field(None, description="Only false: tuneforge stores no completions.")
-    metadata: Metadata | None = None
     service_tier: Literal["auto", "default"] | None = None
     prompt_cache_key: str | None = Field(None, max_length=MAX_ID)
     safety_identifier: str | None = Field(None, max_length=MAX_ID)

@@ -482,6 +482,12 @@ def make_sample(answer: str) -> dict[str, Any]:
     parsed = parse_tool_calls(answer)
     output_text = answer if parsed is None else parsed.content or ""
     output_tools = [] if parsed is None else tool_call_objects(parsed.calls)
+    return message_sample(output_text, output_tools)
+
+
+def message_sample(output_text: str, output_tools: list[dict[str, Any]]) -> dict[str, Any]:
+    """OpenAI's `sample` for an answer already split into text and tool calls (a stored chat
+    completion's message), as `make_sample` makes one."""
     try:
         output_json = json.loads(output_text)
     except (json.JSONDecodeError, ValueError):

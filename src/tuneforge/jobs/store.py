@@ -1,5 +1,6 @@
-"""The embedded database: uploaded files, fine-tuning jobs and their events, and stored
-responses (`/v1/responses`), in one SQLite file at `$TUNEFORGE_HOME/tuneforge.db`.
+"""The embedded database: uploaded files, fine-tuning jobs and their events, stored responses
+(`/v1/responses`) and chat completions, evals and batches, in one SQLite file at
+`$TUNEFORGE_HOME/tuneforge.db`.
 
 Why SQLite: one file, no daemon, transactions that survive kill -9. WAL mode lets the server read
 while a worker process appends events; `busy_timeout` makes a writer wait for the lock instead of
@@ -164,6 +165,31 @@ MIGRATIONS: list[str] = [
         output TEXT,
         failed INTEGER,
         PRIMARY KEY (batch_id, line)
+    );
+    """,
+    # m009: stored chat completions (`store: true` on /v1/chat/completions): the completion
+    # as returned with the request's settings and metadata, and the request's messages. Kept
+    # until deleted (OpenAI keeps them 30 days): they are the user's logs and datasets.
+    """
+    CREATE TABLE chat_completions (
+        id TEXT PRIMARY KEY,
+        created_at INTEGER NOT NULL,
+        model TEXT NOT NULL,
+        metadata TEXT NOT NULL,
+        body TEXT NOT NULL,
+        messages TEXT NOT NULL
+    );
+    CREATE INDEX chat_completions_created ON chat_completions(created_at);
+    """,
+    # m010: the stored completions an eval run grades (`source.type: stored_completions`),
+    # fixed when the run is created: a completion stored or deleted later does not move the
+    # rows of a run that resumes
+    """
+    CREATE TABLE eval_run_completions (
+        run_id TEXT NOT NULL REFERENCES eval_runs(id) ON DELETE CASCADE,
+        row INTEGER NOT NULL,
+        completion_id TEXT NOT NULL,
+        PRIMARY KEY (run_id, row)
     );
     """,
 ]
@@ -528,6 +554,95 @@ class Store:
         with self.transaction() as conn:
             return conn.execute("DELETE FROM responses WHERE id = ?", (response_id,)).rowcount == 1
 
+    # -- stored chat completions -----------------------------------------------------------
+    def add_chat_completion(self, body: dict[str, Any], messages: list[dict[str, Any]]) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO chat_completions (id, created_at, model, metadata, body, messages) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    body["id"],
+                    body["created"],
+                    body["model"],
+                    json.dumps(body.get("metadata") or {}),
+                    json.dumps(body),
+                    json.dumps(messages),
+                ),
+            )
+
+    def get_chat_completion(self, completion_id: str) -> dict[str, Any] | None:
+        """{"body": the completion as stored, "messages": the request's messages}, or None."""
+        row = self.conn.execute(
+            "SELECT body, messages FROM chat_completions WHERE id = ?", (completion_id,)
+        ).fetchone()
+        if row is None:
+            return None
+        return {"body": json.loads(row["body"]), "messages": json.loads(row["messages"])}
+
+    def list_chat_completions(
+        self,
+        *,
+        after: str | None = None,
+        limit: int,
+        oldest_first: bool = True,
+        model: str | None = None,
+        metadata: dict[str, str] | None = None,
+        created_after: int | None = None,
+        created_before: int | None = None,
+        with_messages: bool = False,
+    ) -> list[dict[str, Any]]:
+        """A page of stored completions (bodies; with_messages: {"body", "messages"}) that
+        match every filter: the model, each metadata pair, created_at in (after, before)."""
+        where, params = "", []
+        if model is not None:
+            where += " AND model = ?"
+            params.append(model)
+        for key, value in (metadata or {}).items():
+            where += " AND EXISTS (SELECT 1 FROM json_each(metadata) WHERE key = ? AND value = ?)"
+            params += [key, value]
+        if created_after is not None:
+            where += " AND created_at > ?"
+            params.append(created_after)
+        if created_before is not None:
+            where += " AND created_at < ?"
+            params.append(created_before)
+        direction, compare = ("ASC", ">") if oldest_first else ("DESC", "<")
+        query = f"SELECT body, messages FROM chat_completions WHERE 1 = 1{where}"
+        if after:
+            query += (
+                f" AND (created_at, rowid) {compare} "
+                "(SELECT created_at, rowid FROM chat_completions WHERE id = ?)"
+            )
+            params.append(after)
+        query += f" ORDER BY created_at {direction}, rowid {direction} LIMIT ?"
+        params.append(limit)
+        rows = self.conn.execute(query, params).fetchall()
+        if with_messages:
+            return [{key: json.loads(r[key]) for key in ("body", "messages")} for r in rows]
+        return [json.loads(r["body"]) for r in rows]
+
+    def update_chat_completion_metadata(
+        self, completion_id: str, metadata: dict[str, str]
+    ) -> dict[str, Any] | None:
+        """Replace a stored completion's metadata; returns the new body, or None."""
+        with self.transaction() as conn:
+            row = conn.execute(
+                "SELECT body FROM chat_completions WHERE id = ?", (completion_id,)
+            ).fetchone()
+            if row is None:
+                return None
+            body = json.loads(row["body"]) | {"metadata": metadata}
+            conn.execute(
+                "UPDATE chat_completions SET metadata = ?, body = ? WHERE id = ?",
+                (json.dumps(metadata), json.dumps(body), completion_id),
+            )
+        return body
+
+    def delete_chat_completion(self, completion_id: str) -> bool:
+        with self.transaction() as conn:
+            query = "DELETE FROM chat_completions WHERE id = ?"
+            return conn.execute(query, (completion_id,)).rowcount == 1
+
     # -- evals -----------------------------------------------------------------------------
     def add_eval(self, body: dict[str, Any]) -> None:
         with self.transaction() as conn:
@@ -557,13 +672,37 @@ class Store:
         with self.transaction() as conn:
             return conn.execute("DELETE FROM evals WHERE id = ?", (eval_id,)).rowcount == 1
 
-    def add_eval_run(self, body: dict[str, Any]) -> None:
+    def add_eval_run(self, body: dict[str, Any], completion_ids: list[str] | None = None) -> None:
+        """A run and, for a run of stored completions, the ids of those it grades, in order."""
         with self.transaction() as conn:
             conn.execute(
                 "INSERT INTO eval_runs (id, eval_id, created_at, status, body) "
                 "VALUES (?, ?, ?, ?, ?)",
                 (body["id"], body["eval_id"], body["created_at"], body["status"], json.dumps(body)),
             )
+            conn.executemany(
+                "INSERT INTO eval_run_completions (run_id, row, completion_id) VALUES (?, ?, ?)",
+                [(body["id"], row, cid) for row, cid in enumerate(completion_ids or ())],
+            )
+
+    def eval_run_completions(self, run_id: str) -> list[tuple[str, dict[str, Any] | None]]:
+        """The stored completions a run grades, in row order: (id, {"body", "messages"}, or
+        None for one deleted since the run was created)."""
+        rows = self.conn.execute(
+            "SELECT r.completion_id, c.body, c.messages FROM eval_run_completions r "
+            "LEFT JOIN chat_completions c ON c.id = r.completion_id "
+            "WHERE r.run_id = ? ORDER BY r.row",
+            (run_id,),
+        ).fetchall()
+        return [
+            (
+                r["completion_id"],
+                None
+                if r["body"] is None
+                else {"body": json.loads(r["body"]), "messages": json.loads(r["messages"])},
+            )
+            for r in rows
+        ]
 
     def get_eval_run(self, run_id: str) -> dict[str, Any] | None:
         row = self.conn.execute("SELECT body FROM eval_runs WHERE id = ?", (run_id,)).fetchone()
