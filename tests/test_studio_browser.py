@@ -737,6 +737,89 @@ def test_a_batch_started_and_downloaded_in_the_studio(server, browse, tmp_path, 
     snapshot(page, shots_dir(tmp_path), "batches")
 
 
+def test_logs_become_a_training_file_and_an_eval_in_the_studio(
+    server, browse, tmp_path, tiny_model_dir
+):
+    """OpenAI's dashboard habit for stored completions: filter the logs by metadata, tick the
+    good ones and save them as a training file (distillation), delete one, and grade the
+    rest with an eval of type stored completions made and run from the forms."""
+    new_page, _ = browse
+    client = server.api()
+    tag = f"support-{time.time_ns()}"
+    logged = []
+    for i, question in enumerate(["Where is my parcel?", "Reset my password", "Hi"]):
+        body = {
+            "model": str(tiny_model_dir),
+            "messages": [
+                {"role": "developer", "content": "You are a support agent."},
+                {"role": "user", "content": question},
+            ],
+            "temperature": 0,
+            "max_completion_tokens": 8,
+            "store": True,
+            "metadata": {"usecase": tag, "prompt": f"v{i}"},
+        }
+        response = client.post("/v1/chat/completions", json=body)
+        assert response.status_code == 200, response.text
+        logged.append(response.json())
+    other = body | {"metadata": {"usecase": "other"}}
+    assert client.post("/v1/chat/completions", json=other).status_code == 200
+
+    page = new_page()
+    page.on("dialog", lambda dialog: dialog.accept())
+    page.goto(f"{server.url}/studio/logs")
+    page.wait_for_selector("#logs table")
+    assert page.locator("#logs tbody tr").count() == 4
+    page.fill("#metadata", f"usecase={tag}")
+    page.click("#filter-form button[type=submit]")
+    wait(lambda: page.locator("#logs tbody tr").count() == 3, 20, "the three support logs")
+    newest = page.locator("#logs tbody tr").first.inner_text()
+    assert "Hi" in newest and "prompt=v2" in newest  # newest first, prompt and metadata shown
+    page.check(f"input[aria-label='Select {logged[2]['id']}']")
+    page.check(f"input[aria-label='Select {logged[1]['id']}']")
+    assert page.inner_text("#chosen") == "2 selected."
+    page.fill("#filename", "support.jsonl")
+    page.click("#save-btn")
+    saved = page.wait_for_selector("#saved a")
+    file_id = saved.get_attribute("href").rsplit("/", 1)[1]
+    lines = [json.loads(x) for x in client.get(f"/v1/files/{file_id}/content").text.splitlines()]
+    questions = ["Hi", "Reset my password"]
+    for line, completion, question in zip(lines, logged[:0:-1], questions, strict=True):
+        assert line["messages"] == [
+            {"role": "system", "content": "You are a support agent."},
+            {"role": "user", "content": question},
+            {"role": "assistant", "content": completion["choices"][0]["message"]["content"]},
+        ]
+    assert client.get(f"/v1/files/{file_id}").json()["purpose"] == "fine-tune"
+    snapshot(page, shots_dir(tmp_path), "logs")
+
+    page.uncheck(f"input[aria-label='Select {logged[2]['id']}']")
+    page.uncheck(f"input[aria-label='Select {logged[1]['id']}']")
+    page.check(f"input[aria-label='Select {logged[0]['id']}']")
+    page.click("#delete-btn")
+    wait(lambda: page.locator("#logs tbody tr").count() == 2, 20, "the deleted log to go")
+    assert client.get(f"/v1/chat/completions/{logged[0]['id']}").status_code == 404
+
+    page.goto(f"{server.url}/studio/evals")
+    page.wait_for_selector("#evals p, #evals table")
+    page.fill("#name", "Support logs")
+    page.select_option("#kind", "stored_completions")
+    assert "item.answer" not in page.input_value("#criteria")  # criteria that fit the logs
+    page.fill("#filter", f"usecase={tag}")
+    page.click("#eval-form button[type=submit]")
+    page.wait_for_url("**/studio/evals/eval_*")
+    page.wait_for_selector("#model option", state="attached")
+    assert page.locator("#upload").is_hidden()
+    page.click("#run-form button[type=submit]")
+    page.wait_for_selector("#runs table a").click()
+    wait(lambda: "completed" in page.inner_text("#run-status"), 120, "the run to complete")
+    wait(lambda: page.locator("#items tbody tr").count() == 2, 20, "the two stored answers")
+    eval_id = page.url.split("/evals/")[1].split("/")[0]
+    (run,) = client.get(f"/v1/evals/{eval_id}/runs").json()["data"]
+    assert run["data_source"]["source"] == {"type": "stored_completions"}
+    assert run["result_counts"]["total"] == 2
+
+
 def test_the_playground_shows_probabilities_and_holds_answers_to_a_schema(
     server, browse, tmp_path, tiny_model_dir
 ):

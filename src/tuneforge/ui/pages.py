@@ -28,6 +28,7 @@ NAV = (
     ("/compare", "Compare"),
     ("/evals", "Evals"),
     ("/batches", "Batches"),
+    ("/logs", "Logs"),
     ("/playground", "Playground"),
     ("/models", "Models"),
 )
@@ -95,6 +96,7 @@ PAGES = (
     ("/compare", "compare", "Compare", "/compare"),
     ("/evals", "evals", "Evals", "/evals"),
     ("/batches", "batches", "Batches", "/batches"),
+    ("/logs", "logs", "Logs", "/logs"),
     ("/playground", "playground", "Playground", "/playground"),
     ("/models", "models", "Models", "/models"),
 )

@@ -6,6 +6,7 @@ const id = pageData("eval");
 const LIVE = ["queued", "in_progress"];
 let timer = null;
 let names = new Map();  // criterion id → name
+let stored = false;  // an eval of stored chat completions (the Logs page's), not of rows given
 
 function rate(counts) {
   const graded = counts.total;
@@ -48,11 +49,18 @@ async function main() {
     el("dt", {}, "Criteria"), el("dd", {}, el("ul", {}, ev.testing_criteria.map((c) =>
       el("li", {}, el("strong", {}, c.name), ` (${c.type}${c.pass_threshold !== undefined ? `, passes at ${fmt(c.pass_threshold)}` : ""})`)))),
     el("dt", {}, "Created"), el("dd", {}, when(ev.created_at))));
-  replace("#rows", files.data.length
-    ? files.data.map((f) => el("option", { value: f.id }, `${f.filename} (${f.id})`))
-    : el("option", { value: "" }, "none uploaded yet: choose a file"));
-  replace("#model", el("option", { value: "" }, "none: grade the answers in the rows (sample)"),
-    models.data.map((m, i) => el("option", { value: m.id, selected: i === 0 }, m.id)));
+  stored = ev.data_source_config.type !== "custom";
+  const filter = Object.entries(ev.data_source_config.metadata || {}).map(([k, v]) => `${k}=${v}`).join(", ");
+  if (stored) {
+    replace("#rows", el("option", { value: "" }, `stored chat completions${filter ? ` with ${filter}` : ""}`));
+    for (const id of ["#upload", "#system", "#user"]) $(id).closest(".field").hidden = true;
+  } else {
+    replace("#rows", files.data.length
+      ? files.data.map((f) => el("option", { value: f.id }, `${f.filename} (${f.id})`))
+      : el("option", { value: "" }, "none uploaded yet: choose a file"));
+  }
+  replace("#model", el("option", { value: "" }, stored ? "none: grade the stored answers" : "none: grade the answers in the rows (sample)"),
+    models.data.map((m, i) => el("option", { value: m.id, selected: !stored && i === 0 }, m.id)));
   await showRuns();
 }
 
@@ -70,17 +78,22 @@ $("#run-form").addEventListener("submit", async (e) => {
       form.append("purpose", "evals");
       fileId = (await api("/v1/files", { method: "POST", form })).id;
     }
-    const source = { type: "file_id", id: fileId };
     const model = $("#model").value;
-    let dataSource = { type: "jsonl", source };
-    if (model) {
+    const sampling = { temperature: Number($("#temperature").value), max_completion_tokens: Number($("#max_tokens").value) };
+    const source = stored ? { type: "stored_completions" } : { type: "file_id", id: fileId };
+    let dataSource = { type: stored ? "completions" : "jsonl", source };
+    if (stored && model) {
+      // the model answers each stored prompt anew: the log's own messages
+      dataSource = { type: "completions", model, source,
+        input_messages: { type: "item_reference", item_reference: "item.input" }, sampling_params: sampling };
+    } else if (model) {
       const template = [];
       if ($("#system").value.trim()) template.push({ role: "system", content: $("#system").value });
       template.push({ role: "user", content: $("#user").value });
       dataSource = {
         type: "completions", model, source,
         input_messages: { type: "template", template },
-        sampling_params: { temperature: Number($("#temperature").value), max_completion_tokens: Number($("#max_tokens").value) },
+        sampling_params: sampling,
       };
     }
     const name = $("#run-name").value.trim() || undefined;

@@ -11,6 +11,34 @@ async function listEvals() {
   ], evals.data) : el("p", { class: "muted" }, "None yet: create one below."));
 }
 
+// Criteria that fit a stored completion's row: the answer is not empty.
+const STORED_CRITERIA = `[
+  {"type": "string_check", "name": "answered", "operation": "ne",
+   "input": "{{ sample.output_text }}", "reference": ""}
+]`;
+let defaultCriteria = null;  // the form's first criteria text, while the user has not edited it
+
+$("#kind").addEventListener("change", () => {
+  const stored = $("#kind").value !== "custom";
+  $("#filter").closest(".field").hidden = !stored;
+  $("#fields").closest(".field").hidden = stored;
+  if (defaultCriteria === null) defaultCriteria = $("#criteria").defaultValue;
+  if ([defaultCriteria, STORED_CRITERIA].includes($("#criteria").value)) {
+    $("#criteria").value = stored ? STORED_CRITERIA : defaultCriteria;
+  }
+});
+
+function metadataFilter(text) {
+  const pairs = {};
+  for (const pair of text.split(",")) {
+    if (!pair.trim()) continue;
+    const at = pair.indexOf("=");
+    if (at < 1) throw new Error(`Metadata filter "${pair.trim()}": write key=value`);
+    pairs[pair.slice(0, at).trim()] = pair.slice(at + 1).trim();
+  }
+  return pairs;
+}
+
 function itemSchema(text) {
   const fields = text.split(",").map((f) => f.trim()).filter(Boolean);
   const properties = Object.fromEntries(fields.map((f) => [f, { type: "string" }]));
@@ -25,12 +53,11 @@ $("#eval-form").addEventListener("submit", async (e) => {
   let criteria = $("#criteria").value;
   // Text that is not JSON is sent as it is: the API names what is wrong, as for any field.
   try { criteria = JSON.parse(criteria); } catch { /* sent as text */ }
-  const body = {
-    name: $("#name").value.trim() || undefined,
-    data_source_config: { type: "custom", item_schema: itemSchema($("#fields").value), include_sample_schema: true },
-    testing_criteria: criteria,
-  };
   try {
+    const config = $("#kind").value === "custom"
+      ? { type: "custom", item_schema: itemSchema($("#fields").value), include_sample_schema: true }
+      : { type: "stored_completions", metadata: metadataFilter($("#filter").value) };
+    const body = { name: $("#name").value.trim() || undefined, data_source_config: config, testing_criteria: criteria };
     const created = await api("/v1/evals", { method: "POST", json: body });
     location.assign(`${ROOT}/evals/${created.id}`);
   } catch (err) {
