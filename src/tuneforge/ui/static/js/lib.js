@@ -168,7 +168,7 @@ export function table(columns, rows) {
   const head = el("tr", {}, columns.map((c) => el("th", { scope: "col", class: c.num ? "num" : null }, c.label)));
   const body = rows.map((row) => el("tr", {}, columns.map((c) => {
     const value = c.value(row);
-    return el("td", { class: c.num ? "num" : null }, value instanceof Node ? value : fmt(value));
+    return el("td", { class: c.num ? "num" : null, "data-label": c.label || null }, value instanceof Node ? value : fmt(value));
   })));
   return el("div", { class: "table-wrap" }, el("table", {}, el("thead", {}, head), el("tbody", {}, body)));
 }
