@@ -401,6 +401,25 @@ def test_each_format_is_detected_and_parsed(name, tmp_path):
     assert [e.line for e in examples] == list(range(first, first + len(conversations)))
 
 
+def test_a_developer_message_is_read_as_the_system_message(tmp_path):
+    """OpenAI's newer name for the system role, which its reasoning models' examples and the
+    chat API use: training reads it as /v1/chat/completions does."""
+    row = {
+        "messages": [
+            {"role": "developer", "content": "Be brief."},
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello."},
+        ]
+    }
+    path = write_lines(tmp_path / "dev.jsonl", [row])
+    (example,) = load_conversations(path)
+    assert [(m.role, m.content) for m in example.conversation.messages] == [
+        ("system", "Be brief."),
+        ("user", "Hi"),
+        ("assistant", "Hello."),
+    ]
+
+
 def test_csv_line_numbers_count_physical_lines(tmp_path):
     """A quoted cell spanning two lines pushes the next row's line number down by one."""
     rows = [*CSV_ROWS, ["Third?", "ctx", "yes", ""]]

@@ -596,6 +596,10 @@ def _parse_chat_messages(
             continue
         n_before = len(errors)
         role = message.get("role")
+        if role == "developer":
+            # OpenAI's newer name for the system message (its reasoning models' examples, and
+            # the chat API, send it): read as system, as /v1/chat/completions reads it.
+            role = "system"
         has_tool_calls = message.get("tool_calls") is not None or "function_call" in message
         missing = [k for k in ("role", "content") if k not in message]
         if missing and not (missing == ["content"] and has_tool_calls):
@@ -620,7 +624,8 @@ def _parse_chat_messages(
             errors.append(
                 Issue(
                     "unrecognized_role",
-                    f"role {json.dumps(role)[:40]} is not one of {', '.join(ROLES)}",
+                    f"role {json.dumps(role)[:40]} is not one of {', '.join(ROLES)} (or "
+                    "developer, read as system)",
                     f"{where}.role",
                 )
             )
