@@ -769,7 +769,7 @@ def test_logs_become_a_training_file_and_an_eval_in_the_studio(
     page.on("dialog", lambda dialog: dialog.accept())
     page.goto(f"{server.url}/studio/logs")
     page.wait_for_selector("#logs table")
-    assert page.locator("#logs tbody tr").count() == 4
+    assert "usecase=other" in page.inner_text("#logs table")  # unfiltered: every log
     page.fill("#metadata", f"usecase={tag}")
     page.click("#filter-form button[type=submit]")
     wait(lambda: page.locator("#logs tbody tr").count() == 3, 20, "the three support logs")
@@ -883,3 +883,24 @@ def test_the_playground_shows_probabilities_and_holds_answers_to_a_schema(
     assert "stopped: stop" in page.inner_text("#pane-0-meta")  # the JSON was complete
     shown = page.locator("#pane-0-turns .turn .text").nth(3).text_content()
     assert json.loads(shown)["mood"] in ("calm", "busy"), shown
+
+    # "Keep in Logs": the next answer is stored, with the conversation it continues.
+    page.select_option("#format", "text")
+    page.check("#keep")
+    page.fill("#max_tokens", "5")
+    page.fill("#prompt", "Thanks")
+    before = page.inner_text("#pane-0-meta")
+    page.click("#send-btn")
+    wait(lambda: page.inner_text("#pane-0-meta") not in ("", before), 60, "the third answer")
+    kept = server.api().get("/v1/chat/completions", params={"metadata[source]": "playground"})
+    (log,) = kept.json()["data"]
+    answer = page.locator("#pane-0-turns .turn .text").nth(5).text_content()
+    assert log["choices"][0]["message"]["content"] == answer
+    said = server.api().get(f"/v1/chat/completions/{log['id']}/messages").json()["data"]
+    assert [m["content"] for m in said] == [
+        "Hello there",
+        expected["message"]["content"],
+        "How is your day?",
+        shown,
+        "Thanks",
+    ]

@@ -88,6 +88,7 @@ async function ask(pane, prompt, settings, signal) {
   const withProbs = $("#show-probs").checked;
   try {
     const asked = withProbs ? { logprobs: true, top_logprobs: TOP } : {};
+    if ($("#keep").checked) Object.assign(asked, { store: true, metadata: { source: "playground" } });
     const response = await api("/v1/chat/completions", {
       method: "POST", raw: true, signal,
       json: { model: pane.select.value, messages, stream: true, stream_options: { include_usage: true }, ...settings, ...asked },
