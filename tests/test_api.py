@@ -956,6 +956,34 @@ def test_stored_chat_completions_are_listed_filtered_updated_and_deleted(api, ti
     assert_error(bad, 400, param="metadata")
 
 
+def test_a_completion_that_cannot_be_stored_says_so(api, tiny, monkeypatch):
+    """A full disk under store: true is a 507 naming the failure (streamed: that error event
+    instead of [DONE]), not an answer whose log silently went missing."""
+    import sqlite3
+
+    def full(*args, **kwargs):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(api.app.state.store, "add_chat_completion", full)
+    error = assert_error(chat(api, tiny, store=True), 507, code="store_failed")
+    assert "database or disk is full" in error["message"]
+    with api.stream(
+        "POST",
+        "/v1/chat/completions",
+        json={
+            "model": tiny,
+            "messages": [{"role": "user", "content": "Hi"}],
+            "max_tokens": 3,
+            "stream": True,
+            "store": True,
+        },
+    ) as response:
+        lines = [x for x in response.iter_lines() if x]
+    assert "data: [DONE]" not in lines
+    assert json.loads(lines[-1][6:])["error"]["code"] == "store_failed"
+    assert chat(api, tiny).status_code == 200  # without store nothing is written
+
+
 def test_n_choices_and_seeded_sampling(api, tiny):
     body = {"n": 3, "temperature": 1.0, "seed": 7, "max_tokens": 12}
     first = chat(api, tiny, **body).json()

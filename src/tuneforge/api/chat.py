@@ -472,7 +472,11 @@ async def _stream(
                     break
             item = await next_event(generation, request)
         completion = _completion(started, meta, answers, finished, parallel, with_logprobs)
-        await stored_chat.save(request, body, completion)
+        try:
+            await stored_chat.save(request, body, completion)
+        except APIError as failure:
+            yield _sse(error_body(failure.message, failure.type, failure.param, failure.code))
+            return
         completion_tokens = completion["usage"]["completion_tokens"]
         if include_usage:
             yield _sse(

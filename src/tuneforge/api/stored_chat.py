@@ -9,11 +9,14 @@ dashboard: an eval run grades them (`source.type: stored_completions`, `api/eval
 Studio's Logs page turns the chosen ones into a training file (the distillation workflow).
 
 Unlike OpenAI (30 days), nothing expires: the logs are the user's data, deleted when they say.
-A client that goes away before the answer is finished, or an answer that fails, stores nothing.
+A client that goes away before the answer is finished, or an answer that fails, stores nothing;
+one that cannot be stored (a full disk) is a 507 `store_failed`, or, streamed, that error event
+in place of `[DONE]`: a client that asked for its answer to be kept is told it was not.
 """
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
@@ -62,9 +65,18 @@ async def save(request: Any, body: ChatCompletionRequest, completion: dict[str, 
     if not body.store:
         return
     messages = [m.model_dump(exclude_none=True) for m in body.messages]
-    await run_in_threadpool(
-        get_store(request).add_chat_completion, stored_object(completion, body), messages
-    )
+    try:
+        await run_in_threadpool(
+            get_store(request).add_chat_completion, stored_object(completion, body), messages
+        )
+    except (sqlite3.Error, OSError) as exc:  # a full disk, a broken database
+        raise APIError(
+            507,
+            f"The answer was made but could not be stored ({exc}); free some disk space "
+            "and send the request again, or leave store out",
+            type="server_error",
+            code="store_failed",
+        ) from exc
 
 
 # An eval row of a stored completion (`source.type: stored_completions`): `item.input` the
