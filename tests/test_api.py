@@ -928,6 +928,34 @@ def test_stored_chat_completions_are_listed_filtered_updated_and_deleted(api, ti
     )
     assert other.json()["data"] == []
 
+    # a streamed tool call is stored with the id the stream sent
+    with api.stream(
+        "POST",
+        "/v1/chat/completions",
+        json={
+            "model": tiny,
+            "messages": [{"role": "user", "content": "Weather in Paris?"}],
+            "max_tokens": 40,
+            "tools": [STRICT_WEATHER],
+            "tool_choice": "required",
+            "parallel_tool_calls": False,
+            "stream": True,
+            "store": True,
+            "metadata": run | {"prompt": "tools"},
+        },
+    ) as response:
+        frames = [json.loads(x[6:]) for x in response.iter_lines() if x and x != "data: [DONE]"]
+    sent_ids = [
+        call["id"]
+        for f in frames
+        if f["choices"]
+        for call in f["choices"][0]["delta"].get("tool_calls") or []
+    ]
+    kept = api.get(f"/v1/chat/completions/{frames[0]['id']}").json()
+    assert sent_ids and [c["id"] for c in kept["choices"][0]["message"]["tool_calls"]] == sent_ids
+    assert kept["tools"][0]["function"]["name"] == WEATHER_TOOL["function"]["name"]
+    assert api.delete(f"/v1/chat/completions/{frames[0]['id']}").status_code == 200
+
     said = api.get(f"/v1/chat/completions/{first['id']}/messages").json()["data"]
     assert [m["id"] for m in said] == [f"{first['id']}-0", f"{first['id']}-1"]
     assert [m["role"] for m in said] == ["developer", "user"]

@@ -336,6 +336,8 @@ def test_stored_completions_are_graded_as_logged_and_as_a_model_answers_them_ane
     assert anew["result_counts"] == {"total": 3, "passed": 3, "failed": 0, "errored": 0}
     newest = run({"type": "completions", "source": {"type": "stored_completions", "limit": 1}})
     assert newest["result_counts"]["total"] == 1
+    (kept,) = items_of(api, evaluation["id"], newest["id"])
+    assert kept["datasource_item"]["id"] == logged[-1]["id"]  # a limit keeps the newest
     later = {"type": "stored_completions", "created_after": logged[-1]["created"]}
     assert_error(
         api.post(
@@ -365,6 +367,29 @@ def test_stored_completions_are_graded_as_logged_and_as_a_model_answers_them_ane
     first = items_of(api, evaluation["id"], queued["id"])[0]
     assert first["sample"]["error"]["code"] == "not_found"
     assert logged[0]["id"] in first["sample"]["error"]["message"]
+
+
+def test_a_jsonl_row_with_an_input_field_is_graded_as_given(api):
+    """`input` is a common field name of rows; only stored completions' rows are read as
+    stored completions."""
+    evaluation = new_eval(
+        api,
+        criteria=[EXACT | {"reference": "{{ item.answer }}"}],
+        schema={
+            "type": "object",
+            "properties": {"input": {"type": "string"}, "answer": {"type": "string"}},
+        },
+    )
+    rows = [{"item": {"input": "q", "answer": "a"}, "sample": {"output_text": "a"}}]
+    created = api.post(
+        f"/v1/evals/{evaluation['id']}/runs",
+        json={
+            "data_source": {"type": "jsonl", "source": {"type": "file_content", "content": rows}}
+        },
+    )
+    run = wait_run(api, evaluation["id"], created.json()["id"])
+    assert run["status"] == "completed", run["error"]
+    assert run["result_counts"] == {"total": 1, "passed": 1, "failed": 0, "errored": 0}
 
 
 @pytest.mark.parametrize(

@@ -746,21 +746,33 @@ def test_logs_become_a_training_file_and_an_eval_in_the_studio(
     new_page, _ = browse
     client = server.api()
     tag = f"support-{time.time_ns()}"
+    cut = {  # an answer cut at its token limit: shown, never saved as an example
+        "model": str(tiny_model_dir),
+        "messages": [{"role": "user", "content": "Tell me everything."}],
+        "max_completion_tokens": 1,
+        "temperature": 0,
+        "store": True,
+        "metadata": {"usecase": tag, "prompt": "cut"},
+    }
+    cut = client.post("/v1/chat/completions", json=cut).json()
+    assert cut["choices"][0]["finish_reason"] == "length"
     logged = []
+    # SmolLM2 (the default model), whose short answers end: answers the page can save
     for i, question in enumerate(["Where is my parcel?", "Reset my password", "Hi"]):
         body = {
-            "model": str(tiny_model_dir),
+            "model": "smollm2-135m-instruct",
             "messages": [
-                {"role": "developer", "content": "You are a support agent."},
+                {"role": "developer", "content": "You are a support agent. Answer in a few words."},
                 {"role": "user", "content": question},
             ],
             "temperature": 0,
-            "max_completion_tokens": 8,
+            "max_completion_tokens": 64,
             "store": True,
             "metadata": {"usecase": tag, "prompt": f"v{i}"},
         }
         response = client.post("/v1/chat/completions", json=body)
         assert response.status_code == 200, response.text
+        assert response.json()["choices"][0]["finish_reason"] == "stop", response.json()
         logged.append(response.json())
     other = body | {"metadata": {"usecase": "other"}}
     assert client.post("/v1/chat/completions", json=other).status_code == 200
@@ -772,21 +784,26 @@ def test_logs_become_a_training_file_and_an_eval_in_the_studio(
     assert "usecase=other" in page.inner_text("#logs table")  # unfiltered: every log
     page.fill("#metadata", f"usecase={tag}")
     page.click("#filter-form button[type=submit]")
-    wait(lambda: page.locator("#logs tbody tr").count() == 3, 20, "the three support logs")
+    wait(lambda: page.locator("#logs tbody tr").count() == 4, 20, "the four support logs")
+    assert "cut at the token limit" in page.locator("#logs tbody tr").last.inner_text()
     newest = page.locator("#logs tbody tr").first.inner_text()
     assert "Hi" in newest and "prompt=v2" in newest  # newest first, prompt and metadata shown
     page.check(f"input[aria-label='Select {logged[2]['id']}']")
     page.check(f"input[aria-label='Select {logged[1]['id']}']")
-    assert page.inner_text("#chosen") == "2 selected."
+    page.check(f"input[aria-label='Select {cut['id']}']")
+    assert page.inner_text("#chosen") == "3 selected."
     page.fill("#filename", "support.jsonl")
     page.click("#save-btn")
-    saved = page.wait_for_selector("#saved a")
+    page.wait_for_selector("#saved a, #form-error:not([hidden])")
+    assert page.locator("#form-error").is_hidden(), page.inner_text("#form-error")
+    saved = page.locator("#saved a").first
+    assert "Saved 2 examples (1 left out" in page.inner_text("#saved")
     file_id = saved.get_attribute("href").rsplit("/", 1)[1]
     lines = [json.loads(x) for x in client.get(f"/v1/files/{file_id}/content").text.splitlines()]
     questions = ["Hi", "Reset my password"]
     for line, completion, question in zip(lines, logged[:0:-1], questions, strict=True):
         assert line["messages"] == [
-            {"role": "system", "content": "You are a support agent."},
+            {"role": "system", "content": "You are a support agent. Answer in a few words."},
             {"role": "user", "content": question},
             {"role": "assistant", "content": completion["choices"][0]["message"]["content"]},
         ]
@@ -795,9 +812,13 @@ def test_logs_become_a_training_file_and_an_eval_in_the_studio(
 
     page.uncheck(f"input[aria-label='Select {logged[2]['id']}']")
     page.uncheck(f"input[aria-label='Select {logged[1]['id']}']")
+    page.click("#save-btn")  # the cut answer alone makes no example
+    error = page.wait_for_selector("#form-error:not([hidden])")
+    assert "None of the selected logs makes a training example" in error.inner_text()
+    page.uncheck(f"input[aria-label='Select {cut['id']}']")
     page.check(f"input[aria-label='Select {logged[0]['id']}']")
     page.click("#delete-btn")
-    wait(lambda: page.locator("#logs tbody tr").count() == 2, 20, "the deleted log to go")
+    wait(lambda: page.locator("#logs tbody tr").count() == 3, 20, "the deleted log to go")
     assert client.get(f"/v1/chat/completions/{logged[0]['id']}").status_code == 404
 
     page.goto(f"{server.url}/studio/evals")
@@ -813,11 +834,11 @@ def test_logs_become_a_training_file_and_an_eval_in_the_studio(
     page.click("#run-form button[type=submit]")
     page.wait_for_selector("#runs table a").click()
     wait(lambda: "completed" in page.inner_text("#run-status"), 120, "the run to complete")
-    wait(lambda: page.locator("#items tbody tr").count() == 2, 20, "the two stored answers")
+    wait(lambda: page.locator("#items tbody tr").count() == 3, 20, "the three stored answers")
     eval_id = page.url.split("/evals/")[1].split("/")[0]
     (run,) = client.get(f"/v1/evals/{eval_id}/runs").json()["data"]
     assert run["data_source"]["source"] == {"type": "stored_completions"}
-    assert run["result_counts"]["total"] == 2
+    assert run["result_counts"]["total"] == 3
 
 
 def test_the_playground_shows_probabilities_and_holds_answers_to_a_schema(

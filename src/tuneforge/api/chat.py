@@ -181,6 +181,9 @@ class Answer:
     text: str  # starts with the forced call opening, if any
     tools: bool
     sent: int = 0  # characters of content streamed so far
+    # the whole answer once made: its tool calls' ids are random, and what is streamed, returned
+    # and stored must carry the same ones
+    _final: tuple[str | None, list[dict[str, Any]] | None] | None = None
 
     def streamable(self) -> str:
         if not self.tools:
@@ -195,11 +198,16 @@ class Answer:
         return piece
 
     def final(self, parallel: bool) -> tuple[str | None, list[dict[str, Any]] | None]:
-        """The content and the tool calls (None without any) of the whole answer."""
-        parsed = parse_tool_calls(self.text) if self.tools else None
-        if parsed is None:
-            return self.text, None
-        return parsed.content, tool_call_objects(parsed.calls if parallel else parsed.calls[:1])
+        """The content and the tool calls (None without any) of the whole answer (made once:
+        call it when the text is complete)."""
+        if self._final is None:
+            parsed = parse_tool_calls(self.text) if self.tools else None
+            if parsed is None:
+                self._final = (self.text, None)
+            else:
+                calls = parsed.calls if parallel else parsed.calls[:1]
+                self._final = (parsed.content, tool_call_objects(calls))
+        return self._final
 
 
 def _open_started(text: str) -> int:

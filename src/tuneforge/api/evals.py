@@ -20,10 +20,11 @@ compare-and-set on the run's status: the runner's later writes never undo it.
 Stored traffic: an eval of `data_source_config.type` `stored_completions` (or `logs`, its newer
 name) grades chat completions kept with `store: true` (`api/stored_chat.py`). A `completions`
 run with `source.type: stored_completions` picks them by metadata, model and time, fixed when
-the run is created (their ids, in `eval_run_completions`); without a `model` it grades the
-stored answers, with one (and `input_messages` such as `item_reference: item.input`) that model
-answers the stored prompts anew. Each row's `item` is `{id, model, metadata, input,
-output_text}` (`stored_chat.EVAL_ITEM_SCHEMA`).
+the run is created (their ids, in `eval_run_completions`; `limit` keeps the newest); without a
+`model` it grades the stored answers, with one (and `input_messages` such as `item_reference:
+item.input`) that model answers the stored prompts anew, with the logged tools unless
+`sampling_params` gives some. Each row's `item` is `{id, model, metadata, input, output_text}`
+(`stored_chat.EVAL_ITEM_SCHEMA`).
 
 Not here: stored responses as a source (`source.type: responses`), image and audio inputs, and
 OpenAI's hosted judges (a `label_model` or `score_model` runs a local model:
@@ -360,12 +361,15 @@ def _stored_completions(
     metadata |= _metadata_filter(source.get("metadata"), f"{param}.metadata")
     found = get_store(request).list_chat_completions(
         limit=(limit or MAX_ROWS + 1),
+        oldest_first=limit is None,  # a limit keeps the newest (the latest traffic)
         model=model,
         metadata=metadata,
         created_after=source.get("created_after"),
         created_before=source.get("created_before"),
         with_messages=True,
     )
+    if limit is not None:
+        found.reverse()  # graded oldest first
     if not found:
         filters = [f"metadata {k}={v!r}" for k, v in metadata.items()]
         filters += [
@@ -452,8 +456,11 @@ def _chat_tools(kind: str, tools: list[dict[str, Any]] | None) -> list[dict[str,
     return out
 
 
-def chat_request(data_source: dict[str, Any], messages: list[dict]) -> ChatCompletionRequest:
-    """The chat request a run sends for one row."""
+def chat_request(
+    data_source: dict[str, Any], messages: list[dict], row_tools: list[dict] | None = None
+) -> ChatCompletionRequest:
+    """The chat request a run sends for one row (`row_tools`: a stored completion's own tools,
+    used when sampling_params gives none, so a re-answer sees the prompt that was logged)."""
     params = SamplingParams.model_validate(data_source.get("sampling_params") or {})
     text_format = None
     if params.text and params.text.format:  # the Responses API's flat format → chat's
@@ -467,7 +474,7 @@ def chat_request(data_source: dict[str, Any], messages: list[dict]) -> ChatCompl
             "seed": DEFAULT_SEED if params.seed is None else params.seed,
             "max_completion_tokens": params.max_tokens(),
             "response_format": params.response_format or text_format,
-            "tools": _chat_tools(data_source["type"], params.tools),
+            "tools": _chat_tools(data_source["type"], params.tools) or row_tools,
         }
     )
 
@@ -779,14 +786,14 @@ class EvalRunner(QueueRunner):
             }
         elif _grades_given_samples(run["data_source"]):
             sample, shown = _given_sample(row.get("sample"))
-            if "input" in item:  # a stored completion: what it was asked, how it finished
+            if row.get("_stored"):  # a stored completion: what it was asked, how it finished
                 shown["input"] = item["input"]
                 if used := sample.get("usage"):
                     shown["usage"] = _usage(used["prompt_tokens"], used["completion_tokens"])
                 shown["output"] = [sample["choices"][0]["message"]]
                 shown["finish_reason"] = sample["choices"][0]["finish_reason"]
         else:
-            sample, shown = await self._generate(client, run, prompt)
+            sample, shown = await self._generate(client, run, prompt, row)
         if shown["error"] is None:
             results = await run_in_threadpool(grade, stored["testing_criteria"], sample, item)
         else:
@@ -807,10 +814,10 @@ class EvalRunner(QueueRunner):
         }
 
     async def _generate(
-        self, client: Caller, run: dict[str, Any], prompt: list[dict]
+        self, client: Caller, run: dict[str, Any], prompt: list[dict], row: dict[str, Any]
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         """The model's answer to one row: the grader's sample, and OpenAI's `sample` object."""
-        request_chat = chat_request(run["data_source"], prompt)
+        request_chat = chat_request(run["data_source"], prompt, row.get("_tools"))
         shown: dict[str, Any] = {
             "input": prompt,
             "output": [],

@@ -101,15 +101,22 @@ def eval_row(stored: dict[str, Any]) -> dict[str, Any]:
     text = message.get("content") or ""
     sample = message_sample(text, message.get("tool_calls") or [])
     sample["choices"][0]["finish_reason"] = body["choices"][0]["finish_reason"]
+    # the messages with text parts joined, as a prompt of an eval run is written
+    messages = [
+        {k: v for k, v in m.items() if k not in ("id", "content_parts")}
+        for m in message_objects(body["id"], stored["messages"])
+    ]
     return {
         "item": {
             "id": body["id"],
             "model": body["model"],
             "metadata": body.get("metadata") or {},
-            "input": stored["messages"],
+            "input": messages,
             "output_text": text,
         },
         "sample": sample | {"model": body["model"], "usage": body.get("usage")},
+        "_stored": True,  # not shown: how the runner tells a stored row from a jsonl one
+        "_tools": body.get("tools"),  # the logged tools, for a model that answers anew
     }
 
 

@@ -1,8 +1,9 @@
 // Logs: chat completions stored with `store: true` (GET /v1/chat/completions), newest first,
 // filtered by model and metadata; each with its prompt (GET …/{id}/messages) and answer. The
 // ticked ones become a training file (POST /v1/files, purpose fine-tune): each log's messages
-// and its answer as one OpenAI chat example (developer → system, as the chat route reads it;
-// the request's tools kept), or are deleted.
+// and its (first) answer as one OpenAI chat example (developer → system, as the chat route reads
+// it; the request's tools kept), leaving out answers that are empty or were cut at the token
+// limit (a training file must not teach either); or they are deleted.
 import { $, api, el, fmt, link, notice, replace, ROOT, showError, table, when } from "./lib.js";
 
 const PAGE = 20;
@@ -25,6 +26,14 @@ function filters() {
 function said(messages) {
   const user = messages.filter((m) => m.role === "user");
   return user.length ? user[user.length - 1].content || "" : "";
+}
+
+// Why a log's answer does not make a training example, or null.
+function unfit(completion) {
+  const choice = completion.choices[0];
+  if (choice.finish_reason === "length") return "cut at the token limit";
+  if (!choice.message.content && !(choice.message.tool_calls || []).length) return "empty";
+  return null;
 }
 
 function answer(completion) {
@@ -57,9 +66,24 @@ function render() {
     { label: "Model", value: (log) => el("code", {}, log.completion.model) },
     { label: "Metadata", value: (log) => Object.entries(log.completion.metadata || {}).map(([k, v]) => `${k}=${v}`).join(", ") || "–" },
     { label: "Prompt", value: (log) => el("div", {}, said(log.messages), conversation(log)) },
-    { label: "Answer", value: (log) => answer(log.completion) },
+    { label: "Answer", value: (log) => el("div", {}, answer(log.completion),
+      unfit(log.completion) ? el("div", { class: "muted" }, `(${unfit(log.completion)}: not saved as an example)`) : null) },
     { label: "Tokens", num: true, value: (log) => fmt(log.completion.usage.total_tokens) },
   ], shown) : el("p", { class: "muted" }, "No stored completions match: send chat completions with store: true (and metadata to filter by)."));
+}
+
+// Every message of a log's request (pages of 100, following the cursor).
+async function messagesOf(id) {
+  const messages = [];
+  let after = null;
+  while (true) {
+    const query = new URLSearchParams({ limit: "100" });
+    if (after) query.set("after", after);
+    const page = await api(`/v1/chat/completions/${id}/messages?${query}`);
+    messages.push(...page.data);
+    if (!page.has_more) return messages;
+    after = page.last_id;
+  }
 }
 
 async function load(more = false) {
@@ -68,8 +92,7 @@ async function load(more = false) {
   if (more && last) query.set("after", last);
   const page = await api(`/v1/chat/completions?${query}`);
   const logs = await Promise.all(page.data.map(async (completion) => ({
-    completion,
-    messages: (await api(`/v1/chat/completions/${completion.id}/messages?limit=100`)).data,
+    completion, messages: await messagesOf(completion.id),
   })));
   shown = more ? shown.concat(logs) : logs;
   last = page.last_id;
@@ -92,7 +115,15 @@ function trainingExample(log) {
 }
 
 $("#save-btn").addEventListener("click", async () => {
-  const lines = [...chosen.values()].map((log) => `${JSON.stringify(trainingExample(log))}\n`);
+  $("#form-error").hidden = true;
+  const fit = [...chosen.values()].filter((log) => !unfit(log.completion));
+  const left = chosen.size - fit.length;
+  const why = left ? ` (${left} left out: an empty answer, or one cut at the token limit)` : "";
+  if (!fit.length) {
+    showError("#form-error", new Error(`None of the selected logs makes a training example${why}.`));
+    return;
+  }
+  const lines = fit.map((log) => `${JSON.stringify(trainingExample(log))}\n`);
   const name = $("#filename").value.trim() || "from-logs.jsonl";
   const form = new FormData();
   form.append("file", new Blob(lines, { type: "application/jsonl" }), name.endsWith(".jsonl") ? name : `${name}.jsonl`);
@@ -100,7 +131,7 @@ $("#save-btn").addEventListener("click", async () => {
   $("#save-btn").disabled = true;
   try {
     const file = await api("/v1/files", { method: "POST", form });
-    replace("#saved", el("p", {}, `Saved ${lines.length} examples as `, link(`${ROOT}/data/${file.id}`, file.filename),
+    replace("#saved", el("p", {}, `Saved ${lines.length} examples${why} as `, link(`${ROOT}/data/${file.id}`, file.filename),
       " (", el("code", {}, file.id), "): check it there, then start a job on it from ", link(`${ROOT}/jobs/new`, "New job"), "."));
     notice(`Saved ${file.filename}.`);
   } catch (err) {
