@@ -334,6 +334,29 @@ def test_stored_completions_are_graded_as_logged_and_as_a_model_answers_them_ane
     )
     assert anew["model"] == tiny
     assert anew["result_counts"] == {"total": 3, "passed": 3, "failed": 0, "errored": 0}
+    for item, completion in zip(items_of(api, evaluation["id"], anew["id"]), logged, strict=True):
+        assert item["sample"]["usage"]["prompt_tokens"] == completion["usage"]["prompt_tokens"]
+
+    # a logged request with tools is answered anew with them: the same prompt
+    tool = {
+        "type": "function",
+        "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {}}},
+    }
+    with_tools = api.post(
+        "/v1/chat/completions",
+        json=body | {"tools": [tool], "metadata": {"usecase": f"{tag}-tools"}},
+    ).json()
+    tools_run = run(
+        {
+            "type": "completions",
+            "model": tiny,
+            "input_messages": {"type": "item_reference", "item_reference": "item.input"},
+            "sampling_params": {"temperature": 0, "max_completion_tokens": 5},
+            "source": {"type": "stored_completions", "metadata": {"usecase": f"{tag}-tools"}},
+        }
+    )
+    (item,) = items_of(api, evaluation["id"], tools_run["id"])
+    assert item["sample"]["usage"]["prompt_tokens"] == with_tools["usage"]["prompt_tokens"]
     newest = run({"type": "completions", "source": {"type": "stored_completions", "limit": 1}})
     assert newest["result_counts"]["total"] == 1
     (kept,) = items_of(api, evaluation["id"], newest["id"])
