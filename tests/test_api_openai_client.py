@@ -436,10 +436,21 @@ def test_stored_completions_as_openais_monitoring_cookbook_drives_them(client, f
     """OpenAI's cookbook "Monitoring stored completions", but for base_url and the grader (a
     string_check where it uses a hosted judge): log completions with store=True and metadata,
     page through them, then grade one prompt version's answers with an eval run."""
+    from openai import omit
+
     job, _ = finished_job
     usecase = f"push_notifications_summarizer-{time.time_ns()}"
     notifications = ["- New message from Sarah", "- Weather alert", "- Your package arrived"]
     logged = []
+    # the last answer is a JSON object of one word: one that ends (finish_reason stop), where
+    # the tiny model's noise otherwise runs to its token limit
+    mood = {
+        "type": "object",
+        "properties": {"mood": {"enum": ["calm", "busy"]}},
+        "required": ["mood"],
+        "additionalProperties": False,
+    }
+    ends = {"type": "json_schema", "json_schema": {"name": "mood", "schema": mood}}
     for i, text in enumerate(notifications):
         logged.append(
             client.chat.completions.create(
@@ -450,7 +461,8 @@ def test_stored_completions_as_openais_monitoring_cookbook_drives_them(client, f
                 ],
                 store=True,
                 metadata={"prompt_version": "v1" if i < 2 else "v2", "usecase": usecase},
-                max_completion_tokens=8,
+                max_completion_tokens=8 if i < 2 else 32,
+                response_format=ends if i == 2 else omit,
                 temperature=0,
             )
         )
@@ -493,6 +505,22 @@ def test_stored_completions_as_openais_monitoring_cookbook_drives_them(client, f
     assert [i.sample.output[0].content for i in items] == [
         c.choices[0].message.content for c in logged[:2]
     ]
+
+    # Distillation with the SDK alone (the README's snippet): the logged conversations that
+    # ended by themselves, with their answers, as a training file.
+    lines = []
+    for c in client.chat.completions.list(metadata={"usecase": usecase}):
+        if c.choices[0].finish_reason != "stop":
+            continue
+        prompt = client.chat.completions.messages.list(c.id, limit=100).data
+        messages = [{"role": m.role, "content": m.content} for m in prompt]
+        messages.append({"role": "assistant", "content": c.choices[0].message.content})
+        lines.append(json.dumps({"messages": messages}) + "\n")
+    stopped = [c for c in logged if c.choices[0].finish_reason == "stop"]
+    assert len(lines) == len(stopped) >= 1, [c.choices[0].finish_reason for c in logged]
+    data = "".join(lines).encode()
+    file = client.files.create(file=("distilled.jsonl", data), purpose="fine-tune")
+    assert file.status == "processed"
 
     updated = client.chat.completions.update(logged[2].id, metadata={"reviewed": "yes"})
     assert updated.metadata == {"reviewed": "yes"}
