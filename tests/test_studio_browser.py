@@ -799,6 +799,8 @@ def test_logs_become_a_training_file_and_an_eval_in_the_studio(
     saved = page.locator("#saved a").first
     assert "Saved 2 examples (1 left out" in page.inner_text("#saved")
     file_id = saved.get_attribute("href").rsplit("/", 1)[1]
+    new_job = page.locator("#saved a").nth(1).get_attribute("href")
+    assert new_job.endswith(f"/studio/jobs/new?training_file={file_id}")
     lines = [json.loads(x) for x in client.get(f"/v1/files/{file_id}/content").text.splitlines()]
     questions = ["Hi", "Reset my password"]
     for line, completion, question in zip(lines, logged[:0:-1], questions, strict=True):
@@ -819,6 +821,8 @@ def test_logs_become_a_training_file_and_an_eval_in_the_studio(
     page.check(f"input[aria-label='Select {logged[0]['id']}']")
     page.click("#delete-btn")
     wait(lambda: page.locator("#logs tbody tr").count() == 3, 20, "the deleted log to go")
+    page.click("#select-all")
+    assert page.inner_text("#chosen") == "3 selected."
     assert client.get(f"/v1/chat/completions/{logged[0]['id']}").status_code == 404
 
     page.goto(f"{server.url}/studio/evals")

@@ -97,6 +97,7 @@ async function load(more = false) {
   shown = more ? shown.concat(logs) : logs;
   last = page.last_id;
   $("#more").hidden = !page.has_more;
+  $("#select-all").hidden = !shown.length;
   render();
 }
 
@@ -132,7 +133,7 @@ $("#save-btn").addEventListener("click", async () => {
   try {
     const file = await api("/v1/files", { method: "POST", form });
     replace("#saved", el("p", {}, `Saved ${lines.length} examples${why} as `, link(`${ROOT}/data/${file.id}`, file.filename),
-      " (", el("code", {}, file.id), "): check it there, then start a job on it from ", link(`${ROOT}/jobs/new`, "New job"), "."));
+      " (", el("code", {}, file.id), "): check it there, or ", link(`${ROOT}/jobs/new?training_file=${file.id}`, "start a fine-tuning job on it"), "."));
     notice(`Saved ${file.filename}.`);
   } catch (err) {
     showError("#form-error", err);
@@ -160,6 +161,11 @@ $("#delete-btn").addEventListener("click", async () => {
 $("#filter-form").addEventListener("submit", (e) => {
   e.preventDefault();
   load().catch((err) => showError("#form-error", err));
+});
+$("#select-all").addEventListener("click", () => {
+  for (const log of shown) chosen.set(log.completion.id, log);
+  updateChosen();
+  render();
 });
 $("#more").addEventListener("click", () => load(true).catch((err) => showError("#form-error", err)));
 
