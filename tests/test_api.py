@@ -619,6 +619,34 @@ def test_logprobs_are_the_models_own_and_spell_the_answer(api, tiny, tiny_model_
     assert chat(api, tiny, **SAMPLED).json()["choices"][0]["logprobs"] is None
 
 
+def test_presence_and_frequency_penalties_follow_openais_formula(api, default_model_dir):
+    """Greedy with penalties (SmolLM2: the tiny model's logits are too far apart for a penalty
+    to change its choice): each token is the best of the model's logits less OpenAI's
+    penalties for the answer so far (frequency × count, presence once seen), which changes the
+    answer; the logprobs reported stay the model's own."""
+    from tuneforge.models.text import load_text_side
+
+    model = "smollm2-135m-instruct"
+    base = {"max_tokens": 16, "temperature": 0, "logprobs": True}
+    plain = chat(api, model, **base).json()["choices"][0]
+    side = load_text_side(str(default_model_dir))
+    prompt = side.prompt_ids([Message("user", "Hello there")])
+    unpenalized = token_ids(side, plain["logprobs"]["content"])
+    for presence, frequency in ((-2.0, 0.0), (0.0, -1.0), (1.0, 2.0)):
+        body = base | {"presence_penalty": presence, "frequency_penalty": frequency}
+        choice = chat(api, model, **body).json()["choices"][0]
+        answer = token_ids(side, choice["logprobs"]["content"])
+        expected = teacher_forced_logprobs(default_model_dir, prompt, answer)
+        for position, token in enumerate(answer):
+            seen = torch.tensor(answer[:position], dtype=torch.long)
+            counts = torch.bincount(seen, minlength=expected.shape[-1]).float()
+            penalized = expected[position] - counts * frequency - (counts > 0).float() * presence
+            assert token == int(penalized.argmax()), (presence, frequency, position)
+            reported = choice["logprobs"]["content"][position]["logprob"]
+            assert reported == pytest.approx(float(expected[position, token]), abs=1e-3)
+        assert answer != unpenalized, (presence, frequency, choice["message"]["content"])
+
+
 def test_streamed_logprobs_add_up_to_the_whole_answers(api, tiny):
     body = {"logprobs": True, "top_logprobs": 2, "stream": True} | SAMPLED
     whole = chat(api, tiny, **body | {"stream": False}).json()["choices"][0]
@@ -1124,7 +1152,8 @@ def test_message_variants_are_accepted(api, tiny):
         ({"stream": "yes please"}, "stream", None),
         ({"logprobs": "maybe"}, "logprobs", None),
         ({"logprobs": True, "top_logprobs": 21}, "top_logprobs", None),
-        ({"presence_penalty": 1.0}, "presence_penalty", None),
+        ({"presence_penalty": 2.5}, "presence_penalty", None),
+        ({"frequency_penalty": -3}, "frequency_penalty", None),
         ({"response_format": {"type": "xml"}}, "response_format", None),
         ({"response_format": {"type": "json_schema", "json_schema": {}}}, "response_format", None),
         (

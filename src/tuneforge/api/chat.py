@@ -298,6 +298,8 @@ async def start(request: Request, body: ChatCompletionRequest) -> Started | Resp
         stop=body.stop_list(),
         logprobs=body.logprobs_wanted(),
         grammar=grammar,
+        presence_penalty=body.presence_penalty or 0.0,
+        frequency_penalty=body.frequency_penalty or 0.0,
         background=is_background(request),
     )
     generation = engine.submit(served.target, text, prompt, params, n=body.n or 1)

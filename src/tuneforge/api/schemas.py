@@ -532,8 +532,18 @@ class ChatCompletionRequest(Strict):
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     user: str | None = Field(None, max_length=MAX_ID)
-    presence_penalty: float | None = Field(None, ge=0, le=0, description="Only 0 is supported.")
-    frequency_penalty: float | None = Field(None, ge=0, le=0, description="Only 0 is supported.")
+    presence_penalty: float | None = Field(
+        None,
+        ge=-2,
+        le=2,
+        description="Subtracted from a token's logit once it is in the answer (OpenAI's).",
+    )
+    frequency_penalty: float | None = Field(
+        None,
+        ge=-2,
+        le=2,
+        description="Subtracted from a token's logit as often as it is in the answer (OpenAI's).",
+    )
     logprobs: bool | None = Field(
         None,
         description="true: each answer token's log-probability (the model's own distribution, "

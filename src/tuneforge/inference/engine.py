@@ -102,6 +102,10 @@ class SamplingParams:
     logprobs: int | None = None
     # Structured output: an llguidance grammar (`inference/constrained.py`) the answer follows
     grammar: str | None = None
+    # OpenAI's repetition penalties, subtracted from a token's logit before sampling: presence
+    # once a token is in the answer so far, frequency times how often (`penalize`)
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
     # Background work (a batch's line, an eval run's row): admitted after the live requests
     # waiting, and on at most BACKGROUND_SHARE of the batch's rows (even with no live request),
     # so a live request is never queued behind a large batch's waiting rows
@@ -110,6 +114,10 @@ class SamplingParams:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0 or self.top_p == 0
+
+    @property
+    def penalized(self) -> bool:
+        return bool(self.presence_penalty or self.frequency_penalty)
 
 
 @dataclass(frozen=True)
@@ -323,6 +331,17 @@ def token_logprob(logits: torch.Tensor, token: int, top: int) -> TokenLogprob:
         tuple(zip(best.indices.tolist(), best.values.tolist(), strict=True)) if best else ()
     )
     return TokenLogprob(token, float(logprobs[token]), alternatives)
+
+
+def penalize(logits: torch.Tensor, answer: list[int], params: SamplingParams) -> torch.Tensor:
+    """OpenAI's presence and frequency penalties on one row's logits, from the tokens of the
+    answer so far (not the prompt): logit[j] − c[j]·frequency − (c[j] > 0)·presence."""
+    if not answer or not params.penalized:
+        return logits
+    counts = torch.bincount(torch.tensor(answer), minlength=logits.shape[-1])[: logits.shape[-1]]
+    counts = counts.to(device=logits.device, dtype=torch.float32)
+    penalty = counts * params.frequency_penalty + (counts > 0).float() * params.presence_penalty
+    return logits.float() - penalty
 
 
 def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:
@@ -707,7 +726,7 @@ class InferenceEngine:
         for i, row in enumerate(rows):
             if row.generation.cancelled:
                 continue
-            plain = row.params.greedy and row.params.grammar is None
+            plain = row.params.greedy and row.params.grammar is None and not row.params.penalized
             token = greedy[i] if plain else self._choose(row, logits[i])
             if not self._advance(row, token, logits[i]):
                 keep.append(i)
@@ -731,7 +750,10 @@ class InferenceEngine:
 
     # -- one new token for one row -----------------------------------------------------------
     def _choose(self, row: _Row, logits: torch.Tensor) -> int:
-        """The row's next token from its logits: within its grammar, if it has one."""
+        """The row's next token from its logits: penalized for repeats (with presence or
+        frequency penalties), within its grammar if it has one. Log-probabilities stay the
+        model's own (`_advance` reads the logits as they came)."""
+        logits = penalize(logits, row.ids, row.params)
         if row.params.grammar is None:
             return sample(logits, row.params, row.generator)
         if row.constraint is None:
