@@ -1154,6 +1154,8 @@ def test_message_variants_are_accepted(api, tiny):
         ({"logprobs": True, "top_logprobs": 21}, "top_logprobs", None),
         ({"presence_penalty": 2.5}, "presence_penalty", None),
         ({"frequency_penalty": -3}, "frequency_penalty", None),
+        ({"logit_bias": {"1234": 100}}, "logit_bias", None),
+        ({"reasoning_effort": "low"}, "reasoning_effort", None),
         ({"response_format": {"type": "xml"}}, "response_format", None),
         ({"response_format": {"type": "json_schema", "json_schema": {}}}, "response_format", None),
         (

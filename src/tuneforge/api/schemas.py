@@ -577,6 +577,18 @@ class ChatCompletionRequest(Strict):
     metadata: Metadata | None = Field(
         None, description="Up to 16 key-value pairs kept with a stored completion, to filter by."
     )
+    logit_bias: Annotated[
+        dict[str, float] | None,
+        _refused(
+            "logit_bias names tokens by their ids in OpenAI's tokenizer, which are other "
+            "tokens in this model's; to hold answers to a few labels, use response_format with "
+            'a JSON schema such as {"enum": ["yes", "no"]} (constrained decoding)'
+        ),
+    ] = None
+    reasoning_effort: Annotated[
+        str | None,
+        _refused("tuneforge's models do not reason in hidden tokens; leave reasoning_effort out"),
+    ] = None
     # Accepted so that OpenAI code runs unchanged; none changes what tuneforge generates.
     service_tier: Literal["auto", "default"] | None = None
     prompt_cache_key: str | None = Field(None, max_length=MAX_ID)
