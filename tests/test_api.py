@@ -881,6 +881,7 @@ def test_openai_arguments_that_change_nothing_are_accepted(api, tiny):
         "service_tier": "auto",
         "prompt_cache_key": "k",
         "safety_identifier": "user-1",
+        "reasoning_effort": "minimal",
         "parallel_tool_calls": False,
         "tools": [WEATHER_TOOL | {"function": WEATHER_TOOL["function"] | {"strict": False}}],
     }

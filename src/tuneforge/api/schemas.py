@@ -35,6 +35,17 @@ def _refused(why: str) -> AfterValidator:
     return AfterValidator(check)
 
 
+def _no_hidden_reasoning(value: str | None) -> str | None:
+    """Chat's reasoning_effort: "none" and "minimal" are what a model without hidden reasoning
+    tokens does anyway; asking for more is a 400 rather than a setting silently ignored."""
+    if value not in (None, "none", "minimal"):
+        raise ValueError(
+            "tuneforge's models do not reason in hidden tokens: reasoning_effort can be none "
+            "or minimal, or left out"
+        )
+    return value
+
+
 def _metadata_sizes(value: dict[str, str] | None) -> dict[str, str] | None:
     for key, item in (value or {}).items():
         if len(key) > 64 or len(item) > 512:
@@ -585,10 +596,9 @@ class ChatCompletionRequest(Strict):
             'a JSON schema such as {"enum": ["yes", "no"]} (constrained decoding)'
         ),
     ] = None
-    reasoning_effort: Annotated[
-        str | None,
-        _refused("tuneforge's models do not reason in hidden tokens; leave reasoning_effort out"),
-    ] = None
+    reasoning_effort: Annotated[str | None, AfterValidator(_no_hidden_reasoning)] = Field(
+        None, description="none or minimal (what these models do); more is a 400 that says why."
+    )
     # Accepted so that OpenAI code runs unchanged; none changes what tuneforge generates.
     service_tier: Literal["auto", "default"] | None = None
     prompt_cache_key: str | None = Field(None, max_length=MAX_ID)

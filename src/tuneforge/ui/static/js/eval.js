@@ -50,10 +50,10 @@ async function main() {
       el("li", {}, el("strong", {}, c.name), ` (${c.type}${c.pass_threshold !== undefined ? `, passes at ${fmt(c.pass_threshold)}` : ""})`)))),
     el("dt", {}, "Created"), el("dd", {}, when(ev.created_at))));
   stored = ev.data_source_config.type !== "custom";
+  for (const field of ["#upload", "#system", "#user"]) $(field).closest(".field").hidden = stored;
   const filter = Object.entries(ev.data_source_config.metadata || {}).map(([k, v]) => `${k}=${v}`).join(", ");
   if (stored) {
     replace("#rows", el("option", { value: "" }, `stored chat completions${filter ? ` with ${filter}` : ""}`));
-    for (const id of ["#upload", "#system", "#user"]) $(id).closest(".field").hidden = true;
   } else {
     replace("#rows", files.data.length
       ? files.data.map((f) => el("option", { value: f.id }, `${f.filename} (${f.id})`))
@@ -101,6 +101,7 @@ $("#run-form").addEventListener("submit", async (e) => {
     notice(`Started ${run.name}.`);
     $("#upload").value = "";
     await main();
+    $("#model").value = model;  // the next run starts from the same choice
   } catch (err) {
     showError("#form-error", err);
   } finally {

@@ -18,7 +18,7 @@ const STORED_CRITERIA = `[
 ]`;
 let defaultCriteria = null;  // the form's first criteria text, while the user has not edited it
 
-$("#kind").addEventListener("change", () => {
+function showKind() {
   const stored = $("#kind").value !== "custom";
   $("#filter").closest(".field").hidden = !stored;
   $("#fields").closest(".field").hidden = stored;
@@ -26,7 +26,9 @@ $("#kind").addEventListener("change", () => {
   if ([defaultCriteria, STORED_CRITERIA].includes($("#criteria").value)) {
     $("#criteria").value = stored ? STORED_CRITERIA : defaultCriteria;
   }
-});
+}
+$("#kind").addEventListener("change", showKind);
+showKind();  // a form the browser restored with "Stored" chosen
 
 function metadataFilter(text) {
   const pairs = {};

@@ -10,6 +10,7 @@ const PAGE = 20;
 const chosen = new Map();  // id → {completion, messages}
 let shown = [];  // [{completion, messages}] in the table
 let last = null;  // the cursor of the next page
+let query = null;  // the filter of the logs shown (set by Filter; "Show older" keeps it)
 
 function filters() {
   const query = new URLSearchParams({ order: "desc", limit: String(PAGE) });
@@ -86,11 +87,19 @@ async function messagesOf(id) {
   }
 }
 
-async function load(more = false) {
+// mode "new": the filter as typed now (the selection starts again); "more": the next page of
+// the logs shown; "again": their first page again (after a delete), the selection kept.
+async function load(mode = "new") {
   $("#form-error").hidden = true;
-  const query = filters();
-  if (more && last) query.set("after", last);
-  const page = await api(`/v1/chat/completions?${query}`);
+  if (mode === "new" || query === null) {
+    query = filters();
+    chosen.clear();
+    updateChosen();
+  }
+  const more = mode === "more";
+  const pageQuery = new URLSearchParams(query);
+  if (more && last) pageQuery.set("after", last);
+  const page = await api(`/v1/chat/completions?${pageQuery}`);
   const logs = await Promise.all(page.data.map(async (completion) => ({
     completion, messages: await messagesOf(completion.id),
   })));
@@ -145,17 +154,21 @@ $("#save-btn").addEventListener("click", async () => {
 $("#delete-btn").addEventListener("click", async () => {
   const ids = [...chosen.keys()];
   if (!window.confirm(`Delete ${ids.length} stored completion(s)? This cannot be undone.`)) return;
+  $("#delete-btn").disabled = true;
+  let deleted = 0, failure = null;
   try {
     for (const id of ids) {
       await api(`/v1/chat/completions/${id}`, { method: "DELETE" });
       chosen.delete(id);
+      deleted += 1;
     }
-    notice(`Deleted ${ids.length}.`);
-    updateChosen();
-    await load();
+    notice(`Deleted ${deleted}.`);
   } catch (err) {
-    showError("#form-error", err);
+    failure = new Error(`Deleted ${deleted} of ${ids.length}: ${err.message}`);
   }
+  updateChosen();
+  await load("again").catch((err) => { failure = failure || err; });
+  if (failure) showError("#form-error", failure);
 });
 
 $("#filter-form").addEventListener("submit", (e) => {
@@ -167,7 +180,7 @@ $("#select-all").addEventListener("click", () => {
   updateChosen();
   render();
 });
-$("#more").addEventListener("click", () => load(true).catch((err) => showError("#form-error", err)));
+$("#more").addEventListener("click", () => load("more").catch((err) => showError("#form-error", err)));
 
 async function main() {
   const models = (await api("/v1/models")).data;

@@ -96,6 +96,7 @@ async function ask(pane, prompt, settings, signal) {
     for await (const frame of sseFrames(response, signal)) {
       if (frame.data === "[DONE]") break;
       const chunk = JSON.parse(frame.data);
+      if (chunk.error) throw new Error(chunk.error.message);  // failed mid-stream, or not kept
       const choice = chunk.choices && chunk.choices[0];
       if (chunk.usage) count = chunk.usage.completion_tokens;
       if (!choice) continue;
