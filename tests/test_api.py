@@ -1013,6 +1013,41 @@ def test_stored_chat_completions_are_listed_filtered_updated_and_deleted(api, ti
     assert_error(bad, 400, param="metadata")
 
 
+def test_serve_store_keeps_live_completions_that_do_not_say_store_false(
+    api, tiny, monkeypatch, run_cli
+):
+    """`tuneforge serve --store` (OpenAI's "log by default"): a chat completion without
+    `store` is kept; `store: false` is not; a batch's lines only when they say store: true."""
+    import tuneforge.api.server as server
+
+    import tuneforge.cli._common as common
+
+    started = {}
+    monkeypatch.setattr(server, "run_server", lambda factory, **kw: started.update(kw))
+    monkeypatch.setattr(common, "use_free_cores", lambda: None)  # this process keeps its threads
+    assert run_cli("serve", "--store")[0] in (0, None)
+    assert started["store_by_default"] is True
+    run_cli("serve")
+    assert started["store_by_default"] is False
+
+    monkeypatch.setattr(api.app.state, "store_by_default", True)
+    tag = {"suite": f"default-{time.time_ns()}"}
+    kept = chat(api, tiny, metadata=tag | {"case": "left out"}).json()
+    chat(api, tiny, store=False, metadata=tag | {"case": "false"}).raise_for_status()
+    line = {"x-tuneforge-background": "1"}  # how the batch runner sends a batch's line
+    body = {"model": tiny, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3}
+    for case, extra in (("batch", {}), ("batch asked", {"store": True})):
+        response = api.post(
+            "/v1/chat/completions",
+            json=body | extra | {"metadata": tag | {"case": case}},
+            headers=line,
+        )
+        assert response.status_code == 200, response.text
+    listed = api.get("/v1/chat/completions", params={"metadata[suite]": tag["suite"]}).json()
+    assert [c["metadata"]["case"] for c in listed["data"]] == ["left out", "batch asked"]
+    assert listed["data"][0]["id"] == kept["id"]
+
+
 def test_a_completion_that_cannot_be_stored_says_so(api, tiny, monkeypatch):
     """A full disk under store: true is a 507 naming the failure (streamed: that error event
     instead of [DONE]), not an answer whose log silently went missing."""

@@ -237,9 +237,11 @@ def create_app(
     max_upload_bytes: int = MAX_UPLOAD_BYTES,
     allowed_hosts: frozenset[str] | None = None,
     open_prefixes: tuple[str, ...] = (),
+    store_by_default: bool = False,
 ) -> FastAPI:
     """The API. `allowed_hosts`: the names the `Host` header may carry (None: any, as in tests
-    that call the app in-process); `open_prefixes`: paths outside /v1 served without the key."""
+    that call the app in-process); `open_prefixes`: paths outside /v1 served without the key;
+    `store_by_default`: a chat completion without `store` is kept (`tuneforge serve --store`)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -282,6 +284,7 @@ def create_app(
         redoc_url=None,
     )
     app.state.max_upload_bytes = max_upload_bytes
+    app.state.store_by_default = store_by_default
     # what a batch's requests, sent to this app in-process, present to the Guard
     app.state.internal_headers = {
         "host": sorted(allowed_hosts)[0] if allowed_hosts else "127.0.0.1",

@@ -372,7 +372,7 @@ async def chat_completions(request: Request, body: ChatCompletionRequest) -> Any
     if finished is None:
         return Response(status_code=CLIENT_CLOSED)
     completion = _completion(started, meta, answers, finished, parallel, bool(body.logprobs))
-    await stored_chat.save(request, body, completion)
+    await stored_chat.save(request, body, completion, is_background(request))
     return completion
 
 
@@ -483,7 +483,7 @@ async def _stream(
             item = await next_event(generation, request)
         completion = _completion(started, meta, answers, finished, parallel, with_logprobs)
         try:
-            await stored_chat.save(request, body, completion)
+            await stored_chat.save(request, body, completion, is_background(request))
         except APIError as failure:
             yield _sse(error_body(failure.message, failure.type, failure.param, failure.code))
             return

@@ -8,6 +8,10 @@ traffic this way runs unchanged. What the logs are for here is what they are for
 dashboard: an eval run grades them (`source.type: stored_completions`, `api/evals.py`) and the
 Studio's Logs page turns the chosen ones into a training file (the distillation workflow).
 
+`tuneforge serve --store` keeps every live chat completion that does not say `store: false`
+(OpenAI's organisation setting that logs completions by default): an application pointed at
+the server, unchanged, then collects its own training data.
+
 Unlike OpenAI (30 days), nothing expires: the logs are the user's data, deleted when they say.
 A client that goes away before the answer is finished, or an answer that fails, stores nothing;
 one that cannot be stored (a full disk) is a 507 `store_failed`, or, streamed, that error event
@@ -60,9 +64,20 @@ def stored_object(completion: dict[str, Any], body: ChatCompletionRequest) -> di
     }
 
 
-async def save(request: Any, body: ChatCompletionRequest, completion: dict[str, Any]) -> None:
-    """Keep a finished completion when the request asked for `store: true`."""
-    if not body.store:
+def wanted(request: Any, body: ChatCompletionRequest, background: bool) -> bool:
+    """Whether a completion is kept: `store` as the request sets it; left out, as the server
+    was started (`tuneforge serve --store`, OpenAI's "log by default" setting) — for live
+    traffic, not a batch's lines."""
+    if body.store is not None:
+        return body.store
+    return bool(getattr(request.app.state, "store_by_default", False)) and not background
+
+
+async def save(
+    request: Any, body: ChatCompletionRequest, completion: dict[str, Any], background: bool
+) -> None:
+    """Keep a finished completion when it is `wanted`."""
+    if not wanted(request, body, background):
         return
     messages = [m.model_dump(exclude_none=True) for m in body.messages]
     try:

@@ -19,9 +19,19 @@ ApiKeyOpt = Annotated[
 JobsOpt = Annotated[
     int, typer.Option("--max-concurrent-jobs", min=1, help="Fine-tuning jobs run at once.")
 ]
+StoreOpt = Annotated[
+    bool,
+    typer.Option(
+        "--store/--no-store",
+        help="Keep every chat completion that does not say store: false (the Studio's Logs "
+        "page lists them): an application pointed here, unchanged, collects training data.",
+    ),
+]
 
 
-def _serve(host: str, port: int, api_key: str | None, jobs: int, on_ready=None) -> None:
+def _serve(
+    host: str, port: int, api_key: str | None, jobs: int, store: bool = False, on_ready=None
+) -> None:
     from tuneforge.api.server import run_server
     from tuneforge.cli._common import use_free_cores
     from tuneforge.ui import create_app
@@ -33,6 +43,7 @@ def _serve(host: str, port: int, api_key: str | None, jobs: int, on_ready=None) 
         port=port,
         api_key=api_key,
         max_concurrent_jobs=jobs,
+        store_by_default=store,
         on_ready=on_ready,
     )
 
@@ -42,12 +53,13 @@ def serve_cmd(
     port: PortOpt = 8000,
     api_key: ApiKeyOpt = None,
     max_concurrent_jobs: JobsOpt = 1,
+    store: StoreOpt = False,
 ) -> None:
     """An OpenAI-compatible server, with the Studio web UI at /.
 
     Files, fine-tuning jobs, models and chat completions under /v1.
     """
-    _serve(host, port, api_key, max_concurrent_jobs)
+    _serve(host, port, api_key, max_concurrent_jobs, store)
 
 
 def studio_cmd(
@@ -55,6 +67,7 @@ def studio_cmd(
     port: PortOpt = 8000,
     api_key: ApiKeyOpt = None,
     max_concurrent_jobs: JobsOpt = 1,
+    store: StoreOpt = False,
     open_browser: Annotated[
         bool, typer.Option("--open/--no-open", help="Open the Studio in a web browser.")
     ] = True,
@@ -69,4 +82,4 @@ def studio_cmd(
 
             webbrowser.open(studio)
 
-    _serve(host, port, api_key, max_concurrent_jobs, on_ready=ready)
+    _serve(host, port, api_key, max_concurrent_jobs, store, on_ready=ready)
