@@ -1019,7 +1019,6 @@ def test_serve_store_keeps_live_completions_that_do_not_say_store_false(
     """`tuneforge serve --store` (OpenAI's "log by default"): a chat completion without
     `store` is kept; `store: false` is not; a batch's lines only when they say store: true."""
     import tuneforge.api.server as server
-
     import tuneforge.cli._common as common
 
     started = {}

@@ -392,6 +392,90 @@ def test_stored_completions_are_graded_as_logged_and_as_a_model_answers_them_ane
     assert logged[0]["id"] in first["sample"]["error"]["message"]
 
 
+def test_stored_responses_are_graded_as_logged_and_answered_anew(api, tiny):
+    """The Responses API's traffic (stored by default): a responses run with source.type
+    responses grades the stored answers, filtered as OpenAI's source filters them; with a
+    model, that model answers the same prompt (instructions included) anew."""
+    tag = f"resp-{time.time_ns()}"
+    logged = []
+    for i, question in enumerate(["Capital of France?", "Capital of Peru?"]):
+        body = {
+            "model": tiny,
+            "instructions": "Answer briefly." if i == 0 else "Answer in one word.",
+            "input": question,
+            "temperature": 0,
+            "max_output_tokens": 5,
+            "metadata": {"usecase": tag},
+        }
+        response = api.post("/v1/responses", json=body)
+        assert response.status_code == 200, response.text
+        logged.append(response.json())
+    created = api.post(
+        "/v1/evals",
+        json={
+            "data_source_config": {"type": "logs", "metadata": {"usecase": tag}},
+            "testing_criteria": [
+                {
+                    "type": "string_check",
+                    "name": "same as logged",
+                    "input": "{{ sample.output_text }}",
+                    "reference": "{{ item.output_text }}",
+                    "operation": "eq",
+                }
+            ],
+        },
+    )
+    assert created.status_code == 200, created.text
+    evaluation = created.json()
+
+    def run(data_source: dict) -> dict:
+        response = api.post(f"/v1/evals/{evaluation['id']}/runs", json={"data_source": data_source})
+        assert response.status_code == 200, response.text
+        return wait_run(api, evaluation["id"], response.json()["id"])
+
+    as_logged = run({"type": "responses", "source": {"type": "responses"}})
+    assert as_logged["result_counts"] == {"total": 2, "passed": 2, "failed": 0, "errored": 0}
+    items = items_of(api, evaluation["id"], as_logged["id"])
+    for item, response in zip(items, logged, strict=True):
+        text = "".join(p["text"] for o in response["output"] for p in o.get("content", []))
+        assert item["datasource_item"]["id"] == response["id"]
+        assert item["sample"]["output"][0]["content"] == text
+        assert item["datasource_item"]["input"][0] == {
+            "role": "system",
+            "content": response["instructions"],
+        }
+    one_word = {"type": "responses", "instructions_search": "one word"}
+    searched = run({"type": "responses", "source": one_word})
+    (only,) = items_of(api, evaluation["id"], searched["id"])
+    assert only["datasource_item"]["id"] == logged[1]["id"]
+
+    anew = run(
+        {
+            "type": "responses",
+            "model": tiny,
+            "input_messages": {"type": "item_reference", "item_reference": "item.input"},
+            "sampling_params": {"temperature": 0, "max_completion_tokens": 5},
+            "source": {"type": "responses"},
+        }
+    )
+    assert anew["result_counts"]["total"] == 2
+    for item, response in zip(items_of(api, evaluation["id"], anew["id"]), logged, strict=True):
+        assert item["sample"]["usage"]["prompt_tokens"] == response["usage"]["input_tokens"]
+    for source, param in (
+        ({"type": "responses", "users": "me"}, "data_source.source.users"),
+        ({"type": "responses", "reasoning_effort": "high"}, "data_source.source.reasoning_effort"),
+        ({"type": "responses", "model": "other"}, "data_source.source"),
+    ):
+        response = api.post(
+            f"/v1/evals/{evaluation['id']}/runs",
+            json={"data_source": {"type": "responses", "source": source}},
+        )
+        assert_error(response, 400, param)
+    wrong_kind = {"type": "completions", "source": {"type": "responses"}}
+    response = api.post(f"/v1/evals/{evaluation['id']}/runs", json={"data_source": wrong_kind})
+    assert_error(response, 400, "data_source.source.type")
+
+
 def test_a_jsonl_row_with_an_input_field_is_graded_as_given(api):
     """`input` is a common field name of rows; only stored completions' rows are read as
     stored completions."""

@@ -24,9 +24,12 @@ the run is created (their ids, in `eval_run_completions`; `limit` keeps the newe
 `model` it grades the stored answers, with one (and `input_messages` such as `item_reference:
 item.input`) that model answers the stored prompts anew, with the logged tools unless
 `sampling_params` gives some. Each row's `item` is `{id, model, metadata, input, output_text}`
-(`stored_chat.EVAL_ITEM_SCHEMA`).
+(`stored_chat.EVAL_ITEM_SCHEMA`). A `responses` run with `source.type: responses` does the same
+with stored responses (`responses.eval_row`: the instructions become the prompt's system
+message), with OpenAI's filters for them (instructions_search, temperature, top_p, tools,
+users).
 
-Not here: stored responses as a source (`source.type: responses`), image and audio inputs, and
+Not here: image and audio inputs, and
 OpenAI's hosted judges (a `label_model` or `score_model` runs a local model:
 `eval/graders.py`).
 """
@@ -45,7 +48,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import Field, ValidationError
 
-from tuneforge.api import chat, stored_chat
+from tuneforge.api import chat, responses, stored_chat
 from tuneforge.api.background import Caller, QueueRunner
 from tuneforge.api.deps import get_catalog, get_store
 from tuneforge.api.errors import APIError, check_after, not_found
@@ -323,74 +326,136 @@ def _rows(request: Request, source: Any) -> list[dict[str, Any]]:
             raise _bad(exc.inline(), f"{param}.id", code="invalid_file_format") from None
     raise _bad(
         f"{param}.type {kind!r}: give the rows as 'file_content' or 'file_id' (a file of "
-        f"purpose '{EVALS_PURPOSE}'), or grade chat completions stored with store: true "
-        "('stored_completions', in a 'completions' run); stored responses ('responses') are "
-        "not available",
+        f"purpose '{EVALS_PURPOSE}'), or grade stored traffic: chat completions kept with "
+        "store: true ('stored_completions', in a 'completions' run) or stored responses "
+        "('responses', in a 'responses' run)",
         f"{param}.type",
     )
 
 
-STORED_SOURCE_KEYS = {"type", "metadata", "model", "created_after", "created_before", "limit"}
+# The filters of a source of stored traffic, by its type: chat completions kept with
+# `store: true`, and responses (kept by default, 30 days), as OpenAI's eval sources take them.
+STORED_SOURCE_KEYS = {
+    "stored_completions": {"metadata", "model", "created_after", "created_before", "limit"},
+    "responses": {
+        "metadata",
+        "model",
+        "created_after",
+        "created_before",
+        "instructions_search",
+        "temperature",
+        "top_p",
+        "tools",
+        "users",
+        "reasoning_effort",
+    },
+}
 
 
-def _stored_completions(
+def _stored_traffic(
     request: Request, stored_eval: dict[str, Any], source: dict[str, Any]
 ) -> tuple[list[str], list[dict[str, Any]]]:
-    """The ids and rows of the stored completions a run's `stored_completions` source picks:
-    every filter it gives (and the eval's own metadata filter), oldest first."""
+    """The ids and rows of the stored chat completions (or responses) a run's source picks:
+    every filter it gives, and the eval's own metadata filter; oldest first."""
     param = "data_source.source"
-    extra = set(source) - STORED_SOURCE_KEYS
+    kind = source["type"]
+    keys = STORED_SOURCE_KEYS[kind]
+    extra = set(source) - keys - {"type"}
     if extra:
         raise _bad(
-            f"{param} has unknown field(s) {', '.join(sorted(extra))}; it takes "
-            f"{', '.join(sorted(STORED_SOURCE_KEYS - {'type'}))}",
+            f"{param} has unknown field(s) {', '.join(sorted(extra))}; a {kind} source takes "
+            f"{', '.join(sorted(keys))}",
             f"{param}.{sorted(extra)[0]}",
         )
     for key in ("created_after", "created_before", "limit"):
         value = source.get(key)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
             raise _bad(f"{param}.{key} must be an integer", f"{param}.{key}")
+    for key in ("model", "instructions_search"):
+        if source.get(key) is not None and not isinstance(source[key], str):
+            raise _bad(f"{param}.{key} must be a string", f"{param}.{key}")
+    for key in ("tools", "users"):
+        value = source.get(key)
+        if value is not None and not (
+            isinstance(value, list) and all(isinstance(v, str) for v in value)
+        ):
+            raise _bad(f"{param}.{key} must be a list of names", f"{param}.{key}")
+    if source.get("reasoning_effort") not in (None, "none", "minimal"):
+        raise _bad(
+            f"{param}.reasoning_effort: no response here reasoned in hidden tokens; leave it "
+            "out (or none)",
+            f"{param}.reasoning_effort",
+        )
     limit = source.get("limit")
     if limit is not None and not 1 <= limit <= MAX_ROWS:
         raise _bad(f"{param}.limit must be 1 to {MAX_ROWS:,}", f"{param}.limit")
-    model = source.get("model")
-    if model is not None and not isinstance(model, str):
-        raise _bad(f"{param}.model must be a model id", f"{param}.model")
     config = stored_eval["data_source_config"]
     metadata = dict(config.get("metadata") or {}) if config["type"] != "custom" else {}
     metadata |= _metadata_filter(source.get("metadata"), f"{param}.metadata")
-    found = get_store(request).list_chat_completions(
-        limit=(limit or MAX_ROWS + 1),
-        oldest_first=limit is None,  # a limit keeps the newest (the latest traffic)
-        model=model,
-        metadata=metadata,
-        created_after=source.get("created_after"),
-        created_before=source.get("created_before"),
-        with_messages=True,
-    )
-    if limit is not None:
-        found.reverse()  # graded oldest first
+    store = get_store(request)
+    if kind == "stored_completions":
+        found = store.list_chat_completions(
+            limit=(limit or MAX_ROWS + 1),
+            oldest_first=limit is None,  # a limit keeps the newest (the latest traffic)
+            model=source.get("model"),
+            metadata=metadata,
+            created_after=source.get("created_after"),
+            created_before=source.get("created_before"),
+            with_messages=True,
+        )
+        if limit is not None:
+            found.reverse()  # graded oldest first
+        rows = [stored_chat.eval_row(f) for f in found]
+        what = "stored chat completion"
+        how = "chat completions are kept when the request sets store: true"
+    else:
+        found = [
+            f
+            for f in store.list_responses(
+                limit=MAX_ROWS + 1,
+                model=source.get("model"),
+                metadata=metadata,
+                created_after=source.get("created_after"),
+                created_before=source.get("created_before"),
+                instructions_search=source.get("instructions_search"),
+            )
+            if _response_matches(f["body"], source)
+        ]
+        rows = [responses.eval_row(f) for f in found]
+        what = "stored response"
+        how = "responses are kept for 30 days unless the request sets store: false"
     if not found:
         filters = [f"metadata {k}={v!r}" for k, v in metadata.items()]
-        filters += [
-            f"{k}={source[k]!r}"
-            for k in ("model", "created_after", "created_before")
-            if source.get(k) is not None
-        ]
+        filters += [f"{k}={source[k]!r}" for k in sorted(keys - {"metadata"}) if source.get(k)]
         raise _bad(
-            f"no stored chat completion matches {param} ({', '.join(filters) or 'no filter'}): "
-            "chat completions are kept when the request sets store: true (with the metadata "
-            "you filter by)",
+            f"no {what} matches {param} ({', '.join(filters) or 'no filter'}): {how}",
             param,
         )
-    return [f["body"]["id"] for f in found], [stored_chat.eval_row(f) for f in found]
+    return [f["body"]["id"] for f in found], rows
+
+
+def _response_matches(body: dict[str, Any], source: dict[str, Any]) -> bool:
+    """The filters of a `responses` source that SQL does not apply: sampling settings, the
+    tools it had (every name given), its user (any of those given)."""
+    for key in ("temperature", "top_p"):
+        if source.get(key) is not None and body.get(key) != source[key]:
+            return False
+    if source.get("tools"):
+        names = {t.get("name") for t in body.get("tools") or []}
+        if not set(source["tools"]) <= names:
+            return False
+    if source.get("users"):
+        user = body.get("safety_identifier") or body.get("user")
+        if user not in source["users"]:
+            return False
+    return True
 
 
 def _where(source: dict[str, Any], index: int) -> str:
     if source["type"] == "file_id":
         return f"file {source['id']} row {index + 1}"
-    if source["type"] == "stored_completions":
-        return f"stored completion {index + 1} of the run"
+    if source["type"] in STORED_SOURCE_KEYS:
+        return f"stored {source['type'].removeprefix('stored_')} {index + 1} of the run"
     return f"data_source.source.content[{index}]"
 
 
@@ -545,14 +610,17 @@ async def create_run(request: Request, eval_id: str, body: RunCreate) -> dict[st
         )
     source = data_source.get("source")
     completion_ids = None
-    if isinstance(source, dict) and source.get("type") == "stored_completions":
-        if kind != "completions":
+    traffic = source.get("type") if isinstance(source, dict) else None
+    if traffic in STORED_SOURCE_KEYS:
+        # OpenAI's pairing: stored chat completions in a completions run, responses in a
+        # responses run
+        wanted = "completions" if traffic == "stored_completions" else "responses"
+        if kind != wanted:
             raise _bad(
-                f"a {kind} run reads rows you give ('file_content' or 'file_id'); a "
-                "stored_completions source belongs to a 'completions' run",
+                f"a {traffic} source belongs to a '{wanted}' run (this one is {kind!r})",
                 "data_source.source.type",
             )
-        completion_ids, rows = await run_in_threadpool(_stored_completions, request, stored, source)
+        completion_ids, rows = await run_in_threadpool(_stored_traffic, request, stored, source)
     else:
         rows = await run_in_threadpool(_rows, request, source)
     if len(rows) > MAX_ROWS:
@@ -754,12 +822,13 @@ class EvalRunner(QueueRunner):
 
     def _rows(self, run: dict[str, Any]) -> list[dict[str, Any]]:
         source = run["data_source"]["source"]
-        if source["type"] == "stored_completions":
+        if source["type"] in STORED_SOURCE_KEYS:
+            is_response = source["type"] == "responses"
+            row_of = responses.eval_row if is_response else stored_chat.eval_row
+            found = self.app.state.store.eval_run_completions(run["id"], responses=is_response)
             return [
-                {"item": {"id": cid}, "_missing": True}
-                if stored is None
-                else stored_chat.eval_row(stored)
-                for cid, stored in self.app.state.store.eval_run_completions(run["id"])
+                {"item": {"id": cid}, "_missing": True} if stored is None else row_of(stored)
+                for cid, stored in found
             ]
         if source["type"] == "file_content":
             return source["content"]
@@ -782,7 +851,7 @@ class EvalRunner(QueueRunner):
             sample, shown = _given_sample(None)
             shown["error"] = {
                 "code": "not_found",
-                "message": f"stored completion {item['id']} was deleted before the run graded it",
+                "message": f"{item['id']} was deleted (or expired) before the run graded it",
             }
         elif _grades_given_samples(run["data_source"]):
             sample, shown = _given_sample(row.get("sample"))
@@ -860,7 +929,7 @@ def _grades_given_samples(data_source: dict[str, Any]) -> bool:
     if data_source["type"] == "jsonl":
         return True
     source = data_source.get("source")
-    stored = isinstance(source, dict) and source.get("type") == "stored_completions"
+    stored = isinstance(source, dict) and source.get("type") in STORED_SOURCE_KEYS
     return stored and data_source.get("model") is None and "input_messages" not in data_source
 
 

@@ -30,6 +30,7 @@ from tuneforge.api import chat
 from tuneforge.api.deps import get_store
 from tuneforge.api.errors import APIError, not_found
 from tuneforge.api.schemas import MAX_ID, ChatCompletionRequest, ResponseRequest, cursor_page
+from tuneforge.eval.graders import message_sample
 from tuneforge.inference.engine import Delta, Event, Failed, Finished, TokenLogprob
 
 router = APIRouter()
@@ -174,6 +175,62 @@ def _answer_message(content: str | None, calls: list | None) -> dict[str, Any]:
     if calls:
         message["tool_calls"] = calls
     return message
+
+
+def eval_row(stored: dict[str, Any]) -> dict[str, Any]:
+    """A stored response ({"body", "messages"}) as an eval row, as `stored_chat.eval_row`
+    makes one of a chat completion: `item.input` the prompt it answered (its instructions as
+    the system message, then the conversation), `item.output_text` and the `sample` its
+    answer; the request's tools (in chat's shape) for a model that answers it anew."""
+    body = stored["body"]
+    texts, calls = [], []
+    for item in body.get("output") or []:
+        if item.get("type") == "message":
+            texts += [p.get("text", "") for p in item.get("content") or []]
+        elif item.get("type") == "function_call":
+            function = {"name": item["name"], "arguments": item["arguments"]}
+            calls.append({"id": item["call_id"], "type": "function", "function": function})
+    text = "".join(texts)
+    sample = message_sample(text, calls)
+    incomplete = body.get("status") == "incomplete"
+    sample["choices"][0]["finish_reason"] = (
+        "length" if incomplete else "tool_calls" if calls else "stop"
+    )
+    usage = body.get("usage") or {}
+    system = (
+        [{"role": "system", "content": body["instructions"]}] if body.get("instructions") else []
+    )
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                k: t[k]
+                for k in ("name", "description", "parameters", "strict")
+                if t.get(k) is not None
+            },
+        }
+        for t in body.get("tools") or []
+        if t.get("type") == "function"
+    ]
+    return {
+        "item": {
+            "id": body["id"],
+            "model": body["model"],
+            "metadata": body.get("metadata") or {},
+            "input": system + stored["messages"][:-1],  # the last message is the answer
+            "output_text": text,
+        },
+        "sample": sample
+        | {
+            "model": body["model"],
+            "usage": {
+                "prompt_tokens": usage.get("input_tokens", 0),
+                "completion_tokens": usage.get("output_tokens", 0),
+            },
+        },
+        "_stored": True,
+        "_tools": tools or None,
+    }
 
 
 def _input_items(value: str | list[dict[str, Any]]) -> list[dict[str, Any]]:

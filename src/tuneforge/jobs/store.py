@@ -181,7 +181,8 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX chat_completions_created ON chat_completions(created_at);
     """,
-    # m010: the stored completions an eval run grades (`source.type: stored_completions`),
+    # m010: the stored completions (or responses) an eval run grades (`source.type:
+    # stored_completions` or `responses`),
     # fixed when the run is created: a completion stored or deleted later does not move the
     # rows of a run that resumes
     """
@@ -544,6 +545,48 @@ class Store:
             return None
         return {key: json.loads(row[key]) for key in ("body", "messages", "input_items")}
 
+    def list_responses(
+        self,
+        *,
+        limit: int,
+        oldest_first: bool = True,
+        model: str | None = None,
+        metadata: dict[str, str] | None = None,
+        created_after: int | None = None,
+        created_before: int | None = None,
+        instructions_search: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Stored responses ({"body", "messages"}) matching every filter given: the model,
+        each metadata pair, created_at within [after, before] (inclusive, as OpenAI's eval
+        source says), instructions containing the search text; none past RESPONSE_DAYS."""
+        where = " AND created_at > ?"
+        params: list[Any] = [time.time() - RESPONSE_DAYS * 86400]
+        if model is not None:
+            where += " AND json_extract(body, '$.model') = ?"
+            params.append(model)
+        for key, value in (metadata or {}).items():
+            where += (
+                " AND EXISTS (SELECT 1 FROM json_each(json_extract(body, '$.metadata')) "
+                "WHERE key = ? AND value = ?)"
+            )
+            params += [key, value]
+        if created_after is not None:
+            where += " AND created_at >= ?"
+            params.append(created_after)
+        if created_before is not None:
+            where += " AND created_at <= ?"
+            params.append(created_before)
+        if instructions_search:
+            where += " AND instr(coalesce(json_extract(body, '$.instructions'), ''), ?) > 0"
+            params.append(instructions_search)
+        direction = "ASC" if oldest_first else "DESC"
+        rows = self.conn.execute(
+            f"SELECT body, messages FROM responses WHERE 1 = 1{where} "
+            f"ORDER BY created_at {direction}, rowid {direction} LIMIT ?",
+            [*params, limit],
+        ).fetchall()
+        return [{key: json.loads(r[key]) for key in ("body", "messages")} for r in rows]
+
     def expire_responses(self, now: float | None = None) -> int:
         """Delete the stored responses older than RESPONSE_DAYS; returns how many."""
         cutoff = (time.time() if now is None else now) - RESPONSE_DAYS * 86400
@@ -685,14 +728,21 @@ class Store:
                 [(body["id"], row, cid) for row, cid in enumerate(completion_ids or ())],
             )
 
-    def eval_run_completions(self, run_id: str) -> list[tuple[str, dict[str, Any] | None]]:
-        """The stored completions a run grades, in row order: (id, {"body", "messages"}, or
-        None for one deleted since the run was created)."""
+    def eval_run_completions(
+        self, run_id: str, responses: bool = False
+    ) -> list[tuple[str, dict[str, Any] | None]]:
+        """The stored chat completions (or responses) a run grades, in row order: (id,
+        {"body", "messages"}, or None for one deleted, or expired, since the run was made)."""
+        table, live = "chat_completions", ""
+        params: list[Any] = [run_id]
+        if responses:
+            table, live = "responses", " AND c.created_at > ?"
+            params.insert(0, time.time() - RESPONSE_DAYS * 86400)
         rows = self.conn.execute(
             "SELECT r.completion_id, c.body, c.messages FROM eval_run_completions r "
-            "LEFT JOIN chat_completions c ON c.id = r.completion_id "
+            f"LEFT JOIN {table} c ON c.id = r.completion_id{live} "
             "WHERE r.run_id = ? ORDER BY r.row",
-            (run_id,),
+            params,
         ).fetchall()
         return [
             (
