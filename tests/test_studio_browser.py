@@ -825,12 +825,13 @@ def test_logs_become_a_training_file_and_an_eval_in_the_studio(
     assert page.inner_text("#chosen") == "3 selected."
     assert client.get(f"/v1/chat/completions/{logged[0]['id']}").status_code == 404
 
-    page.goto(f"{server.url}/studio/evals")
+    page.click("#grade")  # the Evals form, filled with the Logs page's filter
+    page.wait_for_url("**/studio/evals?**")
     page.wait_for_selector("#evals p, #evals table")
     page.fill("#name", "Support logs")
-    page.select_option("#kind", "stored_completions")
+    assert page.input_value("#kind") == "stored_completions"
     assert "item.answer" not in page.input_value("#criteria")  # criteria that fit the logs
-    page.fill("#filter", f"usecase={tag}")
+    assert page.input_value("#filter") == f"usecase={tag}"
     page.click("#eval-form button[type=submit]")
     page.wait_for_url("**/studio/evals/eval_*")
     page.wait_for_selector("#model option", state="attached")

@@ -28,7 +28,12 @@ function showKind() {
   }
 }
 $("#kind").addEventListener("change", showKind);
-showKind();  // a form the browser restored with "Stored" chosen
+const asked = new URLSearchParams(location.search);  // from the Logs page: its filter
+if (asked.get("kind") === "stored_completions") {
+  $("#kind").value = "stored_completions";
+  $("#filter").value = asked.get("filter") || "";
+}
+showKind();  // also a form the browser restored with "Stored" chosen
 
 function metadataFilter(text) {
   const pairs = {};

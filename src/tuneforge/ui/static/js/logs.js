@@ -96,6 +96,9 @@ async function load(mode = "new") {
     chosen.clear();
     updateChosen();
   }
+  // the Evals form, filled with this metadata filter
+  const grade = new URLSearchParams({ kind: "stored_completions", filter: $("#metadata").value.trim() });
+  $("#grade").href = `${ROOT}/evals?${grade}`;
   const more = mode === "more";
   const pageQuery = new URLSearchParams(query);
   if (more && last) pageQuery.set("after", last);
