@@ -406,6 +406,8 @@ def test_stored_responses_are_graded_as_logged_and_answered_anew(api, tiny):
             "temperature": 0,
             "max_output_tokens": 5,
             "metadata": {"usecase": tag},
+            "user": f"user-{i}",
+            "safety_identifier": f"sid-{i}",
         }
         response = api.post("/v1/responses", json=body)
         assert response.status_code == 200, response.text
@@ -444,10 +446,16 @@ def test_stored_responses_are_graded_as_logged_and_answered_anew(api, tiny):
             "role": "system",
             "content": response["instructions"],
         }
-    one_word = {"type": "responses", "instructions_search": "one word"}
-    searched = run({"type": "responses", "source": one_word})
-    (only,) = items_of(api, evaluation["id"], searched["id"])
-    assert only["datasource_item"]["id"] == logged[1]["id"]
+    for source in (
+        {"instructions_search": "one word"},
+        {"users": ["user-1"]},  # the user field, though a safety_identifier is set too
+        {"users": ["sid-1", "nobody"]},
+    ):
+        searched = run({"type": "responses", "source": {"type": "responses"} | source})
+        (only,) = items_of(api, evaluation["id"], searched["id"])
+        assert only["datasource_item"]["id"] == logged[1]["id"], source
+    settings = run({"type": "responses", "source": {"type": "responses", "temperature": 0}})
+    assert settings["result_counts"]["total"] == 2
 
     anew = run(
         {
@@ -464,6 +472,9 @@ def test_stored_responses_are_graded_as_logged_and_answered_anew(api, tiny):
     for source, param in (
         ({"type": "responses", "users": "me"}, "data_source.source.users"),
         ({"type": "responses", "reasoning_effort": "high"}, "data_source.source.reasoning_effort"),
+        ({"type": "responses", "temperature": "hot"}, "data_source.source.temperature"),
+        ({"type": "responses", "temperature": 0.5}, "data_source.source"),
+        ({"type": ["responses"]}, "data_source.source.type"),
         ({"type": "responses", "model": "other"}, "data_source.source"),
     ):
         response = api.post(

@@ -374,6 +374,10 @@ def _stored_traffic(
     for key in ("model", "instructions_search"):
         if source.get(key) is not None and not isinstance(source[key], str):
             raise _bad(f"{param}.{key} must be a string", f"{param}.{key}")
+    for key in ("temperature", "top_p"):
+        value = source.get(key)
+        if value is not None and (not isinstance(value, int | float) or isinstance(value, bool)):
+            raise _bad(f"{param}.{key} must be a number", f"{param}.{key}")
     for key in ("tools", "users"):
         value = source.get(key)
         if value is not None and not (
@@ -409,46 +413,31 @@ def _stored_traffic(
         what = "stored chat completion"
         how = "chat completions are kept when the request sets store: true"
     else:
-        found = [
-            f
-            for f in store.list_responses(
-                limit=MAX_ROWS + 1,
-                model=source.get("model"),
-                metadata=metadata,
-                created_after=source.get("created_after"),
-                created_before=source.get("created_before"),
-                instructions_search=source.get("instructions_search"),
-            )
-            if _response_matches(f["body"], source)
-        ]
+        found = store.list_responses(
+            limit=MAX_ROWS + 1,
+            model=source.get("model"),
+            metadata=metadata,
+            created_after=source.get("created_after"),
+            created_before=source.get("created_before"),
+            instructions_search=source.get("instructions_search"),
+            temperature=source.get("temperature"),
+            top_p=source.get("top_p"),
+            tools=source.get("tools"),
+            users=source.get("users"),
+        )
         rows = [responses.eval_row(f) for f in found]
         what = "stored response"
         how = "responses are kept for 30 days unless the request sets store: false"
     if not found:
         filters = [f"metadata {k}={v!r}" for k, v in metadata.items()]
-        filters += [f"{k}={source[k]!r}" for k in sorted(keys - {"metadata"}) if source.get(k)]
+        filters += [
+            f"{k}={source[k]!r}" for k in sorted(keys - {"metadata"}) if source.get(k) is not None
+        ]
         raise _bad(
             f"no {what} matches {param} ({', '.join(filters) or 'no filter'}): {how}",
             param,
         )
     return [f["body"]["id"] for f in found], rows
-
-
-def _response_matches(body: dict[str, Any], source: dict[str, Any]) -> bool:
-    """The filters of a `responses` source that SQL does not apply: sampling settings, the
-    tools it had (every name given), its user (any of those given)."""
-    for key in ("temperature", "top_p"):
-        if source.get(key) is not None and body.get(key) != source[key]:
-            return False
-    if source.get("tools"):
-        names = {t.get("name") for t in body.get("tools") or []}
-        if not set(source["tools"]) <= names:
-            return False
-    if source.get("users"):
-        user = body.get("safety_identifier") or body.get("user")
-        if user not in source["users"]:
-            return False
-    return True
 
 
 def _where(source: dict[str, Any], index: int) -> str:
@@ -611,7 +600,7 @@ async def create_run(request: Request, eval_id: str, body: RunCreate) -> dict[st
     source = data_source.get("source")
     completion_ids = None
     traffic = source.get("type") if isinstance(source, dict) else None
-    if traffic in STORED_SOURCE_KEYS:
+    if isinstance(traffic, str) and traffic in STORED_SOURCE_KEYS:
         # OpenAI's pairing: stored chat completions in a completions run, responses in a
         # responses run
         wanted = "completions" if traffic == "stored_completions" else "responses"
@@ -929,7 +918,7 @@ def _grades_given_samples(data_source: dict[str, Any]) -> bool:
     if data_source["type"] == "jsonl":
         return True
     source = data_source.get("source")
-    stored = isinstance(source, dict) and source.get("type") in STORED_SOURCE_KEYS
+    stored = isinstance(source, dict) and str(source.get("type")) in STORED_SOURCE_KEYS
     return stored and data_source.get("model") is None and "input_messages" not in data_source
 
 

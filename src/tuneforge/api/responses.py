@@ -226,6 +226,7 @@ def eval_row(stored: dict[str, Any]) -> dict[str, Any]:
             "usage": {
                 "prompt_tokens": usage.get("input_tokens", 0),
                 "completion_tokens": usage.get("output_tokens", 0),
+                "total_tokens": usage.get("total_tokens", 0),
             },
         },
         "_stored": True,

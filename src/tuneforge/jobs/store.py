@@ -555,10 +555,16 @@ class Store:
         created_after: int | None = None,
         created_before: int | None = None,
         instructions_search: str | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        tools: list[str] | None = None,
+        users: list[str] | None = None,
     ) -> list[dict[str, Any]]:
-        """Stored responses ({"body", "messages"}) matching every filter given: the model,
-        each metadata pair, created_at within [after, before] (inclusive, as OpenAI's eval
-        source says), instructions containing the search text; none past RESPONSE_DAYS."""
+        """Stored responses ({"body", "messages"}) matching every filter given (OpenAI's eval
+        source's): the model, each metadata pair, created_at within [after, before]
+        (inclusive), instructions containing the search text, the sampling settings, every
+        tool named among its tools, its `user` or `safety_identifier` among `users`; none past
+        RESPONSE_DAYS. All in SQL, so `limit` counts matches."""
         where = " AND created_at > ?"
         params: list[Any] = [time.time() - RESPONSE_DAYS * 86400]
         if model is not None:
@@ -579,6 +585,23 @@ class Store:
         if instructions_search:
             where += " AND instr(coalesce(json_extract(body, '$.instructions'), ''), ?) > 0"
             params.append(instructions_search)
+        for key, value in (("temperature", temperature), ("top_p", top_p)):
+            if value is not None:
+                where += f" AND json_extract(body, '$.{key}') = ?"
+                params.append(value)
+        for name in tools or ():
+            where += (
+                " AND EXISTS (SELECT 1 FROM json_each(json_extract(body, '$.tools')) "
+                "WHERE json_extract(value, '$.name') = ?)"
+            )
+            params.append(name)
+        if users:
+            marks = ", ".join("?" * len(users))
+            where += (
+                f" AND (json_extract(body, '$.user') IN ({marks}) "
+                f"OR json_extract(body, '$.safety_identifier') IN ({marks}))"
+            )
+            params += [*users, *users]
         direction = "ASC" if oldest_first else "DESC"
         rows = self.conn.execute(
             f"SELECT body, messages FROM responses WHERE 1 = 1{where} "

@@ -46,7 +46,7 @@ function answer(completion) {
 function conversation(log) {
   return el("details", {},
     el("summary", {}, "Conversation"),
-    el("dl", { class: "summary" }, log.messages.flatMap((m) => [el("dt", {}, m.role), el("dd", {}, m.content || "")]),
+    el("dl", { class: "turns" }, log.messages.flatMap((m) => [el("dt", {}, m.role), el("dd", {}, m.content || "")]),
       el("dt", {}, "assistant"), el("dd", {}, answer(log.completion))));
 }
 
