@@ -930,3 +930,36 @@ def test_the_playground_shows_probabilities_and_holds_answers_to_a_schema(
         shown,
         "Thanks",
     ]
+
+
+def test_the_playground_turns_side_by_side_answers_into_dpo_preference_pairs(
+    server, browse, tmp_path, tiny_model_dir
+):
+    """Two models answer the same message; "Prefer this answer" on one makes an OpenAI DPO
+    row (the messages, the preferred and the other answer), saved as a training file that the
+    server reads as preference data."""
+    new_page, _ = browse
+    client = server.api()
+    page = new_page()
+    page.goto(f"{server.url}/studio/playground?model={tiny_model_dir}&model2=smollm2-135m-instruct")
+    page.wait_for_selector("#pane-1-model", state="attached")
+    page.fill("#max_tokens", "6")
+    page.fill("#prompt", "Hello there")
+    page.click("#send-btn")
+    wait(lambda: page.locator("button.prefer").count() == 2, 90, "the two answers to compare")
+    answers = [page.locator(f"#pane-{i}-turns .turn .text").nth(1).text_content() for i in (0, 1)]
+    page.click("button[aria-label='Prefer the answer of pane 2']")
+    assert page.locator("button.prefer").count() == 0  # one judgement per turn
+    assert page.inner_text("#pref-count") == "1 preference pair from this page."
+    page.click("#pref-save")
+    saved = page.wait_for_selector("#pref-saved a")
+    file_id = saved.get_attribute("href").rsplit("/", 1)[1]
+    (row,) = [json.loads(x) for x in client.get(f"/v1/files/{file_id}/content").text.splitlines()]
+    assert row == {
+        "input": {"messages": [{"role": "user", "content": "Hello there"}]},
+        "preferred_output": [{"role": "assistant", "content": answers[1]}],
+        "non_preferred_output": [{"role": "assistant", "content": answers[0]}],
+    }
+    report = client.get(f"/v1/files/{file_id}/validation").json()
+    assert report["format"] == "openai-dpo", report
+    snapshot(page, shots_dir(tmp_path), "playground-preferences")

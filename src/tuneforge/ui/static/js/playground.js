@@ -1,11 +1,15 @@
 // Playground: chat with one to three served models side by side, streamed from
 // POST /v1/chat/completions (stream: true). Each pane keeps its own conversation; the system
-// prompt and sampling settings are shown and sent with every request.
-import { $, api, el, notice, params, replace, sseFrames } from "./lib.js";
+// prompt and sampling settings are shown and sent with every request. Panes that answered the
+// same messages can be judged: "Prefer this answer" makes a preference pair with each other
+// pane's answer (OpenAI's DPO row: input, preferred_output, non_preferred_output), and the pairs
+// are uploaded as a training file (POST /v1/files) for a DPO job.
+import { $, api, el, link, notice, params, replace, ROOT, sseFrames } from "./lib.js";
 
 let models = [];
 let panes = [];
 let controllers = [];
+const preferences = [];  // DPO rows made here, uploaded by "Save preferences"
 
 function paneView(index, modelId) {
   const id = `pane-${index}`;
@@ -113,13 +117,65 @@ async function ask(pane, prompt, settings, signal) {
       answer.node.append(shown.table);
     }
     pane.history.push({ role: "user", content: prompt }, { role: "assistant", content: text });
+    pane.last = { messages, text, node: answer.node };  // what a preference would compare
     const secs = (performance.now() - started) / 1000;
     pane.meta.textContent = `${count || "?"} tokens in ${secs.toFixed(1)} s` +
       (first !== null ? `, first token after ${(first / 1000).toFixed(2)} s` : "") + (finish ? ` · stopped: ${finish}` : "");
   } catch (err) {
+    pane.last = null;
     if (err.name === "AbortError") { answer.body.textContent = text + " (stopped)"; return; }
     answer.body.textContent = "";
     answer.body.append(el("span", { class: "error" }, err.message));
+  }
+}
+
+// After a turn: a "Prefer this answer" button under each answer that another pane's answer to
+// the very same messages can be compared with (same system prompt and history, other text).
+function offerPreferences() {
+  const done = panes.filter((p) => p.last);
+  for (const pane of done) {
+    const rivals = done.filter((o) => o !== pane && o.last.text !== pane.last.text &&
+      JSON.stringify(o.last.messages) === JSON.stringify(pane.last.messages));
+    if (!rivals.length) continue;
+    const button = el("button", { type: "button", class: "secondary prefer",
+      "aria-label": `Prefer the answer of pane ${panes.indexOf(pane) + 1}`,
+      onclick: () => {
+        for (const rival of rivals) {
+          preferences.push({
+            input: { messages: pane.last.messages },
+            preferred_output: [{ role: "assistant", content: pane.last.text }],
+            non_preferred_output: [{ role: "assistant", content: rival.last.text }],
+          });
+        }
+        for (const b of document.querySelectorAll("button.prefer")) b.remove();
+        pane.last.node.append(el("p", { class: "ok" }, "✓ Preferred"));
+        showPreferences();
+      } }, "Prefer this answer");
+    pane.last.node.append(button);
+  }
+}
+
+function showPreferences() {
+  $("#prefs").hidden = !preferences.length;
+  $("#pref-count").textContent = `${preferences.length} preference pair${preferences.length === 1 ? "" : "s"} from this page.`;
+}
+
+async function savePreferences() {
+  const lines = preferences.map((row) => `${JSON.stringify(row)}\n`);
+  const form = new FormData();
+  form.append("file", new Blob(lines, { type: "application/jsonl" }), "preferences.jsonl");
+  form.append("purpose", "fine-tune");
+  $("#pref-save").disabled = true;
+  try {
+    const file = await api("/v1/files", { method: "POST", form });
+    replace("#pref-saved", el("p", {}, `Saved ${lines.length} pair${lines.length === 1 ? "" : "s"} as `, link(`${ROOT}/data/${file.id}`, file.filename),
+      " (", el("code", {}, file.id), "): ", link(`${ROOT}/jobs/new?training_file=${file.id}`, "start a job on it"),
+      " with the method DPO."));
+    notice(`Saved ${file.filename}.`);
+  } catch (err) {
+    replace("#pref-saved", el("p", { class: "error" }, err.message));
+  } finally {
+    $("#pref-save").disabled = false;
   }
 }
 
@@ -140,10 +196,11 @@ async function main() {
   $("#panes").addEventListener("change", renderPanes);
   $("#format").addEventListener("change", () => { $("#schema-field").hidden = $("#format").value !== "json_schema"; });
   $("#reset-btn").addEventListener("click", () => {
-    for (const p of panes) { p.history = []; p.turns.replaceChildren(); p.meta.textContent = ""; }
+    for (const p of panes) { p.history = []; p.last = null; p.turns.replaceChildren(); p.meta.textContent = ""; }
     notice("New conversation.");
   });
   $("#stop-btn").addEventListener("click", () => controllers.forEach((c) => c.abort()));
+  $("#pref-save").addEventListener("click", savePreferences);
   $("#prompt").addEventListener("keydown", (e) => {  // Ctrl+Enter (or Cmd+Enter) sends
     if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) { e.preventDefault(); $("#chat-form").requestSubmit(); }
   });
@@ -162,7 +219,9 @@ async function main() {
     $("#send-btn").disabled = true;
     $("#stop-btn").disabled = false;
     controllers = panes.map(() => new AbortController());
+    for (const b of document.querySelectorAll("button.prefer")) b.remove();  // an older turn's
     await Promise.all(panes.map((p, i) => ask(p, prompt, settings, controllers[i].signal)));
+    offerPreferences();
     $("#send-btn").disabled = false;
     $("#stop-btn").disabled = true;
     notice("Answered.");
