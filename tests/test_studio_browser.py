@@ -950,7 +950,10 @@ def test_the_playground_turns_side_by_side_answers_into_dpo_preference_pairs(
     answers = [page.locator(f"#pane-{i}-turns .turn .text").nth(1).text_content() for i in (0, 1)]
     page.click("button[aria-label='Prefer the answer of pane 2']")
     assert page.locator("button.prefer").count() == 0  # one judgement per turn
-    assert page.inner_text("#pref-count") == "1 preference pair from this page."
+    assert page.inner_text("#pref-count") == "1 preference pair not saved yet."
+    page.reload()  # an unsaved pair survives a reload
+    page.wait_for_selector("#prefs:not([hidden])")
+    assert page.inner_text("#pref-count") == "1 preference pair not saved yet."
     page.click("#pref-save")
     saved = page.wait_for_selector("#pref-saved a")
     file_id = saved.get_attribute("href").rsplit("/", 1)[1]
@@ -962,4 +965,5 @@ def test_the_playground_turns_side_by_side_answers_into_dpo_preference_pairs(
     }
     report = client.get(f"/v1/files/{file_id}/validation").json()
     assert report["format"] == "openai-dpo", report
+    assert page.locator("#prefs").is_hidden()  # saved: the list starts again
     snapshot(page, shots_dir(tmp_path), "playground-preferences")

@@ -9,7 +9,10 @@ import { $, api, el, link, notice, params, replace, ROOT, sseFrames } from "./li
 let models = [];
 let panes = [];
 let controllers = [];
-const preferences = [];  // DPO rows made here, uploaded by "Save preferences"
+// DPO rows made here, not yet saved: kept in this browser's storage, so that a reload or a
+// closed tab loses none; a save uploads them and starts the list again
+const PREFERENCES_KEY = "tuneforge.preferences";
+const preferences = JSON.parse(localStorage.getItem(PREFERENCES_KEY) || "[]");
 
 function paneView(index, modelId) {
   const id = `pane-${index}`;
@@ -156,8 +159,9 @@ function offerPreferences() {
 }
 
 function showPreferences() {
+  localStorage.setItem(PREFERENCES_KEY, JSON.stringify(preferences));
   $("#prefs").hidden = !preferences.length;
-  $("#pref-count").textContent = `${preferences.length} preference pair${preferences.length === 1 ? "" : "s"} from this page.`;
+  $("#pref-count").textContent = `${preferences.length} preference pair${preferences.length === 1 ? "" : "s"} not saved yet.`;
 }
 
 async function savePreferences() {
@@ -172,6 +176,8 @@ async function savePreferences() {
       " (", el("code", {}, file.id), "): ", link(`${ROOT}/jobs/new?training_file=${file.id}`, "start a job on it"),
       " with the method DPO."));
     notice(`Saved ${file.filename}.`);
+    preferences.length = 0;
+    showPreferences();
   } catch (err) {
     replace("#pref-saved", el("p", { class: "error" }, err.message));
   } finally {
@@ -201,6 +207,7 @@ async function main() {
   });
   $("#stop-btn").addEventListener("click", () => controllers.forEach((c) => c.abort()));
   $("#pref-save").addEventListener("click", savePreferences);
+  showPreferences();  // pairs made before a reload
   $("#prompt").addEventListener("keydown", (e) => {  // Ctrl+Enter (or Cmd+Enter) sends
     if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) { e.preventDefault(); $("#chat-form").requestSubmit(); }
   });
