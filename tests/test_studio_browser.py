@@ -966,4 +966,8 @@ def test_the_playground_turns_side_by_side_answers_into_dpo_preference_pairs(
     report = client.get(f"/v1/files/{file_id}/validation").json()
     assert report["format"] == "openai-dpo", report
     assert page.locator("#prefs").is_hidden()  # saved: the list starts again
+    page.click("#pref-saved a >> nth=1")  # the job form, with the file and the method chosen
+    page.wait_for_selector("#job-method")
+    assert page.input_value("#job-method") == "dpo"
+    assert page.input_value("#job-training_file") == file_id
     snapshot(page, shots_dir(tmp_path), "playground-preferences")

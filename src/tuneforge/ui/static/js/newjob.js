@@ -280,7 +280,7 @@ async function main() {
     input("job", "suffix", props.suffix, root, { label: "Suffix (part of the model's name)", param: "suffix", value: null }),
     el("div", { class: "field" }, el("label", { for: "job-method" }, "Method"),
       el("select", { id: "job-method", name: "method", "data-param": "method.type", "aria-describedby": "job-method-help job-method-error" },
-        form.methods.map((m) => el("option", { value: m }, m))),
+        form.methods.map((m) => el("option", { value: m, selected: m === q.get("method") }, m))),
       el("small", { id: "job-method-help" }, "The methods this server accepts (OpenAI's method.type)."),
       el("span", { class: "field-error", id: "job-method-error", role: "status" })),
   ];

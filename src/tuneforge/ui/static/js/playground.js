@@ -173,8 +173,7 @@ async function savePreferences() {
   try {
     const file = await api("/v1/files", { method: "POST", form });
     replace("#pref-saved", el("p", {}, `Saved ${lines.length} pair${lines.length === 1 ? "" : "s"} as `, link(`${ROOT}/data/${file.id}`, file.filename),
-      " (", el("code", {}, file.id), "): ", link(`${ROOT}/jobs/new?training_file=${file.id}`, "start a job on it"),
-      " with the method DPO."));
+      " (", el("code", {}, file.id), "): ", link(`${ROOT}/jobs/new?training_file=${file.id}&method=dpo`, "start a DPO job on it"), "."));
     notice(`Saved ${file.filename}.`);
     preferences.length = 0;
     showPreferences();
