@@ -1029,7 +1029,7 @@ def test_serve_store_keeps_live_completions_that_do_not_say_store_false(
     run_cli("serve")
     assert started["store_by_default"] is False
 
-    monkeypatch.setattr(api.app.state, "store_by_default", True)
+    monkeypatch.setitem(api.app.state._state, "store_by_default", True)
     tag = {"suite": f"default-{time.time_ns()}"}
     kept = chat(api, tiny, metadata=tag | {"case": "left out"}).json()
     chat(api, tiny, store=False, metadata=tag | {"case": "false"}).raise_for_status()
@@ -1073,6 +1073,8 @@ def test_a_completion_that_cannot_be_stored_says_so(api, tiny, monkeypatch):
     assert "data: [DONE]" not in lines
     assert json.loads(lines[-1][6:])["error"]["code"] == "store_failed"
     assert chat(api, tiny).status_code == 200  # without store nothing is written
+    monkeypatch.setitem(api.app.state._state, "store_by_default", True)
+    assert chat(api, tiny).status_code == 200  # kept only by --store: answered, failure logged
 
 
 def test_n_choices_and_seeded_sampling(api, tiny):

@@ -943,12 +943,18 @@ def test_the_playground_turns_side_by_side_answers_into_dpo_preference_pairs(
     page = new_page()
     page.goto(f"{server.url}/studio/playground?model={tiny_model_dir}&model2=smollm2-135m-instruct")
     page.wait_for_selector("#pane-1-model", state="attached")
-    page.fill("#max_tokens", "6")
+    # answers that end by themselves (an answer cut at max_tokens makes no pair): a short JSON
+    # object, which the tiny model's noise closes too
+    page.select_option("#format", "json_schema")
+    name = {"type": "string", "maxLength": 12}
+    schema = {"type": "object", "properties": {"name": name}, "required": ["name"]}
+    page.fill("#schema", json.dumps(schema | {"additionalProperties": False}))
+    page.fill("#max_tokens", "40")
     page.fill("#prompt", "Hello there")
     page.click("#send-btn")
     wait(lambda: page.locator("button.prefer").count() == 2, 90, "the two answers to compare")
     answers = [page.locator(f"#pane-{i}-turns .turn .text").nth(1).text_content() for i in (0, 1)]
-    page.click("button[aria-label='Prefer the answer of pane 2']")
+    page.click("button[aria-label='Prefer this answer (pane 2)']")
     assert page.locator("button.prefer").count() == 0  # one judgement per turn
     assert page.inner_text("#pref-count") == "1 preference pair not saved yet."
     page.reload()  # an unsaved pair survives a reload

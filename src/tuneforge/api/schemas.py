@@ -583,7 +583,8 @@ class ChatCompletionRequest(Strict):
     store: bool | None = Field(
         None,
         description="true: keep the request and its answer (GET /v1/chat/completions lists "
-        "them; evals and the Studio's Logs page read them). Default false.",
+        "them; evals and the Studio's Logs page read them). Default false (true on a server "
+        "started with --store).",
     )
     metadata: Metadata | None = Field(
         None, description="Up to 16 key-value pairs kept with a stored completion, to filter by."

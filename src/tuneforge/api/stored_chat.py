@@ -14,12 +14,14 @@ the server, unchanged, then collects its own training data.
 
 Unlike OpenAI (30 days), nothing expires: the logs are the user's data, deleted when they say.
 A client that goes away before the answer is finished, or an answer that fails, stores nothing;
-one that cannot be stored (a full disk) is a 507 `store_failed`, or, streamed, that error event
-in place of `[DONE]`: a client that asked for its answer to be kept is told it was not.
+one that asked for `store: true` and cannot be stored (a full disk) is a 507 `store_failed`, or,
+streamed, that error event in place of `[DONE]`: a client that asked for its answer to be kept
+is told it was not (one kept only by `--store` is answered, and the failure logged).
 """
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from typing import Annotated, Any, Literal
 
@@ -38,6 +40,7 @@ from tuneforge.api.schemas import (
 from tuneforge.eval.graders import message_sample
 
 router = APIRouter()
+log = logging.getLogger("tuneforge.api")
 
 # The request's settings a stored completion carries (OpenAI's list shows them), as sent.
 _SETTINGS = (
@@ -85,6 +88,9 @@ async def save(
             get_store(request).add_chat_completion, stored_object(completion, body), messages
         )
     except (sqlite3.Error, OSError) as exc:  # a full disk, a broken database
+        if body.store is None:  # kept by the server's --store, not asked for: answer anyway
+            log.warning("chat completion %s not stored: %s", completion["id"], exc)
+            return
         raise APIError(
             507,
             f"The answer was made but could not be stored ({exc}); free some disk space "

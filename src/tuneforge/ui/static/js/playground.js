@@ -9,10 +9,25 @@ import { $, api, el, link, notice, params, replace, ROOT, sseFrames } from "./li
 let models = [];
 let panes = [];
 let controllers = [];
-// DPO rows made here, not yet saved: kept in this browser's storage, so that a reload or a
-// closed tab loses none; a save uploads them and starts the list again
+// DPO rows made here, not yet saved: kept in this browser's storage (read again before each
+// change, so two Playground tabs add to one list), so that a reload or a closed tab loses none;
+// a save uploads them and takes them off the list. Storage that is blocked, full or holds
+// something else leaves the pairs in this page only.
 const PREFERENCES_KEY = "tuneforge.preferences";
-const preferences = JSON.parse(localStorage.getItem(PREFERENCES_KEY) || "[]");
+let unsaved = [];  // the list when storage cannot hold it
+
+function storedPreferences() {
+  try {
+    const value = JSON.parse(localStorage.getItem(PREFERENCES_KEY) || "[]");
+    return Array.isArray(value) ? value : [];
+  } catch { return unsaved; }
+}
+
+function keepPreferences(list) {
+  unsaved = list;
+  try { localStorage.setItem(PREFERENCES_KEY, JSON.stringify(list)); } catch { /* page only */ }
+  showPreferences();
+}
 
 function paneView(index, modelId) {
   const id = `pane-${index}`;
@@ -95,7 +110,9 @@ async function ask(pane, prompt, settings, signal) {
   const withProbs = $("#show-probs").checked;
   try {
     const asked = withProbs ? { logprobs: true, top_logprobs: TOP } : {};
-    if ($("#keep").checked) Object.assign(asked, { store: true, metadata: { source: "playground" } });
+    // sent either way: a server started with --store would otherwise keep what is not ticked
+    asked.store = $("#keep").checked;
+    if (asked.store) asked.metadata = { source: "playground" };
     const response = await api("/v1/chat/completions", {
       method: "POST", raw: true, signal,
       json: { model: pane.select.value, messages, stream: true, stream_options: { include_usage: true }, ...settings, ...asked },
@@ -120,7 +137,7 @@ async function ask(pane, prompt, settings, signal) {
       answer.node.append(shown.table);
     }
     pane.history.push({ role: "user", content: prompt }, { role: "assistant", content: text });
-    pane.last = { messages, text, node: answer.node };  // what a preference would compare
+    pane.last = { messages, text, finish, node: answer.node };  // what a preference compares
     const secs = (performance.now() - started) / 1000;
     pane.meta.textContent = `${count || "?"} tokens in ${secs.toFixed(1)} s` +
       (first !== null ? `, first token after ${(first / 1000).toFixed(2)} s` : "") + (finish ? ` · stopped: ${finish}` : "");
@@ -132,19 +149,29 @@ async function ask(pane, prompt, settings, signal) {
   }
 }
 
+// A pane's last answer can be half of a DPO pair when it ended by itself (not cut at the token
+// limit: a preferred output must not teach the cut) and neither it nor its messages are empty
+// (the validator refuses empty content).
+function comparable(pane) {
+  const last = pane.last;
+  return last && last.finish !== "length" && last.text.trim() &&
+    last.messages.every((m) => String(m.content || "").trim());
+}
+
 // After a turn: a "Prefer this answer" button under each answer that another pane's answer to
 // the very same messages can be compared with (same system prompt and history, other text).
 function offerPreferences() {
-  const done = panes.filter((p) => p.last);
+  const done = panes.filter(comparable);
   for (const pane of done) {
     const rivals = done.filter((o) => o !== pane && o.last.text !== pane.last.text &&
       JSON.stringify(o.last.messages) === JSON.stringify(pane.last.messages));
     if (!rivals.length) continue;
     const button = el("button", { type: "button", class: "secondary prefer",
-      "aria-label": `Prefer the answer of pane ${panes.indexOf(pane) + 1}`,
+      "aria-label": `Prefer this answer (pane ${panes.indexOf(pane) + 1})`,
       onclick: () => {
+        const list = storedPreferences();
         for (const rival of rivals) {
-          preferences.push({
+          list.push({
             input: { messages: pane.last.messages },
             preferred_output: [{ role: "assistant", content: pane.last.text }],
             non_preferred_output: [{ role: "assistant", content: rival.last.text }],
@@ -152,20 +179,22 @@ function offerPreferences() {
         }
         for (const b of document.querySelectorAll("button.prefer")) b.remove();
         pane.last.node.append(el("p", { class: "ok" }, "✓ Preferred"));
-        showPreferences();
+        keepPreferences(list);
+        $("#pref-save").focus();  // the pressed button is gone
       } }, "Prefer this answer");
     pane.last.node.append(button);
   }
 }
 
 function showPreferences() {
-  localStorage.setItem(PREFERENCES_KEY, JSON.stringify(preferences));
-  $("#prefs").hidden = !preferences.length;
-  $("#pref-count").textContent = `${preferences.length} preference pair${preferences.length === 1 ? "" : "s"} not saved yet.`;
+  const count = storedPreferences().length;
+  $("#prefs").hidden = !count;
+  $("#pref-count").textContent = `${count} preference pair${count === 1 ? "" : "s"} not saved yet.`;
 }
 
 async function savePreferences() {
-  const lines = preferences.map((row) => `${JSON.stringify(row)}\n`);
+  const saving = storedPreferences();
+  const lines = saving.map((row) => `${JSON.stringify(row)}\n`);
   const form = new FormData();
   form.append("file", new Blob(lines, { type: "application/jsonl" }), "preferences.jsonl");
   form.append("purpose", "fine-tune");
@@ -175,8 +204,9 @@ async function savePreferences() {
     replace("#pref-saved", el("p", {}, `Saved ${lines.length} pair${lines.length === 1 ? "" : "s"} as `, link(`${ROOT}/data/${file.id}`, file.filename),
       " (", el("code", {}, file.id), "): ", link(`${ROOT}/jobs/new?training_file=${file.id}&method=dpo`, "start a DPO job on it"), "."));
     notice(`Saved ${file.filename}.`);
-    preferences.length = 0;
-    showPreferences();
+    // off the list: the pairs saved, not those another tab (or a click) added meanwhile
+    const sent = new Set(lines.map((line) => line.trim()));
+    keepPreferences(storedPreferences().filter((row) => !sent.has(JSON.stringify(row))));
   } catch (err) {
     replace("#pref-saved", el("p", { class: "error" }, err.message));
   } finally {
@@ -206,6 +236,10 @@ async function main() {
   });
   $("#stop-btn").addEventListener("click", () => controllers.forEach((c) => c.abort()));
   $("#pref-save").addEventListener("click", savePreferences);
+  $("#pref-discard").addEventListener("click", () => {
+    if (window.confirm("Discard the preference pairs not saved yet?")) keepPreferences([]);
+  });
+  window.addEventListener("storage", (e) => { if (e.key === PREFERENCES_KEY) showPreferences(); });
   showPreferences();  // pairs made before a reload
   $("#prompt").addEventListener("keydown", (e) => {  // Ctrl+Enter (or Cmd+Enter) sends
     if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) { e.preventDefault(); $("#chat-form").requestSubmit(); }
