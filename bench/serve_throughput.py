@@ -22,7 +22,8 @@ What runs, in this order, one machine:
    completion tokens the server reports (`usage`) ÷ wall time from the first request to the
    last answer; time to first token = from sending a request to receiving its first non-empty
    content chunk (p50, and p95 by nearest rank: with 16 requests, the slowest one);
-   `completed` = requests whose stream ended with usage.
+   `completed` = requests whose stream ended with usage. `--prefill-precision fp32,bf16` repeats
+   this step with a second server whose prompts are prefilled in bf16 (CPUs with bf16 units).
 
 Prompts: the user messages of the demo data (`generate_examples(seed=0)`), with the demo's
 system prompt, so answers are realistic lengths. Both sides decode greedily with the same
@@ -75,9 +76,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="torch/OpenMP threads for the baseline and the server (default: torch's choice); "
         "1 keeps numbers stable on a machine whose other cores are busy",
     )
+    parser.add_argument(
+        "--prefill-precision",
+        default="fp32",
+        help="the server's --prefill-precision; comma-separated (fp32,bf16) measures one server "
+        "per value in this run, against the same baseline",
+    )
     parser.add_argument("--quick", action="store_true", help="4 requests, 8 tokens: a smoke run")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
+    args.precisions = args.prefill_precision.split(",")
+    if not set(args.precisions) <= {"fp32", "bf16", "auto"}:
+        parser.error("--prefill-precision takes fp32, bf16 or auto (comma-separated)")
     if args.quick:
         args.requests, args.max_tokens = 4, 8
         args.out = args.out or Path(tempfile.gettempdir()) / "serve_throughput.quick.json"
@@ -166,7 +176,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(home: Path, threads: int | None) -> tuple[subprocess.Popen, str]:
+def start_server(
+    home: Path, threads: int | None, prefill: str = "fp32"
+) -> tuple[subprocess.Popen, str]:
     import httpx
 
     from tuneforge.paths import models_dir
@@ -178,7 +190,10 @@ def start_server(home: Path, threads: int | None) -> tuple[subprocess.Popen, str
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tuneforge.cli", "serve", "--port", str(port)],
+        [
+            *(sys.executable, "-m", "tuneforge.cli", "serve", "--port", str(port)),
+            *("--prefill-precision", prefill),
+        ],
         env=env,
         stdout=(home / "server.log").open("wb"),
         stderr=subprocess.STDOUT,
@@ -276,31 +291,45 @@ def main(argv: list[str] | None = None) -> None:
     print(f"baseline: sequential generate, {args.requests} requests …", file=sys.stderr)
     base = baseline(args.model, conversations[: args.requests], args.max_tokens)
     print(f"  {base['output_tokens_per_s']} output tokens/s", file=sys.stderr)
-    levels = {}
-    with tempfile.TemporaryDirectory(prefix="tuneforge-bench-") as tmp:
-        proc, url = start_server(Path(tmp) / "home", args.threads)
-        try:
-            asyncio.run(load_test(url, args.model, conversations[:1], 4, 1))  # load weights
-            for clients in args.levels:
-                print(f"server: {clients} concurrent client(s) …", file=sys.stderr)
-                sent = conversations[: max(args.requests, clients)]
-                result = asyncio.run(load_test(url, args.model, sent, args.max_tokens, clients))
-                print(f"  {result['output_tokens_per_s']} output tokens/s", file=sys.stderr)
-                levels[str(clients)] = result
-            kernel_rows = [
-                json.loads(path.read_text())
-                for path in (Path(tmp) / "home" / "kernels").glob("rows-*.json")
-            ]
-        finally:
-            proc.terminate()
-            proc.wait(timeout=60)
-    for result in levels.values():
-        answers = result.pop("answers")[: args.requests]
-        result["same_answers"] = sum(a == b for a, b in zip(answers, base["answers"], strict=True))
-        result["speedup_vs_generate"] = round(
-            result["output_tokens_per_s"] / base["output_tokens_per_s"], 2
-        )
+    servers: dict[str, dict[str, Any]] = {}
+    for precision in args.precisions:
+        levels = servers[precision] = {}
+        with tempfile.TemporaryDirectory(prefix="tuneforge-bench-") as tmp:
+            proc, url = start_server(Path(tmp) / "home", args.threads, precision)
+            try:
+                asyncio.run(load_test(url, args.model, conversations[:1], 4, 1))  # load weights
+                for clients in args.levels:
+                    print(
+                        f"server (prefill {precision}): {clients} concurrent client(s) …",
+                        file=sys.stderr,
+                    )
+                    sent = conversations[: max(args.requests, clients)]
+                    result = asyncio.run(load_test(url, args.model, sent, args.max_tokens, clients))
+                    print(f"  {result['output_tokens_per_s']} output tokens/s", file=sys.stderr)
+                    levels[str(clients)] = result
+                kernel_rows = [
+                    json.loads(path.read_text())
+                    for path in (Path(tmp) / "home" / "kernels").glob("rows-*.json")
+                ]
+                prefill_line = [
+                    line
+                    for line in (Path(tmp) / "home" / "server.log").read_text().splitlines()
+                    if line.startswith("prefill precision:")
+                ]
+            finally:
+                proc.terminate()
+                proc.wait(timeout=60)
+        for result in levels.values():
+            result["prefill_precision"] = prefill_line[0] if prefill_line else precision
+            answers = result.pop("answers")[: args.requests]
+            result["same_answers"] = sum(
+                a == b for a, b in zip(answers, base["answers"], strict=True)
+            )
+            result["speedup_vs_generate"] = round(
+                result["output_tokens_per_s"] / base["output_tokens_per_s"], 2
+            )
     base.pop("answers")
+    levels = servers[args.precisions[0]]
     top = str(TARGET_CONCURRENCY if str(TARGET_CONCURRENCY) in levels else max(args.levels))
     speedup = levels[top]["output_tokens_per_s"] / base["output_tokens_per_s"]
     report = {
@@ -323,13 +352,22 @@ def main(argv: list[str] | None = None) -> None:
             for record in kernel_rows
         ],
         "baseline_sequential_generate": base,
-        "server": levels,
+        "server": levels,  # the first --prefill-precision; the others below
+        **{f"server_prefill_{p}": servers[p] for p in args.precisions[1:]},
         f"speedup_at_concurrency_{top}": round(speedup, 2),
         "targets": TARGETS,
         "target_met": {
             "speedup": speedup >= TARGETS["speedup"],
             "ttft_p50_s": (levels[top]["ttft_p50_s"] or 1e9) <= TARGETS["ttft_p50_s"],
             "ttft_p95_s": (levels[top]["ttft_p95_s"] or 1e9) <= TARGETS["ttft_p95_s"],
+        },
+        **{
+            f"target_met_prefill_{p}": {
+                "speedup": servers[p][top]["speedup_vs_generate"] >= TARGETS["speedup"],
+                "ttft_p50_s": (servers[p][top]["ttft_p50_s"] or 1e9) <= TARGETS["ttft_p50_s"],
+                "ttft_p95_s": (servers[p][top]["ttft_p95_s"] or 1e9) <= TARGETS["ttft_p95_s"],
+            }
+            for p in args.precisions[1:]
         },
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -510,3 +510,70 @@ def test_text_held_back_for_a_stop_string_is_sent_when_the_answer_ends_there(tex
     assert isinstance(events[-1], Finished) and events[-1].reason == "stop"
     stopped = advance_all(text, "Hi there\n\nmore", params, end=False)
     assert "".join(e.text for e in stopped if isinstance(e, Delta)) == "Hi there"
+
+
+def test_a_bf16_prefill_computes_prompts_in_bf16_and_decodes_in_fp32(text, tiny_model_dir):
+    """`prefill_bf16`: each answer is greedy decoding in fp32 from the KV cache of a prompt whose
+    linear layers ran in bf16 (the LM head in fp32), whether prompts arrive alone or together.
+    Compared by the answer tokens' log-probabilities, which bf16 moves far more than the GEMMs'
+    fp32 rounding does (the test checks that it does)."""
+    from transformers import AutoModelForCausalLM
+
+    from tuneforge.inference.prepack import add_bf16_copies, bf16_linears, prepack_linears
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    prepack_linears(model)
+    add_bf16_copies(model, skip=[model.get_output_embeddings()])
+
+    def reference(ids: list[int], max_tokens: int, bf16: bool) -> list[tuple[int, float]]:
+        out = []
+        with torch.no_grad():
+            with bf16_linears(bf16):
+                step = model(input_ids=torch.tensor([ids]), use_cache=True)
+            for _ in range(max_tokens):
+                logprobs = torch.log_softmax(step.logits[0, -1].float(), dim=-1)
+                token = int(logprobs.argmax())
+                out.append((token, float(logprobs[token])))
+                if token == 2:
+                    break
+                step = model(
+                    input_ids=torch.tensor([[token]]), past_key_values=step.past_key_values
+                )
+        return out
+
+    base = str(tiny_model_dir)
+    prompts = [prompt(text, i) for i in (1, 6, 3, 9, 12)]
+    expected = [reference(ids, 8, bf16=True) for ids in prompts]
+    fp32 = [reference(ids, 8, bf16=False) for ids in prompts]
+    params = SamplingParams(8, 0.0, logprobs=0)
+    requests = [(Target(base, base), text, ids, params) for ids in prompts]
+    engine = InferenceEngine(prefill_bf16=True)
+
+    async def finished(generations) -> list[list[tuple[int, float]]]:
+        out = []
+        for generation in generations:
+            while not isinstance(event := (await generation.events.get())[1], Finished):
+                pass
+            out.append([(lp.token, lp.logprob) for lp in event.logprobs])
+        return out
+
+    async def run() -> list[list[tuple[int, float]]]:
+        together = await finished(submit_together(engine, requests, asyncio.get_running_loop()))
+        alone = [(await finished(submit_together(engine, [r], None)))[0] for r in requests]
+        return together + alone
+
+    engine.start()
+    try:
+        answers = asyncio.run(run())
+    finally:
+        engine.stop()
+
+    def gap(a, b) -> float:
+        assert [t for t, _ in a] == [t for t, _ in b]
+        return max(abs(x - y) for (_, x), (_, y) in zip(a, b, strict=True))
+
+    bf16_moves = max(gap(a, b) for a, b in zip(expected, fp32, strict=True))
+    assert bf16_moves > 1e-4
+    for answer, want in zip(answers, expected + expected, strict=True):
+        n = len(answer)  # the end-of-turn token carries no logprob
+        assert gap(answer, want[:n]) < bf16_moves / 20

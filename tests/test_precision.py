@@ -262,3 +262,40 @@ def test_compile_is_for_sft_only(demo_dir, tiny_model_dir, tmp_path):
     with pytest.raises(ConfigError) as exc:
         make_plan(config)
     assert "`compile`: compile is for objective sft only (got dpo)" in str(exc.value)
+
+
+@pytest.mark.parametrize(
+    ("flags", "requested", "calibration", "bf16"),
+    [
+        (AMX, "bf16", never, True),
+        (AMX, "auto", timed(0.036, 0.010), True),
+        (AVX512_BF16, "auto", timed(0.030, 0.028), False),  # not clearly faster
+        (AVX2, "auto", never, False),
+        (AMX, "fp32", never, False),
+    ],
+)
+def test_serve_resolves_its_prefill_precision_by_hardware(
+    run_cli, monkeypatch, flags, requested, calibration, bf16
+):
+    import tuneforge.api.server as server
+
+    monkeypatch.setattr(precision, "cpu_info", lambda: cpu(flags))
+    monkeypatch.setattr(precision, "cached_calibration", calibration)
+    started = {}
+    monkeypatch.setattr(server, "run_server", lambda factory, **options: started.update(options))
+    code, _, err = run_cli("serve", "--prefill-precision", requested)
+    assert code in (0, None) and started["prefill_bf16"] is bf16
+    assert ("prefill precision:" in err) == (requested != "fp32")
+
+
+def test_serve_refuses_a_bf16_prefill_on_a_cpu_without_bf16_units(run_cli, monkeypatch):
+    import tuneforge.api.server as server
+
+    monkeypatch.setattr(precision, "cpu_info", lambda: cpu(AVX2))
+    monkeypatch.setattr(server, "run_server", lambda *a, **k: pytest.fail("must not start"))
+    code, _, err = run_cli("serve", "--prefill-precision", "bf16")
+    assert code == 2
+    assert "--prefill-precision bf16: this CPU (Test CPU (AVX2, no bf16 units)) has no bf16" in err
+    assert "use precision=fp32" in err
+    code, _, err = run_cli("serve", "--prefill-precision", "fast")
+    assert code == 2 and "--prefill-precision takes fp32, bf16 or auto, not 'fast'" in err

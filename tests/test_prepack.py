@@ -14,6 +14,8 @@ from torch import nn
 from tuneforge.inference import small_gemm
 from tuneforge.inference.kv_cache import BatchCache, GrowingLayer, full_attention_only
 from tuneforge.inference.prepack import (
+    add_bf16_copies,
+    bf16_linears,
     can_prepack,
     is_packed,
     packed_kind,
@@ -199,6 +201,40 @@ def test_a_packed_layer_that_trains_falls_back_to_the_plain_one(kind):
     assert x.grad is not None and layer.weight.grad is not None and layer.bias.grad is not None
     torch.testing.assert_close(layer.bias.grad, torch.full((8,), 4.0))
     torch.testing.assert_close(x.grad, layer.weight.sum(0).expand(4, 16).detach())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_bf16_copies_multiply_in_bf16_only_inside_bf16_linears_and_not_the_skipped(kind):
+    """The bf16 prefill: inside `bf16_linears()` a layer with a copy computes exactly what a bf16
+    matmul of the bf16-rounded input and weight gives (fp32 out); outside it, or in a layer left
+    without a copy (the LM head), or in another thread, the fp32 result as before."""
+    import threading
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 96), nn.Linear(96, 32))
+    pack_as(model, kind)
+    assert add_bf16_copies(model, skip=[model[1]]) == 1
+    x, h = torch.randn(40, 64), torch.randn(40, 96)
+    bf16 = nn.functional.linear(x.bfloat16(), model[0].weight.bfloat16(), model[0].bias.bfloat16())
+    with torch.no_grad():
+        fp32 = model[0](x), model[1](h)
+        with bf16_linears():
+            inside = model[0](x), model[1](h)
+            other_thread = []
+
+            def elsewhere() -> None:
+                with torch.no_grad():  # thread-local too
+                    other_thread.append(model[0](x))
+
+            worker = threading.Thread(target=elsewhere)
+            worker.start(), worker.join()
+        after = model[0](x)
+    assert inside[0].dtype == torch.float32
+    torch.testing.assert_close(inside[0], bf16.float(), rtol=0, atol=0)
+    assert not torch.equal(inside[0], fp32[0])  # bf16 really rounds
+    torch.testing.assert_close(inside[1], fp32[1], rtol=0, atol=0)  # no copy: fp32
+    torch.testing.assert_close(other_thread[0], fp32[0], rtol=0, atol=0)
+    torch.testing.assert_close(after, fp32[0], rtol=0, atol=0)
 
 
 @pytest.mark.skipif(not _kernel_expected(), reason="the kernel needs x86-64 Linux, AVX2 and cc")

@@ -238,10 +238,13 @@ def create_app(
     allowed_hosts: frozenset[str] | None = None,
     open_prefixes: tuple[str, ...] = (),
     store_by_default: bool = False,
+    prefill_bf16: bool = False,
 ) -> FastAPI:
     """The API. `allowed_hosts`: the names the `Host` header may carry (None: any, as in tests
     that call the app in-process); `open_prefixes`: paths outside /v1 served without the key;
-    `store_by_default`: a chat completion without `store` is kept (`tuneforge serve --store`)."""
+    `store_by_default`: a chat completion without `store` is kept (`tuneforge serve --store`);
+    `prefill_bf16`: the engine prefills prompts in bf16 (`--prefill-precision`, resolved by
+    the CLI)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -249,7 +252,7 @@ def create_app(
         store = Store()
         manager = JobManager(store, max_concurrent_jobs=max_concurrent_jobs)
         manager.start()
-        engine = InferenceEngine()
+        engine = InferenceEngine(prefill_bf16=prefill_bf16)
         engine.start()
         export_runner = ExportRunner(store)
         export_runner.start()

@@ -23,7 +23,10 @@ Two things make a batched step cheap on a CPU, both measured (BENCHMARKS.md, "Se
 throughput"): the base model's linear layers run with weights packed once for a few-row GEMM
 (`inference/prepack.py`: our AVX2 kernel for the row counts where it beats MKL on this machine,
 measured once; else oneDNN), and the KV cache grows in place in a buffer with room to spare
-(`GrowingLayer`) instead of being copied whole by `torch.cat` at every step.
+(`GrowingLayer`) instead of being copied whole by `torch.cat` at every step. On a CPU with bf16
+units, `prefill_bf16` (`tuneforge serve --prefill-precision bf16`) computes the prompts' linear
+layers in bf16, 2-3× faster, for a shorter time to first token; decode steps stay fp32, but the
+prompt's KV cache is bf16-rounded, so answers may differ from fp32's.
 
 Models with sliding-window (or other not-full) attention layers keep transformers' own cache and
 are prefilled one request per forward, with no prefix reuse.
@@ -63,7 +66,13 @@ from tuneforge.inference import packed_prefill, small_gemm
 from tuneforge.inference.constrained import Constraint
 from tuneforge.inference.kv_cache import BatchCache, full_attention_only, left_pad
 from tuneforge.inference.lora_rows import use_lora_rows
-from tuneforge.inference.prepack import kernel_rows, packed_kind, prepack_linears
+from tuneforge.inference.prepack import (
+    add_bf16_copies,
+    bf16_linears,
+    kernel_rows,
+    packed_kind,
+    prepack_linears,
+)
 from tuneforge.models.text import TextSide
 
 log = logging.getLogger(__name__)
@@ -368,9 +377,18 @@ class InferenceEngine:
     request's `Generation`.
     """
 
-    def __init__(self, max_batch_size: int = MAX_BATCH_SIZE, *, prepack: bool = True) -> None:
+    def __init__(
+        self,
+        max_batch_size: int = MAX_BATCH_SIZE,
+        *,
+        prepack: bool = True,
+        prefill_bf16: bool = False,
+    ) -> None:
         self.max_batch_size = max_batch_size
         self.prepack = prepack  # oneDNN-packed linear layers (`inference/prepack.py`)
+        # Prompts prefilled with the packed layers' bf16 copies (`prepack.add_bf16_copies`; the
+        # LM head stays fp32, decode steps too): for CPUs with bf16 units, answers may differ
+        self.prefill_bf16 = prefill_bf16 and prepack
         # CPU only for now: the per-row sampling generators are CPU generators, and serving on
         # CUDA has not been measured or tested.
         self.device = torch.device("cpu")
@@ -482,6 +500,9 @@ class InferenceEngine:
                 else:
                     kind = packed_kind(head) or "the LM head not packed"
                 log.info("%s: %d linear layers packed (%s)", base, packed, kind)
+                if self.prefill_bf16:
+                    copies = add_bf16_copies(model, skip=[head])
+                    log.info("%s: prompts prefilled in bf16 (%d layers)", base, copies)
             self._slots[base] = _Slot(model, growing_cache=full_attention_only(model.config))
         return self._slots[base]
 
@@ -585,9 +606,10 @@ class InferenceEngine:
             )
             for state, take in chunk
         ]
-        out = packed_prefill.prefill(
-            slot.model, pieces, adapter=adapter if slot.routes_adapters else None
-        )
+        with bf16_linears(self.prefill_bf16):
+            out = packed_prefill.prefill(
+                slot.model, pieces, adapter=adapter if slot.routes_adapters else None
+            )
         self.prefill_forwards += 1
         joining = []
         for i, (state, take) in enumerate(chunk):
@@ -689,7 +711,8 @@ class InferenceEngine:
         prompt, in transformers' own cache, then joined to the batch."""
         ids = torch.tensor([row.prompt], device=self.device)
         mask = torch.ones_like(ids)
-        out = self._forward(slot, [row], input_ids=ids, attention_mask=mask)
+        with bf16_linears(self.prefill_bf16):
+            out = self._forward(slot, [row], input_ids=ids, attention_mask=mask)
         self.prefill_forwards += 1
         logits = out.logits[0, -1]
         if self._advance(row, self._choose(row, logits), logits):

@@ -18,6 +18,12 @@ the weights (the real bound) costs the same for both. Two packed forms, best fir
 The results differ from MKL's in the last bits (|Δ| ~1e-5 on a logit), as any other GEMM's
 would; greedy answers are the same except where two tokens tie to that precision.
 
+bf16 prefill (`tuneforge serve --prefill-precision bf16`, on CPUs with AMX-BF16 or AVX512-BF16):
+`add_bf16_copies` keeps a third, bf16 copy of each packed weight, and inside `bf16_linears()`
+those layers multiply in bf16 (input rounded to bf16, fp32 result): prompts are prefilled 2-3×
+faster where the CPU has bf16 units, and decode steps stay in fp32. The KV cache it leaves is
+the bf16-rounded one, so answers can differ from fp32's (measured in BENCHMARKS.md).
+
 Cost: each packed weight is a second copy (the original stays, for peft, `state_dict` and the
 MKL path), so a packed model holds its linear weights twice. Only for frozen weights: the packed
 copy does not follow later changes to `weight` (merging, loading a state dict) — use it on
@@ -27,7 +33,9 @@ models that only generate. Where autograd is recording (training), a packed laye
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import threading
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -51,6 +59,20 @@ def can_prepack(model: nn.Module) -> bool:
     )
 
 
+_bf16 = threading.local()  # `bf16_linears()`: on for this thread's forward passes
+
+
+@contextmanager
+def bf16_linears(on: bool = True) -> Iterator[None]:
+    """Within: packed layers that have a bf16 copy (`add_bf16_copies`) multiply in bf16."""
+    before = getattr(_bf16, "on", False)
+    _bf16.on = on
+    try:
+        yield
+    finally:
+        _bf16.on = before
+
+
 class _PackedForward:
     """Replaces one `nn.Linear` instance's `forward`; the module stays an `nn.Linear` (so peft
     can still wrap it with LoRA layers, which call it as their base layer)."""
@@ -63,6 +85,7 @@ class _PackedForward:
         self.bias = None if linear.bias is None else linear.bias.detach()
         self.out_features = weight.shape[0]
         self.panels = self.panel_bias = self.packed = None
+        self.bf16_weight: torch.Tensor | None = None  # `add_bf16_copies`
         if kernel:
             self.panels, self.panel_bias = small_gemm.pack(weight), small_gemm.pad_bias(self.bias)
         else:
@@ -78,7 +101,10 @@ class _PackedForward:
         rows = x.reshape(-1, x.shape[-1])
         if not rows.is_contiguous():
             rows = rows.contiguous()
-        if self.panels is None:
+        if self.bf16_weight is not None and getattr(_bf16, "on", False):
+            bias = None if self.bias is None else self.bias.to(torch.bfloat16)
+            y = nn.functional.linear(rows.to(torch.bfloat16), self.bf16_weight, bias).float()
+        elif self.panels is None:
             y = torch.ops.mkldnn._linear_pointwise(rows, self.packed, self.bias, "none", [], "")
         elif rows.shape[0] in self.kernel_rows:
             y = small_gemm.linear(rows, self.panels, self.panel_bias, self.out_features)
@@ -143,6 +169,18 @@ def prepack_linears(
     for module, forward in zip(linears, forwards, strict=True):
         module.forward = forward  # type: ignore[method-assign]
     return len(linears)
+
+
+def add_bf16_copies(model: nn.Module, *, skip: Collection[nn.Module] = ()) -> int:
+    """Give every packed layer of `model` but those in `skip` a bf16 copy of its weight, used
+    inside `bf16_linears()`; returns how many got one."""
+    count = 0
+    for module in model.modules():
+        forward = module.__dict__.get("forward")
+        if isinstance(forward, _PackedForward) and not any(module is m for m in skip):
+            forward.bf16_weight = forward.weight.detach().to(torch.bfloat16)
+            count += 1
+    return count
 
 
 def unpack_linears(model: nn.Module) -> None:
