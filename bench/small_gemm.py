@@ -12,7 +12,9 @@ plus its 49152×576 LM head, multiplied by R rows of activations, one weight aft
 decode step does — 537 MB of weights, more than any cache, so each pass reads them from memory.
 For each R: milliseconds per pass (best of 5 after a warm-up), the weight bytes read per second,
 and the largest difference from MKL's result. `memory_read_gb_per_s` is a plain `sum()` over
-400 MB: about what the memory gives.
+400 MB: about what the memory gives. On a CPU with bf16 units (AMX-BF16 or AVX512-BF16) a fourth
+contender, `bf16`: the same weights and rows in bf16 through `F.linear` (oneDNN), reading half
+the bytes — whether bf16 weights would make a decode step faster here (issue 14).
 
 The final line of stdout is one JSON object (also written to bench/results/small_gemm.json).
 """
@@ -30,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from tuneforge.inference import small_gemm
+from tuneforge.models.precision import cpu_info
 
 RESULTS = Path(__file__).resolve().parent / "results" / "small_gemm.json"
 LAYERS = 30
@@ -64,6 +67,9 @@ def main() -> None:
     gigabytes = sum(w.numel() for w in weights) * 4 / 1e9
     panels = [small_gemm.pack(w) for w in weights]
     onednn = [torch.ops.mkldnn._reorder_linear_weight(w, 8) for w in weights]
+    cpu = cpu_info()
+    kinds = ("mkl", "onednn", "ours") + (("bf16",) if cpu.bf16_units else ())
+    halves = [w.to(torch.bfloat16) for w in weights] if cpu.bf16_units else weights
 
     big = torch.randn(100_000_000)
     memory = 0.4 / (best_ms(big.sum) / 1000)
@@ -75,9 +81,11 @@ def main() -> None:
 
         def run(kind: str, inputs: dict = inputs) -> list[torch.Tensor]:
             out = []
-            for w, p, d in zip(weights, panels, onednn, strict=True):
+            for w, p, d, h in zip(weights, panels, onednn, halves, strict=True):
                 x = inputs[w.shape[1]]
-                if kind == "mkl":
+                if kind == "bf16":
+                    out.append(F.linear(x.to(torch.bfloat16), h).float())
+                elif kind == "mkl":
                     out.append(F.linear(x, w))
                 elif kind == "onednn":
                     out.append(torch.ops.mkldnn._linear_pointwise(x, d, None, "none", [], ""))
@@ -87,17 +95,23 @@ def main() -> None:
 
         reference = run("mkl")
         row = {"rows": rows}
-        for kind in ("mkl", "onednn", "ours"):
+        for kind in kinds:
             ms = best_ms(lambda kind=kind: run(kind))
             pairs = zip(run(kind), reference, strict=True)
             error = max((a - b).abs().max().item() for a, b in pairs)
-            row[kind] = {"ms": round(ms, 2), "gb_per_s": round(gigabytes / ms * 1000, 1)}
+            read = gigabytes / 2 if kind == "bf16" else gigabytes
+            row[kind] = {"ms": round(ms, 2), "gb_per_s": round(read / ms * 1000, 1)}
             row[kind]["max_abs_diff_vs_mkl"] = float(f"{error:.2g}")
         row["ours_vs_onednn"] = round(row["onednn"]["ms"] / row["ours"]["ms"], 2)
         row["ours_vs_mkl"] = round(row["mkl"]["ms"] / row["ours"]["ms"], 2)
         print(
             f"{rows:4d} rows: MKL {row['mkl']['ms']:7.1f} ms  oneDNN {row['onednn']['ms']:7.1f} ms"
             f"  ours {row['ours']['ms']:7.1f} ms ({row['ours']['gb_per_s']} GB/s)"
+            + (
+                f"  bf16 {row['bf16']['ms']:7.1f} ms ({row['bf16']['gb_per_s']} GB/s)"
+                if "bf16" in row
+                else ""
+            )
         )
         results.append(row)
     report = {
@@ -106,7 +120,9 @@ def main() -> None:
         "memory_read_gb_per_s": round(memory, 1),
         "machine": {
             "platform": platform.platform(),
-            "cpu": platform.processor() or platform.machine(),
+            "cpu": cpu.model,
+            "cpu_flags": sorted(f for f in cpu.flags if f.startswith(("avx", "amx", "fma"))),
+            "bf16_units": cpu.bf16_units,
             "cpus": os.cpu_count(),
             "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(),
