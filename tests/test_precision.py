@@ -278,7 +278,9 @@ def test_serve_resolves_its_prefill_precision_by_hardware(
     run_cli, monkeypatch, flags, requested, calibration, bf16
 ):
     import tuneforge.api.server as server
+    import tuneforge.cli._common as common
 
+    monkeypatch.setattr(common, "use_free_cores", lambda: None)  # this process keeps its threads
     monkeypatch.setattr(precision, "cpu_info", lambda: cpu(flags))
     monkeypatch.setattr(precision, "cached_calibration", calibration)
     started = {}
@@ -299,3 +301,26 @@ def test_serve_refuses_a_bf16_prefill_on_a_cpu_without_bf16_units(run_cli, monke
     assert "use precision=fp32" in err
     code, _, err = run_cli("serve", "--prefill-precision", "fast")
     assert code == 2 and "--prefill-precision takes fp32, bf16 or auto, not 'fast'" in err
+
+
+def test_the_servers_engine_gets_the_bf16_prefill(monkeypatch, isolated_home):
+    """What the CLI resolved reaches the engine: run_server → the app factory → InferenceEngine."""
+    import uvicorn
+    from fastapi.testclient import TestClient
+
+    from tuneforge.api.server import run_server
+    from tuneforge.ui import create_app
+
+    apps = []
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self: None)
+    for bf16 in (True, False):
+        run_server(
+            lambda **options: apps.append(create_app(**options)) or apps[-1],
+            host="127.0.0.1",
+            port=0,
+            api_key=None,
+            prefill_bf16=bf16,
+        )
+    for app, bf16 in zip(apps, (True, False), strict=True):
+        with TestClient(app):
+            assert app.state.engine.prefill_bf16 is bf16

@@ -501,9 +501,10 @@ class InferenceEngine:
                 else:
                     kind = packed_kind(head) or "the LM head not packed"
                 log.info("%s: %d linear layers packed (%s)", base, packed, kind)
-                if self.prefill_bf16:
-                    copies = add_bf16_copies(model, skip=[head])
+                if self.prefill_bf16 and (copies := add_bf16_copies(model, skip=[head])):
                     log.info("%s: prompts prefilled in bf16 (%d layers)", base, copies)
+                elif self.prefill_bf16:
+                    log.warning("%s: no packed layers, so prompts are prefilled in fp32", base)
             self._slots[base] = _Slot(model, growing_cache=full_attention_only(model.config))
         return self._slots[base]
 
