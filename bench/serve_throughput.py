@@ -23,7 +23,9 @@ What runs, in this order, one machine:
    last answer; time to first token = from sending a request to receiving its first non-empty
    content chunk (p50, and p95 by nearest rank: with 16 requests, the slowest one);
    `completed` = requests whose stream ended with usage. `--prefill-precision fp32,bf16` repeats
-   this step with a second server whose prompts are prefilled in bf16 (CPUs with bf16 units).
+   this step with a second server whose prompts are prefilled in bf16 (CPUs with bf16 units);
+   `--weight-precision auto,bf16` likewise with a server whose kernel reads the weights rounded
+   to bf16 (every pair of the two lists is one server, in order).
 
 Prompts: the user messages of the demo data (`generate_examples(seed=0)`), with the demo's
 system prompt, so answers are realistic lengths. Both sides decode greedily with the same
@@ -82,12 +84,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="the server's --prefill-precision; comma-separated (fp32,bf16) measures one server "
         "per value in this run, against the same baseline",
     )
+    parser.add_argument(
+        "--weight-precision",
+        default="auto",
+        help="the server's --weight-precision; comma-separated (auto,bf16) as above",
+    )
     parser.add_argument("--quick", action="store_true", help="4 requests, 8 tokens: a smoke run")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     args.precisions = args.prefill_precision.split(",")
-    if not set(args.precisions) <= {"fp32", "bf16", "auto"}:
-        parser.error("--prefill-precision takes fp32, bf16 or auto (comma-separated)")
+    args.weights = args.weight_precision.split(",")
+    for name, values in (("prefill", args.precisions), ("weight", args.weights)):
+        if not set(values) <= {"fp32", "bf16", "auto"}:
+            parser.error(f"--{name}-precision takes fp32, bf16 or auto (comma-separated)")
+    args.servers = [(p, w) for p in args.precisions for w in args.weights]
     if args.quick:
         args.requests, args.max_tokens = 4, 8
         args.out = args.out or Path(tempfile.gettempdir()) / "serve_throughput.quick.json"
@@ -177,7 +187,7 @@ def free_port() -> int:
 
 
 def start_server(
-    home: Path, threads: int | None, prefill: str = "fp32"
+    home: Path, threads: int | None, prefill: str = "fp32", weights: str = "auto"
 ) -> tuple[subprocess.Popen, str]:
     import httpx
 
@@ -193,6 +203,7 @@ def start_server(
         [
             *(sys.executable, "-m", "tuneforge.cli", "serve", "--port", str(port)),
             *("--prefill-precision", prefill),
+            *("--weight-precision", weights),
         ],
         env=env,
         stdout=(home / "server.log").open("wb"),
@@ -291,16 +302,17 @@ def main(argv: list[str] | None = None) -> None:
     print(f"baseline: sequential generate, {args.requests} requests …", file=sys.stderr)
     base = baseline(args.model, conversations[: args.requests], args.max_tokens)
     print(f"  {base['output_tokens_per_s']} output tokens/s", file=sys.stderr)
-    servers: dict[str, dict[str, Any]] = {}
-    for precision in args.precisions:
-        levels = servers[precision] = {}
+    servers: dict[tuple[str, str], dict[str, Any]] = {}
+    for precision, weights in args.servers:
+        levels = servers[precision, weights] = {}
         with tempfile.TemporaryDirectory(prefix="tuneforge-bench-") as tmp:
-            proc, url = start_server(Path(tmp) / "home", args.threads, precision)
+            proc, url = start_server(Path(tmp) / "home", args.threads, precision, weights)
             try:
                 asyncio.run(load_test(url, args.model, conversations[:1], 4, 1))  # load weights
                 for clients in args.levels:
                     print(
-                        f"server (prefill {precision}): {clients} concurrent client(s) …",
+                        f"server (prefill {precision}, weights {weights}): {clients} "
+                        "concurrent client(s) …",
                         file=sys.stderr,
                     )
                     sent = conversations[: max(args.requests, clients)]
@@ -311,16 +323,16 @@ def main(argv: list[str] | None = None) -> None:
                     json.loads(path.read_text())
                     for path in (Path(tmp) / "home" / "kernels").glob("rows-*.json")
                 ]
-                prefill_line = [
-                    line
-                    for line in (Path(tmp) / "home" / "server.log").read_text().splitlines()
-                    if line.startswith("prefill precision:")
-                ]
+                log = (Path(tmp) / "home" / "server.log").read_text().splitlines()
+                prefill_line = [line for line in log if line.startswith("prefill precision:")]
+                packed_line = [line for line in log if "linear layers packed" in line]
             finally:
                 proc.terminate()
                 proc.wait(timeout=60)
         for result in levels.values():
             result["prefill_precision"] = prefill_line[0] if prefill_line else precision
+            result["weight_precision"] = weights
+            result["packed"] = packed_line[0].partition("tuneforge.inference.engine: ")[2]
             answers = result.pop("answers")[: args.requests]
             result["same_answers"] = sum(
                 a == b for a, b in zip(answers, base["answers"], strict=True)
@@ -329,7 +341,14 @@ def main(argv: list[str] | None = None) -> None:
                 result["output_tokens_per_s"] / base["output_tokens_per_s"], 2
             )
     base.pop("answers")
-    levels = servers[args.precisions[0]]
+    first = args.servers[0]
+    levels = servers[first]
+
+    def label(precision: str, weights: str) -> str:
+        parts = [f"prefill_{precision}"] if precision != first[0] else []
+        return "_".join(parts + ([f"weights_{weights}"] if weights != first[1] else []))
+
+    others = {label(*server): servers[server] for server in args.servers[1:]}
     top = str(TARGET_CONCURRENCY if str(TARGET_CONCURRENCY) in levels else max(args.levels))
     speedup = levels[top]["output_tokens_per_s"] / base["output_tokens_per_s"]
     report = {
@@ -352,8 +371,8 @@ def main(argv: list[str] | None = None) -> None:
             for record in kernel_rows
         ],
         "baseline_sequential_generate": base,
-        "server": levels,  # the first --prefill-precision; the others below
-        **{f"server_prefill_{p}": servers[p] for p in args.precisions[1:]},
+        "server": levels,  # the first --prefill-precision and --weight-precision; others below
+        **{f"server_{name}": levels for name, levels in others.items()},
         f"speedup_at_concurrency_{top}": round(speedup, 2),
         "targets": TARGETS,
         "target_met": {
@@ -362,12 +381,12 @@ def main(argv: list[str] | None = None) -> None:
             "ttft_p95_s": (levels[top]["ttft_p95_s"] or 1e9) <= TARGETS["ttft_p95_s"],
         },
         **{
-            f"target_met_prefill_{p}": {
-                "speedup": servers[p][top]["speedup_vs_generate"] >= TARGETS["speedup"],
-                "ttft_p50_s": (servers[p][top]["ttft_p50_s"] or 1e9) <= TARGETS["ttft_p50_s"],
-                "ttft_p95_s": (servers[p][top]["ttft_p95_s"] or 1e9) <= TARGETS["ttft_p95_s"],
+            f"target_met_{name}": {
+                "speedup": other[top]["speedup_vs_generate"] >= TARGETS["speedup"],
+                "ttft_p50_s": (other[top]["ttft_p50_s"] or 1e9) <= TARGETS["ttft_p50_s"],
+                "ttft_p95_s": (other[top]["ttft_p95_s"] or 1e9) <= TARGETS["ttft_p95_s"],
             }
-            for p in args.precisions[1:]
+            for name, other in others.items()
         },
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

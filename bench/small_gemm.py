@@ -14,7 +14,11 @@ For each R: milliseconds per pass (best of 5 after a warm-up), the weight bytes 
 and the largest difference from MKL's result. `memory_read_gb_per_s` is a plain `sum()` over
 400 MB: about what the memory gives. On a CPU with bf16 units (AMX-BF16 or AVX512-BF16) a fourth
 contender, `bf16`: the same weights and rows in bf16 through `F.linear` (oneDNN), reading half
-the bytes — whether bf16 weights would make a decode step faster here (issue 14).
+the bytes — whether bf16 weights would make a decode step faster here (issue 14). On every
+machine, `ours_bf16w`: our kernel on the weights stored in bf16 and widened to fp32 in registers
+(`tuneforge serve --decode-weights bf16`), also half the bytes, fp32 arithmetic; its difference
+is reported both from MKL on the fp32 weights and from MKL on the bf16-rounded weights (what it
+computes).
 
 The final line of stdout is one JSON object (also written to bench/results/small_gemm.json).
 """
@@ -66,9 +70,11 @@ def main() -> None:
     weights.append(torch.randn(*HEAD) * 0.02)
     gigabytes = sum(w.numel() for w in weights) * 4 / 1e9
     panels = [small_gemm.pack(w) for w in weights]
+    bf16_panels = [small_gemm.pack_bf16(w) for w in weights]
+    rounded = [w.to(torch.bfloat16).float() for w in weights]
     onednn = [torch.ops.mkldnn._reorder_linear_weight(w, 8) for w in weights]
     cpu = cpu_info()
-    kinds = ("mkl", "onednn", "ours") + (("bf16",) if cpu.bf16_units else ())
+    kinds = ("mkl", "onednn", "ours", "ours_bf16w") + (("bf16",) if cpu.bf16_units else ())
     halves = [w.to(torch.bfloat16) for w in weights] if cpu.bf16_units else weights
 
     big = torch.randn(100_000_000)
@@ -81,9 +87,14 @@ def main() -> None:
 
         def run(kind: str, inputs: dict = inputs) -> list[torch.Tensor]:
             out = []
-            for w, p, d, h in zip(weights, panels, onednn, halves, strict=True):
+            layers = zip(weights, panels, onednn, halves, bf16_panels, rounded, strict=True)
+            for w, p, d, h, b, r in layers:
                 x = inputs[w.shape[1]]
-                if kind == "bf16":
+                if kind == "mkl_rounded":
+                    out.append(F.linear(x, r))
+                elif kind == "ours_bf16w":
+                    out.append(small_gemm.linear(x, b, None, w.shape[0]))
+                elif kind == "bf16":
                     out.append(F.linear(x.to(torch.bfloat16), h).float())
                 elif kind == "mkl":
                     out.append(F.linear(x, w))
@@ -99,14 +110,20 @@ def main() -> None:
             ms = best_ms(lambda kind=kind: run(kind))
             pairs = zip(run(kind), reference, strict=True)
             error = max((a - b).abs().max().item() for a, b in pairs)
-            read = gigabytes / 2 if kind == "bf16" else gigabytes
+            read = gigabytes / 2 if kind in ("bf16", "ours_bf16w") else gigabytes
             row[kind] = {"ms": round(ms, 2), "gb_per_s": round(read / ms * 1000, 1)}
             row[kind]["max_abs_diff_vs_mkl"] = float(f"{error:.2g}")
+            if kind == "ours_bf16w":
+                pairs = zip(run(kind), run("mkl_rounded"), strict=True)
+                error = max((a - b).abs().max().item() for a, b in pairs)
+                row[kind]["max_abs_diff_vs_mkl_on_rounded_weights"] = float(f"{error:.2g}")
         row["ours_vs_onednn"] = round(row["onednn"]["ms"] / row["ours"]["ms"], 2)
         row["ours_vs_mkl"] = round(row["mkl"]["ms"] / row["ours"]["ms"], 2)
+        row["ours_bf16w_vs_ours"] = round(row["ours"]["ms"] / row["ours_bf16w"]["ms"], 2)
         print(
             f"{rows:4d} rows: MKL {row['mkl']['ms']:7.1f} ms  oneDNN {row['onednn']['ms']:7.1f} ms"
             f"  ours {row['ours']['ms']:7.1f} ms ({row['ours']['gb_per_s']} GB/s)"
+            f"  ours_bf16w {row['ours_bf16w']['ms']:7.1f} ms ({row['ours_bf16w']['gb_per_s']} GB/s)"
             + (
                 f"  bf16 {row['bf16']['ms']:7.1f} ms ({row['bf16']['gb_per_s']} GB/s)"
                 if "bf16" in row

@@ -577,3 +577,60 @@ def test_a_bf16_prefill_computes_prompts_in_bf16_and_decodes_in_fp32(text, tiny_
     for answer, want in zip(answers, expected + expected, strict=True):
         n = len(answer)  # the end-of-turn token carries no logprob
         assert gap(answer, want[:n]) < bf16_moves / 20
+
+
+def test_bf16_weights_answer_as_the_rounded_model_and_auto_takes_only_exact_ones(
+    text, tiny_model_dir, tmp_path, monkeypatch
+):
+    """`weight_precision`: "bf16" answers exactly as the fp32 engine answers on a copy of the
+    model whose linear weights were rounded to bf16 (same tokens, same log-probabilities, bit for
+    bit: the kernel adds the same products in the same order); "auto" reads that copy in bf16 (it
+    rounds nothing) but leaves the original model, whose weights are not bf16 values, in fp32."""
+    from torch import nn
+    from transformers import AutoModelForCausalLM
+
+    from tuneforge.inference import small_gemm
+    from tuneforge.inference.prepack import packed_kind
+
+    if not small_gemm.available():
+        pytest.skip("the kernel needs x86-64 Linux, AVX2 and a C compiler")
+    monkeypatch.setenv("TUNEFORGE_KERNEL_MAX_ROWS", "256")  # the kernel wherever it can run
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with torch.no_grad():
+        for module in model.modules():
+            if type(module) is nn.Linear:
+                module.weight.copy_(module.weight.bfloat16())
+    rounded = tmp_path / "rounded"
+    model.save_pretrained(rounded)
+    text.tokenizer.save_pretrained(rounded)
+
+    def answers(folder: Path, precision: str) -> tuple[list, str | None]:
+        base = str(folder)
+        params = SamplingParams(8, 0.0, logprobs=0)
+        requests = [(Target(base, base), text, prompt(text, i), params) for i in (1, 6, 3)]
+        engine = InferenceEngine(weight_precision=precision)
+
+        async def run() -> list:
+            out = []
+            for generation in submit_together(engine, requests, asyncio.get_running_loop()):
+                while not isinstance(event := (await generation.events.get())[1], Finished):
+                    pass
+                out.append([(lp.token, lp.logprob) for lp in event.logprobs])
+            return out
+
+        engine.start()
+        try:
+            got = asyncio.run(run())
+            head = engine._slots[base].model.get_output_embeddings()
+            return got, packed_kind(head)
+        finally:
+            engine.stop()
+
+    reference, kind = answers(rounded, "fp32")
+    assert kind == "small_gemm"
+    assert answers(rounded, "auto") == (reference, "small_gemm_bf16w")
+    assert answers(tiny_model_dir, "bf16") == (reference, "small_gemm_bf16w")
+    original, kind = answers(tiny_model_dir, "auto")
+    assert kind == "small_gemm" and original != reference  # not rounded: fp32 answers
+    with pytest.raises(ValueError, match="weight_precision"):
+        InferenceEngine(weight_precision="int8")

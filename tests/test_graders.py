@@ -114,7 +114,9 @@ def test_a_looping_python_grader_is_stopped_at_its_time_limit(monkeypatch):
 def test_a_grader_stopped_by_its_cpu_time_limit_is_reported_as_a_timeout():
     # SIGXCPU is what the kernel sends at the CPU-time limit (a grader that spins threads can
     # reach it before the wall clock); it is a timeout, not a crash of the grader.
-    source = "import os, signal\ndef grade(sample, item):\n    os.kill(os.getpid(), signal.SIGXCPU)\n"
+    source = (
+        "import os, signal\ndef grade(sample, item):\n    os.kill(os.getpid(), signal.SIGXCPU)\n"
+    )
     grade = run_grader({"type": "python", "name": "cpu", "source": source}, make_sample("x"))
     assert grade.reward == 0.0 and grade.errors["unresponsive_reward_error"]
     assert not grade.errors["python_grader_runtime_error"]

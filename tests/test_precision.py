@@ -313,14 +313,39 @@ def test_the_servers_engine_gets_the_bf16_prefill(monkeypatch, isolated_home):
 
     apps = []
     monkeypatch.setattr(uvicorn.Server, "run", lambda self: None)
-    for bf16 in (True, False):
+    for bf16, weights in ((True, "bf16"), (False, "fp32")):
         run_server(
             lambda **options: apps.append(create_app(**options)) or apps[-1],
             host="127.0.0.1",
             port=0,
             api_key=None,
             prefill_bf16=bf16,
+            weight_precision=weights,
         )
-    for app, bf16 in zip(apps, (True, False), strict=True):
+    for app, bf16, weights in zip(apps, (True, False), ("bf16", "fp32"), strict=True):
         with TestClient(app):
             assert app.state.engine.prefill_bf16 is bf16
+            assert app.state.engine.weight_precision == weights
+
+
+def test_serve_takes_a_weight_precision_and_refuses_bf16_without_the_kernel(run_cli, monkeypatch):
+    import tuneforge.api.server as server
+    import tuneforge.cli._common as common
+    from tuneforge.inference import small_gemm
+
+    monkeypatch.setattr(common, "use_free_cores", lambda: None)
+    started = {}
+    monkeypatch.setattr(server, "run_server", lambda factory, **options: started.update(options))
+    code, _, _ = run_cli("serve")
+    assert code in (0, None) and started["weight_precision"] == "auto"
+    monkeypatch.setattr(small_gemm, "available", lambda: True)
+    code, _, _ = run_cli("serve", "--weight-precision", "bf16")
+    assert code in (0, None) and started["weight_precision"] == "bf16"
+    monkeypatch.setattr(small_gemm, "available", lambda: False)
+    started.clear()
+    code, _, err = run_cli("studio", "--no-open", "--weight-precision", "bf16")
+    assert code == 2 and not started
+    assert "--weight-precision bf16 needs tuneforge's few-row kernel" in err
+    assert "use --weight-precision fp32 or auto" in err
+    code, _, err = run_cli("serve", "--weight-precision", "int8")
+    assert code == 2 and "--weight-precision takes fp32, bf16 or auto, not 'int8'" in err

@@ -17,10 +17,12 @@ from tuneforge.inference.prepack import (
     add_bf16_copies,
     bf16_linears,
     can_prepack,
+    is_bf16_exact,
     is_packed,
     packed_kind,
     prepack_linears,
     unpack_linears,
+    use_bf16_weights,
 )
 
 pytestmark = pytest.mark.skipif(
@@ -102,6 +104,82 @@ def test_the_kernel_matches_matmul_at_every_row_count_and_shape(threads):
         small_gemm.linear(
             torch.randn(2, 16), small_gemm.pack(torch.randn(20, 16)), torch.ones(20), 20
         )
+
+
+@pytest.mark.skipif(not _kernel_expected(), reason="the kernel needs x86-64 Linux, AVX2 and cc")
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_bf16_weight_kernel_computes_in_fp32_with_the_rounded_weights(threads):
+    """bf16 panels: each weight widened to the fp32 it stands for, fp32 arithmetic. Against a
+    float64 matmul of the bf16-rounded weights (tight: no bf16 rounding of the input or the
+    sums), at the sizes that stress the blocks, chunks and panels; and bit for bit the fp32
+    kernel's result where the weights are bf16 values already."""
+    torch.manual_seed(0)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for rows in (1, 2, 3, 4, 5, 8, 13, 64, small_gemm.KERNEL_ROWS):
+            for out_features, in_features in ((16, 256), (200, 96), (7, 300), (64, 1), (37, 600)):
+                weight = torch.randn(out_features, in_features)
+                rounded = weight.bfloat16().float()
+                bias = torch.randn(out_features)
+                x = torch.randn(rows, in_features)
+                packed = small_gemm.pack_bf16(weight)
+                assert packed.dtype == torch.bfloat16
+                for b in (None, bias):
+                    padded = small_gemm.pad_bias(b)
+                    got = small_gemm.linear(x, packed, padded, out_features)
+                    want = nn.functional.linear(
+                        x.double(), rounded.double(), None if b is None else b.double()
+                    )
+                    torch.testing.assert_close(got, want.float(), rtol=1e-5, atol=1e-4)
+                    fp32 = small_gemm.linear(x, small_gemm.pack(rounded), padded, out_features)
+                    assert torch.equal(got, fp32)
+                # The weights really are read as bf16: not the unrounded result.
+                assert not torch.equal(
+                    small_gemm.linear(x, packed, None, out_features),
+                    nn.functional.linear(x, weight),
+                )
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.skipif(not _kernel_expected(), reason="the kernel needs x86-64 Linux, AVX2 and cc")
+def test_bf16_weights_round_the_model_once_for_every_path(monkeypatch):
+    """`use_bf16_weights`: the kernel on bf16 panels at its measured row counts, and MKL at the
+    others on the same (rounded) weights; `only_exact` changes nothing unless nothing would be
+    rounded."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 96), nn.Linear(96, 32))
+    reference = nn.Sequential(nn.Linear(64, 96), nn.Linear(96, 32))
+    reference.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        for layer in reference:
+            layer.weight.copy_(layer.weight.bfloat16())
+    prepack_linears(model, kernel=True, kernel_rows={1, 2, 3, 4})
+    assert not is_bf16_exact(model[0].weight)
+    assert use_bf16_weights(model, only_exact=True) == 0
+    assert packed_kind(model[0]) == "small_gemm" and not is_bf16_exact(model[0].weight)
+    assert use_bf16_weights(model) == 2
+    assert packed_kind(model[0]) == "small_gemm_bf16w" and is_bf16_exact(model[0].weight)
+    calls = []
+    real = small_gemm.linear
+    monkeypatch.setattr(small_gemm, "linear", lambda x, *a: calls.append(len(x)) or real(x, *a))
+    with torch.no_grad():
+        for rows in (1, 4, 5, 300):
+            x = torch.randn(rows, 64)
+            torch.testing.assert_close(model(x), reference(x), rtol=1e-5, atol=1e-5)
+    assert calls == [1, 1, 4, 4]  # two layers each; 5 and 300 rows went to MKL
+    # A model whose weights are bf16 values already: `only_exact` takes it, rounding nothing.
+    exact = nn.Sequential(nn.Linear(64, 96))
+    exact.load_state_dict(reference[:1].state_dict())
+    before = exact[0].weight.clone()
+    prepack_linears(exact, kernel=True, kernel_rows={1})
+    assert use_bf16_weights(exact, only_exact=True) == 1
+    assert torch.equal(exact[0].weight, before)
+    # Without the kernel (oneDNN packing) there is nothing to give bf16 panels.
+    onednn = nn.Linear(8, 8)
+    prepack_linears(onednn, kernel=False)
+    assert use_bf16_weights(onednn) == 0 and packed_kind(onednn) == "oneDNN"
 
 
 def test_without_the_kernel_packing_falls_back_to_onednn(monkeypatch, tmp_path):

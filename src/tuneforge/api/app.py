@@ -239,12 +239,14 @@ def create_app(
     open_prefixes: tuple[str, ...] = (),
     store_by_default: bool = False,
     prefill_bf16: bool = False,
+    weight_precision: str = "auto",
 ) -> FastAPI:
     """The API. `allowed_hosts`: the names the `Host` header may carry (None: any, as in tests
     that call the app in-process); `open_prefixes`: paths outside /v1 served without the key;
     `store_by_default`: a chat completion without `store` is kept (`tuneforge serve --store`);
     `prefill_bf16`: the engine prefills prompts in bf16 (`--prefill-precision`, resolved by
-    the CLI)."""
+    the CLI); `weight_precision`: fp32, bf16 or auto (`--weight-precision`, checked by the CLI;
+    `InferenceEngine`)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -252,7 +254,7 @@ def create_app(
         store = Store()
         manager = JobManager(store, max_concurrent_jobs=max_concurrent_jobs)
         manager.start()
-        engine = InferenceEngine(prefill_bf16=prefill_bf16)
+        engine = InferenceEngine(prefill_bf16=prefill_bf16, weight_precision=weight_precision)
         engine.start()
         export_runner = ExportRunner(store)
         export_runner.start()

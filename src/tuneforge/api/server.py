@@ -30,10 +30,11 @@ def run_server(
     max_concurrent_jobs: int = 1,
     store_by_default: bool = False,
     prefill_bf16: bool = False,
+    weight_precision: str = "auto",
     on_ready: Callable[[str], None] | None = None,
 ) -> None:
     """Serve `app_factory(host=…, api_key=…, max_concurrent_jobs=…, store_by_default=…,
-    prefill_bf16=…)` until interrupted (the
+    prefill_bf16=…, weight_precision=…)` until interrupted (the
     CLI passes the Studio's, which mounts the UI on the API). A non-loopback address needs an
     API key: the server runs training and reads files on this machine for whoever can reach it.
     `on_ready(url)` runs once the server answers."""
@@ -53,6 +54,7 @@ def run_server(
         max_concurrent_jobs=max_concurrent_jobs,
         store_by_default=store_by_default,
         prefill_bf16=prefill_bf16,
+        weight_precision=weight_precision,
     )
     config = uvicorn.Config(
         app, host=host, port=port, log_level="info", timeout_graceful_shutdown=5

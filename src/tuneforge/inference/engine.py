@@ -27,7 +27,10 @@ measured once; else oneDNN), and the KV cache grows in place in a buffer with ro
 units, `prefill_bf16` (`tuneforge serve --prefill-precision bf16`) computes the prompts' linear
 layers in bf16 (a prefill chunk 1.5-1.75× faster on an AVX512-BF16 EPYC), for a shorter time to
 first token; decode steps stay fp32, but the prompt's KV cache is bf16-rounded, so answers may
-differ from fp32's.
+differ from fp32's. `weight_precision` (`--weight-precision`) has our kernel read the weights in
+bf16 (`prepack.use_bf16_weights`: half the bytes per decode step, fp32 arithmetic): "auto", the
+default, where the model's weights are bf16 values already, so nothing is rounded and answers
+stay the fp32 kernel's; "bf16" for any model (weights rounded); "fp32" never.
 
 Models with sliding-window (or other not-full) attention layers keep transformers' own cache and
 are prefilled one request per forward, with no prefix reuse.
@@ -73,6 +76,7 @@ from tuneforge.inference.prepack import (
     kernel_rows,
     packed_kind,
     prepack_linears,
+    use_bf16_weights,
 )
 from tuneforge.models.text import TextSide
 
@@ -88,6 +92,7 @@ MIN_PREFIX = 8  # shorter shared prefixes are not worth a lookup
 # ~0.25 s; larger chunks save a little per-forward overhead but stall longer and make the
 # first of several requests that arrive together wait for the others' prompts.
 PREFILL_CHUNK_TOKENS = 256
+WEIGHT_PRECISIONS = ("fp32", "bf16", "auto")  # `InferenceEngine(weight_precision=...)`
 BACKGROUND_SHARE = 0.5  # of the batch's rows, the most that background work (SamplingParams) holds
 
 
@@ -384,12 +389,16 @@ class InferenceEngine:
         *,
         prepack: bool = True,
         prefill_bf16: bool = False,
+        weight_precision: str = "auto",
     ) -> None:
+        if weight_precision not in WEIGHT_PRECISIONS:
+            raise ValueError(f"weight_precision is one of {WEIGHT_PRECISIONS}")
         self.max_batch_size = max_batch_size
         self.prepack = prepack  # oneDNN-packed linear layers (`inference/prepack.py`)
         # Prompts prefilled with the packed layers' bf16 copies (`prepack.add_bf16_copies`; the
         # LM head stays fp32, decode steps too): for CPUs with bf16 units, answers may differ
         self.prefill_bf16 = prefill_bf16 and prepack
+        self.weight_precision = weight_precision
         # CPU only for now: the per-row sampling generators are CPU generators, and serving on
         # CUDA has not been measured or tested.
         self.device = torch.device("cpu")
@@ -496,8 +505,18 @@ class InferenceEngine:
             if self.prepack:
                 packed = prepack_linears(model)
                 head = model.get_output_embeddings()
+                bf16_weights = 0
+                if self.weight_precision != "fp32":
+                    exact = self.weight_precision == "auto"
+                    bf16_weights = use_bf16_weights(model, only_exact=exact)
+                    if not bf16_weights and not exact:
+                        log.warning("%s: our kernel is not in use, so weights stay fp32", base)
                 if packed_kind(head) == "small_gemm":
                     kind = f"our AVX2 kernel at {small_gemm.describe(kernel_rows(head))}, else MKL"
+                elif packed_kind(head) == "small_gemm_bf16w":
+                    how = "exact" if self.weight_precision == "auto" else "rounded"
+                    rows = small_gemm.describe(kernel_rows(head))
+                    kind = f"our AVX2 kernel on bf16 weights ({how}) at {rows}, else MKL"
                 else:
                     kind = packed_kind(head) or "the LM head not packed"
                 log.info("%s: %d linear layers packed (%s)", base, packed, kind)

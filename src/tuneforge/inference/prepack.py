@@ -25,6 +25,16 @@ and inside `bf16_linears()` those layers multiply in bf16 (input rounded to bf16
 faster on an AMD EPYC with AVX512-BF16; decode steps stay in fp32. The KV cache it leaves is the
 bf16-rounded one, so answers can differ from fp32's (measured in BENCHMARKS.md).
 
+bf16 weights (`tuneforge serve --weight-precision`, `use_bf16_weights`): our kernel's panels
+hold the weights in bf16 and it widens them to fp32 in registers (`small_gemm.c`), so a decode
+step reads half the bytes: 1.5-2.2× faster at 1-8 rows than the fp32 kernel on an AMD EPYC with
+AVX-512 (BENCHMARKS.md), at the same row counts as before (MKL at the others). The weights
+themselves are rounded to bf16 first, so every path computes with the same model: the one its
+bf16 checkpoint would be. For a model whose weights are bf16 values already (a bf16 checkpoint
+loaded in fp32, most of the hub's), nothing is rounded and the kernel adds the same products in
+the same order as the fp32 one: results are the fp32 kernel's to the bit — what `auto`
+(`only_exact=True`) takes. Otherwise answers can differ from fp32's (opt-in).
+
 Cost: each packed weight is a second copy (the original stays, for peft, `state_dict` and the
 MKL path), so a packed model holds its linear weights twice. Only for frozen weights: the packed
 copy does not follow later changes to `weight` (merging, loading a state dict) — use it on
@@ -115,7 +125,9 @@ class _PackedForward:
 
     @property
     def kind(self) -> str:
-        return "oneDNN" if self.panels is None else "small_gemm"
+        if self.panels is None:
+            return "oneDNN"
+        return "small_gemm_bf16w" if self.panels.dtype == torch.bfloat16 else "small_gemm"
 
 
 def kernel_rows(module: Any) -> frozenset[int]:
@@ -184,6 +196,37 @@ def add_bf16_copies(model: nn.Module, *, skip: Collection[nn.Module] = ()) -> in
     return count
 
 
+def is_bf16_exact(weight: torch.Tensor) -> bool:
+    """Whether every value of `weight` is a bf16 value (rounding it to bf16 changes nothing)."""
+    # The low 16 bits of each fp32 are zero: a view, no copy of a large weight.
+    bits = weight.detach().contiguous().view(torch.int32)
+    return not bool((bits & 0xFFFF).any())
+
+
+def use_bf16_weights(model: nn.Module, *, only_exact: bool = False) -> int:
+    """Give every layer of `model` packed for our kernel bf16 panels (`small_gemm.pack_bf16`,
+    in place of the fp32 ones); returns how many layers changed. Their weights are first
+    rounded to bf16 in place, so every other path (MKL at the row counts the kernel does not
+    take, a bf16 prefill copy, peft's base layer) computes with the same weights: the model
+    becomes what its bf16 checkpoint would be. `only_exact`: only when every one of those
+    weights is a bf16 value already (`is_bf16_exact`), so nothing is rounded; else 0 and
+    nothing changes. Layers packed for oneDNN (the kernel not available) keep fp32."""
+    forwards = [
+        forward
+        for module in model.modules()
+        if isinstance(forward := module.__dict__.get("forward"), _PackedForward)
+        and forward.panels is not None
+    ]
+    if only_exact and not all(is_bf16_exact(forward.weight) for forward in forwards):
+        return 0
+    with torch.no_grad():
+        for forward in forwards:
+            weight = forward.weight.detach()
+            weight.copy_(weight.to(torch.bfloat16))  # a no-op on exact weights
+            forward.panels = small_gemm.pack_bf16(weight)
+    return len(forwards)
+
+
 def unpack_linears(model: nn.Module) -> None:
     """Undo `prepack_linears` (the modules use their `weight` again)."""
     for module in model.modules():
@@ -192,7 +235,8 @@ def unpack_linears(model: nn.Module) -> None:
 
 
 def packed_kind(module: Any) -> str | None:
-    """Which packed form a layer uses: "small_gemm" or "oneDNN"; None when it is not packed."""
+    """Which packed form a layer uses: "small_gemm" (our kernel), "small_gemm_bf16w" (our kernel
+    on bf16 weights) or "oneDNN"; None when it is not packed."""
     forward = getattr(module, "__dict__", {}).get("forward")
     return forward.kind if isinstance(forward, _PackedForward) else None
 

@@ -110,8 +110,9 @@ def _library() -> ctypes.CDLL | None:
         detail = getattr(exc, "stderr", b"") or b""
         log.info("could not build the small-GEMM kernel (%s %s): using oneDNN", exc, detail[:200])
         return None
-    function.restype = ctypes.c_int
-    function.argtypes = [ctypes.c_int] * 3 + [ctypes.c_void_p] * 4 + [ctypes.c_int]
+    for function in (library.tuneforge_small_gemm, library.tuneforge_small_gemm_bf16w):
+        function.restype = ctypes.c_int
+        function.argtypes = [ctypes.c_int] * 3 + [ctypes.c_void_p] * 4 + [ctypes.c_int]
     return library
 
 
@@ -128,6 +129,18 @@ def pack(weight: torch.Tensor) -> torch.Tensor:
     padded = weight.new_zeros(panels * PANEL, k)
     padded[:n] = weight
     return padded.view(panels, PANEL, k).transpose(1, 2).contiguous()
+
+
+# Where each of a panel's 16 columns sits in a bf16 panel (small_gemm.c: widening a 256-bit load
+# works within 128-bit lanes, so columns 0-7 must sit at positions 0-3 and 8-11).
+BF16_ORDER = [0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 12, 13, 14, 15]
+
+
+def pack_bf16(weight: torch.Tensor) -> torch.Tensor:
+    """An `nn.Linear` weight (N × K) rounded to bf16 (round to nearest even, as `.to(bfloat16)`)
+    and packed for `tuneforge_small_gemm_bf16w`: (⌈N/16⌉, K, 16) bf16, each 16 in `BF16_ORDER`."""
+    panels = pack(weight.float()).to(torch.bfloat16)
+    return panels[:, :, BF16_ORDER].contiguous()
 
 
 def pad_bias(bias: torch.Tensor | None) -> torch.Tensor | None:
@@ -149,12 +162,17 @@ def linear(
         raise ValueError(f"small_gemm.linear needs 1-256 contiguous fp32 rows, got {x.shape}")
     # The C code trusts these sizes: a mismatch would read past the end of a tensor.
     panels = -(-out_features // PANEL)
-    if packed.shape != (panels, k, PANEL) or packed.dtype != torch.float32:
+    if packed.shape != (panels, k, PANEL) or packed.dtype not in (torch.float32, torch.bfloat16):
         raise ValueError(f"packed weight {tuple(packed.shape)} is not ({panels}, {k}, {PANEL})")
+    function = (
+        library.tuneforge_small_gemm_bf16w
+        if packed.dtype == torch.bfloat16  # pack_bf16
+        else library.tuneforge_small_gemm
+    )
     if not packed.is_contiguous() or (bias is not None and bias.shape != (panels * PANEL,)):
         raise ValueError("packed weight must be contiguous and bias padded (pad_bias)")
     y = x.new_empty(rows, out_features)
-    status = library.tuneforge_small_gemm(
+    status = function(
         rows,
         out_features,
         k,
