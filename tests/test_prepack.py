@@ -430,3 +430,36 @@ def test_lora_layers_are_packed_but_not_measured(monkeypatch):
     assert prepack_linears(model, kernel=True) == 4  # q_proj, up, lora_A, lora_B
     assert seen == [[(32, 32), (64, 32)], [(32, 32), (64, 32)]]
     assert all(is_packed(m) for m in model.modules() if type(m) is nn.Linear)
+
+
+@pytest.mark.skipif(not _kernel_expected(), reason="the kernel needs x86-64 Linux, AVX2 and cc")
+def test_generation_reads_a_bf16_checkpoint_in_bf16_with_the_same_logits(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    """`load_for_inference(packed=True)` (chat, generate, eval, compare): a model whose weights
+    are bf16 values gets bf16 panels, and its logits are the fp32 kernel's, bit for bit; a model
+    whose weights are not keeps fp32 panels."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tuneforge.inference.load import load_for_inference
+
+    monkeypatch.setenv("TUNEFORGE_KERNEL_MAX_ROWS", "256")
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if type(module) is nn.Linear:
+                module.weight.copy_(module.weight.bfloat16())
+    folder = tmp_path / "bf16-checkpoint"
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(folder)
+    prepack_linears(model)  # the fp32 kernel, on the same weights
+    loaded = load_for_inference(str(folder), packed=True).model
+    assert packed_kind(loaded.get_output_embeddings()) == "small_gemm_bf16w"
+    assert packed_kind(model.get_output_embeddings()) == "small_gemm"
+    ids = torch.randint(0, model.config.vocab_size, (1, 9))
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, model(ids).logits)
+        step = loaded(ids[:, :1]).logits, model(ids[:, :1]).logits  # one row: the decode case
+        assert torch.equal(*step)
+    original = load_for_inference(str(tiny_model_dir), packed=True).model
+    assert packed_kind(original.get_output_embeddings()) == "small_gemm"

@@ -62,15 +62,18 @@ def load_for_inference(
     model's does, as it will once exported merged (unmerged, peft runs every adapted layer's A/B
     path beside it: 111.6 ms/token against 75.6 merged and 68.9 for the base, SmolLM2-135M on
     AMD EPYC, same greedy tokens); then the linear layers' weights are packed once for a faster
-    GEMM on x86 CPUs (`inference/prepack.py`).
+    GEMM on x86 CPUs (`inference/prepack.py`); where they are all bf16 values (a bf16
+    checkpoint), our kernel reads them in bf16, half the bytes, with the same results
+    (`use_bf16_weights(only_exact=True)`, what `tuneforge serve --weight-precision auto` does).
     """
     loaded = _load(model_or_run, device=device, weights=weights)
     if packed:
-        from tuneforge.inference.prepack import prepack_linears
+        from tuneforge.inference.prepack import prepack_linears, use_bf16_weights
 
         if hasattr(loaded.model, "merge_and_unload"):
             loaded.model = loaded.model.merge_and_unload()
         prepack_linears(loaded.model)
+        use_bf16_weights(loaded.model, only_exact=True)
     return loaded
 
 
