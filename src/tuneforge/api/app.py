@@ -31,6 +31,7 @@ from tuneforge.api import (
     models,
     responses,
     stored_chat,
+    uploads,
 )
 from tuneforge.api.catalog import Catalog
 from tuneforge.api.deps import get_engine
@@ -304,6 +305,7 @@ def create_app(
 
     modules = (
         files,
+        uploads,
         file_views,
         fine_tuning,
         exports,

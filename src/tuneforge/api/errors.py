@@ -110,7 +110,7 @@ def field_path(loc: tuple[Any, ...]) -> str | None:
         if isinstance(part, int):
             path += f"[{part}]"
         elif isinstance(part, str) and (
-            part in _BRANCH_NAMES
+            (part in _BRANCH_NAMES and path)  # a union's branch, never the first field: `bytes`
             or "[" in part
             or _SCHEMA_KIND.fullmatch(part)
             or _MODEL_BRANCH.fullmatch(part)

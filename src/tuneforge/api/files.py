@@ -290,32 +290,12 @@ async def upload_file(
                 400, f"Unrecognized request argument supplied: {key[:64]}", param=key[:64]
             )
     expires_after = _expires_after(expires_anchor, expires_seconds)
-    if purpose not in (PURPOSE, EVALS_PURPOSE, batches.PURPOSE):
-        raise APIError(
-            400,
-            f"Invalid purpose {purpose[:40]!r}: this server stores fine-tuning data "
-            f"(purpose={PURPOSE!r}), eval rows (purpose={EVALS_PURPOSE!r}) and batch "
-            f"requests (purpose={batches.PURPOSE!r})",
-            param="purpose",
-        )
     filename = Path(file.filename or "upload.jsonl").name[:255] or "upload.jsonl"
-    if purpose != PURPOSE and (column_map is not None or _extension(filename) != ".jsonl"):
-        one_line = {EVALS_PURPOSE: '{"item": {...}}', batches.PURPOSE: "request"}[purpose]
-        raise APIError(
-            400,
-            f"An {purpose} file is JSONL, one {one_line} object per line, without column_map",
-            param="column_map" if column_map is not None else "file",
-            code="invalid_file_format",
-        )
+    check_purpose(purpose, filename, column_map)
     tmp = await _save_upload(file, _extension(filename), request.app.state.max_upload_bytes)
     stored = tmp
     try:
-        if purpose == EVALS_PURPOSE:
-            await run_in_threadpool(check_eval_rows, tmp, filename)
-        elif purpose == batches.PURPOSE:
-            await run_in_threadpool(batches.check_file, tmp, filename)
-        else:
-            stored = await run_in_threadpool(check_format, tmp, filename, column_map)
+        stored = await run_in_threadpool(check_content, tmp, filename, purpose, column_map)
         row = await run_in_threadpool(
             get_store(request).add_file,
             new_id("file"),
@@ -328,6 +308,38 @@ async def upload_file(
         tmp.unlink(missing_ok=True)  # renamed away on success
         stored.unlink(missing_ok=True)
     return file_object(row)
+
+
+def check_purpose(purpose: str, filename: str, column_map: str | None = None) -> None:
+    """A purpose this server stores, and a file name (extension) that suits it."""
+    if purpose not in (PURPOSE, EVALS_PURPOSE, batches.PURPOSE):
+        raise APIError(
+            400,
+            f"Invalid purpose {purpose[:40]!r}: this server stores fine-tuning data "
+            f"(purpose={PURPOSE!r}), eval rows (purpose={EVALS_PURPOSE!r}) and batch "
+            f"requests (purpose={batches.PURPOSE!r})",
+            param="purpose",
+        )
+    if purpose != PURPOSE and (column_map is not None or _extension(filename) != ".jsonl"):
+        one_line = {EVALS_PURPOSE: '{"item": {...}}', batches.PURPOSE: "request"}[purpose]
+        raise APIError(
+            400,
+            f"An {purpose} file is JSONL, one {one_line} object per line, without column_map",
+            param="column_map" if column_map is not None else "file",
+            code="invalid_file_format",
+        )
+
+
+def check_content(path: Path, filename: str, purpose: str, column_map: str | None = None) -> Path:
+    """Check an uploaded file's content for its purpose (APIError naming lines and fields);
+    returns the file to store (`check_format`). Blocking: run it in a thread."""
+    if purpose == EVALS_PURPOSE:
+        check_eval_rows(path, filename)
+        return path
+    if purpose == batches.PURPOSE:
+        batches.check_file(path, filename)
+        return path
+    return check_format(path, filename, column_map)
 
 
 @router.get("/v1/files", response_model=FileList)

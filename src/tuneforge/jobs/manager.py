@@ -128,6 +128,7 @@ class JobManager:
     # -- one tick ----------------------------------------------------------------------------
     def tick(self) -> None:
         self.store.expire_files()  # OpenAI's expires_after of uploads
+        self.store.expire_uploads()  # /v1/uploads not completed within their hour
         self.store.expire_responses()  # and its 30 days for stored responses
         self._reap()
         self._signal_stopping()

@@ -18,6 +18,7 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 import sqlite3
 import threading
 import time
@@ -193,6 +194,30 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (run_id, row)
     );
     """,
+    # m011: OpenAI's Uploads API: an upload (the file it becomes, in parts) and its parts, each
+    # a file of its own under files/uploads/<upload id>/ until the upload is completed
+    """
+    CREATE TABLE uploads (
+        id TEXT PRIMARY KEY,
+        bytes INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        filename TEXT NOT NULL,
+        purpose TEXT NOT NULL,
+        mime_type TEXT NOT NULL,
+        status TEXT NOT NULL,
+        file_expires_after INTEGER,
+        file_id TEXT
+    );
+    CREATE TABLE upload_parts (
+        id TEXT PRIMARY KEY,
+        upload_id TEXT NOT NULL REFERENCES uploads(id) ON DELETE CASCADE,
+        bytes INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        path TEXT NOT NULL
+    );
+    CREATE INDEX upload_parts_by_upload ON upload_parts(upload_id);
+    """,
 ]
 
 # A file not past its `expires_at` (the one parameter: the time now), or one an unfinished job
@@ -222,6 +247,11 @@ def db_path() -> Path:
 
 def files_dir() -> Path:
     return tuneforge_home() / "files"
+
+
+def upload_parts_dir(upload_id: str) -> Path:
+    """Where the parts of an upload (/v1/uploads) wait until it is completed."""
+    return files_dir() / "uploads" / upload_id
 
 
 def jobs_dir() -> Path:
@@ -302,9 +332,11 @@ class Store:
         filename: str,
         purpose: str,
         expires_after: int | None = None,
+        upload_id: str | None = None,
     ) -> dict[str, Any]:
         """Publish an uploaded temp file under our own name, then record it; `expires_after`
-        seconds from now it is deleted (`expire_files`).
+        seconds from now it is deleted (`expire_files`). `upload_id`: the pending upload
+        (/v1/uploads) it completes, marked completed in the same transaction.
 
         The rename comes first: a crash in between leaves an unlisted file, never a row that
         points at nothing.
@@ -333,7 +365,81 @@ class Store:
                 ":path, :expires_at)",
                 row,
             )
+            if upload_id is not None:
+                done = conn.execute(
+                    "UPDATE uploads SET status = 'completed', file_id = ? "
+                    "WHERE id = ? AND status = 'pending'",
+                    (file_id, upload_id),
+                )
+                if done.rowcount != 1:
+                    raise ValueError(f"upload {upload_id} is not pending")
         return row
+
+    # -- uploads (a file sent in parts) ------------------------------------------------------
+    def add_upload(self, row: dict[str, Any]) -> dict[str, Any]:
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO uploads (id, bytes, created_at, expires_at, filename, purpose, "
+                "mime_type, status, file_expires_after) VALUES (:id, :bytes, :created_at, "
+                ":expires_at, :filename, :purpose, :mime_type, 'pending', :file_expires_after)",
+                row,
+            )
+        return self.get_upload(row["id"])  # type: ignore[return-value]
+
+    def get_upload(self, upload_id: str) -> dict[str, Any] | None:
+        """The upload, or None; a pending one past its `expires_at` reads as expired."""
+        row = _row(self.conn.execute("SELECT * FROM uploads WHERE id = ?", (upload_id,)).fetchone())
+        if row and row["status"] == "pending" and row["expires_at"] <= time.time():
+            row["status"] = "expired"
+        return row
+
+    def add_upload_part(self, part: dict[str, Any]) -> bool:
+        """Record a part whose file is in place; False (nothing recorded) when its upload is no
+        longer pending, or has expired."""
+        with self.transaction() as conn:
+            pending = conn.execute(
+                "SELECT 1 FROM uploads WHERE id = ? AND status = 'pending' AND expires_at > ?",
+                (part["upload_id"], time.time()),
+            ).fetchone()
+            if pending is None:
+                return False
+            conn.execute(
+                "INSERT INTO upload_parts (id, upload_id, bytes, created_at, path) VALUES "
+                "(:id, :upload_id, :bytes, :created_at, :path)",
+                part,
+            )
+        return True
+
+    def upload_parts(self, upload_id: str) -> dict[str, dict[str, Any]]:
+        """The upload's parts by id, in the order they were added."""
+        rows = self.conn.execute(
+            "SELECT * FROM upload_parts WHERE upload_id = ? ORDER BY rowid", (upload_id,)
+        )
+        return {r["id"]: dict(r) for r in rows}
+
+    def end_upload(self, upload_id: str, status: str) -> bool:
+        """A pending upload → `status` (cancelled, expired); False when it was not pending.
+        Either way its parts go, rows and files (a completed upload's too: its file is made)."""
+        with self.transaction() as conn:
+            done = conn.execute(
+                "UPDATE uploads SET status = ? WHERE id = ? AND status = 'pending'",
+                (status, upload_id),
+            )
+            conn.execute("DELETE FROM upload_parts WHERE upload_id = ?", (upload_id,))
+        shutil.rmtree(upload_parts_dir(upload_id), ignore_errors=True)
+        return done.rowcount == 1
+
+    def expire_uploads(self, now: float | None = None) -> list[str]:
+        """End the pending uploads past their `expires_at` (OpenAI's: an hour), deleting their
+        parts; returns their ids."""
+        now = time.time() if now is None else now
+        rows = self.conn.execute(
+            "SELECT id FROM uploads WHERE status = 'pending' AND expires_at <= ?", (now,)
+        )
+        gone = [r[0] for r in rows]
+        for upload_id in gone:
+            self.end_upload(upload_id, "expired")
+        return gone
 
     def expire_files(self, now: float | None = None) -> list[str]:
         """Delete the files past their `expires_at`, except those an unfinished job still reads

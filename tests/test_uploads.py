@@ -1,0 +1,182 @@
+"""/v1/uploads, OpenAI's Uploads API (a file sent in parts), driven by the official `openai`
+package as its users drive it: `client.uploads.upload_file_chunked`, and create / parts /
+complete / cancel one by one."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+
+import openai
+import pytest
+from fastapi.testclient import TestClient
+from helpers import good_examples
+
+from tuneforge.api import uploads
+from tuneforge.api.app import create_app
+from tuneforge.jobs.store import Store, files_dir, upload_parts_dir
+
+
+def jsonl(rows: list) -> bytes:
+    return b"".join(json.dumps(r).encode() + b"\n" for r in rows)
+
+
+@pytest.fixture
+def api(isolated_home):
+    with TestClient(create_app()) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def client(api) -> openai.OpenAI:
+    return openai.OpenAI(api_key="unused", base_url="http://testserver/v1", http_client=api)
+
+
+def test_upload_file_chunked_makes_the_file_the_parts_came_from(client, tmp_path):
+    content = jsonl(good_examples(40))
+    path = tmp_path / "train.jsonl"
+    path.write_bytes(content)
+    upload = client.uploads.upload_file_chunked(
+        file=path,
+        mime_type="text/jsonl",
+        purpose="fine-tune",
+        part_size=1000,  # several parts, the last one short
+        md5=hashlib.md5(content).hexdigest(),
+    )
+    assert upload.status == "completed" and upload.object == "upload"
+    assert upload.bytes == len(content) and upload.filename == "train.jsonl"
+    assert upload.expires_at == upload.created_at + 3600
+    assert upload.file is not None and upload.file.purpose == "fine-tune"
+    assert client.files.content(upload.file.id).read() == content
+    assert upload.file.id in [f.id for f in client.files.list()]
+    # The parts are gone once joined.
+    assert not upload_parts_dir(upload.id).exists()
+    # The file is a File like any other: a fine-tuning job takes it.
+    assert client.files.retrieve(upload.file.id).bytes == len(content)
+
+
+def test_parts_are_joined_in_the_order_listed_not_the_order_sent(client):
+    rows = jsonl(good_examples(3)).splitlines(keepends=True)
+    content = b"".join(rows)
+    upload = client.uploads.create(
+        bytes=len(content), filename="data.jsonl", mime_type="text/jsonl", purpose="fine-tune"
+    )
+    assert upload.status == "pending" and upload.file is None
+    sent = {i: client.uploads.parts.create(upload_id=upload.id, data=rows[i]) for i in (2, 0, 1)}
+    assert sent[0].object == "upload.part" and sent[0].upload_id == upload.id
+    done = client.uploads.complete(upload_id=upload.id, part_ids=[sent[i].id for i in (0, 1, 2)])
+    assert client.files.content(done.file.id).read() == content
+    # Completed: no more parts, no second completion.
+    with pytest.raises(openai.BadRequestError, match="completed already"):
+        client.uploads.parts.create(upload_id=upload.id, data=b"more")
+    with pytest.raises(openai.BadRequestError, match="completed already"):
+        client.uploads.complete(upload_id=upload.id, part_ids=[sent[0].id])
+
+
+def test_a_completion_that_does_not_add_up_says_why_and_can_be_sent_again(client):
+    content = jsonl(good_examples(4))
+    half = len(content) // 2
+    upload = client.uploads.create(
+        bytes=len(content), filename="data.jsonl", mime_type="text/jsonl", purpose="fine-tune"
+    )
+    first = client.uploads.parts.create(upload_id=upload.id, data=content[:half])
+    second = client.uploads.parts.create(upload_id=upload.id, data=content[half:])
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.uploads.complete(upload_id=upload.id, part_ids=[first.id])
+    assert exc.value.body["param"] == "part_ids"
+    assert f"hold {half:,} bytes, but upload {upload.id} was created for" in exc.value.message
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.uploads.complete(upload_id=upload.id, part_ids=[first.id, "part-nope"])
+    assert exc.value.body["param"] == "part_ids[1]" and "not a part of upload" in str(exc.value)
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.uploads.complete(upload_id=upload.id, part_ids=[first.id, first.id])
+    assert "a second time" in exc.value.message
+    with pytest.raises(openai.BadRequestError) as exc:  # the right size, the wrong order
+        client.uploads.complete(
+            upload_id=upload.id,
+            part_ids=[second.id, first.id],
+            md5=hashlib.md5(content).hexdigest(),
+        )
+    assert exc.value.body["param"] == "md5" and "out of order" in exc.value.message
+    done = client.uploads.complete(upload_id=upload.id, part_ids=[first.id, second.id])
+    assert client.files.content(done.file.id).read() == content
+
+
+def test_the_joined_file_is_checked_as_an_upload_of_its_purpose(client):
+    bad = jsonl(good_examples(2)) + b'{"messages": [{"role": "user"}]}\n'
+    upload = client.uploads.create(
+        bytes=len(bad), filename="bad.jsonl", mime_type="text/jsonl", purpose="fine-tune"
+    )
+    part = client.uploads.parts.create(upload_id=upload.id, data=bad)
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.uploads.complete(upload_id=upload.id, part_ids=[part.id])
+    assert exc.value.code == "invalid_file_format" and "line 3" in exc.value.message
+    assert not client.files.list().data  # nothing published
+    # The upload is still pending: cancelling it deletes its parts.
+    cancelled = client.uploads.cancel(upload.id)
+    assert cancelled.status == "cancelled" and not upload_parts_dir(upload.id).exists()
+    with pytest.raises(openai.BadRequestError, match="it was cancelled"):
+        client.uploads.parts.create(upload_id=upload.id, data=b"x")
+    # Leftover temp files of the failed completion: none.
+    assert not [p for p in files_dir().iterdir() if p.name.startswith(".upload-")]
+
+
+def test_bad_upload_requests_name_the_field(client):
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.uploads.create(bytes=10, filename="x.jsonl", mime_type="text/jsonl", purpose="x")
+    assert exc.value.body["param"] == "purpose"
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.uploads.create(bytes=10, filename="x.pdf", mime_type="pdf", purpose="fine-tune")
+    assert exc.value.code == "invalid_file_format" and ".pdf" in exc.value.message
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.uploads.create(
+            bytes=9 * 1024**3, filename="x.jsonl", mime_type="text/jsonl", purpose="fine-tune"
+        )
+    assert exc.value.body["param"] == "bytes"
+    with pytest.raises(openai.NotFoundError):
+        client.uploads.parts.create(upload_id="upload-nope", data=b"x")
+    upload = client.uploads.create(
+        bytes=10, filename="x.jsonl", mime_type="text/jsonl", purpose="fine-tune"
+    )
+    with pytest.raises(openai.BadRequestError, match="empty"):
+        client.uploads.parts.create(upload_id=upload.id, data=b"")
+
+
+def test_a_part_over_the_limit_is_refused_and_not_kept(client, monkeypatch):
+    monkeypatch.setattr(uploads, "MAX_PART_BYTES", 100)
+    upload = client.uploads.create(
+        bytes=300, filename="x.jsonl", mime_type="text/jsonl", purpose="fine-tune"
+    )
+    with pytest.raises(openai.APIStatusError) as exc:
+        client.uploads.parts.create(upload_id=upload.id, data=b"x" * 101)
+    assert exc.value.status_code == 413 and exc.value.code == "file_too_large"
+    assert not list(upload_parts_dir(upload.id).iterdir())
+
+
+def test_an_upload_expires_after_its_hour_and_its_parts_go(client, isolated_home):
+    upload = client.uploads.create(
+        bytes=10, filename="x.jsonl", mime_type="text/jsonl", purpose="fine-tune"
+    )
+    client.uploads.parts.create(upload_id=upload.id, data=b"0123456789")
+    assert len(list(upload_parts_dir(upload.id).iterdir())) == 1
+    store = Store()
+    assert store.expire_uploads(now=time.time() + 3599) == []
+    assert store.expire_uploads(now=time.time() + 3601) == [upload.id]
+    assert not upload_parts_dir(upload.id).exists()
+    with pytest.raises(openai.BadRequestError, match="expired 60 minutes after"):
+        client.uploads.parts.create(upload_id=upload.id, data=b"x")
+
+
+def test_parts_survive_a_restart_and_the_upload_completes_after_it(isolated_home):
+    content = jsonl(good_examples(5))
+    with TestClient(create_app()) as api:
+        client = openai.OpenAI(api_key="k", base_url="http://testserver/v1", http_client=api)
+        upload = client.uploads.create(
+            bytes=len(content), filename="t.jsonl", mime_type="text/jsonl", purpose="fine-tune"
+        )
+        part = client.uploads.parts.create(upload_id=upload.id, data=content)
+    with TestClient(create_app()) as api:  # a new server on the same home
+        client = openai.OpenAI(api_key="k", base_url="http://testserver/v1", http_client=api)
+        done = client.uploads.complete(upload_id=upload.id, part_ids=[part.id])
+        assert client.files.content(done.file.id).read() == content
