@@ -180,3 +180,98 @@ def test_parts_survive_a_restart_and_the_upload_completes_after_it(isolated_home
         client = openai.OpenAI(api_key="k", base_url="http://testserver/v1", http_client=api)
         done = client.uploads.complete(upload_id=upload.id, part_ids=[part.id])
         assert client.files.content(done.file.id).read() == content
+
+
+def test_a_part_larger_than_a_json_body_gets_through(client):
+    """The server caps JSON bodies at 16 MiB; a part may hold up to 64 MB (the SDK's default
+    part size), so its route has its own cap."""
+    size = 17 * 1024 * 1024
+    upload = client.uploads.create(
+        bytes=size, filename="big.jsonl", mime_type="text/jsonl", purpose="fine-tune"
+    )
+    part = client.uploads.parts.create(upload_id=upload.id, data=b"x" * size)
+    assert (upload_parts_dir(upload.id) / part.id).stat().st_size == size
+    client.uploads.cancel(upload.id)
+
+
+def test_parts_beyond_twice_the_upload_are_refused(client):
+    upload = client.uploads.create(
+        bytes=10, filename="x.jsonl", mime_type="text/jsonl", purpose="fine-tune"
+    )
+    for _ in range(2):  # a part sent twice (a retried request) still fits
+        client.uploads.parts.create(upload_id=upload.id, data=b"0123456789")
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.uploads.parts.create(upload_id=upload.id, data=b"0")
+    assert exc.value.body["param"] == "data" and "more than 20 bytes" in exc.value.message
+    assert len(list(upload_parts_dir(upload.id).iterdir())) == 2  # the refused one not kept
+
+
+def test_an_upload_too_large_to_check_line_by_line_is_refused_at_creation(isolated_home):
+    with TestClient(create_app(max_upload_bytes=1000)) as api:
+        client = openai.OpenAI(api_key="k", base_url="http://testserver/v1", http_client=api)
+        with pytest.raises(openai.BadRequestError) as exc:
+            client.uploads.create(
+                bytes=1001, filename="b.jsonl", mime_type="text/jsonl", purpose="batch"
+            )
+        assert exc.value.body["param"] == "bytes" and "read whole" in exc.value.message
+        # Fine-tuning JSONL is checked line by line: it may go past the single-file limit.
+        assert (
+            client.uploads.create(
+                bytes=5000, filename="t.jsonl", mime_type="text/jsonl", purpose="fine-tune"
+            ).status
+            == "pending"
+        )
+
+
+def test_neither_cancel_nor_expiry_touches_an_upload_being_completed(client, monkeypatch):
+    from tuneforge.api import files
+
+    content = jsonl(good_examples(3))
+    upload = client.uploads.create(
+        bytes=len(content), filename="t.jsonl", mime_type="text/jsonl", purpose="fine-tune"
+    )
+    part = client.uploads.parts.create(upload_id=upload.id, data=content)
+    real = files.check_content
+    during = {}
+
+    def check_meanwhile(*args):
+        store = Store()  # what a cancel request and the manager's tick do, mid-completion
+        during["cancelled"] = store.end_upload(upload.id, "cancelled")
+        during["expired"] = store.expire_uploads(now=time.time() + 7200)
+        during["parts"] = sorted(p.name for p in upload_parts_dir(upload.id).iterdir())
+        return real(*args)
+
+    monkeypatch.setattr(files, "check_content", check_meanwhile)
+    done = client.uploads.complete(upload_id=upload.id, part_ids=[part.id])
+    assert during == {"cancelled": False, "expired": [], "parts": [part.id]}
+    assert done.status == "completed" and client.files.content(done.file.id).read() == content
+    assert not upload_parts_dir(upload.id).exists()
+
+
+def test_a_completion_cut_off_by_a_crash_can_be_sent_again_after_a_restart(isolated_home):
+    content = jsonl(good_examples(2))
+    with TestClient(create_app()) as api:
+        client = openai.OpenAI(api_key="k", base_url="http://testserver/v1", http_client=api)
+        upload = client.uploads.create(
+            bytes=len(content), filename="t.jsonl", mime_type="text/jsonl", purpose="fine-tune"
+        )
+        part = client.uploads.parts.create(upload_id=upload.id, data=content)
+        assert Store().begin_upload_completion(upload.id)  # ... and the server dies here
+        with pytest.raises(openai.ConflictError, match="being completed by another request"):
+            client.uploads.complete(upload_id=upload.id, part_ids=[part.id])
+    with TestClient(create_app()) as api:
+        client = openai.OpenAI(api_key="k", base_url="http://testserver/v1", http_client=api)
+        done = client.uploads.complete(upload_id=upload.id, part_ids=[part.id])
+        assert client.files.content(done.file.id).read() == content
+
+
+def test_part_folders_no_pending_upload_owns_are_swept(client):
+    leftover = upload_parts_dir("upload-gone")
+    leftover.mkdir(parents=True)
+    (leftover / "part-x").write_bytes(b"old")
+    upload = client.uploads.create(
+        bytes=3, filename="x.jsonl", mime_type="text/jsonl", purpose="fine-tune"
+    )
+    client.uploads.parts.create(upload_id=upload.id, data=b"new")
+    Store().expire_uploads()
+    assert not leftover.exists() and upload_parts_dir(upload.id).exists()

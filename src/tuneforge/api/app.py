@@ -132,9 +132,12 @@ class Guard:
                 ),
             )
             return
-        limit = (
-            self.max_upload_bytes + MULTIPART_OVERHEAD if path == "/v1/files" else MAX_JSON_BYTES
-        )
+        if path == "/v1/files":
+            limit = self.max_upload_bytes + MULTIPART_OVERHEAD
+        elif uploads.PART_PATH.fullmatch(path):
+            limit = uploads.MAX_PART_BYTES + MULTIPART_OVERHEAD
+        else:
+            limit = MAX_JSON_BYTES
         declared = _header(scope, b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
             await _reject(send, _too_large(limit))
@@ -253,6 +256,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         _preload_libraries()
         store = Store()
+        store.abort_upload_completions()  # cut off by the last server's end: pending again
         manager = JobManager(store, max_concurrent_jobs=max_concurrent_jobs)
         manager.start()
         engine = InferenceEngine(prefill_bf16=prefill_bf16, weight_precision=weight_precision)

@@ -10,19 +10,24 @@ published as a File, which the completed Upload carries. The official SDK's
 An Upload expires an hour after it was created, as OpenAI's do: then no part can be added, it
 cannot be completed, and its parts are deleted.
 
-Crash safety: each part is written to a temp file and renamed into place under
+Crash safety: each part is written to a temp file, synced, and renamed into place under
 `$TUNEFORGE_HOME/files/uploads/<upload id>/`, then recorded; a part cut off mid-request is never
-recorded, and the client sends it again. Completing publishes the file and marks the upload
-completed in one transaction (`Store.add_file(upload_id=...)`), so a completion cut off by a
-crash leaves the upload pending with its parts, and can be sent again.
+recorded, and the client sends it again. A completion first moves the upload from pending to
+completing (so no part is added, and neither a cancel nor the expiry deletes the parts it is
+joining), then publishes the file, marks the upload completed and forgets its parts in one
+transaction (`Store.add_file(upload_id=...)`). A completion that fails says why and leaves the
+upload pending; one cut off by a crash is pending again when the server starts; part folders no
+pending upload owns are swept by the job manager's tick (`Store.expire_uploads`).
 """
 
 from __future__ import annotations
 
 import errno
 import hashlib
+import os
+import re
+import shutil
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Annotated, Literal
@@ -42,8 +47,11 @@ router = APIRouter()
 
 MAX_PART_BYTES = 64 * 1024 * 1024  # OpenAI's limit for one part
 MAX_UPLOAD_BYTES = 8 * 1024**3  # OpenAI's limit for a whole upload
+# Room for parts sent again (the SDK retries a part whose answer was lost, and the first one may
+# have been kept): the parts of an upload hold at most twice its bytes.
+PART_ROOM = 2
+PART_PATH = re.compile(r"/v1/uploads/[^/]+/parts")  # the body cap of `app.Guard`
 EXPIRES_S = 3600  # OpenAI's: an upload expires an hour after it was created
-_COMPLETING = threading.Lock()  # one completion at a time: each reads and joins every part
 
 
 class UploadCreate(Strict):
@@ -98,7 +106,10 @@ def _disk_full(exc: OSError, what: str) -> APIError | None:
 def upload_object(request: Request, row: dict) -> dict:
     fields = ("id", "bytes", "created_at", "expires_at", "filename", "purpose", "status")
     file = get_store(request).get_file(row["file_id"]) if row.get("file_id") else None
-    return {k: row[k] for k in fields} | {
+    shown = {k: row[k] for k in fields}
+    if shown["status"] == "completing":  # not one of OpenAI's: still pending to a client
+        shown["status"] = "pending"
+    return shown | {
         "object": "upload",
         "file": files.file_object(file) if file else None,
     }
@@ -112,6 +123,13 @@ def _pending(request: Request, upload_id: str) -> dict:
         raise not_found("Upload", upload_id, param="upload_id")
     if row["status"] == "expired":
         _end(request, upload_id, "expired")
+    if row["status"] == "completing":
+        raise APIError(
+            409,
+            f"Upload {upload_id} is being completed by another request; wait for its answer",
+            param="upload_id",
+            code="upload_in_progress",
+        )
     if row["status"] != "pending":
         how = {
             "completed": f"it is completed already (its file is {row.get('file_id')})",
@@ -134,7 +152,18 @@ def _end(request: Request, upload_id: str, status: str) -> bool:
 def create_upload(request: Request, body: UploadCreate) -> dict:
     filename = Path(body.filename).name[:255] or "upload.jsonl"
     files.check_purpose(body.purpose, filename)
-    files._extension(filename)  # a name /v1/files takes
+    streamed = body.purpose == files.PURPOSE and files._extension(filename) in (".jsonl", ".csv")
+    limit = request.app.state.max_upload_bytes
+    if body.bytes > limit and not streamed:
+        # Checked line by line, fine-tuning JSONL and CSV may be as large as an upload goes;
+        # the others are read whole when checked.
+        raise APIError(
+            400,
+            f"An upload over {limit:,} bytes must be fine-tuning data in .jsonl or .csv (checked "
+            f"line by line); a {body.purpose} file or a .json array is read whole, so it is "
+            "limited as /v1/files is",
+            param="bytes",
+        )
     created = int(time.time())
     row = get_store(request).add_upload(
         {
@@ -183,6 +212,8 @@ async def add_upload_part(
                         code="file_too_large",
                     )
                 out.write(chunk)
+            out.flush()
+            os.fsync(out.fileno())  # on disk before it is recorded
         if size == 0:
             raise APIError(400, "The part is empty: send some of the file's bytes", param="data")
         try:
@@ -198,7 +229,18 @@ async def add_upload_part(
             "created_at": int(time.time()),
             "path": str(final),
         }
-        if not await run_in_threadpool(get_store(request).add_upload_part, part):
+        upload = await run_in_threadpool(_pending, request, upload_id)
+        most = PART_ROOM * upload["bytes"]
+        refused = await run_in_threadpool(get_store(request).add_upload_part, part, most)
+        if refused == "too much":
+            raise APIError(
+                400,
+                f"The parts of upload {upload_id} would hold more than {most:,} bytes, twice "
+                f"the {upload['bytes']:,} it was created for: create a new upload with the "
+                "file's size",
+                param="data",
+            )
+        if refused:
             await run_in_threadpool(_pending, request, upload_id)  # says why
             raise APIError(400, f"Upload {upload_id} takes no more parts", param="upload_id")
     except OSError as exc:
@@ -214,67 +256,87 @@ async def add_upload_part(
 
 def _complete(request: Request, upload_id: str, body: UploadComplete) -> dict:
     store = get_store(request)
-    with _COMPLETING:
-        upload = _pending(request, upload_id)
-        parts = store.upload_parts(upload_id)
-        seen: set[str] = set()
-        for index, part_id in enumerate(body.part_ids):
-            if part_id not in parts:
-                raise APIError(
-                    400,
-                    f"part_ids[{index}] is {part_id[:64]!r}, not a part of upload {upload_id}",
-                    param=f"part_ids[{index}]",
-                )
-            if part_id in seen:
-                raise APIError(
-                    400,
-                    f"part_ids[{index}] names part {part_id} a second time",
-                    param=f"part_ids[{index}]",
-                )
-            seen.add(part_id)
-        total = sum(parts[p]["bytes"] for p in body.part_ids)
-        if total != upload["bytes"]:
+    upload = _pending(request, upload_id)
+    if not store.begin_upload_completion(upload_id):  # cancelled, expired or taken meanwhile
+        _pending(request, upload_id)  # says why
+        raise APIError(400, f"Upload {upload_id} cannot be completed now", param="upload_id")
+    # From here on no part is added, and neither cancelling nor expiry touches the parts.
+    try:
+        _join_and_publish(request, upload, body)
+    except BaseException:
+        store.abort_upload_completions(upload_id)  # pending again: it can be completed again
+        raise
+    shutil.rmtree(upload_parts_dir(upload_id), ignore_errors=True)  # their rows went with it
+    return upload_object(request, store.get_upload(upload_id))  # type: ignore[arg-type]
+
+
+def _join_and_publish(request: Request, upload: dict, body: UploadComplete) -> None:
+    upload_id = upload["id"]
+    parts = get_store(request).upload_parts(upload_id)
+    seen: set[str] = set()
+    for index, part_id in enumerate(body.part_ids):
+        if part_id not in parts:
             raise APIError(
                 400,
-                f"The parts listed hold {total:,} bytes, but upload {upload_id} was created for "
-                f"{upload['bytes']:,}: list every part, or create a new upload with the right "
-                "size",
+                f"part_ids[{index}] is {part_id[:64]!r}, not a part of upload {upload_id}",
+                param=f"part_ids[{index}]",
+            )
+        if part_id in seen:
+            raise APIError(
+                400,
+                f"part_ids[{index}] names part {part_id} a second time",
+                param=f"part_ids[{index}]",
+            )
+        seen.add(part_id)
+    total = sum(parts[p]["bytes"] for p in body.part_ids)
+    if total != upload["bytes"]:
+        raise APIError(
+            400,
+            f"The parts listed hold {total:,} bytes, but upload {upload_id} was created for "
+            f"{upload['bytes']:,}: list every part, or create a new upload with the right size",
+            param="part_ids",
+        )
+    suffix = files._extension(upload["filename"])
+    fd, name = tempfile.mkstemp(prefix=".upload-", suffix=suffix, dir=files_dir())
+    joined = stored = Path(name)
+    try:
+        digest = hashlib.md5(usedforsecurity=False)
+        written = 0
+        with open(fd, "wb") as out:
+            for part_id in body.part_ids:
+                with open(parts[part_id]["path"], "rb") as part:
+                    while chunk := part.read(files.CHUNK):
+                        digest.update(chunk)
+                        written += len(chunk)
+                        out.write(chunk)
+        if written != upload["bytes"]:  # a part's file is not what was recorded
+            raise APIError(
+                400,
+                f"The parts of upload {upload_id} on the server's disk hold {written:,} bytes, "
+                f"not {upload['bytes']:,}: cancel it and upload the file again",
                 param="part_ids",
             )
-        suffix = files._extension(upload["filename"])
-        fd, name = tempfile.mkstemp(prefix=".upload-", suffix=suffix, dir=files_dir())
-        joined = stored = Path(name)
-        try:
-            digest = hashlib.md5(usedforsecurity=False)
-            with open(fd, "wb") as out:
-                for part_id in body.part_ids:
-                    with open(parts[part_id]["path"], "rb") as part:
-                        while chunk := part.read(files.CHUNK):
-                            digest.update(chunk)
-                            out.write(chunk)
-            if body.md5 is not None and body.md5.lower() != digest.hexdigest():
-                raise APIError(
-                    400,
-                    f"The MD5 of the joined parts is {digest.hexdigest()}, not {body.md5}: a "
-                    "part was sent wrong or listed out of order",
-                    param="md5",
-                )
-            stored = files.check_content(joined, upload["filename"], upload["purpose"])
-            store.add_file(
-                new_id("file"),
-                stored,
-                filename=upload["filename"],
-                purpose=upload["purpose"],
-                expires_after=upload["file_expires_after"],
-                upload_id=upload_id,
+        if body.md5 is not None and body.md5.lower() != digest.hexdigest():
+            raise APIError(
+                400,
+                f"The MD5 of the joined parts is {digest.hexdigest()}, not {body.md5}: a part "
+                "was sent wrong or listed out of order",
+                param="md5",
             )
-        except OSError as exc:
-            raise (_disk_full(exc, "the joined file") or exc) from None
-        finally:
-            joined.unlink(missing_ok=True)  # renamed away on success
-            stored.unlink(missing_ok=True)
-        store.end_upload(upload_id, "completed")  # its parts go; it stays completed
-        return upload_object(request, store.get_upload(upload_id))  # type: ignore[arg-type]
+        stored = files.check_content(joined, upload["filename"], upload["purpose"])
+        get_store(request).add_file(
+            new_id("file"),
+            stored,
+            filename=upload["filename"],
+            purpose=upload["purpose"],
+            expires_after=upload["file_expires_after"],
+            upload_id=upload_id,
+        )
+    except OSError as exc:
+        raise (_disk_full(exc, "the joined file") or exc) from None
+    finally:
+        joined.unlink(missing_ok=True)  # renamed away on success
+        stored.unlink(missing_ok=True)
 
 
 @router.post("/v1/uploads/{upload_id}/complete", response_model=Upload)
@@ -285,5 +347,6 @@ async def complete_upload(request: Request, upload_id: str, body: UploadComplete
 @router.post("/v1/uploads/{upload_id}/cancel", response_model=Upload)
 def cancel_upload(request: Request, upload_id: str) -> dict:
     _pending(request, upload_id)
-    _end(request, upload_id, "cancelled")
+    if not _end(request, upload_id, "cancelled"):  # completed or expired meanwhile
+        _pending(request, upload_id)
     return upload_object(request, get_store(request).get_upload(upload_id))  # type: ignore[arg-type]

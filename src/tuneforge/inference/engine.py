@@ -505,16 +505,16 @@ class InferenceEngine:
             if self.prepack:
                 packed = prepack_linears(model)
                 head = model.get_output_embeddings()
-                bf16_weights = 0
-                if self.weight_precision != "fp32":
-                    exact = self.weight_precision == "auto"
-                    bf16_weights = use_bf16_weights(model, only_exact=exact)
-                    if not bf16_weights and not exact:
-                        log.warning("%s: our kernel is not in use, so weights stay fp32", base)
+                how = "exact"  # bf16 weights: nothing rounded (or "rounded")
+                wanted = self.weight_precision != "fp32"
+                exact = wanted and use_bf16_weights(model, only_exact=True)
+                if wanted and not exact and self.weight_precision == "bf16":
+                    how = "rounded"
+                    if not use_bf16_weights(model):
+                        log.warning("%s: our kernel is not in use: weights stay fp32", base)
                 if packed_kind(head) == "small_gemm":
                     kind = f"our AVX2 kernel at {small_gemm.describe(kernel_rows(head))}, else MKL"
                 elif packed_kind(head) == "small_gemm_bf16w":
-                    how = "exact" if self.weight_precision == "auto" else "rounded"
                     rows = small_gemm.describe(kernel_rows(head))
                     kind = f"our AVX2 kernel on bf16 weights ({how}) at {rows}, else MKL"
                 else:

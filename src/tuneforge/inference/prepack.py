@@ -44,6 +44,7 @@ models that only generate. Where autograd is recording (training), a packed laye
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
@@ -198,19 +199,24 @@ def add_bf16_copies(model: nn.Module, *, skip: Collection[nn.Module] = ()) -> in
 
 def is_bf16_exact(weight: torch.Tensor) -> bool:
     """Whether every value of `weight` is a bf16 value (rounding it to bf16 changes nothing)."""
-    # The low 16 bits of each fp32 are zero: a view, no copy of a large weight.
-    bits = weight.detach().contiguous().view(torch.int32)
-    return not bool((bits & 0xFFFF).any())
+    # The low 16 bits of each fp32 are zero. Read as 16-bit halves (a view; `bits & 0xFFFF`
+    # would allocate a copy the size of the weight): on a little-endian CPU the low half of
+    # each value comes first.
+    halves = weight.detach().contiguous().view(torch.int16)
+    low = halves[..., 0::2] if sys.byteorder == "little" else halves[..., 1::2]
+    return not bool(low.any())
 
 
 def use_bf16_weights(model: nn.Module, *, only_exact: bool = False) -> int:
     """Give every layer of `model` packed for our kernel bf16 panels (`small_gemm.pack_bf16`,
     in place of the fp32 ones); returns how many layers changed. Their weights are first
     rounded to bf16 in place, so every other path (MKL at the row counts the kernel does not
-    take, a bf16 prefill copy, peft's base layer) computes with the same weights: the model
-    becomes what its bf16 checkpoint would be. `only_exact`: only when every one of those
-    weights is a bf16 value already (`is_bf16_exact`), so nothing is rounded; else 0 and
-    nothing changes. Layers packed for oneDNN (the kernel not available) keep fp32."""
+    take, a bf16 prefill copy, peft's base layer) computes with the same weights: the linear
+    layers' weights as a bf16 checkpoint would hold them (a tied LM head rounds the input
+    embeddings with it; norms, biases and untied embeddings stay fp32). `only_exact`: only
+    when every one of those weights is a bf16 value already (`is_bf16_exact`), so nothing is
+    rounded or written; else 0 and nothing changes. Layers packed for oneDNN (the kernel not
+    available) keep fp32."""
     forwards = [
         forward
         for module in model.modules()
@@ -222,7 +228,8 @@ def use_bf16_weights(model: nn.Module, *, only_exact: bool = False) -> int:
     with torch.no_grad():
         for forward in forwards:
             weight = forward.weight.detach()
-            weight.copy_(weight.to(torch.bfloat16))  # a no-op on exact weights
+            if not only_exact:  # exact weights are not written (they may be shared or mapped)
+                weight.copy_(weight.to(torch.bfloat16))
             forward.panels = small_gemm.pack_bf16(weight)
     return len(forwards)
 

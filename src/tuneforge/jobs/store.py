@@ -358,24 +358,31 @@ class Store:
             "path": str(final),
             "expires_at": None if expires_after is None else created + expires_after,
         }
-        with self.transaction() as conn:
-            conn.execute(
-                "INSERT INTO files (id, bytes, created_at, filename, purpose, status, path, "
-                "expires_at) VALUES (:id, :bytes, :created_at, :filename, :purpose, :status, "
-                ":path, :expires_at)",
-                row,
-            )
-            if upload_id is not None:
-                done = conn.execute(
-                    "UPDATE uploads SET status = 'completed', file_id = ? "
-                    "WHERE id = ? AND status = 'pending'",
-                    (file_id, upload_id),
+        try:
+            with self.transaction() as conn:
+                conn.execute(
+                    "INSERT INTO files (id, bytes, created_at, filename, purpose, status, path, "
+                    "expires_at) VALUES (:id, :bytes, :created_at, :filename, :purpose, :status, "
+                    ":path, :expires_at)",
+                    row,
                 )
-                if done.rowcount != 1:
-                    raise ValueError(f"upload {upload_id} is not pending")
+                if upload_id is not None:
+                    done = conn.execute(
+                        "UPDATE uploads SET status = 'completed', file_id = ? "
+                        "WHERE id = ? AND status = 'completing'",
+                        (file_id, upload_id),
+                    )
+                    if done.rowcount != 1:
+                        raise ValueError(f"upload {upload_id} is not being completed")
+                    conn.execute("DELETE FROM upload_parts WHERE upload_id = ?", (upload_id,))
+        except BaseException:
+            final.unlink(missing_ok=True)  # not recorded: not kept
+            raise
         return row
 
     # -- uploads (a file sent in parts) ------------------------------------------------------
+    # An upload is pending (taking parts), completing (one request joins and checks its parts:
+    # nothing else may change it), then completed, cancelled or expired.
     def add_upload(self, row: dict[str, Any]) -> dict[str, Any]:
         with self.transaction() as conn:
             conn.execute(
@@ -393,22 +400,29 @@ class Store:
             row["status"] = "expired"
         return row
 
-    def add_upload_part(self, part: dict[str, Any]) -> bool:
-        """Record a part whose file is in place; False (nothing recorded) when its upload is no
-        longer pending, or has expired."""
+    def add_upload_part(self, part: dict[str, Any], most: int) -> str | None:
+        """Record a part whose file is in place, unless its upload is no longer pending
+        ("not pending") or its parts would then hold more than `most` bytes ("too much");
+        None when recorded."""
         with self.transaction() as conn:
             pending = conn.execute(
                 "SELECT 1 FROM uploads WHERE id = ? AND status = 'pending' AND expires_at > ?",
                 (part["upload_id"], time.time()),
             ).fetchone()
             if pending is None:
-                return False
+                return "not pending"
+            held = conn.execute(
+                "SELECT COALESCE(SUM(bytes), 0) FROM upload_parts WHERE upload_id = ?",
+                (part["upload_id"],),
+            ).fetchone()[0]
+            if held + part["bytes"] > most:
+                return "too much"
             conn.execute(
                 "INSERT INTO upload_parts (id, upload_id, bytes, created_at, path) VALUES "
                 "(:id, :upload_id, :bytes, :created_at, :path)",
                 part,
             )
-        return True
+        return None
 
     def upload_parts(self, upload_id: str) -> dict[str, dict[str, Any]]:
         """The upload's parts by id, in the order they were added."""
@@ -417,21 +431,47 @@ class Store:
         )
         return {r["id"]: dict(r) for r in rows}
 
+    def begin_upload_completion(self, upload_id: str) -> bool:
+        """pending → completing, if it still is pending and has not expired."""
+        with self.transaction() as conn:
+            done = conn.execute(
+                "UPDATE uploads SET status = 'completing' "
+                "WHERE id = ? AND status = 'pending' AND expires_at > ?",
+                (upload_id, time.time()),
+            )
+        return done.rowcount == 1
+
+    def abort_upload_completions(self, upload_id: str | None = None) -> None:
+        """completing → pending: a completion that failed (its request answered why), or, with
+        no id, every one a crash cut off (the server calls it when it starts)."""
+        with self.transaction() as conn:
+            if upload_id is None:
+                conn.execute("UPDATE uploads SET status = 'pending' WHERE status = 'completing'")
+            else:
+                conn.execute(
+                    "UPDATE uploads SET status = 'pending' WHERE id = ? AND status = 'completing'",
+                    (upload_id,),
+                )
+
     def end_upload(self, upload_id: str, status: str) -> bool:
-        """A pending upload → `status` (cancelled, expired); False when it was not pending.
-        Either way its parts go, rows and files (a completed upload's too: its file is made)."""
+        """A pending upload → `status` (cancelled, expired), its parts deleted, rows and files;
+        False (nothing changed) when it was not pending."""
         with self.transaction() as conn:
             done = conn.execute(
                 "UPDATE uploads SET status = ? WHERE id = ? AND status = 'pending'",
                 (status, upload_id),
             )
-            conn.execute("DELETE FROM upload_parts WHERE upload_id = ?", (upload_id,))
-        shutil.rmtree(upload_parts_dir(upload_id), ignore_errors=True)
+            if done.rowcount == 1:
+                conn.execute("DELETE FROM upload_parts WHERE upload_id = ?", (upload_id,))
+        if done.rowcount == 1:
+            shutil.rmtree(upload_parts_dir(upload_id), ignore_errors=True)
         return done.rowcount == 1
 
     def expire_uploads(self, now: float | None = None) -> list[str]:
         """End the pending uploads past their `expires_at` (OpenAI's: an hour), deleting their
-        parts; returns their ids."""
+        parts; returns their ids. Also deletes part folders that no pending or completing
+        upload owns (left by a crash after a completion, or by a part sent as its upload
+        ended)."""
         now = time.time() if now is None else now
         rows = self.conn.execute(
             "SELECT id FROM uploads WHERE status = 'pending' AND expires_at <= ?", (now,)
@@ -439,16 +479,17 @@ class Store:
         gone = [r[0] for r in rows]
         for upload_id in gone:
             self.end_upload(upload_id, "expired")
-        return gone
-
-    def expire_files(self, now: float | None = None) -> list[str]:
-        """Delete the files past their `expires_at`, except those an unfinished job still reads
-        (they go once it has finished); returns the ids deleted."""
-        now = time.time() if now is None else now
-        rows = self.conn.execute(f"SELECT id FROM files WHERE NOT {_LIVE}", (now,)).fetchall()
-        gone = [r["id"] for r in rows]
-        for file_id in gone:
-            self.delete_file(file_id)
+        folder = files_dir() / "uploads"
+        if folder.is_dir():
+            live = {
+                r[0]
+                for r in self.conn.execute(
+                    "SELECT id FROM uploads WHERE status IN ('pending', 'completing')"
+                )
+            }
+            for leftover in folder.iterdir():
+                if leftover.name not in live:
+                    shutil.rmtree(leftover, ignore_errors=True)
         return gone
 
     def get_file(self, file_id: str) -> dict[str, Any] | None:
