@@ -13,7 +13,15 @@ What is compared, the same model loaded once and run three ways:
 
 - `fp32`: the weights and activations as `tuneforge generate` and `compare` use them today;
 - `bf16-autocast`: fp32 weights, matmuls under `torch.autocast(bfloat16)` (what training uses);
-- `bf16-weights`: the model cast to bf16 (half the bytes read per decoded token).
+- `bf16-weights`: the model cast to bf16 (half the bytes read per decoded token);
+
+and, loaded a second time as `generate`, `eval` and `compare` load it (`packed=True`: linear
+layers on our few-row kernel where it can run):
+
+- `fp32-packed`: what those commands run today;
+- `bf16-weights-kernel`: the same after `prepack.use_bf16_weights` (the linear weights rounded
+  to bf16 and read by the kernel at half the bytes, fp32 arithmetic: `serve --weight-precision
+  bf16`). Skipped where the kernel cannot run.
 
 For each: greedy answers (transformers' `generate`, up to 120 new tokens) to the first `-n` test
 requests one at a time, decode tokens/s, and batched 8 at a time; "the same" is measured as the
@@ -81,13 +89,14 @@ def main(argv: list[str] | None = None) -> int:
     cpu = cpu_info()
     print(f"cpu: {cpu.describe()}; torch {torch.__version__}, {torch.get_num_threads()} threads")
 
-    def run(name: str) -> dict[str, Any]:
+    def run(name: str, loaded: Any = loaded) -> dict[str, Any]:
         autocast = (
             torch.autocast("cpu", dtype=torch.bfloat16)
             if name == "bf16-autocast"
             else contextlib.nullcontext()
         )
-        loaded.model.to(torch.bfloat16 if name == "bf16-weights" else torch.float32)
+        if name in ("fp32", "bf16-autocast", "bf16-weights"):
+            loaded.model.to(torch.bfloat16 if name == "bf16-weights" else torch.float32)
         generate_batch(loaded, prompts[:1], max_new_tokens=4)  # warm-up
         answers, seconds = [], 0.0
         with autocast:
@@ -115,8 +124,18 @@ def main(argv: list[str] | None = None) -> int:
         }
 
     results = {}
-    for name in ("fp32", "bf16-autocast", "bf16-weights"):
-        results[name] = run(name)
+    packed = None
+    for name in ("fp32", "bf16-autocast", "bf16-weights", "fp32-packed", "bf16-weights-kernel"):
+        if name == "fp32-packed":
+            from tuneforge.inference.prepack import packed_kind, use_bf16_weights
+
+            packed = load_for_inference(args.run or DEFAULT_MODEL, packed=True)
+            packed.model.eval()
+            print(f"packed: {packed_kind(packed.model.get_output_embeddings())}", flush=True)
+        if name == "bf16-weights-kernel" and not use_bf16_weights(packed.model):
+            print("bf16-weights-kernel: skipped, our kernel cannot run here", flush=True)
+            continue
+        results[name] = run(name, packed) if packed is not None else run(name)
         r = results[name]
         print(
             f"{name}: {r['sequential_tokens_per_second']:.1f} tok/s one at a time, "
