@@ -492,6 +492,16 @@ class Store:
                     shutil.rmtree(leftover, ignore_errors=True)
         return gone
 
+    def expire_files(self, now: float | None = None) -> list[str]:
+        """Delete the files past their `expires_at`, except those an unfinished job still reads
+        (they go once it has finished); returns the ids deleted."""
+        now = time.time() if now is None else now
+        rows = self.conn.execute(f"SELECT id FROM files WHERE NOT {_LIVE}", (now,)).fetchall()
+        gone = [r["id"] for r in rows]
+        for file_id in gone:
+            self.delete_file(file_id)
+        return gone
+
     def get_file(self, file_id: str) -> dict[str, Any] | None:
         """The file, or None; an expired one is gone already (see `_LIVE`)."""
         query = f"SELECT * FROM files WHERE id = ? AND {_LIVE}"
