@@ -104,3 +104,21 @@ def open_api(home: Path, mp: Any) -> Any:
 
     mp.setenv("TUNEFORGE_HOME", str(home))
     return TestClient(create_app())
+
+
+def bf16_checkpoint(model_dir: Path, out: Path) -> Any:
+    """A copy of the model at `model_dir` whose linear layers' weights are bf16 values (as a
+    bf16 checkpoint loaded in fp32 holds them), saved with its tokenizer to `out`; returns the
+    rounded model (fp32, not packed)."""
+    import torch
+    from torch import nn
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if type(module) is nn.Linear:
+                module.weight.copy_(module.weight.bfloat16())
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(model_dir).save_pretrained(out)
+    return model

@@ -586,8 +586,7 @@ def test_bf16_weights_answer_as_the_rounded_model_and_auto_takes_only_exact_ones
     model whose linear weights were rounded to bf16 (same tokens, same log-probabilities, bit for
     bit: the kernel adds the same products in the same order); "auto" reads that copy in bf16 (it
     rounds nothing) but leaves the original model, whose weights are not bf16 values, in fp32."""
-    from torch import nn
-    from transformers import AutoModelForCausalLM
+    from helpers import bf16_checkpoint
 
     from tuneforge.inference import small_gemm
     from tuneforge.inference.prepack import packed_kind
@@ -595,14 +594,8 @@ def test_bf16_weights_answer_as_the_rounded_model_and_auto_takes_only_exact_ones
     if not small_gemm.available():
         pytest.skip("the kernel needs x86-64 Linux, AVX2 and a C compiler")
     monkeypatch.setenv("TUNEFORGE_KERNEL_MAX_ROWS", "256")  # the kernel wherever it can run
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    with torch.no_grad():
-        for module in model.modules():
-            if type(module) is nn.Linear:
-                module.weight.copy_(module.weight.bfloat16())
     rounded = tmp_path / "rounded"
-    model.save_pretrained(rounded)
-    text.tokenizer.save_pretrained(rounded)
+    bf16_checkpoint(tiny_model_dir, rounded)
 
     def answers(folder: Path, precision: str) -> tuple[list, str | None]:
         base = str(folder)

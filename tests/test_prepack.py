@@ -439,19 +439,13 @@ def test_generation_reads_a_bf16_checkpoint_in_bf16_with_the_same_logits(
     """`load_for_inference(packed=True)` (chat, generate, eval, compare): a model whose weights
     are bf16 values gets bf16 panels, and its logits are the fp32 kernel's, bit for bit; a model
     whose weights are not keeps fp32 panels."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from helpers import bf16_checkpoint
 
     from tuneforge.inference.load import load_for_inference
 
     monkeypatch.setenv("TUNEFORGE_KERNEL_MAX_ROWS", "256")
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
-    with torch.no_grad():
-        for module in model.modules():
-            if type(module) is nn.Linear:
-                module.weight.copy_(module.weight.bfloat16())
     folder = tmp_path / "bf16-checkpoint"
-    model.save_pretrained(folder)
-    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(folder)
+    model = bf16_checkpoint(tiny_model_dir, folder)
     prepack_linears(model)  # the fp32 kernel, on the same weights
     loaded = load_for_inference(str(folder), packed=True).model
     assert packed_kind(loaded.get_output_embeddings()) == "small_gemm_bf16w"

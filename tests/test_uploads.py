@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from typing import Any
 
 import openai
 import pytest
@@ -28,9 +29,22 @@ def api(isolated_home):
         yield test_client
 
 
+def sdk(api: TestClient) -> openai.OpenAI:
+    """The official client, talking to the app in-process."""
+    return openai.OpenAI(api_key="unused", base_url="http://testserver/v1", http_client=api)
+
+
 @pytest.fixture
 def client(api) -> openai.OpenAI:
-    return openai.OpenAI(api_key="unused", base_url="http://testserver/v1", http_client=api)
+    return sdk(api)
+
+
+def pending_upload(client: openai.OpenAI, content: bytes) -> tuple[Any, Any]:
+    """An upload of `content` (fine-tuning JSONL) with all of it in one part: (upload, part)."""
+    upload = client.uploads.create(
+        bytes=len(content), filename="t.jsonl", mime_type="text/jsonl", purpose="fine-tune"
+    )
+    return upload, client.uploads.parts.create(upload_id=upload.id, data=content)
 
 
 def test_upload_file_chunked_makes_the_file_the_parts_came_from(client, tmp_path):
@@ -171,13 +185,9 @@ def test_an_upload_expires_after_its_hour_and_its_parts_go(client, isolated_home
 def test_parts_survive_a_restart_and_the_upload_completes_after_it(isolated_home):
     content = jsonl(good_examples(5))
     with TestClient(create_app()) as api:
-        client = openai.OpenAI(api_key="k", base_url="http://testserver/v1", http_client=api)
-        upload = client.uploads.create(
-            bytes=len(content), filename="t.jsonl", mime_type="text/jsonl", purpose="fine-tune"
-        )
-        part = client.uploads.parts.create(upload_id=upload.id, data=content)
+        upload, part = pending_upload(sdk(api), content)
     with TestClient(create_app()) as api:  # a new server on the same home
-        client = openai.OpenAI(api_key="k", base_url="http://testserver/v1", http_client=api)
+        client = sdk(api)
         done = client.uploads.complete(upload_id=upload.id, part_ids=[part.id])
         assert client.files.content(done.file.id).read() == content
 
@@ -208,7 +218,7 @@ def test_parts_beyond_twice_the_upload_are_refused(client):
 
 def test_an_upload_too_large_to_check_line_by_line_is_refused_at_creation(isolated_home):
     with TestClient(create_app(max_upload_bytes=1000)) as api:
-        client = openai.OpenAI(api_key="k", base_url="http://testserver/v1", http_client=api)
+        client = sdk(api)
         with pytest.raises(openai.BadRequestError) as exc:
             client.uploads.create(
                 bytes=1001, filename="b.jsonl", mime_type="text/jsonl", purpose="batch"
@@ -227,10 +237,7 @@ def test_neither_cancel_nor_expiry_touches_an_upload_being_completed(client, mon
     from tuneforge.api import files
 
     content = jsonl(good_examples(3))
-    upload = client.uploads.create(
-        bytes=len(content), filename="t.jsonl", mime_type="text/jsonl", purpose="fine-tune"
-    )
-    part = client.uploads.parts.create(upload_id=upload.id, data=content)
+    upload, part = pending_upload(client, content)
     real = files.check_content
     during = {}
 
@@ -251,16 +258,13 @@ def test_neither_cancel_nor_expiry_touches_an_upload_being_completed(client, mon
 def test_a_completion_cut_off_by_a_crash_can_be_sent_again_after_a_restart(isolated_home):
     content = jsonl(good_examples(2))
     with TestClient(create_app()) as api:
-        client = openai.OpenAI(api_key="k", base_url="http://testserver/v1", http_client=api)
-        upload = client.uploads.create(
-            bytes=len(content), filename="t.jsonl", mime_type="text/jsonl", purpose="fine-tune"
-        )
-        part = client.uploads.parts.create(upload_id=upload.id, data=content)
+        client = sdk(api)
+        upload, part = pending_upload(client, content)
         assert Store().begin_upload_completion(upload.id)  # ... and the server dies here
         with pytest.raises(openai.ConflictError, match="being completed by another request"):
             client.uploads.complete(upload_id=upload.id, part_ids=[part.id])
     with TestClient(create_app()) as api:
-        client = openai.OpenAI(api_key="k", base_url="http://testserver/v1", http_client=api)
+        client = sdk(api)
         done = client.uploads.complete(upload_id=upload.id, part_ids=[part.id])
         assert client.files.content(done.file.id).read() == content
 
