@@ -349,3 +349,33 @@ def test_serve_takes_a_weight_precision_and_refuses_bf16_without_the_kernel(run_
     assert "use --weight-precision fp32 or auto" in err
     code, _, err = run_cli("serve", "--weight-precision", "int8")
     assert code == 2 and "--weight-precision takes fp32, bf16 or auto, not 'int8'" in err
+
+
+def test_generate_and_chat_take_a_weight_precision(run_cli, monkeypatch, tiny_model_dir):
+    """`tuneforge generate|chat --weight-precision`: bf16 rounds the weights (when the
+    kernel can run), auto only takes exact ones, fp32 none; a bad value is a usage error."""
+    from tuneforge.inference import prepack
+
+    calls = []
+    real = prepack.use_bf16_weights
+
+    def recording(model, *, only_exact=False):
+        calls.append(only_exact)
+        return real(model, only_exact=only_exact)
+
+    monkeypatch.setattr(prepack, "use_bf16_weights", recording)
+    model = str(tiny_model_dir)
+    expected = {"fp32": [], "auto": [True], "bf16": [True, False]}
+    if not prepack.small_gemm.available():
+        expected["bf16"] = None  # refused below
+    for chosen, want in expected.items():
+        calls.clear()
+        args = ("generate", model, "hi", "--max-tokens", "2", "--weight-precision", chosen)
+        code, _, err = run_cli(*args)
+        if want is None:
+            assert code == 2 and "needs tuneforge's few-row kernel" in err
+        else:
+            assert code in (0, None), err
+            assert calls == want, chosen
+    code, _, err = run_cli("chat", model, "--weight-precision", "half")
+    assert code == 2 and "--weight-precision takes fp32, bf16 or auto, not 'half'" in err

@@ -457,3 +457,11 @@ def test_generation_reads_a_bf16_checkpoint_in_bf16_with_the_same_logits(
         assert torch.equal(*step)
     original = load_for_inference(str(tiny_model_dir), packed=True).model
     assert packed_kind(original.get_output_embeddings()) == "small_gemm"
+    # Asked for (`chat|generate --weight-precision`): bf16 rounds a model that is not exact;
+    # fp32 keeps even an exact one in fp32 panels.
+    rounded = load_for_inference(str(tiny_model_dir), packed=True, weight_precision="bf16")
+    assert packed_kind(rounded.model.get_output_embeddings()) == "small_gemm_bf16w"
+    with torch.no_grad():
+        assert torch.equal(rounded.model(ids).logits, model(ids).logits)  # the same rounding
+    kept = load_for_inference(str(folder), packed=True, weight_precision="fp32").model
+    assert packed_kind(kept.get_output_embeddings()) == "small_gemm"

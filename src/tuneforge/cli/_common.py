@@ -80,9 +80,10 @@ def load_text_side(model: str) -> Any:
         return load(model)
 
 
-def load_model_arg(model_or_run: str) -> Any:
+def load_model_arg(model_or_run: str, weight_precision: str = "auto") -> Any:
     """A run (its folder, or its name under $TUNEFORGE_HOME/runs), a model, or a served `ft:`
-    model id (a job's run, or one checkpoint), loaded for generation."""
+    model id (a job's run, or one checkpoint), loaded for generation (`weight_precision`: see
+    `WeightOpt`)."""
     from tuneforge import run_dir as rd
     from tuneforge.inference.load import load_for_inference
 
@@ -90,8 +91,45 @@ def load_model_arg(model_or_run: str) -> Any:
         from tuneforge.jobs.model_ids import resolve_model_id
 
         run_dir, weights = resolve_model_id(model_or_run)
-        return load_for_inference(run_dir, weights=weights, packed=True)
-    return load_for_inference(rd.find_run(model_or_run) or model_or_run, packed=True)
+        return load_for_inference(
+            run_dir, weights=weights, packed=True, weight_precision=weight_precision
+        )
+    found = rd.find_run(model_or_run) or model_or_run
+    return load_for_inference(found, packed=True, weight_precision=weight_precision)
+
+
+WeightOpt = Annotated[
+    str,
+    typer.Option(
+        "--weight-precision",
+        help="fp32, bf16 or auto. bf16: the model's weights rounded to bf16 and read by "
+        "tuneforge's kernel at half the bytes (decoding faster; answers may differ slightly "
+        "from fp32's); auto: bf16 only where the weights are bf16 values already (a bf16 "
+        "checkpoint), so nothing is rounded and answers stay the same.",
+    ),
+]
+
+
+def check_weight_precision(requested: str) -> str:
+    """Check --weight-precision: bf16 needs our kernel (x86-64 Linux, AVX2, a C compiler)."""
+    from tuneforge.errors import UsageError
+
+    if requested not in ("fp32", "bf16", "auto"):
+        raise UsageError(
+            f"--weight-precision takes fp32, bf16 or auto, not {requested!r}",
+            hint="auto (the default) reads bf16 checkpoints in bf16 and changes no answer",
+        )
+    if requested == "bf16":
+        from tuneforge.inference import small_gemm
+
+        if not small_gemm.available():
+            raise UsageError(
+                "--weight-precision bf16 needs tuneforge's few-row kernel, which cannot run "
+                "here (it needs x86-64 Linux with AVX2 and a C compiler, and "
+                "TUNEFORGE_NO_KERNEL unset)",
+                hint="use --weight-precision fp32 or auto",
+            )
+    return requested
 
 
 def use_free_cores() -> None:

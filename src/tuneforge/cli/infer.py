@@ -10,6 +10,8 @@ import typer
 from tuneforge.cli._common import (
     MaxTokensOpt,
     ModelOrRunArg,
+    WeightOpt,
+    check_weight_precision,
     err,
     load_model_arg,
     note,
@@ -56,13 +58,15 @@ def generate_cmd(
     system: ChatSystemOpt = None,
     max_tokens: MaxTokensOpt = 512,
     temperature: TemperatureOpt = 0.0,
+    weight_precision: WeightOpt = "auto",
 ) -> None:
     """Answer one prompt with a run or a model. Greedy by default."""
     from tuneforge.inference.generate import generate
 
+    weight_precision = check_weight_precision(weight_precision)
     use_free_cores()
     with working(f"loading {model_or_run} …"):
-        loaded = load_model_arg(model_or_run)
+        loaded = load_model_arg(model_or_run, weight_precision)
     system = _system_for(loaded, system)
     text, ids = generate(
         loaded, _messages(prompt, system), max_new_tokens=max_tokens, temperature=temperature
@@ -83,15 +87,17 @@ def chat_cmd(
     system: ChatSystemOpt = None,
     max_tokens: MaxTokensOpt = 512,
     temperature: TemperatureOpt = 0.0,
+    weight_precision: WeightOpt = "auto",
 ) -> None:
     """Chat in the terminal, streamed. Empty line or Ctrl-D ends; Ctrl-C stops an answer;
     /reset forgets the history; /help lists the commands."""
     from tuneforge.data.conversation import Message
     from tuneforge.inference.generate import stream
 
+    weight_precision = check_weight_precision(weight_precision)
     use_free_cores()
     with working(f"loading {model_or_run} …"):
-        loaded = load_model_arg(model_or_run)
+        loaded = load_model_arg(model_or_run, weight_precision)
     system = _system_for(loaded, system)
     start: list[Any] = [Message("system", system)] if system else []
     history = list(start)

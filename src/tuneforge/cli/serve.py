@@ -6,6 +6,8 @@ from typing import Annotated
 
 import typer
 
+from tuneforge.cli._common import WeightOpt, check_weight_precision
+
 HostOpt = Annotated[str, typer.Option(help="Interface to listen on (loopback by default).")]
 PortOpt = Annotated[int, typer.Option(min=0, max=65535)]
 ApiKeyOpt = Annotated[
@@ -38,40 +40,6 @@ PrefillOpt = Annotated[
         "Decoding stays fp32.",
     ),
 ]
-
-
-WeightOpt = Annotated[
-    str,
-    typer.Option(
-        "--weight-precision",
-        help="fp32, bf16 or auto. bf16: the model's weights rounded to bf16 and read by "
-        "tuneforge's kernel at half the bytes (decoding up to 2× faster; answers may differ "
-        "slightly from fp32's); auto: bf16 only where the weights are bf16 values already (a "
-        "bf16 checkpoint), so nothing is rounded and answers stay the same.",
-    ),
-]
-
-
-def weight_precision(requested: str) -> str:
-    """Check --weight-precision: bf16 needs our kernel (x86-64 Linux, AVX2, a C compiler)."""
-    from tuneforge.errors import UsageError
-
-    if requested not in ("fp32", "bf16", "auto"):
-        raise UsageError(
-            f"--weight-precision takes fp32, bf16 or auto, not {requested!r}",
-            hint="auto (the default) reads bf16 checkpoints in bf16 and changes no answer",
-        )
-    if requested == "bf16":
-        from tuneforge.inference import small_gemm
-
-        if not small_gemm.available():
-            raise UsageError(
-                "--weight-precision bf16 needs tuneforge's few-row kernel, which cannot run "
-                "here (it needs x86-64 Linux with AVX2 and a C compiler, and "
-                "TUNEFORGE_NO_KERNEL unset)",
-                hint="use --weight-precision fp32 or auto",
-            )
-    return requested
 
 
 def prefill_in_bf16(requested: str) -> bool:
@@ -118,7 +86,7 @@ def _serve(
         max_concurrent_jobs=jobs,
         store_by_default=store,
         prefill_bf16=prefill_in_bf16(prefill),
-        weight_precision=weight_precision(weights),
+        weight_precision=check_weight_precision(weights),
         on_ready=on_ready,
     )
 

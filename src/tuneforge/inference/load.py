@@ -54,6 +54,7 @@ def load_for_inference(
     device: str = "cpu",
     weights: Path | None = None,
     packed: bool = False,
+    weight_precision: str = "auto",
 ) -> LoadedModel:
     """A registry name / model folder / hub id, or a run directory (adapter on its base).
 
@@ -62,9 +63,11 @@ def load_for_inference(
     model's does, as it will once exported merged (unmerged, peft runs every adapted layer's A/B
     path beside it: 111.6 ms/token against 75.6 merged and 68.9 for the base, SmolLM2-135M on
     AMD EPYC, same greedy tokens); then the linear layers' weights are packed once for a faster
-    GEMM on x86 CPUs (`inference/prepack.py`); where they are all bf16 values (a bf16
-    checkpoint), our kernel reads them in bf16, half the bytes, with the same results
-    (`use_bf16_weights(only_exact=True)`, what `tuneforge serve --weight-precision auto` does).
+    GEMM on x86 CPUs (`inference/prepack.py`). `weight_precision` (packed only): "auto" — where
+    they are all bf16 values (a bf16 checkpoint), our kernel reads them in bf16, half the bytes,
+    with the same results (`use_bf16_weights(only_exact=True)`); "bf16" — rounded to bf16 and
+    read so whatever they are (`tuneforge chat|generate --weight-precision bf16`: faster,
+    answers may differ); "fp32" — never.
     """
     loaded = _load(model_or_run, device=device, weights=weights)
     if packed:
@@ -73,7 +76,9 @@ def load_for_inference(
         if hasattr(loaded.model, "merge_and_unload"):
             loaded.model = loaded.model.merge_and_unload()
         prepack_linears(loaded.model)
-        use_bf16_weights(loaded.model, only_exact=True)
+        exact = weight_precision != "fp32" and use_bf16_weights(loaded.model, only_exact=True)
+        if weight_precision == "bf16" and not exact:
+            use_bf16_weights(loaded.model)  # rounds them
     return loaded
 
 
