@@ -465,3 +465,5 @@ def test_generation_reads_a_bf16_checkpoint_in_bf16_with_the_same_logits(
         assert torch.equal(rounded.model(ids).logits, model(ids).logits)  # the same rounding
     kept = load_for_inference(str(folder), packed=True, weight_precision="fp32").model
     assert packed_kind(kept.get_output_embeddings()) == "small_gemm"
+    with pytest.raises(ValueError, match="'bf61' is not one of"):
+        load_for_inference(str(folder), packed=True, weight_precision="bf61")

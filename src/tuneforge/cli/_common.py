@@ -113,8 +113,9 @@ WeightOpt = Annotated[
 def check_weight_precision(requested: str) -> str:
     """Check --weight-precision: bf16 needs our kernel (x86-64 Linux, AVX2, a C compiler)."""
     from tuneforge.errors import UsageError
+    from tuneforge.inference.prepack import WEIGHT_PRECISIONS
 
-    if requested not in ("fp32", "bf16", "auto"):
+    if requested not in WEIGHT_PRECISIONS:
         raise UsageError(
             f"--weight-precision takes fp32, bf16 or auto, not {requested!r}",
             hint="auto (the default) reads bf16 checkpoints in bf16 and changes no answer",

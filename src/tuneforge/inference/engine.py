@@ -71,12 +71,13 @@ from tuneforge.inference.constrained import Constraint
 from tuneforge.inference.kv_cache import BatchCache, full_attention_only, left_pad
 from tuneforge.inference.lora_rows import use_lora_rows
 from tuneforge.inference.prepack import (
+    WEIGHT_PRECISIONS,
     add_bf16_copies,
+    apply_weight_precision,
     bf16_linears,
     kernel_rows,
     packed_kind,
     prepack_linears,
-    use_bf16_weights,
 )
 from tuneforge.models.text import TextSide
 
@@ -92,7 +93,6 @@ MIN_PREFIX = 8  # shorter shared prefixes are not worth a lookup
 # ~0.25 s; larger chunks save a little per-forward overhead but stall longer and make the
 # first of several requests that arrive together wait for the others' prompts.
 PREFILL_CHUNK_TOKENS = 256
-WEIGHT_PRECISIONS = ("fp32", "bf16", "auto")  # `InferenceEngine(weight_precision=...)`
 BACKGROUND_SHARE = 0.5  # of the batch's rows, the most that background work (SamplingParams) holds
 
 
@@ -392,7 +392,9 @@ class InferenceEngine:
         weight_precision: str = "auto",
     ) -> None:
         if weight_precision not in WEIGHT_PRECISIONS:
-            raise ValueError(f"weight_precision is one of {WEIGHT_PRECISIONS}")
+            raise ValueError(
+                f"weight_precision is one of {WEIGHT_PRECISIONS}, not {weight_precision!r}"
+            )
         self.max_batch_size = max_batch_size
         self.prepack = prepack  # oneDNN-packed linear layers (`inference/prepack.py`)
         # Prompts prefilled with the packed layers' bf16 copies (`prepack.add_bf16_copies`; the
@@ -505,13 +507,9 @@ class InferenceEngine:
             if self.prepack:
                 packed = prepack_linears(model)
                 head = model.get_output_embeddings()
-                how = "exact"  # bf16 weights: nothing rounded (or "rounded")
-                wanted = self.weight_precision != "fp32"
-                exact = wanted and use_bf16_weights(model, only_exact=True)
-                if wanted and not exact and self.weight_precision == "bf16":
-                    how = "rounded"
-                    if not use_bf16_weights(model):
-                        log.warning("%s: our kernel is not in use: weights stay fp32", base)
+                how = apply_weight_precision(model, self.weight_precision)
+                if how is None and self.weight_precision == "bf16":
+                    log.warning("%s: our kernel is not in use: weights stay fp32", base)
                 if packed_kind(head) == "small_gemm":
                     kind = f"our AVX2 kernel at {small_gemm.describe(kernel_rows(head))}, else MKL"
                 elif packed_kind(head) == "small_gemm_bf16w":

@@ -71,14 +71,12 @@ def load_for_inference(
     """
     loaded = _load(model_or_run, device=device, weights=weights)
     if packed:
-        from tuneforge.inference.prepack import prepack_linears, use_bf16_weights
+        from tuneforge.inference.prepack import apply_weight_precision, prepack_linears
 
         if hasattr(loaded.model, "merge_and_unload"):
             loaded.model = loaded.model.merge_and_unload()
         prepack_linears(loaded.model)
-        exact = weight_precision != "fp32" and use_bf16_weights(loaded.model, only_exact=True)
-        if weight_precision == "bf16" and not exact:
-            use_bf16_weights(loaded.model)  # rounds them
+        apply_weight_precision(loaded.model, weight_precision)
     return loaded
 
 

@@ -234,6 +234,24 @@ def use_bf16_weights(model: nn.Module, *, only_exact: bool = False) -> int:
     return len(forwards)
 
 
+WEIGHT_PRECISIONS = ("fp32", "bf16", "auto")  # `--weight-precision`
+
+
+def apply_weight_precision(model: nn.Module, precision: str) -> str | None:
+    """`--weight-precision` on a packed model: "auto" gives the kernel bf16 panels where the
+    weights are bf16 values already, "bf16" also rounds them first, "fp32" leaves fp32 panels.
+    Returns "exact" or "rounded" when the kernel now reads bf16 weights, else None."""
+    if precision not in WEIGHT_PRECISIONS:
+        raise ValueError(f"weight precision {precision!r} is not one of {WEIGHT_PRECISIONS}")
+    if precision == "fp32":
+        return None
+    if use_bf16_weights(model, only_exact=True):
+        return "exact"
+    if precision == "bf16" and use_bf16_weights(model):
+        return "rounded"
+    return None
+
+
 def unpack_linears(model: nn.Module) -> None:
     """Undo `prepack_linears` (the modules use their `weight` again)."""
     for module in model.modules():
