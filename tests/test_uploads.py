@@ -279,3 +279,28 @@ def test_part_folders_no_pending_upload_owns_are_swept(client):
     client.uploads.parts.create(upload_id=upload.id, data=b"new")
     Store().expire_uploads()
     assert not leftover.exists() and upload_parts_dir(upload.id).exists()
+
+
+def test_a_full_disk_while_a_part_is_written_keeps_the_parts_already_added(client, monkeypatch):
+    import errno
+
+    content = jsonl(good_examples(2))
+    upload = client.uploads.create(
+        bytes=len(content), filename="t.jsonl", mime_type="text/jsonl", purpose="fine-tune"
+    )
+    first = client.uploads.parts.create(upload_id=upload.id, data=content[:10])
+    real_fsync = uploads.os.fsync
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(uploads.os, "fsync", full)
+    with pytest.raises(openai.APIStatusError) as exc:
+        client.uploads.parts.create(upload_id=upload.id, data=content[10:])
+    assert exc.value.status_code == 507 and exc.value.code == "insufficient_storage"
+    assert "disk is full: the part was not kept" in exc.value.message
+    assert [p.name for p in upload_parts_dir(upload.id).iterdir()] == [first.id]
+    monkeypatch.setattr(uploads.os, "fsync", real_fsync)  # space again: the part is sent again
+    second = client.uploads.parts.create(upload_id=upload.id, data=content[10:])
+    done = client.uploads.complete(upload_id=upload.id, part_ids=[first.id, second.id])
+    assert client.files.content(done.file.id).read() == content

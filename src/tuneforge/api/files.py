@@ -69,7 +69,8 @@ def _expires_after(anchor: str | None, seconds: str | None) -> int | None:
     return value
 
 
-def _extension(filename: str) -> str:
+def extension(filename: str) -> str:
+    """The stored file's extension (.jsonl when there is none); a 400 for one we do not read."""
     suffix = Path(filename).suffix.lower()
     if not suffix:
         return ".jsonl"
@@ -292,7 +293,7 @@ async def upload_file(
     expires_after = _expires_after(expires_anchor, expires_seconds)
     filename = Path(file.filename or "upload.jsonl").name[:255] or "upload.jsonl"
     check_purpose(purpose, filename, column_map)
-    tmp = await _save_upload(file, _extension(filename), request.app.state.max_upload_bytes)
+    tmp = await _save_upload(file, extension(filename), request.app.state.max_upload_bytes)
     stored = tmp
     try:
         stored = await run_in_threadpool(check_content, tmp, filename, purpose, column_map)
@@ -320,7 +321,7 @@ def check_purpose(purpose: str, filename: str, column_map: str | None = None) ->
             f"requests (purpose={batches.PURPOSE!r})",
             param="purpose",
         )
-    if purpose != PURPOSE and (column_map is not None or _extension(filename) != ".jsonl"):
+    if purpose != PURPOSE and (column_map is not None or extension(filename) != ".jsonl"):
         one_line = {EVALS_PURPOSE: '{"item": {...}}', batches.PURPOSE: "request"}[purpose]
         raise APIError(
             400,

@@ -122,7 +122,7 @@ def _pending(request: Request, upload_id: str) -> dict:
     if row is None:
         raise not_found("Upload", upload_id, param="upload_id")
     if row["status"] == "expired":
-        _end(request, upload_id, "expired")
+        store.end_upload(upload_id, "expired")  # its parts go now, not at the next tick
     if row["status"] == "completing":
         raise APIError(
             409,
@@ -144,15 +144,11 @@ def _pending(request: Request, upload_id: str) -> dict:
     return row
 
 
-def _end(request: Request, upload_id: str, status: str) -> bool:
-    return get_store(request).end_upload(upload_id, status)
-
-
 @router.post("/v1/uploads", response_model=Upload)
 def create_upload(request: Request, body: UploadCreate) -> dict:
     filename = Path(body.filename).name[:255] or "upload.jsonl"
     files.check_purpose(body.purpose, filename)
-    streamed = body.purpose == files.PURPOSE and files._extension(filename) in (".jsonl", ".csv")
+    streamed = body.purpose == files.PURPOSE and files.extension(filename) in (".jsonl", ".csv")
     limit = request.app.state.max_upload_bytes
     if body.bytes > limit and not streamed:
         # Checked line by line, fine-tuning JSONL and CSV may be as large as an upload goes;
@@ -296,7 +292,7 @@ def _join_and_publish(request: Request, upload: dict, body: UploadComplete) -> N
             f"{upload['bytes']:,}: list every part, or create a new upload with the right size",
             param="part_ids",
         )
-    suffix = files._extension(upload["filename"])
+    suffix = files.extension(upload["filename"])
     fd, name = tempfile.mkstemp(prefix=".upload-", suffix=suffix, dir=files_dir())
     joined = stored = Path(name)
     try:
@@ -347,6 +343,6 @@ async def complete_upload(request: Request, upload_id: str, body: UploadComplete
 @router.post("/v1/uploads/{upload_id}/cancel", response_model=Upload)
 def cancel_upload(request: Request, upload_id: str) -> dict:
     _pending(request, upload_id)
-    if not _end(request, upload_id, "cancelled"):  # completed or expired meanwhile
+    if not get_store(request).end_upload(upload_id, "cancelled"):  # completed meanwhile
         _pending(request, upload_id)
     return upload_object(request, get_store(request).get_upload(upload_id))  # type: ignore[arg-type]

@@ -480,16 +480,19 @@ class Store:
         for upload_id in gone:
             self.end_upload(upload_id, "expired")
         folder = files_dir() / "uploads"
-        if folder.is_dir():
-            live = {
-                r[0]
-                for r in self.conn.execute(
-                    "SELECT id FROM uploads WHERE status IN ('pending', 'completing')"
-                )
-            }
-            for leftover in folder.iterdir():
-                if leftover.name not in live:
-                    shutil.rmtree(leftover, ignore_errors=True)
+        # The folders first, then which uploads are live: an upload's row exists before its
+        # folder does, so a folder listed here whose upload is not live now is a leftover; one
+        # made for a new upload after the query is not in the list.
+        folders = list(folder.iterdir()) if folder.is_dir() else []
+        live = {
+            r[0]
+            for r in self.conn.execute(
+                "SELECT id FROM uploads WHERE status IN ('pending', 'completing')"
+            )
+        }
+        for leftover in folders:
+            if leftover.name not in live:
+                shutil.rmtree(leftover, ignore_errors=True)
         return gone
 
     def expire_files(self, now: float | None = None) -> list[str]:
