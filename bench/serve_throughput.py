@@ -25,7 +25,9 @@ What runs, in this order, one machine:
    `completed` = requests whose stream ended with usage. `--prefill-precision fp32,bf16` repeats
    this step with a second server whose prompts are prefilled in bf16 (CPUs with bf16 units);
    `--weight-precision auto,bf16` likewise with a server whose kernel reads the weights rounded
-   to bf16 (every pair of the two lists is one server, in order).
+   to bf16; `--decode-step ours,transformers` likewise with a server whose decode steps run
+   through transformers' forward rather than `inference/decode_step.py` (every combination of
+   the three lists is one server, in order).
 
 Prompts: the user messages of the demo data (`generate_examples(seed=0)`), with the demo's
 system prompt, so answers are realistic lengths. Both sides decode greedily with the same
@@ -89,6 +91,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="auto",
         help="the server's --weight-precision; comma-separated (auto,bf16) as above",
     )
+    parser.add_argument(
+        "--decode-step",
+        default="ours",
+        help="ours (inference/decode_step.py, where it applies) or transformers (its forward, "
+        "TUNEFORGE_DECODE_STEP=transformers); comma-separated as above",
+    )
     parser.add_argument("--quick", action="store_true", help="4 requests, 8 tokens: a smoke run")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -97,7 +105,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name, values in (("prefill", args.precisions), ("weight", args.weights)):
         if not set(values) <= {"fp32", "bf16", "auto"}:
             parser.error(f"--{name}-precision takes fp32, bf16 or auto (comma-separated)")
-    args.servers = [(p, w) for p in args.precisions for w in args.weights]
+    args.decodes = args.decode_step.split(",")
+    if not set(args.decodes) <= {"ours", "transformers"}:
+        parser.error("--decode-step takes ours or transformers (comma-separated)")
+    args.servers = [(p, w, d) for p in args.precisions for w in args.weights for d in args.decodes]
     if args.quick:
         args.requests, args.max_tokens = 4, 8
         args.out = args.out or Path(tempfile.gettempdir()) / "serve_throughput.quick.json"
@@ -187,7 +198,11 @@ def free_port() -> int:
 
 
 def start_server(
-    home: Path, threads: int | None, prefill: str = "fp32", weights: str = "auto"
+    home: Path,
+    threads: int | None,
+    prefill: str = "fp32",
+    weights: str = "auto",
+    decode: str = "ours",
 ) -> tuple[subprocess.Popen, str]:
     import httpx
 
@@ -199,6 +214,8 @@ def start_server(
     env = os.environ | {"TUNEFORGE_HOME": str(home), "HF_HUB_OFFLINE": "1"}
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
+    if decode == "transformers":
+        env["TUNEFORGE_DECODE_STEP"] = "transformers"
     proc = subprocess.Popen(
         [
             *(sys.executable, "-m", "tuneforge.cli", "serve", "--port", str(port)),
@@ -302,17 +319,18 @@ def main(argv: list[str] | None = None) -> None:
     print(f"baseline: sequential generate, {args.requests} requests …", file=sys.stderr)
     base = baseline(args.model, conversations[: args.requests], args.max_tokens)
     print(f"  {base['output_tokens_per_s']} output tokens/s", file=sys.stderr)
-    servers: dict[tuple[str, str], dict[str, Any]] = {}
-    for precision, weights in args.servers:
-        levels = servers[precision, weights] = {}
+    servers: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for precision, weights, decode in args.servers:
+        levels = servers[precision, weights, decode] = {}
         with tempfile.TemporaryDirectory(prefix="tuneforge-bench-") as tmp:
-            proc, url = start_server(Path(tmp) / "home", args.threads, precision, weights)
+            home = Path(tmp) / "home"
+            proc, url = start_server(home, args.threads, precision, weights, decode)
             try:
                 asyncio.run(load_test(url, args.model, conversations[:1], 4, 1))  # load weights
                 for clients in args.levels:
                     print(
-                        f"server (prefill {precision}, weights {weights}): {clients} "
-                        "concurrent client(s) …",
+                        f"server (prefill {precision}, weights {weights}, decode step "
+                        f"{decode}): {clients} concurrent client(s) …",
                         file=sys.stderr,
                     )
                     sent = conversations[: max(args.requests, clients)]
@@ -321,9 +339,9 @@ def main(argv: list[str] | None = None) -> None:
                     levels[str(clients)] = result
                 kernel_rows = [
                     json.loads(path.read_text())
-                    for path in (Path(tmp) / "home" / "kernels").glob("rows-*.json")
+                    for path in (home / "kernels").glob("rows-*.json")
                 ]
-                log = (Path(tmp) / "home" / "server.log").read_text().splitlines()
+                log = (home / "server.log").read_text().splitlines()
                 prefill_line = [line for line in log if line.startswith("prefill precision:")]
                 packed_line = [line for line in log if "linear layers packed" in line]
             finally:
@@ -332,6 +350,7 @@ def main(argv: list[str] | None = None) -> None:
         for result in levels.values():
             result["prefill_precision"] = prefill_line[0] if prefill_line else precision
             result["weight_precision"] = weights
+            result["decode_step"] = decode
             result["packed"] = packed_line[0].partition("tuneforge.inference.engine: ")[2]
             answers = result.pop("answers")[: args.requests]
             result["same_answers"] = sum(
@@ -344,9 +363,10 @@ def main(argv: list[str] | None = None) -> None:
     first = args.servers[0]
     levels = servers[first]
 
-    def label(precision: str, weights: str) -> str:
+    def label(precision: str, weights: str, decode: str) -> str:
         parts = [f"prefill_{precision}"] if precision != first[0] else []
-        return "_".join(parts + ([f"weights_{weights}"] if weights != first[1] else []))
+        parts += [f"weights_{weights}"] if weights != first[1] else []
+        return "_".join(parts + ([f"decode_{decode}"] if decode != first[2] else []))
 
     others = {label(*server): servers[server] for server in args.servers[1:]}
     top = str(TARGET_CONCURRENCY if str(TARGET_CONCURRENCY) in levels else max(args.levels))
@@ -371,7 +391,7 @@ def main(argv: list[str] | None = None) -> None:
             for record in kernel_rows
         ],
         "baseline_sequential_generate": base,
-        "server": levels,  # the first --prefill-precision and --weight-precision; others below
+        "server": levels,  # the first of each option's values; the others below
         **{f"server_{name}": levels for name, levels in others.items()},
         f"speedup_at_concurrency_{top}": round(speedup, 2),
         "targets": TARGETS,

@@ -55,6 +55,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
 import queue
 import secrets
 import threading
@@ -68,6 +69,7 @@ import torch
 
 from tuneforge.inference import packed_prefill, small_gemm
 from tuneforge.inference.constrained import Constraint
+from tuneforge.inference.decode_step import DecodeStep
 from tuneforge.inference.kv_cache import BatchCache, full_attention_only, left_pad
 from tuneforge.inference.lora_rows import use_lora_rows
 from tuneforge.inference.prepack import (
@@ -93,6 +95,9 @@ MIN_PREFIX = 8  # shorter shared prefixes are not worth a lookup
 # ~0.25 s; larger chunks save a little per-forward overhead but stall longer and make the
 # first of several requests that arrive together wait for the others' prompts.
 PREFILL_CHUNK_TOKENS = 256
+# `TUNEFORGE_DECODE_STEP=transformers`: decode steps through transformers' forward even where
+# `DecodeStep` applies (for A/B measurements, bench/serve_throughput.py --decode-step)
+DECODE_ENV = "TUNEFORGE_DECODE_STEP"
 BACKGROUND_SHARE = 0.5  # of the batch's rows, the most that background work (SamplingParams) holds
 
 
@@ -284,6 +289,8 @@ class _Slot:
     prefilling: list[_Prefilling] = field(default_factory=list)
     prefixes: deque[_Prefix] = field(default_factory=lambda: deque(maxlen=PREFIX_ENTRIES))
     cache: Any = None  # the batch's DynamicCache: per layer (B, heads, T, head_dim)
+    # Decode steps in plain calls where the model allows (`inference/decode_step.py`)
+    decode: DecodeStep | None = None
     mask: torch.Tensor = field(default_factory=lambda: torch.ones(0, 0, dtype=torch.long))
 
     @property
@@ -522,7 +529,12 @@ class InferenceEngine:
                     log.info("%s: prompts prefilled in bf16 (%d layers)", base, copies)
                 elif self.prefill_bf16:
                     log.warning("%s: no packed layers, so prompts are prefilled in fp32", base)
-            self._slots[base] = _Slot(model, growing_cache=full_attention_only(model.config))
+            slot = _Slot(model, growing_cache=full_attention_only(model.config))
+            if self.prepack and slot.growing_cache and os.environ.get(DECODE_ENV) != "transformers":
+                slot.decode = DecodeStep.for_model(model)
+                if slot.decode is not None:
+                    log.info("%s: decode steps in plain calls (q/k/v and gate/up fused)", base)
+            self._slots[base] = slot
         return self._slots[base]
 
     def _adapter(self, slot: _Slot, target: Target) -> str:
@@ -540,6 +552,8 @@ class InferenceEngine:
                 )
             slot.model.eval()
             use_lora_rows(slot.model)  # peft's LoRA math with less Python per layer
+            if slot.decode is not None:
+                slot.decode.refresh()
             slot.adapters[target.model_id] = name
         return slot.adapters[target.model_id]
 
@@ -556,6 +570,8 @@ class InferenceEngine:
             if not any(row.adapter == name for row in rows):
                 slot.model.delete_adapter(name)
                 slot.unloaded.discard(name)
+                if slot.decode is not None:
+                    slot.decode.refresh()
                 for entry in [e for e in slot.prefixes if e.adapter == name]:
                     slot.prefixes.remove(entry)
 
@@ -752,17 +768,24 @@ class InferenceEngine:
     def _step(self, slot: _Slot) -> None:
         rows = slot.rows
         mask = torch.cat([slot.mask, slot.mask.new_ones(len(rows), 1)], dim=1)
-        out = self._forward(
-            slot,
-            rows,
-            input_ids=torch.tensor([[row.ids[-1]] for row in rows], device=self.device),
-            attention_mask=mask,
-            position_ids=torch.tensor([[row.length - 1] for row in rows], device=self.device),
-            cache=slot.cache,
-        )
+        ids = torch.tensor([row.ids[-1] for row in rows], device=self.device)
+        positions = torch.tensor([row.length - 1 for row in rows], device=self.device)
+        names = [row.adapter for row in rows] if slot.routes_adapters else None
+        logits = None
+        if slot.decode is not None:  # None where it does not apply: transformers' forward
+            logits = slot.decode(ids, positions, mask, slot.cache, names)
+        if logits is None:
+            out = self._forward(
+                slot,
+                rows,
+                input_ids=ids[:, None],
+                attention_mask=mask,
+                position_ids=positions[:, None],
+                cache=slot.cache,
+            )
+            logits = out.logits[:, -1, :]
         self.steps += 1
         slot.mask = mask
-        logits = out.logits[:, -1, :]
         greedy = logits.argmax(dim=-1).tolist()
         keep = []
         for i, row in enumerate(rows):

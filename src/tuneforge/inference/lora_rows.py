@@ -30,34 +30,41 @@ class LoraRowsForward:
         self.layer = layer
         self.peft_forward = type(layer).forward.__get__(layer)
 
-    def _plain(self, names: set[str], x: torch.Tensor) -> bool:
-        layer = self.layer
-        return not (
-            layer.training
-            or layer.disable_adapters
-            or layer.merged
-            or any(layer.use_dora.get(n, False) or n in layer.lora_variant for n in names)
-            or any(layer.lora_A[n].weight.dtype != x.dtype for n in names)
-        )
-
     def __call__(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         adapter_names = kwargs.get("adapter_names")
         if adapter_names is None or len(adapter_names) != len(x):
             return self.peft_forward(x, *args, **kwargs)
         layer = self.layer
         names = {n for n in adapter_names if n != BASE and n in layer.lora_A}
-        if not self._plain(names, x):
+        if not plain(layer, names, x.dtype):
             return self.peft_forward(x, *args, **kwargs)
         kwargs.pop("adapter_names")
         result = layer.base_layer(x, *args, **kwargs)
         for name in names:
-            a, b = layer.lora_A[name].weight, layer.lora_B[name].weight
-            scaling = layer.scaling[name]
             if len(names) == 1 and all(n == name for n in adapter_names):
-                return result + F.linear(F.linear(x, a), b) * scaling
+                return result + delta(layer, name, x)
             rows = [i for i, n in enumerate(adapter_names) if n == name]
-            result[rows] += F.linear(F.linear(x[rows], a), b) * scaling
+            result[rows] += delta(layer, name, x[rows])
         return result
+
+
+def plain(layer: Any, names: set[str], dtype: torch.dtype) -> bool:
+    """Whether peft's forward of this LoRA layer, for these adapters, is `base + delta(…)` for
+    each (not merged, not disabled, not training, no DoRA or other variant, weights in `dtype`)."""
+    return not (
+        layer.training
+        or layer.disable_adapters
+        or layer.merged
+        or any(layer.use_dora.get(n, False) or n in layer.lora_variant for n in names)
+        or any(layer.lora_A[n].weight.dtype != dtype for n in names)
+    )
+
+
+def delta(layer: Any, name: str, x: torch.Tensor) -> torch.Tensor:
+    """What adapter `name` adds to the base layer's output: peft's `lora_B(lora_A(x)) * scaling`
+    (dropout is the identity in eval mode; B's bias, peft's `lora_bias`, is scaled too)."""
+    b = layer.lora_B[name]
+    return F.linear(F.linear(x, layer.lora_A[name].weight), b.weight, b.bias) * layer.scaling[name]
 
 
 def use_lora_rows(model: torch.nn.Module) -> int:

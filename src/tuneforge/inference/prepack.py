@@ -234,6 +234,41 @@ def use_bf16_weights(model: nn.Module, *, only_exact: bool = False) -> int:
     return len(forwards)
 
 
+def share_panels(linears: list[nn.Module]) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """One panel tensor for linear layers that read the same input (q, k and v; gate and up), so
+    our kernel computes them in one call (`inference/decode_step.py`): their panels concatenated,
+    and each layer's own panels then a view of it (no second copy). Every output column is
+    computed as before, so the results are the same to the bit. Returns (panels, padded bias or
+    None); None when they cannot share: not all packed for our kernel, different input sizes or
+    weight dtypes, or a layer before the last whose outputs do not fill its last panel. Call
+    again after `use_bf16_weights` (it gives the layers new panels)."""
+    forwards = [module.__dict__.get("forward") for module in linears]
+    if not all(isinstance(f, _PackedForward) and f.panels is not None for f in forwards):
+        return None
+    panels = [f.panels for f in forwards]
+    if len({(p.shape[1], p.dtype) for p in panels}) != 1 or any(
+        f.out_features % small_gemm.PANEL for f in forwards[:-1]
+    ):
+        return None
+    if len(forwards) == 1:
+        return forwards[0].panels, forwards[0].panel_bias
+    shared = torch.cat(panels)
+    bias = None
+    if any(f.bias is not None for f in forwards):
+        bias = torch.cat(
+            [
+                f.panel_bias if f.panel_bias is not None else torch.zeros(p.shape[0] * p.shape[2])
+                for f, p in zip(forwards, panels, strict=True)
+            ]
+        )
+    start = 0
+    for forward in forwards:
+        end = start + forward.panels.shape[0]
+        forward.panels = shared[start:end]
+        start = end
+    return shared, bias
+
+
 WEIGHT_PRECISIONS = ("fp32", "bf16", "auto")  # `--weight-precision`
 
 

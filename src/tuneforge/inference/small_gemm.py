@@ -151,40 +151,72 @@ def pad_bias(bias: torch.Tensor | None) -> torch.Tensor | None:
     return padded
 
 
+class Packed:
+    """Packed weights (`pack` or `pack_bf16`), a padded bias (`pad_bias`) or None, and the
+    layer's output size, checked once for many calls: `Packed(...)(x)` is `x @ W.T + bias` for x
+    of shape (rows ≤ KERNEL_ROWS, K), fp32, contiguous, on the CPU. (The C code trusts these
+    sizes: a mismatch would read past the end of a tensor.)"""
+
+    def __init__(self, packed: torch.Tensor, bias: torch.Tensor | None, out_features: int) -> None:
+        library = _library()
+        assert library is not None, "check available() first"
+        panels = -(-out_features // PANEL)
+        if (
+            packed.dim() != 3
+            or packed.shape[0] != panels
+            or packed.shape[2] != PANEL
+            or packed.dtype not in (torch.float32, torch.bfloat16)
+        ):
+            raise ValueError(f"packed weight {tuple(packed.shape)} is not ({panels}, K, {PANEL})")
+        if not packed.is_contiguous() or (
+            bias is not None and (bias.shape != (panels * PANEL,) or bias.dtype != torch.float32)
+        ):
+            raise ValueError("packed weight must be contiguous and bias padded (pad_bias)")
+        self.packed, self.bias = packed, bias  # kept alive: the C code reads their memory
+        self.out_features, self.k = out_features, packed.shape[1]
+        self.function = (
+            library.tuneforge_small_gemm_bf16w
+            if packed.dtype == torch.bfloat16  # pack_bf16
+            else library.tuneforge_small_gemm
+        )
+        self.pointers = (packed.data_ptr(), None if bias is None else bias.data_ptr())
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.shape[0]
+        if not (
+            x.dim() == 2
+            and 1 <= rows <= KERNEL_ROWS
+            and x.shape[1] == self.k
+            and x.dtype == torch.float32
+            and x.is_contiguous()
+        ):
+            raise ValueError(
+                f"small_gemm needs 1-{KERNEL_ROWS} contiguous fp32 rows of {self.k}, "
+                f"got {tuple(x.shape)} {x.dtype}"
+            )
+        y = x.new_empty(rows, self.out_features)
+        weights, bias = self.pointers
+        status = self.function(
+            rows,
+            self.out_features,
+            self.k,
+            x.data_ptr(),
+            weights,
+            bias,
+            y.data_ptr(),
+            torch.get_num_threads(),
+        )
+        if status != 0:
+            raise ValueError(f"small_gemm kernel refused {rows} rows")
+        return y
+
+
 def linear(
     x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, out_features: int
 ) -> torch.Tensor:
-    """`x @ W.T + bias` for x of shape (rows ≤ KERNEL_ROWS, K), fp32, contiguous, on the CPU."""
-    library = _library()
-    assert library is not None, "check available() first"
-    rows, k = x.shape
-    if not (1 <= rows <= KERNEL_ROWS and x.dtype == torch.float32 and x.is_contiguous()):
-        raise ValueError(f"small_gemm.linear needs 1-256 contiguous fp32 rows, got {x.shape}")
-    # The C code trusts these sizes: a mismatch would read past the end of a tensor.
-    panels = -(-out_features // PANEL)
-    if packed.shape != (panels, k, PANEL) or packed.dtype not in (torch.float32, torch.bfloat16):
-        raise ValueError(f"packed weight {tuple(packed.shape)} is not ({panels}, {k}, {PANEL})")
-    function = (
-        library.tuneforge_small_gemm_bf16w
-        if packed.dtype == torch.bfloat16  # pack_bf16
-        else library.tuneforge_small_gemm
-    )
-    if not packed.is_contiguous() or (bias is not None and bias.shape != (panels * PANEL,)):
-        raise ValueError("packed weight must be contiguous and bias padded (pad_bias)")
-    y = x.new_empty(rows, out_features)
-    status = function(
-        rows,
-        out_features,
-        k,
-        x.data_ptr(),
-        packed.data_ptr(),
-        None if bias is None else bias.data_ptr(),
-        y.data_ptr(),
-        torch.get_num_threads(),
-    )
-    if status != 0:
-        raise ValueError(f"small_gemm kernel refused {rows} rows")
-    return y
+    """`x @ W.T + bias` for x of shape (rows ≤ KERNEL_ROWS, K), fp32, contiguous, on the CPU
+    (`Packed`, checked for this one call)."""
+    return Packed(packed, bias, out_features)(x)
 
 
 # -- which rows go to the kernel on this machine ----------------------------------------------

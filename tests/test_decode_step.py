@@ -1,0 +1,236 @@
+"""The serving engine's decode step in plain calls (`inference/decode_step.py`) computes what
+transformers' forward computes, bit for bit: the logits and the KV cache, with left-padded rows of
+different lengths, fp32 and bf16 weights, q/k/v biases (Qwen2), and LoRA adapters mixed in one
+batch; and it declines (None, transformers' forward runs) wherever it would not be the same."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import torch
+
+from tuneforge.inference import small_gemm
+from tuneforge.inference.decode_step import DecodeStep
+from tuneforge.inference.kv_cache import BatchCache, left_pad
+from tuneforge.inference.prepack import prepack_linears, use_bf16_weights
+
+pytestmark = pytest.mark.skipif(
+    not small_gemm.available(), reason="the kernel needs x86-64 Linux, AVX2 and a C compiler"
+)
+ALL_ROWS = range(1, small_gemm.KERNEL_ROWS + 1)
+
+
+def packed(model, rows=ALL_ROWS):
+    prepack_linears(model, kernel=True, kernel_rows=rows)
+    return model
+
+
+def batch(model, lengths: list[int], names: list[str] | None, seed: int):
+    """Each prompt prefilled alone, the caches left-padded and joined as the engine joins them;
+    returns (cache, mask with the new column, next ids, positions)."""
+    generator = torch.Generator().manual_seed(seed)
+    width, caches = max(lengths), []
+    for i, n in enumerate(lengths):
+        cache = BatchCache()
+        extra = {} if names is None else {"adapter_names": [names[i]]}
+        ids = torch.randint(3, 1000, (1, n), generator=generator)
+        model(input_ids=ids, cache=cache, use_cache=True, **extra)
+        caches.append(cache)
+    joined = BatchCache()
+    for layer in range(len(caches[0].layers)):
+        joined.update(
+            torch.cat([left_pad(c.layers[layer].keys, width, 2) for c in caches]),
+            torch.cat([left_pad(c.layers[layer].values, width, 2) for c in caches]),
+            layer,
+        )
+    mask = torch.cat([left_pad(torch.ones(1, n, dtype=torch.long), width, 1) for n in lengths])
+    ids = torch.randint(3, 1000, (len(lengths),), generator=generator)
+    return joined, mask, ids, torch.tensor(lengths)
+
+
+def assert_same_steps(model, step, lengths, names=None, steps=3):
+    """`steps` greedy decode steps, transformers' forward on one copy of the batch and
+    `DecodeStep` on another: equal logits and caches after every step."""
+    theirs, mask, ids, positions = batch(model, lengths, names, seed=len(lengths))
+    ours, *_ = batch(model, lengths, names, seed=len(lengths))
+    extra = {} if names is None else {"adapter_names": names}
+    for _ in range(steps):
+        mask = torch.cat([mask, mask.new_ones(len(lengths), 1)], dim=1)
+        expected = model(
+            input_ids=ids[:, None],
+            attention_mask=mask,
+            position_ids=positions[:, None],
+            cache=theirs,
+            use_cache=True,
+            logits_to_keep=1,
+            **extra,
+        ).logits[:, -1]
+        got = step(ids, positions, mask, ours, names)
+        assert got is not None
+        assert torch.equal(got, expected)
+        for a, b in zip(theirs.layers, ours.layers, strict=True):
+            assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
+        ids, positions = expected.argmax(-1), positions + 1
+
+
+@pytest.fixture
+def tiny(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+
+
+@pytest.mark.parametrize("weights", ["fp32", "bf16"])
+@torch.no_grad()
+def test_a_decode_step_computes_what_transformers_computes(tiny, weights):
+    model = packed(tiny)
+    if weights == "bf16":
+        use_bf16_weights(model)
+    step = DecodeStep.for_model(model)
+    assert step is not None
+    for lengths in ([9], [9, 4, 7, 9, 2], [6, 6, 6]):  # one row; left padding; none
+        assert_same_steps(model, step, lengths)
+    assert step.steps == 9
+
+
+@torch.no_grad()
+def test_the_rows_do_not_see_each_other(tiny):
+    """A row's logits do not depend on the other rows of the batch (their cache or padding)."""
+    model = packed(tiny)
+    step = DecodeStep.for_model(model)
+    cache, mask, ids, positions = batch(model, [5, 9, 3], None, seed=1)
+    mask = torch.cat([mask, mask.new_ones(3, 1)], dim=1)
+    together = step(ids, positions, mask, cache)
+    alone_cache = BatchCache()
+    for layer in cache.layers:  # row 1 of the batch, without its neighbours
+        alone_cache.update(layer.keys[1:2, :, :9], layer.values[1:2, :, :9], len(alone_cache))
+    alone = step(ids[1:2], positions[1:2], torch.ones(1, 10, dtype=torch.long), alone_cache)
+    assert torch.allclose(together[1], alone[0], atol=1e-5)
+
+
+@torch.no_grad()
+def test_projections_with_biases_qwen2():
+    """Qwen2's q, k and v have biases: one kernel call adds each its own."""
+    from helpers import TINY_SHAPE
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(Qwen2Config(**TINY_SHAPE)).eval()
+    for layer in model.model.layers:
+        for name in ("q_proj", "k_proj", "v_proj"):
+            getattr(layer.self_attn, name).bias.normal_()
+    packed(model)
+    step = DecodeStep.for_model(model)
+    assert step is not None
+    assert_same_steps(model, step, [8, 3, 6])
+
+
+@torch.no_grad()
+def test_lora_rows_of_several_adapters_in_one_step(tiny_model_dir, tmp_path):
+    """Rows of two adapters and the base model in one step, or one adapter for all, compute
+    what peft's own forward computes for them (the second adapter with biases on its B
+    matrices, peft's `lora_bias`); after an adapter is deleted, its rows are base rows."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    folders = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+        config = LoraConfig(
+            r=4, target_modules="all-linear", init_lora_weights=False, lora_bias=seed == 2
+        )
+        get_peft_model(base, config).save_pretrained(tmp_path / f"a{seed}")
+        folders.append(tmp_path / f"a{seed}")
+    model = packed(AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval())
+    step = DecodeStep.for_model(model)  # built before the adapters, as the engine does
+    model = PeftModel.from_pretrained(model, folders[0], adapter_name="a")
+    model.load_adapter(folders[1], adapter_name="b")
+    model.eval()
+    step.refresh()
+    assert step.has_lora
+    for names in (["a", "__base__", "b", "a"], ["b", "b"], ["__base__"]):
+        assert_same_steps(model, step, [7, 4, 9, 2][: len(names)], names)
+    model.delete_adapter("b")
+    step.refresh()
+    assert_same_steps(model, step, [5, 3], ["a", "__base__"])
+
+
+@torch.no_grad()
+def test_it_declines_where_it_would_not_be_the_same(tiny, tiny_model_dir, tmp_path):
+    from helpers import TINY_SHAPE
+    from peft import LoraConfig, get_peft_model
+    from transformers import (
+        AutoModelForCausalLM,
+        GPT2Config,
+        GPT2LMHeadModel,
+        MistralConfig,
+        MistralForCausalLM,
+    )
+
+    model = packed(tiny, rows=range(1, 3))
+    step = DecodeStep.for_model(model)
+    cache, mask, ids, positions = batch(model, [4, 5, 6], None, seed=0)
+    mask = torch.cat([mask, mask.new_ones(3, 1)], dim=1)
+    assert step(ids, positions, mask, cache) is None  # 3 rows: MKL's, not the kernel's
+    use_bf16_weights(model)  # new panels after the step was built
+    assert step(ids[:1], positions[:1], mask[:1], cache) is None
+
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_embd=64, n_layer=1, n_head=4)).eval()
+    assert DecodeStep.for_model(packed(gpt2)) is None
+    sliding = MistralConfig(**TINY_SHAPE, sliding_window=4)
+    assert DecodeStep.for_model(packed(MistralForCausalLM(sliding).eval())) is None
+    assert DecodeStep.for_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir)) is None
+
+    # a DoRA adapter: peft's own forward must run for its rows, also when no names are given
+    model = packed(AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval())
+    step = DecodeStep.for_model(model)
+    dora = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", use_dora=True))
+    dora.eval()
+    step.refresh()
+    cache, mask, ids, positions = batch(model, [4], None, seed=0)
+    mask = torch.cat([mask, mask.new_ones(1, 1)], dim=1)
+    assert step(ids, positions, mask, cache, ["default"]) is None
+    assert step(ids, positions, mask, cache, None) is None
+    assert step(ids, positions, mask, cache, ["__base__"]) is not None
+
+
+def test_the_engine_decodes_with_it_and_answers_as_generate(tiny_model_dir, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    from tuneforge.inference.engine import Finished, InferenceEngine, SamplingParams, Target
+    from tuneforge.models.text import load_text_side
+
+    monkeypatch.setenv("TUNEFORGE_KERNEL_MAX_ROWS", "256")
+    text = load_text_side(str(tiny_model_dir))
+    base = str(tiny_model_dir)
+    prompts = [text.tokenizer(f"Question {i}: " + "why " * i)["input_ids"] for i in (1, 5, 3)]
+    engine = InferenceEngine()
+
+    async def run() -> list[list[int]]:
+        loop = asyncio.get_running_loop()
+        generations = [
+            engine.submit(Target(base, base), text, ids, SamplingParams(10, 0.0), loop=loop)
+            for ids in prompts
+        ]
+        engine.start()
+        out = []
+        for generation in generations:
+            while not isinstance(event := (await generation.events.get())[1], Finished):
+                pass
+            out.append(list(event.token_ids))
+        return out
+
+    try:
+        answers = asyncio.run(run())
+    finally:
+        engine.stop()
+    reference = packed(AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval())
+    for ids, answer in zip(prompts, answers, strict=True):
+        expected = reference.generate(
+            input_ids=torch.tensor([ids]), max_new_tokens=10, do_sample=False, eos_token_id=2
+        )[0, len(ids) :].tolist()
+        assert answer == expected
+    decode = engine._slots[base].decode
+    assert decode is not None and decode.steps == engine.steps > 0
