@@ -20,7 +20,6 @@ was built — makes `__call__` return None, and the engine runs transformers' fo
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -147,6 +146,13 @@ def _is_rms_norm(module: Any) -> bool:
     }
 
 
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """transformers' `apply_rotary_pos_emb` for one tensor (Llama's, Mistral's and Qwen2's are
+    the same): x·cos + rotate_half(x)·sin."""
+    half = x.shape[-1] // 2
+    return (x * cos) + (torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin)
+
+
 def _rms_norm(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
     """transformers' Llama RMSNorm on fp32 input, its operations in its order, without the
     module call."""
@@ -185,7 +191,6 @@ class DecodeStep:
         self.kv_heads = config.num_key_value_heads
         self.rows = kernel_rows(first.q_proj) & kernel_rows(model.lm_head)
         self.attention: Callable[..., Any] = ALL_ATTENTION_FUNCTIONS["sdpa"]
-        self.rotate: Callable[..., Any] = sys.modules[type(first).__module__].apply_rotary_pos_emb
         self.lora_type = _lora_type()
         self.usable = True
         self.plain: dict[str, bool] = {}  # adapter name → all its layers plain LoRA
@@ -250,6 +255,7 @@ class DecodeStep:
         dim = self.head_dim
         h = self.inner.embed_tokens(input_ids)  # (rows, hidden)
         cos, sin = self.inner.rotary_emb(h[:, None], position_ids[:, None])
+        cos, sin = cos[:, None], sin[:, None]  # (rows, 1, 1, head dim): over every head
         # transformers' sdpa mask for one new token: none when no row has padding (sdpa then
         # takes another path, whose last bits differ), else True where a row may look
         mask = None if bool(attention_mask.all()) else attention_mask.bool()[:, None, None, :]
@@ -259,7 +265,7 @@ class DecodeStep:
             qkv = layer.qkv(x, adapters)
             # q and k rotated in one go: they are adjacent columns, and rotation is per element
             qk = qkv[:, : qk_heads * dim].view(rows, 1, qk_heads, dim).transpose(1, 2)
-            qk, _ = self.rotate(qk, qk[:, :0], cos, sin)
+            qk = _rotate(qk, cos, sin)
             q, k = qk[:, : self.heads], qk[:, self.heads :]
             v = qkv[:, qk_heads * dim :].view(rows, 1, self.kv_heads, dim).transpose(1, 2)
             keys, values = cache.layers[index].update(k, v)
