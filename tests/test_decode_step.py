@@ -148,10 +148,10 @@ def test_lora_rows_of_several_adapters_in_one_step(tiny_model_dir, tmp_path):
     model = PeftModel.from_pretrained(model, folders[0], adapter_name="a")
     model.load_adapter(folders[1], adapter_name="b")
     model.eval()
-    step.refresh()
-    assert step.has_lora
+    # no refresh(): a step that names adapters it has not seen reads the layers again
     for names in (["a", "__base__", "b", "a"], ["b", "b"], ["__base__"]):
         assert_same_steps(model, step, [7, 4, 9, 2][: len(names)], names)
+    assert step.has_lora and step.adapter_names == {"a", "b"}
     model.delete_adapter("b")
     step.refresh()
     assert_same_steps(model, step, [5, 3], ["a", "__base__"])
@@ -194,6 +194,77 @@ def test_it_declines_where_it_would_not_be_the_same(tiny, tiny_model_dir, tmp_pa
     assert step(ids, positions, mask, cache, ["default"]) is None
     assert step(ids, positions, mask, cache, None) is None
     assert step(ids, positions, mask, cache, ["__base__"]) is not None
+
+
+def _adapter(tiny_model_dir, folder, seed: int):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    config = LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False)
+    get_peft_model(base, config).save_pretrained(folder)
+    return folder
+
+
+def test_the_engine_decodes_with_it_and_answers_as_without_it(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    """Base and fine-tuned requests in one batch, adapters loaded while the engine runs: every
+    decode step goes through `DecodeStep`, and the answers (tokens and log-probabilities) are
+    those of an engine whose steps run through transformers' forward."""
+    from tuneforge.inference.engine import (
+        DECODE_ENV,
+        Finished,
+        InferenceEngine,
+        SamplingParams,
+        Target,
+    )
+    from tuneforge.models.text import load_text_side
+
+    monkeypatch.setenv("TUNEFORGE_KERNEL_MAX_ROWS", "256")
+    text = load_text_side(str(tiny_model_dir))
+    base = str(tiny_model_dir)
+    adapters = [_adapter(tiny_model_dir, tmp_path / f"a{seed}", seed) for seed in (1, 2)]
+    targets = [
+        Target(base, base),
+        Target("ft:a", base, adapters[0]),
+        Target("ft:b", base, adapters[1]),
+        Target("ft:a", base, adapters[0]),
+    ]
+    prompts = [text.tokenizer(f"Question {i}: " + "why " * i)["input_ids"] for i in (1, 5, 3, 7)]
+    params = SamplingParams(10, 0.0, logprobs=0)
+
+    def answers() -> tuple[list, InferenceEngine]:
+        engine = InferenceEngine()
+
+        async def run() -> list:
+            loop = asyncio.get_running_loop()
+            generations = [
+                engine.submit(target, text, ids, params, loop=loop)
+                for target, ids in zip(targets, prompts, strict=True)
+            ]
+            engine.start()
+            out = []
+            for generation in generations:
+                while not isinstance(event := (await generation.events.get())[1], Finished):
+                    pass
+                out.append([(lp.token, lp.logprob) for lp in event.logprobs])
+            return out
+
+        try:
+            return asyncio.run(run()), engine
+        finally:
+            engine.stop()
+
+    ours, engine = answers()
+    decode = engine._slots[base].decode
+    assert decode is not None and decode.has_lora and decode.steps == engine.steps > 0
+    monkeypatch.setenv(DECODE_ENV, "transformers")
+    theirs, engine = answers()
+    assert engine._slots[base].decode is None
+    assert ours == theirs
+    assert len({tuple(a) for a in ours}) == len(ours)  # the adapters change the answers
 
 
 def test_the_engine_decodes_with_it_and_answers_as_generate(tiny_model_dir, monkeypatch):

@@ -213,7 +213,9 @@ class DecodeStep:
         )
         self.usable = outer_ok and all(layer.refresh(self.lora_type) for layer in self.layers)
         self.plain.clear()
-        self.has_lora = any(group.loras for layer in self.layers for group in layer.groups)
+        loras = [module for layer in self.layers for g in layer.groups for module, _ in g.loras]
+        self.has_lora = bool(loras)
+        self.adapter_names = {name for module in loras for name in module.lora_A}
 
     def _adapters(self, names: list[str] | None) -> list[tuple[str, list[int] | None]] | None:
         """[(adapter, its rows or None for all)] for the batch's LoRA rows; None if some
@@ -221,6 +223,10 @@ class DecodeStep:
         if names is None:
             return None if self.has_lora else []  # peft would apply its active adapter
         wanted = {name for name in names if name != lora_rows.BASE}
+        if not wanted <= self.adapter_names:
+            self.refresh()  # an adapter loaded since (the engine also calls refresh)
+            if not wanted <= self.adapter_names:
+                return None  # an adapter whose layers this step does not know
         for name in wanted:
             if name not in self.plain:
                 self.plain[name] = all(
