@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from tuneforge.inference import lora_rows, small_gemm
@@ -64,10 +65,14 @@ class _Group:
         self.sizes = [linear.out_features for linear in self.linears]
         self.kernel = small_gemm.Packed(*shared, sum(self.sizes))
         self.loras: list[tuple[Any, slice]] = []  # peft LoRA layers on them, with their columns
+        # per adapter: (A, B, B's bias, scaling, columns) of each LoRA layer that has it, read
+        # once from peft's module dicts (their lookups are most of a small layer's time)
+        self.weights: dict[str, list[tuple[Any, ...]]] = {}
 
     def refresh(self, lora_type: type | None) -> bool:
         """Read which LoRA layers wrap these projections now; False if anything else does."""
         self.loras, start = [], 0
+        self.weights.clear()
         for name, linear, size in zip(self.names, self.linears, self.sizes, strict=True):
             module = getattr(self.owner, name)
             if module is not linear:
@@ -88,14 +93,27 @@ class _Group:
         self, x: torch.Tensor, adapters: list[tuple[str, list[int] | None]]
     ) -> torch.Tensor:
         y = self.kernel(x)
-        for module, columns in self.loras:
-            for name, rows in adapters:
-                if name not in module.lora_A:
-                    continue
+        for name, rows in adapters:
+            if name not in self.weights:
+                self.weights[name] = [
+                    (
+                        module.lora_A[name].weight,
+                        module.lora_B[name].weight,
+                        module.lora_B[name].bias,
+                        module.scaling[name],
+                        columns,
+                    )
+                    for module, columns in self.loras
+                    if name in module.lora_A
+                ]
+            part = x if rows is None else x[rows]
+            for a, b, bias, scaling, columns in self.weights[name]:
+                # `lora_rows.delta`: peft's lora_B(lora_A(x)) * scaling
+                delta = F.linear(F.linear(part, a), b, bias) * scaling
                 if rows is None:
-                    y[:, columns] += lora_rows.delta(module, name, x)
+                    y[:, columns] += delta
                 else:
-                    y[rows, columns] += lora_rows.delta(module, name, x[rows])
+                    y[rows, columns] += delta
         return y
 
 
