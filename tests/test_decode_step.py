@@ -109,21 +109,76 @@ def test_the_rows_do_not_see_each_other(tiny):
     assert torch.allclose(together[1], alone[0], atol=1e-5)
 
 
+@pytest.mark.parametrize("architecture", ["qwen2", "llama"])
 @torch.no_grad()
-def test_projections_with_biases_qwen2():
-    """Qwen2's q, k and v have biases: one kernel call adds each its own."""
+def test_projections_with_biases(architecture):
+    """Qwen2's q, k and v have biases; a Llama with `attention_bias` and `mlp_bias` has them on
+    every projection: one kernel call adds each projection its own."""
     from helpers import TINY_SHAPE
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(0)
-    model = Qwen2ForCausalLM(Qwen2Config(**TINY_SHAPE)).eval()
-    for layer in model.model.layers:
-        for name in ("q_proj", "k_proj", "v_proj"):
-            getattr(layer.self_attn, name).bias.normal_()
+    if architecture == "qwen2":
+        model = Qwen2ForCausalLM(Qwen2Config(**TINY_SHAPE)).eval()
+    else:
+        config = LlamaConfig(**TINY_SHAPE, attention_bias=True, mlp_bias=True)
+        model = LlamaForCausalLM(config).eval()
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear) and module.bias is not None:
+            module.bias.normal_()
     packed(model)
     step = DecodeStep.for_model(model)
     assert step is not None
     assert_same_steps(model, step, [8, 3, 6])
+
+
+def _lora(model_dir, folder, seed: int, **config):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    base = AutoModelForCausalLM.from_pretrained(model_dir)
+    options = {"r": 4, "target_modules": "all-linear", "init_lora_weights": False} | config
+    get_peft_model(base, LoraConfig(**options)).save_pretrained(folder)
+    return folder
+
+
+@torch.no_grad()
+def test_an_adapter_of_some_projections_on_bf16_weights(tiny_model_dir, tmp_path):
+    """An adapter on k and up only (its deltas land in the middle of the fused outputs), on
+    weights read in bf16: peft's numbers."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    folder = _lora(tiny_model_dir, tmp_path / "a", 3, target_modules=["k_proj", "up_proj"])
+    model = packed(AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval())
+    use_bf16_weights(model)
+    step = DecodeStep.for_model(model)
+    model = PeftModel.from_pretrained(model, folder, adapter_name="a").eval()
+    assert_same_steps(model, step, [6, 9, 4], ["a", "__base__", "a"])
+    assert len(step.adapter_names) == 1 and step.has_lora
+
+
+@pytest.mark.parametrize("saved", ["model.norm", "layers.1"])
+@torch.no_grad()
+def test_an_adapter_with_its_own_copy_of_a_module_is_left_to_transformers(
+    tiny_model_dir, tmp_path, saved
+):
+    """peft's `modules_to_save` puts the adapter's own copy of the final norm (or of a whole
+    layer) in the model: the step cannot know it, so it declines (peft's forward then refuses
+    such an adapter in a mixed batch, as the engine reports)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    folder = _lora(tiny_model_dir, tmp_path / "a", 4, modules_to_save=[saved])
+    model = packed(AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval())
+    step = DecodeStep.for_model(model)
+    model = PeftModel.from_pretrained(model, folder, adapter_name="a").eval()
+    step.refresh()
+    cache, mask, ids, positions = batch(model, [4, 6], None, seed=0)
+    mask = torch.cat([mask, mask.new_ones(2, 1)], dim=1)
+    assert not step.usable
+    assert step(ids, positions, mask, cache, ["a", "__base__"]) is None
 
 
 @torch.no_grad()
@@ -131,18 +186,12 @@ def test_lora_rows_of_several_adapters_in_one_step(tiny_model_dir, tmp_path):
     """Rows of two adapters and the base model in one step, or one adapter for all, compute
     what peft's own forward computes for them (the second adapter with biases on its B
     matrices, peft's `lora_bias`); after an adapter is deleted, its rows are base rows."""
-    from peft import LoraConfig, PeftModel, get_peft_model
+    from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    folders = []
-    for seed in (1, 2):
-        torch.manual_seed(seed)
-        base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-        config = LoraConfig(
-            r=4, target_modules="all-linear", init_lora_weights=False, lora_bias=seed == 2
-        )
-        get_peft_model(base, config).save_pretrained(tmp_path / f"a{seed}")
-        folders.append(tmp_path / f"a{seed}")
+    folders = [
+        _lora(tiny_model_dir, tmp_path / f"a{seed}", seed, lora_bias=seed == 2) for seed in (1, 2)
+    ]
     model = packed(AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval())
     step = DecodeStep.for_model(model)  # built before the adapters, as the engine does
     model = PeftModel.from_pretrained(model, folders[0], adapter_name="a")
@@ -196,17 +245,6 @@ def test_it_declines_where_it_would_not_be_the_same(tiny, tiny_model_dir, tmp_pa
     assert step(ids, positions, mask, cache, ["__base__"]) is not None
 
 
-def _adapter(tiny_model_dir, folder, seed: int):
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    config = LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False)
-    get_peft_model(base, config).save_pretrained(folder)
-    return folder
-
-
 def test_the_engine_decodes_with_it_and_answers_as_without_it(
     tiny_model_dir, tmp_path, monkeypatch
 ):
@@ -225,7 +263,7 @@ def test_the_engine_decodes_with_it_and_answers_as_without_it(
     monkeypatch.setenv("TUNEFORGE_KERNEL_MAX_ROWS", "256")
     text = load_text_side(str(tiny_model_dir))
     base = str(tiny_model_dir)
-    adapters = [_adapter(tiny_model_dir, tmp_path / f"a{seed}", seed) for seed in (1, 2)]
+    adapters = [_lora(tiny_model_dir, tmp_path / f"a{seed}", seed) for seed in (1, 2)]
     targets = [
         Target(base, base),
         Target("ft:a", base, adapters[0]),

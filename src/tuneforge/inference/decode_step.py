@@ -201,7 +201,7 @@ class DecodeStep:
             raise Unsupported("the LM head is not packed for our kernel")
         from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-        self.model, self.inner, self.norm = model, inner, inner.norm
+        self.model, self.inner, self.norm, self.lm_head = model, inner, inner.norm, model.lm_head
         self.steps = 0  # steps it computed (the others ran through transformers' forward)
         self.layers = [_Layer(layer) for layer in inner.layers]
         first = self.layers[0].attn
@@ -219,17 +219,28 @@ class DecodeStep:
         """The model's decode step, or None (logged) where transformers' forward must run."""
         try:
             return cls(model)
-        except (Unsupported, AttributeError) as exc:
+        except Unsupported as exc:
             log.info("decode steps run through transformers' forward: %s", exc)
-            return None
+        except Exception:  # a layout we did not foresee: never worth failing a request for
+            log.warning("decode steps run through transformers' forward", exc_info=True)
+        return None
 
     def refresh(self) -> None:
-        """Read the LoRA layers again (after an adapter is loaded or deleted)."""
+        """Read the model's modules again: after an adapter is loaded or deleted, or its
+        settings changed (scale, merged, disabled). Usable only while the model is made of the
+        modules it was built from, with plain or plain-LoRA projections (an adapter's
+        `modules_to_save` would put its own copy of a norm or a layer in place)."""
+        inner = self.inner
         outer_ok = (
-            type(self.inner.embed_tokens) is nn.Embedding
-            and packed_kind(self.model.lm_head) in _KERNEL_KINDS
+            type(inner.embed_tokens) is nn.Embedding
+            and inner.norm is self.norm
+            and self.model.lm_head is self.lm_head
+            and len(inner.layers) == len(self.layers)
+            and all(a is b.layer for a, b in zip(inner.layers, self.layers, strict=False))
         )
-        self.usable = outer_ok and all(layer.refresh(self.lora_type) for layer in self.layers)
+        # every layer read again (no short cut), so no layer keeps another state's LoRA list
+        layers_ok = [layer.refresh(self.lora_type) for layer in self.layers]
+        self.usable = outer_ok and all(layers_ok)
         self.plain.clear()
         loras = [module for layer in self.layers for g in layer.groups for module, _ in g.loras]
         self.has_lora = bool(loras)
@@ -243,7 +254,7 @@ class DecodeStep:
         wanted = {name for name in names if name != lora_rows.BASE}
         if not wanted <= self.adapter_names:
             self.refresh()  # an adapter loaded since (the engine also calls refresh)
-            if not wanted <= self.adapter_names:
+            if not self.usable or not wanted <= self.adapter_names:
                 return None  # an adapter whose layers this step does not know
         for name in wanted:
             if name not in self.plain:
@@ -269,7 +280,13 @@ class DecodeStep:
         adapter_names: list[str] | None = None,
     ) -> torch.Tensor | None:
         rows = input_ids.shape[0]
-        if not self.usable or rows not in self.rows:
+        if (
+            not self.usable
+            or rows not in self.rows
+            or torch.is_grad_enabled()  # packed layers then compute with MKL (`prepack`)
+            or self.model.training
+            or self.model.config._attn_implementation != "sdpa"
+        ):
             return None
         if not all(group.current() for layer in self.layers for group in layer.groups):
             return None

@@ -19,11 +19,14 @@ shot examples or earlier turns of a chat) on the same adapter continues from tha
 (`_Prefix`), or from a prompt still being prefilled; a waiting prompt that shares its start with
 one in the current chunk waits a chunk to reuse it rather than compute it twice.
 
-Two things make a batched step cheap on a CPU, both measured (BENCHMARKS.md, "Serving
+Three things make a batched step cheap on a CPU, each measured (BENCHMARKS.md, "Serving
 throughput"): the base model's linear layers run with weights packed once for a few-row GEMM
 (`inference/prepack.py`: our AVX2 kernel for the row counts where it beats MKL on this machine,
-measured once; else oneDNN), and the KV cache grows in place in a buffer with room to spare
-(`GrowingLayer`) instead of being copied whole by `torch.cat` at every step. On a CPU with bf16
+measured once; else oneDNN), the KV cache grows in place in a buffer with room to spare
+(`GrowingLayer`) instead of being copied whole by `torch.cat` at every step, and a decode step
+of a Llama-family model on our kernel runs in plain calls (`inference/decode_step.py`: q/k/v and
+gate/up in one kernel call each, the same logits to the bit; transformers' forward elsewhere,
+or everywhere with `TUNEFORGE_DECODE_STEP=transformers`). On a CPU with bf16
 units, `prefill_bf16` (`tuneforge serve --prefill-precision bf16`) computes the prompts' linear
 layers in bf16 (a prefill chunk 1.5-1.75× faster on an AVX512-BF16 EPYC), for a shorter time to
 first token; decode steps stay fp32, but the prompt's KV cache is bf16-rounded, so answers may
@@ -773,7 +776,13 @@ class InferenceEngine:
         names = [row.adapter for row in rows] if slot.routes_adapters else None
         logits = None
         if slot.decode is not None:  # None where it does not apply: transformers' forward
-            logits = slot.decode(ids, positions, mask, slot.cache, names)
+            try:
+                logits = slot.decode(ids, positions, mask, slot.cache, names)
+            except Exception:
+                # The cache may hold this step's columns in some layers: the batch fails (as
+                # any failed step does), and later steps run through transformers' forward.
+                slot.decode = None
+                raise
         if logits is None:
             out = self._forward(
                 slot,

@@ -168,10 +168,23 @@ class Packed:
             or packed.dtype not in (torch.float32, torch.bfloat16)
         ):
             raise ValueError(f"packed weight {tuple(packed.shape)} is not ({panels}, K, {PANEL})")
-        if not packed.is_contiguous() or (
-            bias is not None and (bias.shape != (panels * PANEL,) or bias.dtype != torch.float32)
+        on_cpu = packed.device.type == "cpu" and (bias is None or bias.device.type == "cpu")
+        if (
+            not on_cpu
+            or not packed.is_contiguous()
+            or (
+                bias is not None
+                and (
+                    bias.shape != (panels * PANEL,)
+                    or bias.dtype != torch.float32
+                    or not bias.is_contiguous()
+                )
+            )
         ):
-            raise ValueError("packed weight must be contiguous and bias padded (pad_bias)")
+            raise ValueError(
+                "packed weight and bias must be contiguous, on the CPU, the bias fp32 and padded "
+                "(pad_bias)"
+            )
         self.packed, self.bias = packed, bias  # kept alive: the C code reads their memory
         self.out_features, self.k = out_features, packed.shape[1]
         self.function = (
@@ -189,9 +202,10 @@ class Packed:
             and x.shape[1] == self.k
             and x.dtype == torch.float32
             and x.is_contiguous()
+            and x.device.type == "cpu"
         ):
             raise ValueError(
-                f"small_gemm needs 1-{KERNEL_ROWS} contiguous fp32 rows of {self.k}, "
+                f"small_gemm needs 1-{KERNEL_ROWS} contiguous fp32 CPU rows of {self.k}, "
                 f"got {tuple(x.shape)} {x.dtype}"
             )
         y = x.new_empty(rows, self.out_features)
