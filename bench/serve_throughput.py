@@ -338,8 +338,7 @@ def main(argv: list[str] | None = None) -> None:
                     print(f"  {result['output_tokens_per_s']} output tokens/s", file=sys.stderr)
                     levels[str(clients)] = result
                 kernel_rows = [
-                    json.loads(path.read_text())
-                    for path in (home / "kernels").glob("rows-*.json")
+                    json.loads(path.read_text()) for path in (home / "kernels").glob("rows-*.json")
                 ]
                 log = (home / "server.log").read_text().splitlines()
                 prefill_line = [line for line in log if line.startswith("prefill precision:")]
