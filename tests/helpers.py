@@ -122,3 +122,16 @@ def bf16_checkpoint(model_dir: Path, out: Path) -> Any:
     model.save_pretrained(out)
     AutoTokenizer.from_pretrained(model_dir).save_pretrained(out)
     return model
+
+
+async def finished_logprobs(generations: list[Any]) -> list[list[tuple[int, float]]]:
+    """Each engine `Generation`'s (token, log-probability) pairs, once it has finished (asked
+    with `SamplingParams(logprobs=0)`), in order."""
+    from tuneforge.inference.engine import Finished
+
+    out = []
+    for generation in generations:
+        while not isinstance(event := (await generation.events.get())[1], Finished):
+            pass
+        out.append([(lp.token, lp.logprob) for lp in event.logprobs])
+    return out

@@ -251,13 +251,9 @@ def test_the_engine_decodes_with_it_and_answers_as_without_it(
     """Base and fine-tuned requests in one batch, adapters loaded while the engine runs: every
     decode step goes through `DecodeStep`, and the answers (tokens and log-probabilities) are
     those of an engine whose steps run through transformers' forward."""
-    from tuneforge.inference.engine import (
-        DECODE_ENV,
-        Finished,
-        InferenceEngine,
-        SamplingParams,
-        Target,
-    )
+    from helpers import finished_logprobs
+
+    from tuneforge.inference.engine import DECODE_ENV, InferenceEngine, SamplingParams, Target
     from tuneforge.models.text import load_text_side
 
     monkeypatch.setenv("TUNEFORGE_KERNEL_MAX_ROWS", "256")
@@ -283,12 +279,7 @@ def test_the_engine_decodes_with_it_and_answers_as_without_it(
                 for target, ids in zip(targets, prompts, strict=True)
             ]
             engine.start()
-            out = []
-            for generation in generations:
-                while not isinstance(event := (await generation.events.get())[1], Finished):
-                    pass
-                out.append([(lp.token, lp.logprob) for lp in event.logprobs])
-            return out
+            return await finished_logprobs(generations)
 
         try:
             return asyncio.run(run()), engine

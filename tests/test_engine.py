@@ -517,6 +517,7 @@ def test_a_bf16_prefill_computes_prompts_in_bf16_and_decodes_in_fp32(text, tiny_
     linear layers ran in bf16 (the LM head in fp32), whether prompts arrive alone or together.
     Compared by the answer tokens' log-probabilities, which bf16 moves far more than the GEMMs'
     fp32 rounding does (the test checks that it does)."""
+    from helpers import finished_logprobs
     from transformers import AutoModelForCausalLM
 
     from tuneforge.inference.prepack import add_bf16_copies, bf16_linears, prepack_linears
@@ -549,17 +550,11 @@ def test_a_bf16_prefill_computes_prompts_in_bf16_and_decodes_in_fp32(text, tiny_
     requests = [(Target(base, base), text, ids, params) for ids in prompts]
     engine = InferenceEngine(prefill_bf16=True)
 
-    async def finished(generations) -> list[list[tuple[int, float]]]:
-        out = []
-        for generation in generations:
-            while not isinstance(event := (await generation.events.get())[1], Finished):
-                pass
-            out.append([(lp.token, lp.logprob) for lp in event.logprobs])
-        return out
-
     async def run() -> list[list[tuple[int, float]]]:
-        together = await finished(submit_together(engine, requests, asyncio.get_running_loop()))
-        alone = [(await finished(submit_together(engine, [r], None)))[0] for r in requests]
+        together = await finished_logprobs(
+            submit_together(engine, requests, asyncio.get_running_loop())
+        )
+        alone = [(await finished_logprobs(submit_together(engine, [r], None)))[0] for r in requests]
         return together + alone
 
     engine.start()
