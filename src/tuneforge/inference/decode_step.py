@@ -197,7 +197,9 @@ class DecodeStep:
             hasattr(inner, name) for name in ("embed_tokens", "layers", "norm", "rotary_emb")
         ):
             raise Unsupported(f"{type(model).__name__} is not laid out as LlamaForCausalLM")
-        if not _is_rms_norm(inner.norm) or packed_kind(model.lm_head) not in _KERNEL_KINDS:
+        if not _is_rms_norm(inner.norm):
+            raise Unsupported(f"the final norm is a {type(inner.norm).__name__}, not Llama's")
+        if packed_kind(model.lm_head) not in _KERNEL_KINDS:
             raise Unsupported("the LM head is not packed for our kernel")
         from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
