@@ -24,7 +24,6 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from tuneforge.inference import lora_rows, small_gemm
@@ -108,8 +107,7 @@ class _Group:
                 ]
             part = x if rows is None else x[rows]
             for a, b, bias, scaling, columns in self.weights[name]:
-                # `lora_rows.delta`: peft's lora_B(lora_A(x)) * scaling
-                delta = F.linear(F.linear(part, a), b, bias) * scaling
+                delta = lora_rows.lora_delta(part, a, b, bias, scaling)
                 if rows is None:
                     y[:, columns] += delta
                 else:

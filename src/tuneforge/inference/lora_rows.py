@@ -64,7 +64,14 @@ def delta(layer: Any, name: str, x: torch.Tensor) -> torch.Tensor:
     """What adapter `name` adds to the base layer's output: peft's `lora_B(lora_A(x)) * scaling`
     (dropout is the identity in eval mode; B's bias, peft's `lora_bias`, is scaled too)."""
     b = layer.lora_B[name]
-    return F.linear(F.linear(x, layer.lora_A[name].weight), b.weight, b.bias) * layer.scaling[name]
+    return lora_delta(x, layer.lora_A[name].weight, b.weight, b.bias, layer.scaling[name])
+
+
+def lora_delta(
+    x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None, scaling: float
+) -> torch.Tensor:
+    """`delta` on weights already looked up (`decode_step` keeps them per adapter)."""
+    return F.linear(F.linear(x, a), b, bias) * scaling
 
 
 def use_lora_rows(model: torch.nn.Module) -> int:
