@@ -394,6 +394,67 @@ def test_generate_in_place_answers_with_the_live_adapter_as_peft_generate_does(
     assert len({f.token_ids for f in first[1]}) > 1  # the choices of a prompt differ
 
 
+def test_chat_and_generate_answer_in_place_as_the_server_does(text, tiny_model_dir, monkeypatch):
+    """`tuneforge generate` / `chat` on the CPU: the server's loop in the calling thread. Greedy
+    answers are the running server's, token for token, with the decode step where it applies;
+    a chat's next turn reuses the conversation's KV cache; `should_stop` and closing the stream
+    early cancel the answer (and drop the engine, whose batch may be half-stepped)."""
+    from tuneforge.data.conversation import Message
+    from tuneforge.inference import engine as engine_module
+    from tuneforge.inference.generate import generate, stream
+    from tuneforge.inference.load import load_for_inference
+
+    monkeypatch.setenv("TUNEFORGE_KERNEL_MAX_ROWS", "256")
+    loaded = load_for_inference(str(tiny_model_dir), packed=True)  # as the CLI loads it
+    questions = [f"Question {i}: " + "why " * i for i in (1, 5, 3)]
+    answers = [generate(loaded, [Message("user", q)], max_new_tokens=10) for q in questions]
+    base = str(tiny_model_dir)
+    prompts = [loaded.text.prompt_ids([Message("user", q)]) for q in questions]
+    requests = [(Target(base, base), text, ids, SamplingParams(10, 0.0)) for ids in prompts]
+    server = InferenceEngine()
+
+    async def served() -> list:
+        generations = submit_together(server, requests, asyncio.get_running_loop())
+        server.start()
+        out = []
+        for generation in generations:
+            while not isinstance(event := (await generation.events.get())[1], Finished):
+                pass
+            out.append(list(event.token_ids))
+        return out
+
+    try:
+        expected = asyncio.run(served())
+    finally:
+        server.stop()
+    assert [ids for _, ids in answers] == expected
+    assert [answer for answer, _ in answers] == [
+        text.tokenizer.decode(ids, skip_special_tokens=True) for ids in expected
+    ]
+    engine = engine_module._in_place[loaded.model]
+    assert engine._slots[engine_module.IN_PLACE].decode.steps > 0
+
+    # a chat: the second turn starts with the first turn's prompt
+    history = [Message("user", questions[1])]
+    finish: dict = {}
+    first = "".join(stream(loaded, history, max_new_tokens=6, finish=finish))
+    assert finish["reason"] in ("stop", "length") and finish["completion_tokens"] > 0
+    history += [Message("assistant", first), Message("user", "and then?")]
+    reused = engine.prefix_tokens_reused
+    "".join(stream(loaded, history, max_new_tokens=6))
+    assert engine.prefix_tokens_reused > reused
+
+    finish = {}
+    pieces = stream(loaded, history, max_new_tokens=50, should_stop=lambda: True, finish=finish)
+    assert len(list(pieces)) <= 1 and finish["reason"] == "cancelled"
+    assert loaded.model not in engine_module._in_place  # dropped, not reused half-stepped
+    pieces = stream(loaded, history, max_new_tokens=50)
+    next(pieces)
+    pieces.close()
+    assert loaded.model not in engine_module._in_place
+    assert generate(loaded, [Message("user", questions[0])], max_new_tokens=10) == answers[0]
+
+
 def test_lean_lora_layers_compute_what_peft_computes(tiny_model_dir, adapters):
     """`lora_rows.LoraRowsForward` (the engine's LoRA layers) gives peft's own numbers, bit for
     bit: rows of two adapters and the base mixed, one adapter for the whole batch, all base; and

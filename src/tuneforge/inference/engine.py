@@ -62,8 +62,9 @@ import os
 import queue
 import secrets
 import threading
+import weakref
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,7 @@ from tuneforge.inference.prepack import (
     add_bf16_copies,
     apply_weight_precision,
     bf16_linears,
+    is_packed,
     kernel_rows,
     packed_kind,
     prepack_linears,
@@ -951,3 +953,75 @@ def generate_in_place(
         if generation.error is not None:
             raise generation.error
     return [[f for f in g.finished if f is not None] for g in collected]
+
+
+class _Streamed(Generation):
+    """A `Generation` for `answer_in_place`: events are kept in order for the calling thread."""
+
+    def __init__(self) -> None:
+        self.n = 1
+        self._cancelled = threading.Event()
+        self.pending: deque[Event] = deque()
+
+    def put(self, index: int, event: Event) -> None:
+        self.pending.append(event)
+
+
+IN_PLACE = "in-place"  # the one base of an in-place engine
+# model → the engine that answered with it last, kept for its prompt-prefix cache (a chat's next
+# turn starts with the conversation so far); dropped with the model
+_in_place: weakref.WeakKeyDictionary[Any, InferenceEngine] = weakref.WeakKeyDictionary()
+
+
+def _in_place_engine(model: Any) -> InferenceEngine:
+    engine = _in_place.get(model)
+    if engine is None:
+        from peft import PeftModel
+
+        engine = InferenceEngine(1, prepack=False)
+        # a peft model here answers with its active adapter (no per-row adapter names)
+        slot = _Slot(
+            model,
+            growing_cache=full_attention_only(model.config),
+            own_adapter=isinstance(model, PeftModel),
+        )
+        head = model.get_output_embeddings()
+        if slot.growing_cache and is_packed(head) and os.environ.get(DECODE_ENV) != "transformers":
+            slot.decode = DecodeStep.for_model(model)
+        engine._slots[IN_PLACE] = slot
+        _in_place[model] = engine
+    return engine
+
+
+def answer_in_place(
+    model: Any, text: TextSide, prompt: list[int], params: SamplingParams
+) -> Iterator[Event]:
+    """One answer from an in-memory model on the CPU, computed in the calling thread by the
+    server's loop (prefill, packed layers as the model has them, `DecodeStep`, sampling, stop
+    strings): its events as they come, `Delta`s then `Finished`. What `tuneforge chat` and
+    `generate` answer with, so they answer as `tuneforge serve` does. The engine is kept with the
+    model (one caller at a time), so a prompt that starts like a recent one reuses that start's
+    KV cache — a chat's next turn. Closing the iterator early (Ctrl-C) cancels the answer and
+    drops the engine: a turn cut short may have left its batch half-stepped."""
+    engine = _in_place_engine(model)
+    generation = _Streamed()
+    target = Target(IN_PLACE, IN_PLACE)
+    row = _Row(generation, 0, target, text, params, list(prompt), _generator(params, 0))
+    engine._waiting.append(row)
+    finished = False
+    try:
+        while not finished:
+            if not engine._waiting and not engine._slots[IN_PLACE].occupied:
+                raise RuntimeError("the answer ended without its last event")  # never block
+            with torch.no_grad():
+                engine._turn()
+            while generation.pending:
+                event = generation.pending.popleft()
+                if isinstance(event, Failed):
+                    raise event.error
+                finished = isinstance(event, Finished)
+                yield event
+    finally:
+        if not finished:
+            generation.cancel()
+            _in_place.pop(model, None)

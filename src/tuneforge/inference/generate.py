@@ -1,4 +1,12 @@
-"""Chat generation with the training chat template (one template path for train and serve)."""
+"""Chat generation with the training chat template (one template path for train and serve).
+
+`generate` and `stream` (`tuneforge generate`, `chat`, a local judge) answer on the CPU through
+the server's own loop in the calling thread (`engine.answer_in_place`): the same prefill,
+decode step (`inference/decode_step.py`), sampling and stop rules as `tuneforge serve`, so the
+same answers, and a chat's next turn reuses the KV cache of the conversation so far. On a GPU
+(which the engine does not run on) they use transformers' `model.generate`. `generate_batch`
+(`eval`, `compare`) keeps `model.generate` on a left-padded batch.
+"""
 
 from __future__ import annotations
 
@@ -46,6 +54,23 @@ def _generate(
         )
 
 
+def _in_place(loaded: LoadedModel) -> bool:
+    """Whether the server's loop can answer with this model here (it runs on the CPU)."""
+    return next(loaded.model.parameters()).device.type == "cpu"
+
+
+def _answer(
+    loaded: LoadedModel, ids: list[int], max_new_tokens: int, temperature: float, top_p: float
+) -> Iterator[Any]:
+    from tuneforge.inference.engine import SamplingParams, answer_in_place
+
+    greedy = not (temperature and temperature > 0)  # greedy: reproducible answers by default
+    params = SamplingParams(
+        max_new_tokens, temperature=0.0 if greedy else temperature, top_p=1.0 if greedy else top_p
+    )
+    return answer_in_place(loaded.model, loaded.text, ids, params)
+
+
 def generate(
     loaded: LoadedModel,
     messages: list[Message],
@@ -54,8 +79,18 @@ def generate(
     temperature: float = 0.0,
     top_p: float = 1.0,
 ) -> tuple[str, list[int]]:
-    """Return (answer text, answer token ids)."""
+    """Return (answer text, answer token ids: the end-of-turn token included when it ended)."""
+    from tuneforge.inference.engine import Delta, Finished
+
     ids = loaded.text.prompt_ids(messages)
+    if _in_place(loaded):
+        pieces, new = [], []
+        for event in _answer(loaded, ids, max_new_tokens, temperature, top_p):
+            if isinstance(event, Delta):
+                pieces.append(event.text)
+            elif isinstance(event, Finished):
+                new = list(event.token_ids)
+        return "".join(pieces), new
     out = _generate(loaded, ids, max_new_tokens, temperature, top_p)
     new = out[0, len(ids) :].tolist()
     return loaded.tokenizer.decode(new, skip_special_tokens=True), new
@@ -102,16 +137,24 @@ def stream(
     should_stop: Callable[[], bool] | None = None,
     finish: dict[str, Any] | None = None,
 ) -> Iterator[str]:
-    """Yield the answer in text pieces as they are generated (generation runs in a thread).
+    """Yield the answer in text pieces as they are generated: on the CPU in this thread, each
+    piece computed when the next is asked for (`engine.answer_in_place`); on a GPU in a thread
+    running `model.generate`.
 
-    Closing the iterator early (or Ctrl-C while it waits) stops the generation thread and waits
-    for it: a process must not exit while that thread is inside torch, or the C++ runtime aborts
-    it ("terminate called without an active exception"). `finish`, when given, receives
-    `reason` ("stop", "length" or "cancelled") and `completion_tokens` once the answer ends.
+    Closing the iterator early (or Ctrl-C) cancels the answer; with the thread, it stops the
+    thread and waits for it: a process must not exit while that thread is inside torch, or the
+    C++ runtime aborts it ("terminate called without an active exception"). `finish`, when
+    given, receives `reason` ("stop", "length" or "cancelled") and `completion_tokens` once the
+    answer ends.
     """
+    ids = loaded.text.prompt_ids(messages)
+    if _in_place(loaded):
+        yield from _stream_in_place(
+            loaded, ids, max_new_tokens, temperature, top_p, should_stop, finish
+        )
+        return
     from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
-    ids = loaded.text.prompt_ids(messages)
     streamer = TextIteratorStreamer(loaded.tokenizer, skip_prompt=True, skip_special_tokens=True)
     cancelled = Event()
     result: dict[str, Any] = {}
@@ -152,3 +195,31 @@ def stream(
             else:
                 reason = "stop"
             finish.update(reason=reason, completion_tokens=len(new))
+
+
+def _stream_in_place(
+    loaded: LoadedModel,
+    ids: list[int],
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    should_stop: Callable[[], bool] | None,
+    finish: dict[str, Any] | None,
+) -> Iterator[str]:
+    """`stream` through the server's loop in this thread (no generation thread to stop)."""
+    from tuneforge.inference.engine import Delta, Finished
+
+    outcome: dict[str, Any] = {"reason": "cancelled", "completion_tokens": 0}
+    answer = _answer(loaded, ids, max_new_tokens, temperature, top_p)
+    try:
+        for event in answer:
+            if isinstance(event, Delta) and event.text:
+                yield event.text
+            elif isinstance(event, Finished):
+                outcome = {"reason": event.reason, "completion_tokens": event.completion_tokens}
+            if should_stop and should_stop():
+                break
+    finally:
+        answer.close()  # an answer cut short is cancelled
+        if finish is not None:
+            finish.update(outcome)
