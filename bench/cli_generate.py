@@ -1,5 +1,5 @@
 r"""`tuneforge generate` / `chat` on the CPU: the server's loop in the calling thread
-(`engine.answer_in_place`, with `DecodeStep`) against transformers' `model.generate`, which they
+(`engine.InPlace`, with `DecodeStep`) against transformers' `model.generate`, which they
 used before, on the same loaded model. One machine, one run.
 
 Run (about a minute on 2 cores):
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     def in_place(messages: list[Message]) -> list[int]:  # what it runs now
         return generation.generate(loaded, messages, max_new_tokens=args.max_tokens)[1]
 
-    ways = {"transformers_generate": transformers_generate, "answer_in_place": in_place}
+    ways = {"transformers_generate": transformers_generate, "in_place": in_place}
     for way in ways.values():
         way(conversations[0])  # warm-up (and the in-place engine's first use)
     rates: dict[str, list[float]] = {name: [] for name in ways}
@@ -73,8 +73,7 @@ def main(argv: list[str] | None = None) -> int:
                 tokens += len(answers[name][-1])
             rates[name].append(round(tokens / (time.perf_counter() - start), 2))
     same = sum(
-        a == b
-        for a, b in zip(answers["transformers_generate"], answers["answer_in_place"], strict=True)
+        a == b for a, b in zip(answers["transformers_generate"], answers["in_place"], strict=True)
     )
     for name, values in rates.items():
         print(f"{name:>22}: {', '.join(f'{v:.1f}' for v in values)} output tokens/s")

@@ -400,7 +400,6 @@ def test_chat_and_generate_answer_in_place_as_the_server_does(text, tiny_model_d
     a chat's next turn reuses the conversation's KV cache; `should_stop` and closing the stream
     early cancel the answer (and drop the engine, whose batch may be half-stepped)."""
     from tuneforge.data.conversation import Message
-    from tuneforge.inference import engine as engine_module
     from tuneforge.inference.generate import generate, stream
     from tuneforge.inference.load import load_for_inference
 
@@ -431,8 +430,9 @@ def test_chat_and_generate_answer_in_place_as_the_server_does(text, tiny_model_d
     assert [answer for answer, _ in answers] == [
         text.tokenizer.decode(ids, skip_special_tokens=True) for ids in expected
     ]
-    engine = engine_module._in_place[loaded.model]
-    assert engine._slots[engine_module.IN_PLACE].decode.steps > 0
+    in_place = loaded.in_place
+    assert in_place.slot.decode.steps > 0
+    engine = in_place.engine
 
     # a chat: the second turn starts with the first turn's prompt
     history = [Message("user", questions[1])]
@@ -447,11 +447,12 @@ def test_chat_and_generate_answer_in_place_as_the_server_does(text, tiny_model_d
     finish = {}
     pieces = stream(loaded, history, max_new_tokens=50, should_stop=lambda: True, finish=finish)
     assert len(list(pieces)) <= 1 and finish["reason"] == "cancelled"
-    assert loaded.model not in engine_module._in_place  # dropped, not reused half-stepped
+    assert not in_place.usable  # cut short: the next answer gets a new one, not a half-step
     pieces = stream(loaded, history, max_new_tokens=50)
     next(pieces)
+    assert loaded.in_place is not in_place and loaded.in_place.usable
     pieces.close()
-    assert loaded.model not in engine_module._in_place
+    assert not loaded.in_place.usable
     assert generate(loaded, [Message("user", questions[0])], max_new_tokens=10) == answers[0]
 
 

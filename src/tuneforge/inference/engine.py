@@ -62,7 +62,6 @@ import os
 import queue
 import secrets
 import threading
-import weakref
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -956,7 +955,7 @@ def generate_in_place(
 
 
 class _Streamed(Generation):
-    """A `Generation` for `answer_in_place`: events are kept in order for the calling thread."""
+    """A `Generation` for `InPlace.answer`: events are kept in order for the calling thread."""
 
     def __init__(self) -> None:
         self.n = 1
@@ -968,17 +967,20 @@ class _Streamed(Generation):
 
 
 IN_PLACE = "in-place"  # the one base of an in-place engine
-# model → the engine that answered with it last, kept for its prompt-prefix cache (a chat's next
-# turn starts with the conversation so far); dropped with the model
-_in_place: weakref.WeakKeyDictionary[Any, InferenceEngine] = weakref.WeakKeyDictionary()
 
 
-def _in_place_engine(model: Any) -> InferenceEngine:
-    engine = _in_place.get(model)
-    if engine is None:
+class InPlace:
+    """The server's loop for one in-memory model on the CPU, run in the calling thread (one
+    caller at a time): what `tuneforge chat` and `generate` answer with (`generate.py`), so they
+    answer as `tuneforge serve` does — its prefill, packed layers as the model has them,
+    `DecodeStep`, sampling and stop strings. Kept with the loaded model, its prompt-prefix
+    cache serves a chat's next turn (it starts with the conversation so far)."""
+
+    def __init__(self, model: Any) -> None:
         from peft import PeftModel
 
-        engine = InferenceEngine(1, prepack=False)
+        self.model = model
+        self.engine = InferenceEngine(1, prepack=False)
         # a peft model here answers with its active adapter (no per-row adapter names)
         slot = _Slot(
             model,
@@ -988,40 +990,37 @@ def _in_place_engine(model: Any) -> InferenceEngine:
         head = model.get_output_embeddings()
         if slot.growing_cache and is_packed(head) and os.environ.get(DECODE_ENV) != "transformers":
             slot.decode = DecodeStep.for_model(model)
-        engine._slots[IN_PLACE] = slot
-        _in_place[model] = engine
-    return engine
+        self.engine._slots[IN_PLACE] = slot
+        # False once an answer was cut short (Ctrl-C, an error): its batch may be half-stepped
+        self.usable = True
 
+    @property
+    def slot(self) -> _Slot:
+        return self.engine._slots[IN_PLACE]
 
-def answer_in_place(
-    model: Any, text: TextSide, prompt: list[int], params: SamplingParams
-) -> Iterator[Event]:
-    """One answer from an in-memory model on the CPU, computed in the calling thread by the
-    server's loop (prefill, packed layers as the model has them, `DecodeStep`, sampling, stop
-    strings): its events as they come, `Delta`s then `Finished`. What `tuneforge chat` and
-    `generate` answer with, so they answer as `tuneforge serve` does. The engine is kept with the
-    model (one caller at a time), so a prompt that starts like a recent one reuses that start's
-    KV cache — a chat's next turn. Closing the iterator early (Ctrl-C) cancels the answer and
-    drops the engine: a turn cut short may have left its batch half-stepped."""
-    engine = _in_place_engine(model)
-    generation = _Streamed()
-    target = Target(IN_PLACE, IN_PLACE)
-    row = _Row(generation, 0, target, text, params, list(prompt), _generator(params, 0))
-    engine._waiting.append(row)
-    finished = False
-    try:
-        while not finished:
-            if not engine._waiting and not engine._slots[IN_PLACE].occupied:
-                raise RuntimeError("the answer ended without its last event")  # never block
-            with torch.no_grad():
-                engine._turn()
-            while generation.pending:
-                event = generation.pending.popleft()
-                if isinstance(event, Failed):
-                    raise event.error
-                finished = isinstance(event, Finished)
-                yield event
-    finally:
-        if not finished:
-            generation.cancel()
-            _in_place.pop(model, None)
+    def answer(self, text: TextSide, prompt: list[int], params: SamplingParams) -> Iterator[Event]:
+        """One answer's events as they come, `Delta`s then `Finished`. Closing the iterator
+        early cancels the answer, and this engine is no longer `usable`."""
+        if not self.usable:
+            raise RuntimeError("an answer was cut short here: make a new InPlace")
+        engine, generation = self.engine, _Streamed()
+        target = Target(IN_PLACE, IN_PLACE)
+        row = _Row(generation, 0, target, text, params, list(prompt), _generator(params, 0))
+        engine._waiting.append(row)
+        finished = False
+        try:
+            while not finished:
+                if not engine._waiting and not self.slot.occupied:
+                    raise RuntimeError("the answer ended without its last event")  # never block
+                with torch.no_grad():
+                    engine._turn()
+                while generation.pending:
+                    event = generation.pending.popleft()
+                    if isinstance(event, Failed):
+                        raise event.error
+                    finished = isinstance(event, Finished)
+                    yield event
+        finally:
+            if not finished:
+                generation.cancel()
+                self.usable = False

@@ -1,7 +1,7 @@
 """Chat generation with the training chat template (one template path for train and serve).
 
 `generate` and `stream` (`tuneforge generate`, `chat`, a local judge) answer on the CPU through
-the server's own loop in the calling thread (`engine.answer_in_place`): the same prefill,
+the server's own loop in the calling thread (`engine.InPlace`): the same prefill,
 decode step (`inference/decode_step.py`), sampling and stop rules as `tuneforge serve`, so the
 same answers, and a chat's next turn reuses the KV cache of the conversation so far. On a GPU
 (which the engine does not run on) they use transformers' `model.generate`. `generate_batch`
@@ -62,13 +62,16 @@ def _in_place(loaded: LoadedModel) -> bool:
 def _answer(
     loaded: LoadedModel, ids: list[int], max_new_tokens: int, temperature: float, top_p: float
 ) -> Iterator[Any]:
-    from tuneforge.inference.engine import SamplingParams, answer_in_place
+    from tuneforge.inference.engine import InPlace, SamplingParams
 
     greedy = not (temperature and temperature > 0)  # greedy: reproducible answers by default
     params = SamplingParams(
         max_new_tokens, temperature=0.0 if greedy else temperature, top_p=1.0 if greedy else top_p
     )
-    return answer_in_place(loaded.model, loaded.text, ids, params)
+    in_place = loaded.in_place
+    if in_place is None or not in_place.usable or in_place.model is not loaded.model:
+        in_place = loaded.in_place = InPlace(loaded.model)
+    return in_place.answer(loaded.text, ids, params)
 
 
 def generate(
@@ -138,7 +141,7 @@ def stream(
     finish: dict[str, Any] | None = None,
 ) -> Iterator[str]:
     """Yield the answer in text pieces as they are generated: on the CPU in this thread, each
-    piece computed when the next is asked for (`engine.answer_in_place`); on a GPU in a thread
+    piece computed when the next is asked for (`engine.InPlace`); on a GPU in a thread
     running `model.generate`.
 
     Closing the iterator early (or Ctrl-C) cancels the answer; with the thread, it stops the

@@ -18,6 +18,8 @@ class LoadedModel:
     name: str
     base_model: str
     run_dir: Path | None = None
+    # the server's loop for this model in the calling thread (`generate.py`, made on first use)
+    in_place: Any = None
 
     @property
     def tokenizer(self) -> Any:
