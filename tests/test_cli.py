@@ -50,3 +50,14 @@ def test_module_entry_points_and_version():
         )
         assert result.returncode == 0, result.stderr
         assert result.stdout.strip() == f"tuneforge {__version__}"
+
+
+def test_chat_says_when_the_conversation_no_longer_fits(tiny_model_dir, run_cli, monkeypatch):
+    """A message that would overflow the model's context is refused with the reason and the
+    fix, and the chat goes on without it."""
+    lines = iter(["why " * 3000, "hello", ""])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(lines))
+    code, out, err = run_cli("chat", tiny_model_dir, "--max-tokens", "3")
+    assert code == 0, err
+    assert "reads at most 2048" in err and "/reset" in err
+    assert out.count("assistant> ") == 2  # the refused message, then "hello" answered

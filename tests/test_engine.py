@@ -400,6 +400,8 @@ def test_chat_and_generate_answer_in_place_as_the_server_does(text, tiny_model_d
     a chat's next turn reuses the conversation's KV cache; `should_stop` and closing the stream
     early cancel the answer (and drop the engine, whose batch may be half-stepped)."""
     from tuneforge.data.conversation import Message
+    from tuneforge.errors import UsageError
+    from tuneforge.inference import small_gemm
     from tuneforge.inference.generate import generate, stream
     from tuneforge.inference.load import load_for_inference
 
@@ -431,7 +433,8 @@ def test_chat_and_generate_answer_in_place_as_the_server_does(text, tiny_model_d
         text.tokenizer.decode(ids, skip_special_tokens=True) for ids in expected
     ]
     in_place = loaded.in_place
-    assert in_place.slot.decode.steps > 0
+    if small_gemm.available():  # else the layers are packed for oneDNN: no DecodeStep
+        assert in_place.slot.decode.steps > 0
     engine = in_place.engine
 
     # a chat: the second turn starts with the first turn's prompt
@@ -454,6 +457,18 @@ def test_chat_and_generate_answer_in_place_as_the_server_does(text, tiny_model_d
     pieces.close()
     assert not loaded.in_place.usable
     assert generate(loaded, [Message("user", questions[0])], max_new_tokens=10) == answers[0]
+
+    # the model's context: a prompt that fills it is an error; an answer stops at its end
+    context = loaded.text.context_length
+    with pytest.raises(UsageError, match=f"reads at most {context}"):
+        generate(loaded, [Message("user", "why " * context)], max_new_tokens=4)
+    room = 5
+    overhead = len(loaded.text.prompt_ids([Message("user", "why")])) - 1  # the template's
+    filler = Message("user", " ".join(["why"] * (context - room - overhead)))
+    assert len(loaded.text.prompt_ids([filler])) == context - room
+    finish = {}
+    "".join(stream(loaded, [filler], max_new_tokens=50, finish=finish))
+    assert finish == {"reason": "length", "completion_tokens": room}
 
 
 def test_lean_lora_layers_compute_what_peft_computes(tiny_model_dir, adapters):

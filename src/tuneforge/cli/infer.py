@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.text import Text
 
 from tuneforge.cli._common import (
     MaxTokensOpt,
@@ -19,7 +20,7 @@ from tuneforge.cli._common import (
     use_free_cores,
     working,
 )
-from tuneforge.errors import UsageError
+from tuneforge.errors import TuneforgeError, UsageError
 
 
 def _system_for(loaded: Any, system: str | None) -> str | None:
@@ -72,8 +73,11 @@ def generate_cmd(
         loaded, _messages(prompt, system), max_new_tokens=max_tokens, temperature=temperature
     )
     print(text)
-    if len(ids) >= max_tokens and ids[-1] != loaded.tokenizer.eos_token_id:
-        note(f"(cut at --max-tokens {max_tokens})", style="yellow")
+    if not ids or ids[-1] not in loaded.text.eos_ids:
+        if len(ids) >= max_tokens:
+            note(f"(cut at --max-tokens {max_tokens})", style="yellow")
+        else:
+            note(f"(cut at the model's context of {loaded.text.context_length} tokens)", "yellow")
 
 
 CHAT_HELP = """commands:
@@ -132,11 +136,21 @@ def chat_cmd(
                 print(piece, end="", flush=True)
                 pieces.append(piece)
         except KeyboardInterrupt:
-            answer.close()  # stops the generation thread and waits for it
+            answer.close()  # cancels the answer (stops and waits for a generation thread)
             finish["reason"] = "cancelled"
+        except TuneforgeError as exc:  # the conversation no longer fits the context
+            print()
+            err.print(Text(f"error: {exc.message}", style="red"))
+            if exc.hint:
+                err.print(Text(f"  fix: {exc.hint}"))
+            history.pop()  # the message that did not fit
+            continue
         print()
         if finish.get("reason") == "cancelled":
             err.print("(stopped)")
+        elif finish.get("reason") == "length" and finish.get("completion_tokens", 0) < max_tokens:
+            context = loaded.text.context_length
+            note(f"(cut at the model's context of {context} tokens; /reset starts again)", "yellow")
         elif finish.get("reason") == "length":
             note(f"(cut at --max-tokens {max_tokens})", style="yellow")
         history.append(Message("assistant", "".join(pieces)))

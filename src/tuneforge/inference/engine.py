@@ -990,6 +990,7 @@ class InPlace:
         head = model.get_output_embeddings()
         if slot.growing_cache and is_packed(head) and os.environ.get(DECODE_ENV) != "transformers":
             slot.decode = DecodeStep.for_model(model)
+        slot.prefixes = deque(maxlen=1)  # the last prompt: a chat's next turn starts with it
         self.engine._slots[IN_PLACE] = slot
         # False once an answer was cut short (Ctrl-C, an error): its batch may be half-stepped
         self.usable = True
@@ -998,11 +999,17 @@ class InPlace:
     def slot(self) -> _Slot:
         return self.engine._slots[IN_PLACE]
 
-    def answer(self, text: TextSide, prompt: list[int], params: SamplingParams) -> Iterator[Event]:
-        """One answer's events as they come, `Delta`s then `Finished`. Closing the iterator
-        early cancels the answer, and this engine is no longer `usable`."""
+    def answer(
+        self, text: TextSide, prompt: list[int], params: SamplingParams, *, reuse: bool = True
+    ) -> Iterator[Event]:
+        """One answer's events as they come, `Delta`s then `Finished`. `reuse`: continue from
+        the KV cache of the last prompt where this one starts alike (a chat); without it the
+        whole prompt is computed, so the answer does not depend on what was asked before.
+        Closing the iterator early cancels the answer, and this engine is no longer `usable`."""
         if not self.usable:
             raise RuntimeError("an answer was cut short here: make a new InPlace")
+        if not reuse:
+            self.slot.prefixes.clear()
         engine, generation = self.engine, _Streamed()
         target = Target(IN_PLACE, IN_PLACE)
         row = _Row(generation, 0, target, text, params, list(prompt), _generator(params, 0))

@@ -54,13 +54,34 @@ def _generate(
         )
 
 
+def _prompt_ids(loaded: LoadedModel, messages: list[Message]) -> list[int]:
+    """The prompt's tokens; a prompt that fills the model's context is an error, not an answer
+    cut after one token (or past what the model was trained for)."""
+    from tuneforge.errors import UsageError
+
+    ids = loaded.text.prompt_ids(messages)
+    context = loaded.text.context_length
+    if len(ids) >= context:
+        raise UsageError(
+            f"the prompt is {len(ids)} tokens and {loaded.name} reads at most {context}",
+            hint="shorten it (in `tuneforge chat`, /reset starts the conversation again)",
+        )
+    return ids
+
+
 def _in_place(loaded: LoadedModel) -> bool:
     """Whether the server's loop can answer with this model here (it runs on the CPU)."""
     return next(loaded.model.parameters()).device.type == "cpu"
 
 
 def _answer(
-    loaded: LoadedModel, ids: list[int], max_new_tokens: int, temperature: float, top_p: float
+    loaded: LoadedModel,
+    ids: list[int],
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    *,
+    reuse: bool,
 ) -> Iterator[Any]:
     from tuneforge.inference.engine import InPlace, SamplingParams
 
@@ -71,7 +92,7 @@ def _answer(
     in_place = loaded.in_place
     if in_place is None or not in_place.usable or in_place.model is not loaded.model:
         in_place = loaded.in_place = InPlace(loaded.model)
-    return in_place.answer(loaded.text, ids, params)
+    return in_place.answer(loaded.text, ids, params, reuse=reuse)
 
 
 def generate(
@@ -85,10 +106,11 @@ def generate(
     """Return (answer text, answer token ids: the end-of-turn token included when it ended)."""
     from tuneforge.inference.engine import Delta, Finished
 
-    ids = loaded.text.prompt_ids(messages)
+    ids = _prompt_ids(loaded, messages)
     if _in_place(loaded):
         pieces, new = [], []
-        for event in _answer(loaded, ids, max_new_tokens, temperature, top_p):
+        # not from a cached prefix: a one-off answer (a judge's) must not depend on the last one
+        for event in _answer(loaded, ids, max_new_tokens, temperature, top_p, reuse=False):
             if isinstance(event, Delta):
                 pieces.append(event.text)
             elif isinstance(event, Finished):
@@ -150,7 +172,7 @@ def stream(
     given, receives `reason` ("stop", "length" or "cancelled") and `completion_tokens` once the
     answer ends.
     """
-    ids = loaded.text.prompt_ids(messages)
+    ids = _prompt_ids(loaded, messages)
     if _in_place(loaded):
         yield from _stream_in_place(
             loaded, ids, max_new_tokens, temperature, top_p, should_stop, finish
@@ -213,7 +235,7 @@ def _stream_in_place(
     from tuneforge.inference.engine import Delta, Finished
 
     outcome: dict[str, Any] = {"reason": "cancelled", "completion_tokens": 0}
-    answer = _answer(loaded, ids, max_new_tokens, temperature, top_p)
+    answer = _answer(loaded, ids, max_new_tokens, temperature, top_p, reuse=True)
     try:
         for event in answer:
             if isinstance(event, Delta) and event.text:

@@ -98,6 +98,8 @@ class _PackedForward:
         self.out_features = weight.shape[0]
         self.panels = self.panel_bias = self.packed = None
         self.bf16_weight: torch.Tensor | None = None  # `add_bf16_copies`
+        # `share_panels`: (panels, bias) of the group whose shared tensor `panels` is a view of
+        self.shared: tuple[torch.Tensor, torch.Tensor | None] | None = None
         if kernel:
             self.panels, self.panel_bias = small_gemm.pack(weight), small_gemm.pad_bias(self.bias)
         else:
@@ -230,7 +232,7 @@ def use_bf16_weights(model: nn.Module, *, only_exact: bool = False) -> int:
             weight = forward.weight.detach()
             if not only_exact:  # exact weights are not written (they may be shared or mapped)
                 weight.copy_(weight.to(torch.bfloat16))
-            forward.panels = small_gemm.pack_bf16(weight)
+            forward.panels, forward.shared = small_gemm.pack_bf16(weight), None
     return len(forwards)
 
 
@@ -252,6 +254,8 @@ def share_panels(linears: list[nn.Module]) -> tuple[torch.Tensor, torch.Tensor |
         return None
     if len(forwards) == 1:
         return forwards[0].panels, forwards[0].panel_bias
+    if forwards[0].shared is not None and all(f.shared is forwards[0].shared for f in forwards):
+        return forwards[0].shared  # shared already (a second decode step for the same model)
     shared = torch.cat(panels)
     bias = None
     if any(f.bias is not None for f in forwards):
@@ -265,6 +269,7 @@ def share_panels(linears: list[nn.Module]) -> tuple[torch.Tensor, torch.Tensor |
     for forward in forwards:
         end = start + forward.panels.shape[0]
         forward.panels = shared[start:end]
+        forward.shared = (shared, bias)
         start = end
     return shared, bias
 
