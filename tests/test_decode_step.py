@@ -92,6 +92,9 @@ def test_a_decode_step_computes_what_transformers_computes(tiny, weights):
     for lengths in ([9], [9, 4, 7, 9, 2], [6, 6, 6]):  # one row; left padding; none
         assert_same_steps(model, step, lengths)
     assert step.steps == 9
+    again = DecodeStep.for_model(model)  # a second one on the same model shares, copies nothing
+    assert again.layers[0].qkv.kernel.packed is step.layers[0].qkv.kernel.packed
+    assert_same_steps(model, again, [5, 3])
 
 
 @torch.no_grad()
