@@ -265,13 +265,13 @@ def share_panels(linears: list[nn.Module]) -> tuple[torch.Tensor, torch.Tensor |
                 for f, p in zip(forwards, panels, strict=True)
             ]
         )
-    start = 0
+    start, group = 0, (shared, bias)
     for forward in forwards:
         end = start + forward.panels.shape[0]
         forward.panels = shared[start:end]
-        forward.shared = (shared, bias)
+        forward.shared = group  # one object for the group: how a second call knows it
         start = end
-    return shared, bias
+    return group
 
 
 WEIGHT_PRECISIONS = ("fp32", "bf16", "auto")  # `--weight-precision`
