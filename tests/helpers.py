@@ -124,14 +124,18 @@ def bf16_checkpoint(model_dir: Path, out: Path) -> Any:
     return model
 
 
-async def finished_logprobs(generations: list[Any]) -> list[list[tuple[int, float]]]:
-    """Each engine `Generation`'s (token, log-probability) pairs, once it has finished (asked
-    with `SamplingParams(logprobs=0)`), in order."""
+async def finished(generations: list[Any]) -> list[Any]:
+    """Each engine `Generation`'s `Finished` event, once it has come, in order."""
     from tuneforge.inference.engine import Finished
 
     out = []
     for generation in generations:
         while not isinstance(event := (await generation.events.get())[1], Finished):
             pass
-        out.append([(lp.token, lp.logprob) for lp in event.logprobs])
+        out.append(event)
     return out
+
+
+async def finished_logprobs(generations: list[Any]) -> list[list[tuple[int, float]]]:
+    """Each `Generation`'s (token, log-probability) pairs (asked with `logprobs=0`)."""
+    return [[(lp.token, lp.logprob) for lp in f.logprobs] for f in await finished(generations)]

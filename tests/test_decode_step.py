@@ -300,9 +300,10 @@ def test_the_engine_decodes_with_it_and_answers_as_without_it(
 
 
 def test_the_engine_decodes_with_it_and_answers_as_generate(tiny_model_dir, monkeypatch):
+    from helpers import finished
     from transformers import AutoModelForCausalLM
 
-    from tuneforge.inference.engine import Finished, InferenceEngine, SamplingParams, Target
+    from tuneforge.inference.engine import InferenceEngine, SamplingParams, Target
     from tuneforge.models.text import load_text_side
 
     monkeypatch.setenv("TUNEFORGE_KERNEL_MAX_ROWS", "256")
@@ -318,12 +319,7 @@ def test_the_engine_decodes_with_it_and_answers_as_generate(tiny_model_dir, monk
             for ids in prompts
         ]
         engine.start()
-        out = []
-        for generation in generations:
-            while not isinstance(event := (await generation.events.get())[1], Finished):
-                pass
-            out.append(list(event.token_ids))
-        return out
+        return [list(f.token_ids) for f in await finished(generations)]
 
     try:
         answers = asyncio.run(run())

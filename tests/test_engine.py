@@ -399,6 +399,8 @@ def test_chat_and_generate_answer_in_place_as_the_server_does(text, tiny_model_d
     answers are the running server's, token for token, with the decode step where it applies;
     a chat's next turn reuses the conversation's KV cache; `should_stop` and closing the stream
     early cancel the answer (and drop the engine, whose batch may be half-stepped)."""
+    from helpers import finished
+
     from tuneforge.data.conversation import Message
     from tuneforge.errors import UsageError
     from tuneforge.inference import small_gemm
@@ -417,12 +419,7 @@ def test_chat_and_generate_answer_in_place_as_the_server_does(text, tiny_model_d
     async def served() -> list:
         generations = submit_together(server, requests, asyncio.get_running_loop())
         server.start()
-        out = []
-        for generation in generations:
-            while not isinstance(event := (await generation.events.get())[1], Finished):
-                pass
-            out.append(list(event.token_ids))
-        return out
+        return [list(f.token_ids) for f in await finished(generations)]
 
     try:
         expected = asyncio.run(served())

@@ -43,6 +43,9 @@ mixes them: peft's `adapter_names=[...]` runs each row through its own adapter (
 none), so requests to different `ft:` models still share each forward pass. The LoRA layers
 compute that with `inference/lora_rows.py`: peft's arithmetic without its per-call Python.
 
+`tuneforge chat` and `generate` answer through the same loop in their own thread (`InPlace`,
+kept on the `LoadedModel`), so they answer as the server does.
+
 GRPO's trainer samples through the same loop without the thread: `generate_in_place(model, …)`
 runs it in the caller's thread on the model being trained (its own active adapter, no prepacked
 weights, no prefix kept between calls), until every answer is done.
